@@ -1,0 +1,259 @@
+"""API-shaped dicts (the JSON or YAML the API server returns) to the frozen model.
+
+This is the only module that knows Kubernetes API field names. A malformed object raises
+`ConversionError` naming its kind, namespace/name and the field, so that the caller can report it
+and go on with the other objects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from kdns.core.model import (
+    ClusterObject,
+    Endpoint,
+    EndpointSlice,
+    IPAddress,
+    Namespace,
+    Pod,
+    Protocol,
+    Service,
+    ServicePort,
+    ServiceType,
+)
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # joins an EndpointSlice to its Service
+DEFAULT_NAMESPACE = "default"  # what kubectl assumes for a namespaced object without one
+
+# A DNS label as Kubernetes names use them (RFC 1123 label, case-insensitive here: it is folded).
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# A label of an ExternalName target: any LDH label, underscores allowed as in real-world names.
+_EXTERNAL_LABEL_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+KINDS = ("Namespace", "Service", "EndpointSlice", "Pod")
+
+
+class ConversionError(ValueError):
+    """An API object that cannot be served; names the object and the field at fault."""
+
+    def __init__(self, kind: str, ref: str, field: str, problem: str) -> None:
+        self.kind = kind
+        self.ref = ref
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{kind} {ref}: field {field}: {problem}")
+
+
+class _Reader:
+    """Typed access to one object's fields, raising `ConversionError` that names the field."""
+
+    def __init__(self, kind: str, obj: Any) -> None:
+        self.kind = kind
+        self.ref = "?"
+        if not isinstance(obj, Mapping):
+            raise ConversionError(kind, self.ref, "(object)", f"expected a mapping, got {_type(obj)}")
+        self.obj = obj
+
+    def fail(self, field: str, problem: str) -> ConversionError:
+        return ConversionError(self.kind, self.ref, field, problem)
+
+    def get(self, path: str, expected: type | tuple[type, ...], default: Any = None) -> Any:
+        node: Any = self.obj
+        walked: list[str] = []
+        for part in path.split("."):
+            if node is None:
+                return default
+            if not isinstance(node, Mapping):
+                raise self.fail(".".join(walked), f"expected a mapping, got {_type(node)}")
+            node = node.get(part)
+            walked.append(part)
+        if node is None:
+            return default
+        if expected is int and isinstance(node, bool):
+            raise self.fail(path, f"expected {_type_name(expected)}, got {_type(node)}")
+        if not isinstance(node, expected):
+            raise self.fail(path, f"expected {_type_name(expected)}, got {_type(node)}")
+        return node
+
+    def label(self, path: str, value: Any, what: str) -> str:
+        if not isinstance(value, str) or not _LABEL_RE.match(value.lower()):
+            raise self.fail(path, f"{value!r} is not a valid {what} (a DNS label)")
+        return value.lower()
+
+    def identify(self, namespaced: bool) -> tuple[str, str]:
+        name = self.get("metadata.name", str)
+        if name is None:
+            raise self.fail("metadata.name", "missing")
+        namespace = ""
+        if namespaced:
+            namespace = self.get("metadata.namespace", str, DEFAULT_NAMESPACE)
+            self.ref = f"{namespace}/{name}"
+            namespace = self.label("metadata.namespace", namespace, "namespace name")
+        else:
+            self.ref = name
+        return namespace, name
+
+    def ip(self, path: str, value: Any, version: int | None = None) -> IPAddress:
+        try:
+            address = ipaddress.ip_address(value) if isinstance(value, str) else None
+        except ValueError:
+            address = None
+        if address is None:
+            raise self.fail(path, f"{value!r} is not an IP address")
+        if version is not None and address.version != version:
+            raise self.fail(path, f"{value!r} is not an IPv{version} address")
+        return address
+
+    def port(self, path: str, item: Any, allow_missing_port: bool) -> ServicePort | None:
+        if not isinstance(item, Mapping):
+            raise self.fail(path, f"expected a mapping, got {_type(item)}")
+        name = item.get("name") or ""
+        if not isinstance(name, str):
+            raise self.fail(f"{path}.name", f"expected a string, got {_type(name)}")
+        protocol_text = item.get("protocol") or "TCP"  # the API's default
+        try:
+            protocol = Protocol(protocol_text)
+        except ValueError:
+            raise self.fail(f"{path}.protocol", f"{protocol_text!r} is not TCP, UDP or SCTP") from None
+        number = item.get("port")
+        if number is None and allow_missing_port:
+            return None  # an EndpointSlice port with no number means "all ports": no SRV record
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
+            raise self.fail(f"{path}.port", f"{number!r} is not a port number (1-65535)")
+        return ServicePort(name.lower(), protocol, number)
+
+
+def _type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "a boolean", list: "a list", dict: "a mapping"}
+    if isinstance(expected, tuple):
+        return " or ".join(names.get(t, t.__name__) for t in expected)
+    return names.get(expected, expected.__name__)
+
+
+def convert_namespace(obj: Any) -> Namespace:
+    r = _Reader("Namespace", obj)
+    _, name = r.identify(namespaced=False)
+    return Namespace(r.label("metadata.name", name, "namespace name"))
+
+
+def convert_service(obj: Any) -> Service:
+    r = _Reader("Service", obj)
+    namespace, name = r.identify(namespaced=True)
+    name = r.label("metadata.name", name, "service name")
+    type_text = r.get("spec.type", str, "ClusterIP")
+    if type_text not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+        raise r.fail("spec.type", f"{type_text!r} is not a Service type")
+    cluster_ip = r.get("spec.clusterIP", str, "")
+    cluster_ips_raw = r.get("spec.clusterIPs", list, [])
+    external_name = ""
+    cluster_ips: tuple[IPAddress, ...] = ()
+    if type_text == "ExternalName":
+        service_type = ServiceType.EXTERNAL_NAME
+        external_name = _external_name(r, r.get("spec.externalName", str, ""))
+    elif cluster_ip == "None" or cluster_ips_raw[:1] == ["None"]:
+        service_type = ServiceType.HEADLESS
+    else:
+        service_type = ServiceType.CLUSTER_IP
+        texts = cluster_ips_raw or ([cluster_ip] if cluster_ip else [])
+        cluster_ips = tuple(r.ip(f"spec.clusterIPs[{i}]", t) for i, t in enumerate(texts))
+        if len({ip.version for ip in cluster_ips}) != len(cluster_ips):
+            raise r.fail("spec.clusterIPs", "holds two addresses of the same family")
+    ports_raw = r.get("spec.ports", list, [])
+    ports = tuple(
+        port
+        for i, item in enumerate(ports_raw)
+        if (port := r.port(f"spec.ports[{i}]", item, allow_missing_port=False)) is not None
+    )
+    publish = r.get("spec.publishNotReadyAddresses", bool, False)
+    return Service(namespace, name, service_type, cluster_ips, ports, external_name, publish)
+
+
+def _external_name(r: _Reader, text: str) -> str:
+    target = text.rstrip(".").lower()
+    if not target:
+        raise r.fail("spec.externalName", "missing for a Service of type ExternalName")
+    try:
+        ipaddress.ip_address(target)
+    except ValueError:
+        pass
+    else:  # CoreDNS publishes nothing for an address here: a CNAME must name a host
+        raise r.fail("spec.externalName", f"{text!r} is an IP address, not a DNS name")
+    labels = target.split(".")
+    if len(target) > 253 or not all(_EXTERNAL_LABEL_RE.match(label) for label in labels):
+        raise r.fail("spec.externalName", f"{text!r} is not a valid DNS name")
+    return target
+
+
+def convert_endpoint_slice(obj: Any) -> EndpointSlice | None:
+    """The slice, or None for one that DNS never uses (FQDN addresses, no owning Service)."""
+    r = _Reader("EndpointSlice", obj)
+    namespace, name = r.identify(namespaced=True)
+    address_type = r.get("addressType", str)
+    if address_type not in ("IPv4", "IPv6", "FQDN"):
+        raise r.fail("addressType", f"{address_type!r} is not IPv4, IPv6 or FQDN")
+    labels = r.get("metadata.labels", Mapping, {})
+    service_name = labels.get(SERVICE_NAME_LABEL)
+    if address_type == "FQDN" or service_name is None:
+        return None
+    service_name = r.label(f"metadata.labels[{SERVICE_NAME_LABEL}]", service_name, "service name")
+    version = 4 if address_type == "IPv4" else 6
+    endpoints = []
+    for i, item in enumerate(r.get("endpoints", list, [])):
+        path = f"endpoints[{i}]"
+        if not isinstance(item, Mapping):
+            raise r.fail(path, f"expected a mapping, got {_type(item)}")
+        addresses_raw = item.get("addresses")
+        if not isinstance(addresses_raw, list) or not addresses_raw:
+            raise r.fail(f"{path}.addresses", "expected a non-empty list of addresses")
+        addresses = tuple(r.ip(f"{path}.addresses[{j}]", a, version) for j, a in enumerate(addresses_raw))
+        conditions = item.get("conditions") or {}
+        if not isinstance(conditions, Mapping):
+            raise r.fail(f"{path}.conditions", f"expected a mapping, got {_type(conditions)}")
+        ready = conditions.get("ready")
+        if ready is not None and not isinstance(ready, bool):
+            raise r.fail(f"{path}.conditions.ready", f"expected a boolean, got {_type(ready)}")
+        hostname = item.get("hostname") or ""
+        if hostname:
+            hostname = r.label(f"{path}.hostname", hostname, "hostname")
+        target = item.get("targetRef") or {}
+        target_pod = ""
+        if isinstance(target, Mapping) and target.get("kind") == "Pod":
+            target_pod = str(target.get("name") or "")
+        endpoints.append(Endpoint(addresses, ready is not False, hostname, target_pod))
+    ports = tuple(
+        port
+        for i, item in enumerate(r.get("ports", list, []))
+        if (port := r.port(f"ports[{i}]", item, allow_missing_port=True)) is not None
+    )
+    return EndpointSlice(namespace, name, service_name, version, tuple(endpoints), ports)
+
+
+def convert_pod(obj: Any) -> Pod:
+    r = _Reader("Pod", obj)
+    namespace, name = r.identify(namespaced=True)
+    texts = [item.get("ip") if isinstance(item, Mapping) else item for item in r.get("status.podIPs", list, [])]
+    if not texts:
+        single = r.get("status.podIP", str)
+        texts = [single] if single else []
+    ips = tuple(dict.fromkeys(r.ip(f"status.podIPs[{i}].ip", t) for i, t in enumerate(texts)))
+    return Pod(namespace, name, ips)
+
+
+_CONVERTERS = {
+    "Namespace": convert_namespace,
+    "Service": convert_service,
+    "EndpointSlice": convert_endpoint_slice,
+    "Pod": convert_pod,
+}
+
+
+def convert(kind: str, obj: Any) -> ClusterObject | None:
+    """Convert one API object of a kind in `KINDS`; None when DNS has no use for it."""
+    return _CONVERTERS[kind](obj)

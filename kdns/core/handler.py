@@ -1,0 +1,51 @@
+"""The query handler: bytes of a query in, bytes of a reply (or nothing) out. No I/O.
+
+For a cluster name this is the hot path the design asks for: parse the question, one lookup in
+the zone index, and a reply assembled from prepared bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdns.core import rdata, wire
+from kdns.core.zone import REFUSED, SERVFAIL, Zone
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerOptions:
+    max_udp: int = wire.DEFAULT_MAX_UDP  # the largest UDP reply we send and advertise in OPT
+    recursion_available: bool = False  # set once queries outside the zones can be forwarded
+
+
+class Handler:
+    """Answers queries from a `Zone`; everything outside it is refused until forwarding exists."""
+
+    def __init__(self, zone: Zone, options: HandlerOptions = HandlerOptions()) -> None:
+        self.zone = zone
+        self.options = options
+
+    def handle(self, packet: bytes, tcp: bool) -> bytes | None:
+        """The reply to one query, or None when it must be dropped (a response, a stub of a header)."""
+        options = self.options
+        try:
+            query = wire.parse_query(packet)
+        except wire.QueryError as error:
+            return wire.error_reply(error, options.max_udp, options.recursion_available)
+        if query.qclass != rdata.CLASS_IN or query.qtype in (rdata.AXFR, rdata.IXFR):
+            # Only class IN is served; zone transfers are not offered (CoreDNS needs its
+            # `transfer` plugin for them, which kubeadm's Corefile does not load).
+            return wire.status_reply(query, REFUSED, options.max_udp, options.recursion_available)
+        answer = self.zone.answer(query.key, query.qtype)
+        if answer is None:
+            return wire.status_reply(query, REFUSED, options.max_udp, options.recursion_available)
+        limit = wire.TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
+        return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
+
+    def failure_reply(self, packet: bytes) -> bytes | None:
+        """SERVFAIL for a query whose handling raised: the server logs it and keeps serving."""
+        try:
+            query = wire.parse_query(packet)
+        except wire.QueryError:
+            return None
+        return wire.status_reply(query, SERVFAIL, self.options.max_udp, self.options.recursion_available)

@@ -1,0 +1,94 @@
+"""The spec's name grammar: how cluster objects are spelled as DNS names, and back.
+
+Names are handled in two forms: text without the trailing dot (`web.prod.svc.cluster.local`) for
+building and printing, and lowercased wire form (length-prefixed labels ending in a zero byte) as
+index keys. Lowercasing wire bytes with `bytes.lower()` is safe because a label's length byte is at
+most 63 and so never an ASCII capital letter.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from kdns.core.model import Endpoint, IPAddress
+
+MAX_LABEL = 63  # RFC 1035 2.3.4
+MAX_NAME_WIRE = 255  # RFC 1035 2.3.4, counting length bytes and the root
+
+
+class InvalidName(ValueError):
+    """A name that cannot be put on the wire (empty label, label over 63, name over 255)."""
+
+
+def to_wire(name: str) -> bytes:
+    """Text name (absolute, trailing dot optional) to lowercased wire form."""
+    text = name.rstrip(".").lower()
+    if not text:
+        return b"\x00"
+    out = bytearray()
+    for label in text.split("."):
+        raw = label.encode("ascii")
+        if not raw or len(raw) > MAX_LABEL:
+            raise InvalidName(f"{name!r}: label {label!r} is empty or longer than {MAX_LABEL}")
+        out.append(len(raw))
+        out += raw
+    out.append(0)
+    if len(out) > MAX_NAME_WIRE:
+        raise InvalidName(f"{name!r}: longer than {MAX_NAME_WIRE} bytes on the wire")
+    return bytes(out)
+
+
+def from_wire(wire: bytes) -> str:
+    """Wire form back to text without the trailing dot (for logs and zone dumps)."""
+    labels = []
+    i = 0
+    while wire[i]:
+        length = wire[i]
+        labels.append(wire[i + 1 : i + 1 + length].decode("ascii", "backslashreplace"))
+        i += 1 + length
+    return ".".join(labels)
+
+
+def parents(wire: bytes) -> list[bytes]:
+    """Every proper ancestor of a wire name, nearest first, down to the root's child."""
+    out = []
+    i = wire[0] + 1
+    while wire[i]:
+        out.append(wire[i:])
+        i += wire[i] + 1
+    return out
+
+
+def service_name(namespace: str, service: str, domain: str) -> str:
+    """Spec 2.3.1 / 2.4.1: `<service>.<ns>.svc.<zone>`."""
+    return f"{service}.{namespace}.svc.{domain}"
+
+
+def endpoint_label(endpoint: Endpoint, address: IPAddress) -> str:
+    """The label an endpoint's address is published under below its service.
+
+    The spec (2.4.1) names endpoints that have a hostname; for the others CoreDNS uses the address
+    with its separators replaced by dashes (`10-244-1-5`, `fd00--1`), which we follow. CoreDNS's
+    `endpoint_pod_names` option (pod name instead) is off by default and not offered.
+    """
+    if endpoint.hostname:
+        return endpoint.hostname
+    return str(address).replace(".", "-").replace(":", "-")
+
+
+def reverse_name(address: IPAddress) -> str:
+    """Spec 2.3.3 / 2.4.3: `d.c.b.a.in-addr.arpa` or the reverse-nibble `ip6.arpa` name."""
+    return address.reverse_pointer
+
+
+def parse_pod_label(label: str) -> IPAddress | None:
+    """The address a pod label names (`10-244-1-5`, `fd00--1`), or None.
+
+    CoreDNS's rule (plugin/kubernetes findPods): exactly three dashes and no `--` is IPv4, anything
+    else has its dashes turned into colons and is read as IPv6.
+    """
+    text = label.replace("-", ".") if label.count("-") == 3 and "--" not in label else label.replace("-", ":")
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None

@@ -1,0 +1,159 @@
+"""The cluster as kdns knows it, and the single place that turns object changes into zone changes.
+
+The store keeps the trimmed objects by key, joins EndpointSlices to their Service, and after each
+change hands the zone the new records of exactly the objects it touched.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterable
+
+from kdns.core import records
+from kdns.core.model import ClusterObject, EndpointSlice, IPAddress, Namespace, Pod, Service
+from kdns.core.zone import Zone
+
+_APEX = ("apex",)
+
+
+class PodMode(enum.Enum):
+    """CoreDNS's `pods` option (spec 2.6.1 pod records)."""
+
+    INSECURE = "insecure"  # any name that spells an address, in a namespace that exists
+    VERIFIED = "verified"  # only an address a Pod in that namespace has
+    DISABLED = "disabled"  # no pod records at all: NXDOMAIN
+
+
+class ClusterStore:
+    """Namespaces, Services, EndpointSlices and Pods, applied to a `Zone` one change at a time."""
+
+    def __init__(
+        self,
+        domain: str,
+        ttl: int,
+        pod_mode: PodMode = PodMode.INSECURE,
+        dns_service: tuple[str, str] = ("kube-system", "kube-dns"),
+        fallback_ns_addresses: Iterable[IPAddress] = (),
+    ) -> None:
+        self.domain = domain.rstrip(".").lower()
+        self.pod_mode = pod_mode
+        self.dns_service = dns_service
+        self.fallback_ns_addresses = tuple(fallback_ns_addresses)
+        policy = {
+            PodMode.INSECURE: lambda namespace, address: True,
+            PodMode.VERIFIED: self._pod_has_address,
+            PodMode.DISABLED: None,
+        }[pod_mode]
+        self.zone = Zone(self.domain, ttl, policy)
+        self.namespaces: dict[str, Namespace] = {}
+        self.services: dict[tuple[str, str], Service] = {}
+        self.slices: dict[tuple[str, str], EndpointSlice] = {}
+        self.pods: dict[tuple[str, str], Pod] = {}
+        self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
+        self._pod_addresses: Counter[tuple[str, IPAddress]] = Counter()
+        # A namespace exists while its Namespace object or any Service or Pod in it does: a
+        # snapshot need not list Namespace objects for its pods to resolve.
+        self._namespace_refs: Counter[str] = Counter()
+        self._publish_apex()
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def upsert(self, obj: ClusterObject) -> None:
+        """Add or replace one object and republish what it feeds."""
+        if isinstance(obj, Service):
+            if obj.key not in self.services:
+                self._ref_namespace(obj.namespace, +1)
+            self.services[obj.key] = obj
+            self._publish_service(obj.key)
+        elif isinstance(obj, EndpointSlice):
+            old = self.slices.get(obj.key)
+            if old is not None and old.service_key != obj.service_key:
+                self._detach_slice(old)
+            self.slices[obj.key] = obj
+            self._slices_by_service.setdefault(obj.service_key, {})[obj.name] = obj
+            self._publish_service(obj.service_key)
+        elif isinstance(obj, Namespace):
+            if obj.name not in self.namespaces:
+                self._ref_namespace(obj.name, +1)
+            self.namespaces[obj.name] = obj
+        elif isinstance(obj, Pod):
+            old_pod = self.pods.pop(obj.key, None)
+            if old_pod is None:
+                self._ref_namespace(obj.namespace, +1)
+            else:
+                self._pod_addresses.subtract((old_pod.namespace, ip) for ip in old_pod.ips)
+            self.pods[obj.key] = obj
+            self._pod_addresses.update((obj.namespace, ip) for ip in obj.ips)
+            self._pod_addresses += Counter()  # drop entries that fell to zero
+
+    def delete(self, kind: str, key: tuple[str, str]) -> None:
+        """Remove the object of `kind` ("Namespace", "Service", ...) at (namespace, name)."""
+        if kind == "Service":
+            if self.services.pop(key, None) is not None:
+                self._ref_namespace(key[0], -1)
+                self._publish_service(key)
+        elif kind == "EndpointSlice":
+            old = self.slices.pop(key, None)
+            if old is not None:
+                self._detach_slice(old)
+        elif kind == "Namespace":
+            if self.namespaces.pop(key[1], None) is not None:
+                self._ref_namespace(key[1], -1)
+        elif kind == "Pod":
+            old_pod = self.pods.pop(key, None)
+            if old_pod is not None:
+                self._ref_namespace(old_pod.namespace, -1)
+                self._pod_addresses.subtract((old_pod.namespace, ip) for ip in old_pod.ips)
+                self._pod_addresses += Counter()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _detach_slice(self, old: EndpointSlice) -> None:
+        siblings = self._slices_by_service.get(old.service_key, {})
+        siblings.pop(old.name, None)
+        if not siblings:
+            self._slices_by_service.pop(old.service_key, None)
+        self._publish_service(old.service_key)
+
+    def _publish_service(self, key: tuple[str, str]) -> None:
+        service = self.services.get(key)
+        if service is None:
+            self.zone.replace(("svc", key), {})
+        else:
+            slices = self._slices_by_service.get(key, {})
+            ordered = [slices[name] for name in sorted(slices)]
+            self.zone.replace(("svc", key), records.service_records(service, ordered, self.domain))
+        if key == self.dns_service:
+            self._publish_apex()
+
+    def _publish_apex(self) -> None:
+        service = self.services.get(self.dns_service)
+        addresses = service.cluster_ips if service is not None and service.cluster_ips else self.fallback_ns_addresses
+        pods_enabled = self.pod_mode is not PodMode.DISABLED
+        self.zone.replace(_APEX, records.apex_records(self.domain, addresses, pods_enabled))
+
+    def _ref_namespace(self, namespace: str, delta: int) -> None:
+        self._namespace_refs[namespace] += delta
+        count = self._namespace_refs[namespace]
+        if count == 0:
+            del self._namespace_refs[namespace]
+            self.zone.replace(("ns", namespace), {})
+        elif count == delta:  # it has just come to exist
+            pods_enabled = self.pod_mode is not PodMode.DISABLED
+            self.zone.replace(("ns", namespace), records.namespace_records(namespace, self.domain, pods_enabled))
+
+    def _pod_has_address(self, namespace: str, address: IPAddress) -> bool:
+        return self._pod_addresses[(namespace, address)] > 0
+
+    # -- summaries -------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        endpoints = sum(len(s.endpoints) for s in self.slices.values())
+        return {
+            "namespaces": len(self._namespace_refs),
+            "services": len(self.services),
+            "endpointslices": len(self.slices),
+            "endpoints": endpoints,
+            "pods": len(self.pods),
+        }

@@ -1,0 +1,213 @@
+"""DNS messages on the wire for the query path: parse a query, assemble a reply (RFC 1035 4.1).
+
+Hand-written rather than through dnslib because this runs once per packet: parsing is a walk over
+the question's labels and at most an OPT record; a reply is a header, the question echoed as sent,
+and a prepared `Answer`'s bytes. Anything the parser cannot read raises `QueryError`, which carries
+the rcode to answer with and whatever of the query could be read (its ID at least).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from kdns.core.zone import FORMERR, NOTIMP, Answer
+
+_HEADER = struct.Struct("!HHHHHH")
+_FIXED_RR = struct.Struct("!HHIH")
+
+QR = 0x8000
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+RA = 0x0080
+CD = 0x0010
+OPCODE_MASK = 0x7800
+
+HEADER_LENGTH = 12
+MAX_NAME_WIRE = 255
+CLASSIC_UDP_LIMIT = 512  # RFC 1035 2.3.4: the limit without EDNS
+TCP_LIMIT = 65535  # RFC 1035 4.2.2: the 2-byte length prefix
+DEFAULT_MAX_UDP = 1232  # DNS Flag Day 2020: the largest UDP payload that avoids fragmentation
+TYPE_OPT = 41
+BADVERS = 16  # RFC 6891 6.1.3: extended rcode for an EDNS version we do not speak
+DO_BIT = 0x8000  # RFC 3225, in the OPT record's TTL field
+
+
+@dataclass(frozen=True, slots=True)
+class Edns:
+    """What a client's OPT record (RFC 6891) said."""
+
+    udp_size: int
+    version: int
+    dnssec_ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed query: the parts a reply needs, the question as sent and its lookup key."""
+
+    id: int
+    flags: int
+    question: bytes  # QNAME, QTYPE and QCLASS as the client sent them: the reply echoes them
+    key: bytes  # QNAME lowercased, the zone's index key
+    qtype: int
+    qclass: int
+    edns: Edns | None
+
+
+class QueryError(Exception):
+    """A query that gets an error reply (`rcode`) or, when `query_id` is None, no reply at all."""
+
+    def __init__(
+        self, rcode: int, query_id: int | None, flags: int = 0, question: bytes = b"", edns: Edns | None = None
+    ):
+        super().__init__(rcode)
+        self.rcode = rcode
+        self.query_id = query_id
+        self.flags = flags
+        self.question = question
+        self.edns = edns
+
+
+def parse_query(packet: bytes) -> Query:
+    """Parse a query; raise `QueryError` for anything that does not get a normal answer."""
+    size = len(packet)
+    if size < HEADER_LENGTH:
+        # A header we cannot read: answer FORMERR when at least the ID is there (RFC 1035 4.1.1).
+        raise QueryError(FORMERR, (packet[0] << 8 | packet[1]) if size >= 2 else None)
+    query_id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(packet)
+    if flags & QR:
+        raise QueryError(FORMERR, None)  # a response, not a query: never answer it (no loops)
+    if flags & OPCODE_MASK:
+        raise QueryError(NOTIMP, query_id, flags)
+    if qdcount != 1:
+        raise QueryError(FORMERR, query_id, flags)
+    # The question's name: plain labels only. A compression pointer could only point back into
+    # the header, so one here is malformed (and cannot loop).
+    end = HEADER_LENGTH
+    while True:
+        if end >= size:
+            raise QueryError(FORMERR, query_id, flags)
+        length = packet[end]
+        if length == 0:
+            end += 1
+            break
+        if length > 63:  # 0b01/0b10 prefixes are not labels; 0b11 is a pointer
+            raise QueryError(FORMERR, query_id, flags)
+        end += length + 1
+    if end - HEADER_LENGTH > MAX_NAME_WIRE or end + 4 > size:
+        raise QueryError(FORMERR, query_id, flags)
+    question = packet[HEADER_LENGTH : end + 4]
+    qtype = packet[end] << 8 | packet[end + 1]
+    qclass = packet[end + 2] << 8 | packet[end + 3]
+    edns = None
+    if arcount:
+        edns = _find_opt(packet, end + 4, ancount + nscount, arcount, query_id, flags, question)
+    key = packet[HEADER_LENGTH:end].lower()
+    return Query(query_id, flags, question, key, qtype, qclass, edns)
+
+
+def _find_opt(
+    packet: bytes, offset: int, skip: int, arcount: int, query_id: int, flags: int, question: bytes
+) -> Edns | None:
+    """The OPT record among the additional records; FORMERR for a malformed one or two of them."""
+    size = len(packet)
+    edns = None
+    for index in range(skip + arcount):
+        name_start = offset
+        offset = _skip_name(packet, offset)
+        if offset < 0 or offset + 10 > size:
+            raise QueryError(FORMERR, query_id, flags, question)
+        rtype, rclass, ttl, rdlength = _FIXED_RR.unpack_from(packet, offset)
+        offset += 10 + rdlength
+        if offset > size:
+            raise QueryError(FORMERR, query_id, flags, question)
+        if index < skip or rtype != TYPE_OPT:
+            continue
+        if edns is not None or packet[name_start] != 0:  # RFC 6891 6.1.1: one OPT, owner root
+            raise QueryError(FORMERR, query_id, flags, question)
+        edns = Edns(rclass, (ttl >> 16) & 0xFF, bool(ttl & DO_BIT))
+    if edns is not None and edns.version != 0:
+        raise QueryError(BADVERS, query_id, flags, question, edns)
+    return edns
+
+
+def _skip_name(packet: bytes, offset: int) -> int:
+    """The offset after a (possibly compressed) name, or -1 if it runs off the packet."""
+    size = len(packet)
+    while offset < size:
+        length = packet[offset]
+        if length == 0:
+            return offset + 1
+        if length >= 0xC0:
+            return offset + 2 if offset + 2 <= size else -1
+        if length > 63:
+            return -1
+        offset += length + 1
+    return -1
+
+
+def udp_limit(edns: Edns | None, max_udp: int) -> int:
+    """The largest reply a UDP client can take: 512 without EDNS (RFC 1035), else what it
+    advertised (never under 512, RFC 6891 6.2.5), capped at our own maximum."""
+    if edns is None:
+        return CLASSIC_UDP_LIMIT
+    return max(CLASSIC_UDP_LIMIT, min(edns.udp_size, max_udp))
+
+
+def _opt_record(edns: Edns, rcode: int, max_udp: int) -> bytes:
+    ttl = (rcode >> 4) << 24 | (DO_BIT if edns.dnssec_ok else 0)  # version 0
+    return b"\x00" + _FIXED_RR.pack(TYPE_OPT, max_udp, ttl, 0)
+
+
+def reply(query: Query, answer: Answer, limit: int, max_udp: int, recursion_available: bool) -> bytes:
+    """Assemble the reply to `query` from a prepared answer, fitted to `limit` bytes.
+
+    Over the limit, the additional section goes first (no TC: RFC 2181 9); if the answer still
+    does not fit, the reply carries no records and sets TC so that the client retries over TCP.
+    """
+    flags = QR | AA | (query.flags & (RD | CD)) | answer.rcode
+    if recursion_available:
+        flags |= RA
+    question = query.question
+    records = answer.records
+    additional = answer.additional_count
+    tail = b""
+    if query.edns is not None:
+        tail = _opt_record(query.edns, answer.rcode, max_udp)
+        additional += 1
+    if HEADER_LENGTH + len(question) + len(records) + len(tail) > limit:
+        records = records[: answer.required_length]
+        additional -= answer.additional_count
+        if HEADER_LENGTH + len(question) + len(records) + len(tail) > limit:
+            return _HEADER.pack(query.id, flags | TC, 1, 0, 0, additional) + question + tail
+    return (
+        _HEADER.pack(query.id, flags, 1, answer.answer_count, answer.authority_count, additional)
+        + question
+        + records
+        + tail
+    )
+
+
+def error_reply(error: QueryError, max_udp: int, recursion_available: bool) -> bytes | None:
+    """The reply to a query that failed to parse or is refused; None when it gets no reply."""
+    if error.query_id is None:
+        return None
+    rcode = error.rcode
+    flags = QR | (error.flags & (OPCODE_MASK | RD | CD)) | (rcode & 0xF)
+    if recursion_available:
+        flags |= RA
+    qdcount = 1 if error.question else 0
+    tail = b""
+    if error.edns is not None:
+        tail = _opt_record(error.edns, rcode, max_udp)
+    return _HEADER.pack(error.query_id, flags, qdcount, 0, 0, 1 if tail else 0) + error.question + tail
+
+
+def status_reply(query: Query, rcode: int, max_udp: int, recursion_available: bool) -> bytes:
+    """A reply with no records and the given rcode (REFUSED, SERVFAIL, NOTIMP) to a parsed query."""
+    error = QueryError(rcode, query.id, query.flags, query.question, query.edns)
+    reply_bytes = error_reply(error, max_udp, recursion_available)
+    assert reply_bytes is not None
+    return reply_bytes

@@ -1,0 +1,320 @@
+"""The zone index: (name, type) -> a prepared answer, rebuilt per change for the names it touches.
+
+Every object of the cluster contributes a set of owner names with their records (see
+`kdns.core.records`). `Zone.replace(contributor, record_sets)` swaps one contributor's records
+and rebuilds the prepared answers of the names that changed, so that a query is a dictionary
+lookup. The zone is a plain synchronous object: in the trio program a change is applied between
+two awaits, so readers see the zone before or after a change, never in between.
+
+An answer holds everything after the question section, ready to send: the records with the owner
+name compressed to a pointer at the question (offset 12), so it is valid whatever case the
+client spelled the name in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from kdns.core import rdata
+from kdns.core.model import IPAddress
+from kdns.core.names import from_wire, parse_pod_label, to_wire
+from kdns.core.rdata import Record, encode_rr
+
+NOERROR = 0
+FORMERR = 1
+SERVFAIL = 2
+NXDOMAIN = 3
+NOTIMP = 4
+REFUSED = 5
+
+QUESTION_POINTER = b"\xc0\x0c"  # the question's name always starts right after the header
+# The largest record data a message can carry over TCP (65535) less the header, the longest
+# question and an OPT record. An answer set beyond it is cut to what fits.
+MAX_RECORDS_LENGTH = 65535 - 12 - (255 + 4) - 11
+
+REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
+
+PodPolicy = Callable[[str, IPAddress], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A prepared reply, less its header and question.
+
+    `required_length` is the length of the answer and authority sections: the additional section
+    after it can be dropped to fit a small UDP limit without setting TC (RFC 2181 9).
+    """
+
+    rcode: int
+    answer_count: int
+    authority_count: int
+    additional_count: int
+    records: bytes
+    required_length: int
+
+
+class _Node:
+    """One owner name: who contributes records to it, and how many names below it exist."""
+
+    __slots__ = ("below", "contributions", "types")
+
+    def __init__(self) -> None:
+        self.contributions: dict[Hashable, Sequence[Record]] = {}
+        self.below = 0  # names below this one that exist: while non-zero, this one exists too
+        self.types: tuple[int, ...] = ()  # types with a prepared answer in the positive index
+
+
+class Zone:
+    """The authoritative data for the cluster domain and the reverse zones."""
+
+    def __init__(self, domain: str, ttl: int, pod_policy: PodPolicy | None) -> None:
+        self.domain = domain.rstrip(".").lower()
+        self.ttl = ttl
+        self.pod_policy = pod_policy
+        self.apexes = tuple(to_wire(apex) for apex in (self.domain, *REVERSE_ZONES))
+        self._domain_key = self.apexes[0]
+        self._pod_suffix = to_wire(f"pod.{self.domain}")
+        self._positive: dict[tuple[bytes, int], Answer] = {}
+        self._cname: dict[bytes, Answer] = {}
+        self._nodes: dict[bytes, _Node] = {}
+        self._contributors: dict[Hashable, tuple[bytes, ...]] = {}
+        self._nxdomain: dict[bytes, Answer] = {}
+        self._nodata: dict[bytes, Answer] = {}
+        self._soa_answer: Answer | None = None
+        self.serial = 0
+        self.set_serial(1)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def answer(self, key: bytes, qtype: int) -> Answer | None:
+        """The answer for a lowercased wire name, or None when the name is not ours to answer."""
+        found = self._positive.get((key, qtype))
+        if found is not None:
+            return found
+        return self._answer_slow(key, qtype)
+
+    def _answer_slow(self, key: bytes, qtype: int) -> Answer | None:
+        cname = self._cname.get(key)
+        if cname is not None:
+            return cname  # RFC 1034 3.6.2: a CNAME answers every type
+        apex = self._apex_of(key)
+        if apex is None:
+            return None
+        if qtype == rdata.SOA and key == self._domain_key:
+            return self._soa_answer
+        node = self._nodes.get(key)
+        if node is not None:
+            if qtype == rdata.ANY:
+                return self._any_answer(key, node)
+            return self._nodata[apex]
+        if apex == self._domain_key:
+            pod = self._pod_answer(key, qtype)
+            return pod if pod is not None else self._nxdomain[apex]
+        # A reverse name we hold nothing for: CoreDNS's kubeadm Corefile falls through to the
+        # forwarder (`fallthrough in-addr.arpa ip6.arpa`), so it is not ours to answer.
+        return None
+
+    def _apex_of(self, key: bytes) -> bytes | None:
+        for apex in self.apexes:
+            if key.endswith(apex) and _at_label_boundary(key, len(key) - len(apex)):
+                return apex
+        return None
+
+    def _pod_answer(self, key: bytes, qtype: int) -> Answer | None:
+        """`<a-b-c-d>.<ns>.pod.<zone>` (spec 2.6.1), answered from the name alone or verified."""
+        if self.pod_policy is None or not key.endswith(self._pod_suffix):
+            return None
+        first = key[0]
+        namespace_key = key[first + 1 :]
+        if len(namespace_key) - namespace_key[0] - 1 != len(self._pod_suffix):
+            return None  # not exactly one label above `<ns>.pod.<zone>`
+        if namespace_key not in self._nodes:  # CoreDNS: only in a namespace that exists
+            return None
+        label = key[1 : first + 1].decode("ascii", "replace")
+        namespace = namespace_key[1 : namespace_key[0] + 1].decode("ascii", "replace")
+        address = parse_pod_label(label)
+        if address is None or not self.pod_policy(namespace, address):
+            return None
+        records = [rdata.address(address)]
+        if qtype == rdata.ANY or records[0].rtype == qtype:
+            return self._prepare(key, records)
+        return self._nodata[self._domain_key]
+
+    def _any_answer(self, key: bytes, node: _Node) -> Answer:
+        records = _merged(node)
+        return self._prepare(key, records) if records else self._nodata[self._apex_of(key) or self._domain_key]
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def replace(self, contributor: Hashable, record_sets: Mapping[str, Sequence[Record]]) -> None:
+        """Make `record_sets` the whole contribution of `contributor` (empty: withdraw it)."""
+        new = {to_wire(owner): tuple(records) for owner, records in record_sets.items()}
+        old_keys = self._contributors.pop(contributor, ())
+        changed: list[bytes] = []
+        for key in old_keys:
+            if key not in new:
+                self._nodes[key].contributions.pop(contributor, None)
+                changed.append(key)
+        for key, records in new.items():
+            node = self._nodes.get(key)
+            if node is None:
+                node = self._nodes[key] = _Node()
+            elif node.contributions.get(contributor) == records:
+                continue
+            existed = _exists(node)
+            node.contributions[contributor] = records
+            if not existed:
+                self._link(key)
+            changed.append(key)
+        if new:
+            self._contributors[contributor] = tuple(new)
+        if not changed:
+            return
+        # SRV and NS answers carry their targets' addresses: rebuild them when any name of the
+        # same contribution changed (targets always belong to the contributor of the SRV).
+        dependants = [key for key in new if key not in changed and _has_targets(self._nodes[key])]
+        for key in changed:
+            self._rebuild(key)
+        for key in dependants:
+            self._rebuild(key)
+
+    def set_serial(self, serial: int) -> None:
+        """Set the SOA serial and rebuild the answers that carry the SOA."""
+        self.serial = serial & 0xFFFFFFFF
+        soa = rdata.SOAFields(
+            mname=f"ns.dns.{self.domain}", rname=f"hostmaster.{self.domain}", serial=self.serial, minimum=self.ttl
+        ).record()
+        for apex in self.apexes:
+            # The authority SOA's owner is written out in full rather than compressed, so the
+            # same bytes serve every question below the apex (RFC 2308 3: the negative TTL is
+            # the lesser of the SOA's TTL and its minimum, which are equal here).
+            authority = encode_rr(apex, soa, self.ttl)
+            self._nxdomain[apex] = Answer(NXDOMAIN, 0, 1, 0, authority, len(authority))
+            self._nodata[apex] = Answer(NOERROR, 0, 1, 0, authority, len(authority))
+        answer = encode_rr(QUESTION_POINTER, soa, self.ttl)
+        self._soa_answer = Answer(NOERROR, 1, 0, 0, answer, len(answer))
+
+    def names(self) -> Iterable[tuple[str, int, Sequence[Record]]]:
+        """Every (owner, type, records) held, for `kdns dump`; not for the query path."""
+        for key, node in self._nodes.items():
+            by_type: dict[int, list[Record]] = {}
+            for record in _merged(node):
+                by_type.setdefault(record.rtype, []).append(record)
+            for rtype, records in by_type.items():
+                yield from_wire(key), rtype, records
+
+    def _link(self, key: bytes) -> None:
+        """`key` has come to exist: count it in its parent, which then exists too."""
+        while key not in self.apexes:
+            parent = key[key[0] + 1 :]
+            if self._apex_of(parent) is None:
+                return  # above every zone we serve: nothing to count
+            node = self._nodes.get(parent)
+            if node is None:
+                node = self._nodes[parent] = _Node()
+            existed = _exists(node)
+            node.below += 1
+            if existed:
+                return
+            key = parent
+
+    def _unlink(self, key: bytes) -> None:
+        """`key` no longer exists: forget it, and its parent if that was all that held it."""
+        while True:
+            self._drop_answers(key, self._nodes.pop(key))
+            if key in self.apexes:
+                return
+            key = key[key[0] + 1 :]
+            node = self._nodes.get(key)
+            if node is None:
+                return
+            node.below -= 1
+            if _exists(node):
+                return
+
+    def _drop_answers(self, key: bytes, node: _Node) -> None:
+        for rtype in node.types:
+            del self._positive[(key, rtype)]
+        node.types = ()
+        self._cname.pop(key, None)
+
+    def bump_serial(self, now: int) -> None:
+        """A change was applied: move the serial to `now` (Unix seconds, as CoreDNS), or one past
+        the current serial when changes come faster than once a second."""
+        self.set_serial(max(self.serial + 1, now))
+
+    def _rebuild(self, key: bytes) -> None:
+        node = self._nodes.get(key)
+        if node is None:
+            return  # withdrawn earlier in the same change, answers and all
+        self._drop_answers(key, node)
+        if not _exists(node):
+            self._unlink(key)
+            return
+        by_type: dict[int, list[Record]] = {}
+        for record in _merged(node):
+            by_type.setdefault(record.rtype, []).append(record)
+        if rdata.CNAME in by_type:
+            self._cname[key] = self._prepare(key, by_type[rdata.CNAME])
+            return
+        for rtype, group in by_type.items():
+            self._positive[(key, rtype)] = self._prepare(key, group)
+        node.types = tuple(by_type)
+
+    def _prepare(self, key: bytes, records: Sequence[Record]) -> Answer:
+        """Encode an answer set, with its targets' addresses in the additional section."""
+        ttl = self.ttl
+        answer = [encode_rr(QUESTION_POINTER, record, ttl) for record in records]
+        total = 0
+        for count, item in enumerate(answer):
+            total += len(item)
+            if total > MAX_RECORDS_LENGTH:  # thousands of endpoints: serve what a message holds
+                answer = answer[:count]
+                break
+        additional = []
+        for target in dict.fromkeys(_target(record) for record in records):
+            node = self._nodes.get(target) if target else None
+            if node is None:
+                continue
+            for record in _merged(node):
+                if record.rtype in (rdata.A, rdata.AAAA):
+                    additional.append(encode_rr(target, record, ttl))
+        required = b"".join(answer)
+        extra = b"".join(additional)
+        if len(required) + len(extra) > MAX_RECORDS_LENGTH:
+            additional, extra = [], b""
+        return Answer(NOERROR, len(answer), 0, len(additional), required + extra, len(required))
+
+
+def _exists(node: _Node) -> bool:
+    return bool(node.contributions) or node.below > 0
+
+
+def _merged(node: _Node) -> list[Record]:
+    """All records at a name, each once, across contributors (two Services' endpoints can share an
+    address, giving two PTR records for it, as CoreDNS answers)."""
+    if len(node.contributions) == 1:
+        return list(next(iter(node.contributions.values())))
+    return list(dict.fromkeys(record for records in node.contributions.values() for record in records))
+
+
+def _target(record: Record) -> bytes | None:
+    if record.rtype == rdata.SRV:
+        return rdata.srv_targets(record)
+    if record.rtype == rdata.NS:
+        return record.rdata
+    return None
+
+
+def _has_targets(node: _Node) -> bool:
+    return any(record.rtype in (rdata.SRV, rdata.NS) for records in node.contributions.values() for record in records)
+
+
+def _at_label_boundary(key: bytes, offset: int) -> bool:
+    """Whether a label starts at `offset` of the wire name `key` (so a suffix match is a real
+    parent name and not the tail of a label that happens to hold the same bytes)."""
+    i = 0
+    while i < offset:
+        i += key[i] + 1
+    return i == offset
