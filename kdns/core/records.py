@@ -134,8 +134,3 @@ def apex_records(domain: str, ns_addresses: Iterable[IPAddress], pods_enabled: b
     if pods_enabled:
         sets[f"pod.{domain}"] = []
     return sets
-
-
-def soa_fields(domain: str, serial: int, ttl: int) -> rdata.SOAFields:
-    """CoreDNS's SOA: `ns.dns.<zone>. hostmaster.<zone>.`, negative TTL equal to the record TTL."""
-    return rdata.SOAFields(mname=f"ns.dns.{domain}", rname=f"hostmaster.{domain}", serial=serial, minimum=ttl)

@@ -59,6 +59,13 @@ class ClusterStore:
 
     # -- changes ---------------------------------------------------------------------------
 
+    def load(self, objects: Iterable[ClusterObject]) -> None:
+        """Apply many objects at once, slices before their Services so that each Service's
+        records are built once rather than once per slice."""
+        order = {Namespace: 0, Pod: 1, EndpointSlice: 2, Service: 3}
+        for obj in sorted(objects, key=lambda obj: order[type(obj)]):
+            self.upsert(obj)
+
     def upsert(self, obj: ClusterObject) -> None:
         """Add or replace one object and republish what it feeds."""
         if isinstance(obj, Service):

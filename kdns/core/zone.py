@@ -179,12 +179,16 @@ class Zone:
         for key in dependants:
             self._rebuild(key)
 
+    def soa(self) -> Record:
+        """CoreDNS's SOA: `ns.dns.<zone>. hostmaster.<zone>.`, negative TTL equal to the TTL."""
+        return rdata.SOAFields(
+            mname=f"ns.dns.{self.domain}", rname=f"hostmaster.{self.domain}", serial=self.serial, minimum=self.ttl
+        ).record()
+
     def set_serial(self, serial: int) -> None:
         """Set the SOA serial and rebuild the answers that carry the SOA."""
         self.serial = serial & 0xFFFFFFFF
-        soa = rdata.SOAFields(
-            mname=f"ns.dns.{self.domain}", rname=f"hostmaster.{self.domain}", serial=self.serial, minimum=self.ttl
-        ).record()
+        soa = self.soa()
         for apex in self.apexes:
             # The authority SOA's owner is written out in full rather than compressed, so the
             # same bytes serve every question below the apex (RFC 2308 3: the negative TTL is

@@ -1,0 +1,68 @@
+"""`kdns serve`: one trio program that loads the cluster, binds the listeners and serves until a
+signal ends it."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import time
+from pathlib import Path
+
+import trio
+
+from kdns.config import ServeConfig
+from kdns.core.handler import Handler, HandlerOptions
+from kdns.core.model import IPAddress
+from kdns.core.store import ClusterStore, PodMode
+from kdns.serve import BoundListener, bind, serve
+from kdns.sources import snapshot
+
+log = logging.getLogger(__name__)
+
+
+def build_store(
+    path: Path, domain: str, ttl: int, pod_mode: PodMode, fallback_ns_addresses: tuple[IPAddress, ...] = ()
+) -> tuple[snapshot.Snapshot, ClusterStore]:
+    """A store filled from a snapshot file, its serial set to now, and what the file held."""
+    loaded = snapshot.load(path)
+    store = ClusterStore(domain, ttl, pod_mode, fallback_ns_addresses=fallback_ns_addresses)
+    store.load(loaded.objects)
+    store.zone.bump_serial(int(time.time()))
+    return loaded, store
+
+
+def ns_addresses(listeners: list[BoundListener]) -> tuple[IPAddress, ...]:
+    """The addresses `ns.dns.<zone>` falls back to without a kube-dns Service: the specific
+    (non-wildcard) listen addresses, which is what CoreDNS falls back to as well."""
+    addresses = (ipaddress.ip_address(listener.address.host) for listener in listeners)
+    return tuple(address for address in addresses if not address.is_unspecified)
+
+
+def run(config: ServeConfig) -> int:
+    """Serve until SIGTERM or SIGINT; the exit status."""
+    listeners = [bind(address) for address in config.listen]
+    assert config.snapshot is not None
+    loaded, store = build_store(
+        config.snapshot, config.cluster_domain, config.ttl, config.pod_mode, ns_addresses(listeners)
+    )
+    snapshot.report(loaded)
+    log.info("loaded %s: %s", loaded.path, ", ".join(f"{count} {what}" for what, count in store.counts().items()))
+    handler = Handler(store.zone, HandlerOptions(max_udp=config.max_udp))
+    trio.run(_main, listeners, handler, config)
+    return 0
+
+
+async def _main(listeners: list[BoundListener], handler: Handler, config: ServeConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, listeners, handler, config.tcp)
+            for listener in listeners:
+                log.info("listening on %s (udp, tcp)", listener.address)
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    for listener in listeners:
+        listener.udp.close()
+        listener.tcp.close()

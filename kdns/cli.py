@@ -1,0 +1,134 @@
+"""The command line: `kdns serve`, `kdns check`, `kdns dump`.
+
+Every error meant for the user is a `KdnsError`: printed as one line naming what is wrong, and the
+exit status is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kdns import __version__, app, config
+from kdns.core.store import ClusterStore, PodMode
+from kdns.core.zonefile import render
+from kdns.errors import KdnsError
+from kdns.serve import ListenAddress, TcpLimits
+from kdns.sources import snapshot
+
+log = logging.getLogger("kdns")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdns", description="A cluster DNS server for Kubernetes.")
+    parser.add_argument("--version", action="version", version=f"kdns {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def zone_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--cluster-domain", default="cluster.local", help="the cluster domain (default cluster.local)")
+        sub.add_argument(
+            "--pods",
+            choices=[mode.value for mode in PodMode],
+            default=PodMode.INSECURE.value,
+            help="pod records: insecure (any address, kubeadm's default), verified (only addresses of "
+            "Pods in that namespace) or disabled (default insecure)",
+        )
+        sub.add_argument("--ttl", type=int, default=config.DEFAULT_TTL, help="TTL of every zone record (default 30)")
+        sub.add_argument(
+            "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default info)"
+        )
+
+    serve = commands.add_parser("serve", help="serve DNS for a cluster")
+    serve.add_argument("--snapshot", type=Path, help="serve the objects of this YAML or JSON file")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR:PORT",
+        help="address to serve UDP and TCP on; repeatable; IPv6 as [ADDR]:PORT (default 0.0.0.0:53)",
+    )
+    serve.add_argument(
+        "--max-udp-size",
+        type=int,
+        default=1232,
+        help="largest UDP reply, and the size advertised in EDNS (default 1232, DNS Flag Day 2020)",
+    )
+    serve.add_argument(
+        "--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP connection is closed"
+    )
+    serve.add_argument("--max-tcp-connections", type=int, default=1000, help="open TCP connections at most")
+    zone_options(serve)
+
+    check = commands.add_parser("check", help="validate a snapshot and summarise what would be served")
+    check.add_argument("--snapshot", type=Path, required=True)
+    zone_options(check)
+
+    dump = commands.add_parser("dump", help="print the zone built from a snapshot as zone-file text")
+    dump.add_argument("--snapshot", type=Path, required=True)
+    zone_options(dump)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        if args.command == "serve":
+            return app.run(_serve_config(args))
+        if args.command == "check":
+            return _check(args)
+        return _dump(args)
+    except KdnsError as error:
+        print(f"kdns: error: {error}", file=sys.stderr)
+        return error.exit_status
+
+
+def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
+    if args.snapshot is None:
+        raise KdnsError("serve needs --snapshot FILE: following a live cluster is not available yet")
+    if args.tcp_idle_timeout <= 0 or args.max_tcp_connections < 1:
+        raise KdnsError("--tcp-idle-timeout and --max-tcp-connections must be positive")
+    return config.ServeConfig(
+        snapshot=args.snapshot,
+        listen=tuple(ListenAddress.parse(text) for text in (args.listen or ["0.0.0.0:53"])),
+        cluster_domain=config.cluster_domain(args.cluster_domain),
+        pod_mode=PodMode(args.pods),
+        ttl=config.ttl(args.ttl),
+        max_udp=config.max_udp(args.max_udp_size),
+        tcp=TcpLimits(idle_timeout=args.tcp_idle_timeout, max_connections=args.max_tcp_connections),
+    )
+
+
+def _store_from(args: argparse.Namespace) -> tuple[snapshot.Snapshot, ClusterStore]:
+    domain = config.cluster_domain(args.cluster_domain)
+    return app.build_store(args.snapshot, domain, config.ttl(args.ttl), PodMode(args.pods))
+
+
+def _check(args: argparse.Namespace) -> int:
+    loaded, store = _store_from(args)
+    for error in loaded.errors:
+        print(f"{loaded.path}: error: {error}")
+    for kind, count in sorted(loaded.ignored_kinds.items()):
+        print(f"{loaded.path}: ignored {count} object(s) of kind {kind}")
+    counts = store.counts()
+    names = sum(1 for _ in store.zone.names())
+    print(
+        f"{loaded.path}: {counts['namespaces']} namespaces, {counts['services']} services, "
+        f"{counts['endpointslices']} endpoint slices ({counts['endpoints']} endpoints), {counts['pods']} pods; "
+        f"{names} record sets under {store.domain} and the reverse zones"
+    )
+    if loaded.errors:
+        print(f"{loaded.path}: {len(loaded.errors)} object(s) would be skipped")
+        return 2
+    return 0
+
+
+def _dump(args: argparse.Namespace) -> int:
+    loaded, store = _store_from(args)
+    snapshot.report(loaded)
+    sys.stdout.write(render(store.zone))
+    return 0
