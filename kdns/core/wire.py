@@ -74,8 +74,11 @@ def parse_query(packet: bytes) -> Query:
     """Parse a query; raise `QueryError` for anything that does not get a normal answer."""
     size = len(packet)
     if size < HEADER_LENGTH:
-        # A header we cannot read: answer FORMERR when at least the ID is there (RFC 1035 4.1.1).
-        raise QueryError(FORMERR, (packet[0] << 8 | packet[1]) if size >= 2 else None)
+        # A header we cannot read: answer FORMERR when at least the ID is there (RFC 1035 4.1.1),
+        # unless what there is of the flags says it is a response.
+        if size < 2 or (size >= 3 and packet[2] & 0x80):
+            raise QueryError(FORMERR, None)
+        raise QueryError(FORMERR, packet[0] << 8 | packet[1])
     query_id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(packet)
     if flags & QR:
         raise QueryError(FORMERR, None)  # a response, not a query: never answer it (no loops)

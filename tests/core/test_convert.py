@@ -1,0 +1,107 @@
+"""API dicts to the model: defaults as the API applies them, and errors that name the object and field."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from kdns.core.convert import ConversionError, convert
+from kdns.core.model import Protocol, ServiceType
+from tests.builders import endpoint, endpoint_slice, pod, service
+
+
+def _error(kind: str, obj) -> ConversionError:
+    with pytest.raises(ConversionError) as caught:
+        convert(kind, obj)
+    return caught.value
+
+
+def test_service_types_and_defaults():
+    assert convert("Service", service("a", "x", ["10.96.0.1"])).type is ServiceType.CLUSTER_IP
+    assert convert("Service", service("a", "x", ["None"])).type is ServiceType.HEADLESS
+    ext = convert("Service", service("a", "x", type_="ExternalName", external_name="Example.COM."))
+    assert ext.type is ServiceType.EXTERNAL_NAME and ext.external_name == "example.com"
+    minimal = convert(
+        "Service", {"metadata": {"name": "x"}, "spec": {"clusterIP": "10.96.0.3", "ports": [{"port": 1}]}}
+    )
+    assert minimal.namespace == "default"
+    assert minimal.ports[0].protocol is Protocol.TCP and minimal.ports[0].name == ""
+    assert minimal.cluster_ips == (ipaddress.ip_address("10.96.0.3"),)
+
+
+def test_cluster_ip_used_when_cluster_ips_is_absent():
+    obj = {"metadata": {"name": "x", "namespace": "a"}, "spec": {"clusterIP": "10.96.0.3"}}
+    assert convert("Service", obj).cluster_ips == (ipaddress.ip_address("10.96.0.3"),)
+
+
+def test_service_errors_name_kind_object_and_field():
+    bad_ip = _error("Service", service("prod", "web", ["10.96.0.300"]))
+    assert (bad_ip.kind, bad_ip.ref, bad_ip.field) == ("Service", "prod/web", "spec.clusterIPs[0]")
+    assert "prod/web" in str(bad_ip) and "spec.clusterIPs[0]" in str(bad_ip)
+
+    bad_port = _error("Service", service("prod", "web", ports=[{"name": "x", "port": 70000}]))
+    assert bad_port.field == "spec.ports[0].port"
+    bad_protocol = _error("Service", service("prod", "web", ports=[{"name": "x", "port": 1, "protocol": "ICMP"}]))
+    assert bad_protocol.field == "spec.ports[0].protocol"
+    bad_name = _error("Service", service("prod", "Web_Site"))
+    assert bad_name.field == "metadata.name"
+    no_name = _error("Service", {"metadata": {}, "spec": {}})
+    assert no_name.field == "metadata.name"
+    wrong_type = _error("Service", {"metadata": {"name": "x"}, "spec": {"ports": "80"}})
+    assert wrong_type.field == "spec.ports"
+    not_a_mapping = _error("Service", ["not", "an", "object"])
+    assert not_a_mapping.field == "(object)"
+
+
+def test_external_name_must_be_a_dns_name():
+    assert _error("Service", service("a", "x", type_="ExternalName", external_name="10.0.0.1")).field == (
+        "spec.externalName"
+    )
+    assert _error("Service", service("a", "x", type_="ExternalName", external_name="bad name.com")).field == (
+        "spec.externalName"
+    )
+    assert _error("Service", service("a", "x", type_="ExternalName", external_name=None)).field == "spec.externalName"
+
+
+def test_endpoint_slice_fields_and_defaults():
+    converted = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", ready=None)]))
+    assert converted.service_name == "svc" and converted.ip_version == 4
+    assert converted.endpoints[0].ready is True
+    not_ready = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", ready=False)]))
+    assert not_ready.endpoints[0].ready is False
+
+
+def test_endpoint_slice_without_service_label_or_with_fqdn_addresses_is_not_used():
+    unowned = endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1")])
+    del unowned["metadata"]["labels"]
+    assert convert("EndpointSlice", unowned) is None
+    assert convert("EndpointSlice", endpoint_slice("a", "s", "svc", [{"addresses": ["x.com"]}], family="FQDN")) is None
+
+
+def test_endpoint_slice_port_without_number_is_skipped():
+    obj = endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1")], ports=[{"name": "all", "protocol": "TCP"}])
+    assert convert("EndpointSlice", obj).ports == ()
+
+
+def test_endpoint_slice_errors_name_the_field():
+    wrong_family = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("fd00::1")]))
+    assert (wrong_family.ref, wrong_family.field) == ("a/s", "endpoints[0].addresses[0]")
+    assert "IPv4" in wrong_family.problem
+    no_addresses = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [{"addresses": []}]))
+    assert no_addresses.field == "endpoints[0].addresses"
+    bad_ready = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", ready="yes")]))
+    assert bad_ready.field == "endpoints[0].conditions.ready"
+    bad_hostname = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", hostname="a.b")]))
+    assert bad_hostname.field == "endpoints[0].hostname"
+    bad_type = _error("EndpointSlice", {**endpoint_slice("a", "s", "svc", []), "addressType": "IPv5"})
+    assert bad_type.field == "addressType"
+
+
+def test_pod_ips_from_pod_ips_or_pod_ip():
+    assert [str(ip) for ip in convert("Pod", pod("a", "p", "10.0.0.1", "fd00::1")).ips] == ["10.0.0.1", "fd00::1"]
+    single = {"metadata": {"name": "p", "namespace": "a"}, "status": {"podIP": "10.0.0.2"}}
+    assert [str(ip) for ip in convert("Pod", single).ips] == ["10.0.0.2"]
+    pending = {"metadata": {"name": "p", "namespace": "a"}, "status": {"phase": "Pending"}}
+    assert convert("Pod", pending).ips == ()
+    assert _error("Pod", pod("a", "p", "nope")).field == "status.podIPs[0].ip"

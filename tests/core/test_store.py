@@ -1,0 +1,192 @@
+"""Applying changes to the store: each change rebuilds only its own object's answers, and the zone
+after any sequence of changes answers as a zone built fresh from the final objects would."""
+
+from __future__ import annotations
+
+from kdns.core.convert import convert
+from kdns.core.zonefile import render
+from tests.builders import (
+    ask,
+    endpoint,
+    endpoint_slice,
+    headless,
+    namespace,
+    rcode,
+    records,
+    service,
+    store_of,
+)
+
+
+def _upsert(store, obj):
+    store.upsert(convert(obj["kind"], obj))
+
+
+def test_new_service_resolves_and_deleted_service_goes_nxdomain_with_its_ptr():
+    store = store_of()
+    _upsert(store, service("prod", "web", ["10.96.0.5"]))
+    assert records(ask(store, "web.prod.svc.cluster.local")) == ["web.prod.svc.cluster.local. A 10.96.0.5"]
+    store.delete("Service", ("prod", "web"))
+    assert rcode(ask(store, "web.prod.svc.cluster.local")) == "NXDOMAIN"
+    assert rcode(ask(store, "5.0.96.10.in-addr.arpa", "PTR")) == "REFUSED"
+    assert rcode(ask(store, "prod.svc.cluster.local")) == "NXDOMAIN"
+
+
+def test_a_slice_change_rebuilds_only_that_services_answers():
+    store = store_of(
+        service("prod", "web", ["10.96.0.5"]),
+        headless("prod", "db"),
+        endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5")]),
+    )
+    zone = store.zone
+    web_before = zone.answer(b"\x03web\x04prod\x03svc\x07cluster\x05local\x00", 1)
+    _upsert(store, endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5"), endpoint("10.244.1.6")]))
+    assert zone.answer(b"\x03web\x04prod\x03svc\x07cluster\x05local\x00", 1) is web_before
+    assert len(records(ask(store, "db.prod.svc.cluster.local"))) == 2
+
+
+def test_an_endpoint_turning_not_ready_leaves_the_answers():
+    store = store_of(
+        headless("prod", "db"),
+        endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", hostname="db-0"), endpoint("10.244.1.6")]),
+    )
+    _upsert(
+        store,
+        endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", False, hostname="db-0"), endpoint("10.244.1.6")]),
+    )
+    assert records(ask(store, "db.prod.svc.cluster.local")) == ["db.prod.svc.cluster.local. A 10.244.1.6"]
+    assert rcode(ask(store, "db-0.db.prod.svc.cluster.local")) == "NXDOMAIN"
+    assert rcode(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == "REFUSED"
+
+
+def test_service_created_after_its_slices_publishes_them():
+    store = store_of(endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5")]))
+    assert rcode(ask(store, "db.prod.svc.cluster.local")) == "NXDOMAIN"
+    _upsert(store, headless("prod", "db"))
+    assert records(ask(store, "db.prod.svc.cluster.local")) == ["db.prod.svc.cluster.local. A 10.244.1.5"]
+
+
+def test_slice_deleted_takes_its_endpoints_away():
+    store = store_of(
+        headless("prod", "db"),
+        endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5")]),
+        endpoint_slice("prod", "db-b", "db", [endpoint("10.244.1.6")]),
+    )
+    store.delete("EndpointSlice", ("prod", "db-a"))
+    assert records(ask(store, "db.prod.svc.cluster.local")) == ["db.prod.svc.cluster.local. A 10.244.1.6"]
+
+
+def test_slice_relabelled_to_another_service_moves_its_endpoints():
+    store = store_of(
+        headless("prod", "a"),
+        headless("prod", "b"),
+        endpoint_slice("prod", "s", "a", [endpoint("10.244.1.5")]),
+    )
+    _upsert(store, endpoint_slice("prod", "s", "b", [endpoint("10.244.1.5")]))
+    assert rcode(ask(store, "a.prod.svc.cluster.local")) == "NXDOMAIN"
+    assert records(ask(store, "b.prod.svc.cluster.local")) == ["b.prod.svc.cluster.local. A 10.244.1.5"]
+
+
+def test_address_in_two_services_has_a_ptr_for_each_until_one_goes():
+    store = store_of(
+        headless("prod", "a"),
+        headless("prod", "b"),
+        endpoint_slice("prod", "sa", "a", [endpoint("10.244.1.5", hostname="x")]),
+        endpoint_slice("prod", "sb", "b", [endpoint("10.244.1.5", hostname="y")]),
+    )
+    assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == [
+        "5.1.244.10.in-addr.arpa. PTR x.a.prod.svc.cluster.local.",
+        "5.1.244.10.in-addr.arpa. PTR y.b.prod.svc.cluster.local.",
+    ]
+    store.delete("Service", ("prod", "a"))
+    assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == [
+        "5.1.244.10.in-addr.arpa. PTR y.b.prod.svc.cluster.local."
+    ]
+
+
+def test_service_changing_type_replaces_its_records():
+    store = store_of(service("prod", "web", ["10.96.0.5"]))
+    _upsert(store, service("prod", "web", type_="ExternalName", external_name="example.com"))
+    assert records(ask(store, "web.prod.svc.cluster.local")) == ["web.prod.svc.cluster.local. CNAME example.com."]
+    assert rcode(ask(store, "_http._tcp.web.prod.svc.cluster.local", "SRV")) == "NXDOMAIN"
+    _upsert(store, service("prod", "web", ["10.96.0.6"]))
+    assert records(ask(store, "web.prod.svc.cluster.local")) == ["web.prod.svc.cluster.local. A 10.96.0.6"]
+
+
+def test_namespace_exists_while_its_object_or_any_service_does():
+    store = store_of(namespace("prod"), service("prod", "web"))
+    store.delete("Namespace", ("", "prod"))
+    assert rcode(ask(store, "prod.svc.cluster.local")) == "NOERROR"
+    store.delete("Service", ("prod", "web"))
+    assert rcode(ask(store, "prod.svc.cluster.local")) == "NXDOMAIN"
+    assert rcode(ask(store, "10-1-2-3.prod.pod.cluster.local")) == "NXDOMAIN"
+
+
+def test_removing_everything_leaves_the_zone_as_new():
+    objects = [
+        namespace("prod"),
+        service("prod", "web", ["10.96.0.5", "fd00::5"]),
+        headless("prod", "db"),
+        endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", hostname="db-0"), endpoint("10.244.1.6")]),
+        endpoint_slice("prod", "db-b", "db", [endpoint("fd00::9")], family="IPv6"),
+        service("prod", "pay", type_="ExternalName", external_name="example.com"),
+    ]
+    empty = store_of()
+    store = store_of(*objects)
+    for obj in reversed(objects):
+        key = ("", obj["metadata"]["name"]) if obj["kind"] == "Namespace" else ("prod", obj["metadata"]["name"])
+        store.delete(obj["kind"], key)
+    assert render(store.zone) == render(empty.zone)
+    assert len(store.zone._nodes) == len(empty.zone._nodes)
+    assert len(store.zone._positive) == len(empty.zone._positive)
+
+
+def test_incremental_changes_end_where_a_fresh_build_does():
+    final = [
+        service("prod", "web", ["10.96.0.7"]),
+        headless("prod", "db"),
+        endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", hostname="db-0"), endpoint("10.244.1.8")]),
+    ]
+    store = store_of(
+        service("prod", "web", ["10.96.0.5"]),
+        headless("prod", "db"),
+        endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", hostname="db-0")]),
+        endpoint_slice("prod", "db-old", "db", [endpoint("10.244.1.9")]),
+        service("prod", "gone", ["10.96.0.9"]),
+    )
+    store.delete("Service", ("prod", "gone"))
+    store.delete("EndpointSlice", ("prod", "db-old"))
+    for obj in final:
+        _upsert(store, obj)
+    fresh = store_of(*final)
+    assert render(store.zone) == render(fresh.zone)
+
+
+def test_serial_moves_forward_even_for_changes_within_one_second():
+    store = store_of()
+    store.zone.bump_serial(1000)
+    store.zone.bump_serial(1000)
+    assert store.zone.serial == 1001
+    store.zone.bump_serial(5000)
+    assert store.zone.serial == 5000
+
+
+def test_empty_non_terminal_stays_while_any_name_below_it_remains():
+    store = store_of(service("prod", "a", ["10.96.0.5"]), service("prod", "b", ["10.96.1.6"]))
+    store.delete("Service", ("prod", "a"))
+    for name in ("96.10.in-addr.arpa", "1.96.10.in-addr.arpa"):
+        reply = ask(store, name, "PTR")
+        assert rcode(reply) == "NOERROR" and records(reply) == [], name
+    assert rcode(ask(store, "0.96.10.in-addr.arpa", "PTR")) == "REFUSED"
+    store.delete("Service", ("prod", "b"))
+    assert rcode(ask(store, "96.10.in-addr.arpa", "PTR")) == "REFUSED"
+
+
+def test_srv_protocol_label_stays_while_one_named_port_remains():
+    ports = [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "https", "port": 443, "protocol": "TCP"}]
+    store = store_of(service("prod", "web", ["10.96.0.5"], ports))
+    _upsert(store, service("prod", "web", ["10.96.0.5"], ports[:1]))
+    assert rcode(ask(store, "_tcp.web.prod.svc.cluster.local", "SRV")) == "NOERROR"
+    assert rcode(ask(store, "_https._tcp.web.prod.svc.cluster.local", "SRV")) == "NXDOMAIN"
+    _upsert(store, service("prod", "web", ["10.96.0.5"], []))
+    assert rcode(ask(store, "_tcp.web.prod.svc.cluster.local", "SRV")) == "NXDOMAIN"
