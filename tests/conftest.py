@@ -1,0 +1,24 @@
+"""Fixtures shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.process import EXAMPLE, KdnsServer
+
+
+@pytest.fixture(scope="module")
+def example_server() -> Iterator[KdnsServer]:
+    """`kdns serve` on the example cluster, shared by a module's read-only tests."""
+    server = KdnsServer("--snapshot", str(EXAMPLE))
+    yield server
+    assert server.stop() == 0, server.log_text()
+
+
+@pytest.fixture(scope="session")
+def dig_installed() -> None:
+    if shutil.which("dig") is None:
+        pytest.fail("dig is not installed: apt-get install bind9-dnsutils (the README setup does)")

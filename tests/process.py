@@ -1,0 +1,97 @@
+"""Run the real `kdns` console script as a child process, as a user or a test harness would."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cluster.yaml"
+_LISTENING = re.compile(r"listening on \[?([0-9a-f:.]+?)\]?:(\d+) \(udp, tcp\)")
+
+
+def kdns_command() -> list[str]:
+    """The installed `kdns` script beside this interpreter (what `pip install` put there)."""
+    script = Path(sys.executable).with_name("kdns")
+    if not script.exists():
+        found = shutil.which("kdns")
+        assert found, "the kdns console script is not installed (pip install -e '.[test]')"
+        script = Path(found)
+    return [str(script)]
+
+
+def run_kdns(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*kdns_command(), *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class KdnsServer:
+    """`kdns serve` on ephemeral loopback ports; `addresses` holds where it listens."""
+
+    def __init__(self, *args: str, listen: tuple[str, ...] = ("127.0.0.1:0", "[::1]:0")) -> None:
+        command = [*kdns_command(), "serve", *args]
+        for address in listen:
+            command += ["--listen", address]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.log: list[str] = []
+        self.addresses: list[tuple[str, int]] = []
+        self._ready = threading.Event()
+        self._expected = len(listen)
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(30) or len(self.addresses) < self._expected:
+            self.stop()
+            raise AssertionError("kdns did not start:\n" + "".join(self.log))
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+            match = _LISTENING.search(line)
+            if match:
+                self.addresses.append((match.group(1), int(match.group(2))))
+                if len(self.addresses) == self._expected:
+                    self._ready.set()
+        self._ready.set()
+
+    @property
+    def host(self) -> str:
+        return self.addresses[0][0]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+        return self.process.returncode
+
+    def log_text(self) -> str:
+        time.sleep(0.05)
+        return "".join(self.log)
+
+
+def dig(server: KdnsServer, *args: str, address: tuple[str, int] | None = None) -> str:
+    host, port = address or server.addresses[0]
+    result = subprocess.run(
+        ["dig", f"@{host}", "-p", str(port), "+time=2", "+tries=1", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    return result.stdout
