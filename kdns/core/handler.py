@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdns.core import rdata, wire
-from kdns.core.zone import REFUSED, SERVFAIL, Zone
+from kdns.core.zone import REFUSED, SERVFAIL, Answer, Zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,23 +24,32 @@ class Handler:
     def __init__(self, zone: Zone, options: HandlerOptions = HandlerOptions()) -> None:
         self.zone = zone
         self.options = options
+        self._prepared = zone.prepared  # read directly on the hot path: one dict lookup a query
 
     def handle(self, packet: bytes, tcp: bool) -> bytes | None:
         """The reply to one query, or None when it must be dropped (a response, a stub of a header)."""
         options = self.options
         try:
             query = wire.parse_query(packet)
+            if query.qclass == rdata.CLASS_IN:
+                answer = self._prepared.get((query.key, query.qtype))
+                if answer is None:
+                    wire.check_name(packet, query)
+                    answer = self._slow_answer(query)
+            else:
+                wire.check_name(packet, query)
+                answer = None  # only class IN is served
         except wire.QueryError as error:
             return wire.error_reply(error, options.max_udp, options.recursion_available)
-        if query.qclass != rdata.CLASS_IN or query.qtype in (rdata.AXFR, rdata.IXFR):
-            # Only class IN is served; zone transfers are not offered (CoreDNS needs its
-            # `transfer` plugin for them, which kubeadm's Corefile does not load).
-            return wire.status_reply(query, REFUSED, options.max_udp, options.recursion_available)
-        answer = self.zone.answer(query.key, query.qtype)
         if answer is None:
             return wire.status_reply(query, REFUSED, options.max_udp, options.recursion_available)
         limit = wire.TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
         return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
+
+    def _slow_answer(self, query: wire.Query) -> Answer | None:
+        if query.qtype in (rdata.AXFR, rdata.IXFR):
+            return None  # zone transfers are not offered: CoreDNS needs its `transfer` plugin
+        return self.zone.answer(query.key, query.qtype)
 
     def failure_reply(self, packet: bytes) -> bytes | None:
         """SERVFAIL for a query whose handling raised: the server logs it and keeps serving."""

@@ -8,13 +8,17 @@ the rcode to answer with and whatever of the query could be read (its ID at leas
 
 from __future__ import annotations
 
+import functools
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kdns.core.zone import FORMERR, NOTIMP, Answer
 
 _HEADER = struct.Struct("!HHHHHH")
 _FIXED_RR = struct.Struct("!HHIH")
+_TYPE_CLASS = struct.Struct("!HH")
+_OPT_FIXED = struct.Struct("!HI")  # an OPT record's CLASS (UDP size) and TTL (flags, version)
+_ID_FLAGS = struct.Struct("!HH")
 
 QR = 0x8000
 AA = 0x0400
@@ -34,8 +38,7 @@ BADVERS = 16  # RFC 6891 6.1.3: extended rcode for an EDNS version we do not spe
 DO_BIT = 0x8000  # RFC 3225, in the OPT record's TTL field
 
 
-@dataclass(frozen=True, slots=True)
-class Edns:
+class Edns(NamedTuple):
     """What a client's OPT record (RFC 6891) said."""
 
     udp_size: int
@@ -43,9 +46,12 @@ class Edns:
     dnssec_ok: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
-    """A parsed query: the parts a reply needs, the question as sent and its lookup key."""
+class Query(NamedTuple):
+    """A parsed query: the parts a reply needs, the question as sent and its lookup key.
+
+    A NamedTuple rather than a dataclass: one is built per packet, and tuple construction is
+    several times cheaper than a frozen dataclass's.
+    """
 
     id: int
     flags: int
@@ -71,7 +77,12 @@ class QueryError(Exception):
 
 
 def parse_query(packet: bytes) -> Query:
-    """Parse a query; raise `QueryError` for anything that does not get a normal answer."""
+    """Parse a query; raise `QueryError` for anything that does not get a normal answer.
+
+    The question's name is taken to end at the first zero byte, without walking its labels: if
+    that name is in the zone's index, its bytes are those of a well-formed name and the walk would
+    find the same end. Any other name must pass `check_name` before it is answered.
+    """
     size = len(packet)
     if size < HEADER_LENGTH:
         # A header we cannot read: answer FORMERR when at least the ID is there (RFC 1035 4.1.1),
@@ -86,29 +97,48 @@ def parse_query(packet: bytes) -> Query:
         raise QueryError(NOTIMP, query_id, flags)
     if qdcount != 1:
         raise QueryError(FORMERR, query_id, flags)
-    # The question's name: plain labels only. A compression pointer could only point back into
-    # the header, so one here is malformed (and cannot loop).
-    end = HEADER_LENGTH
-    while True:
-        if end >= size:
-            raise QueryError(FORMERR, query_id, flags)
-        length = packet[end]
-        if length == 0:
-            end += 1
-            break
-        if length > 63:  # 0b01/0b10 prefixes are not labels; 0b11 is a pointer
-            raise QueryError(FORMERR, query_id, flags)
-        end += length + 1
-    if end - HEADER_LENGTH > MAX_NAME_WIRE or end + 4 > size:
+    end = packet.find(0, HEADER_LENGTH) + 1
+    if end == 0 or end + 4 > size:
         raise QueryError(FORMERR, query_id, flags)
-    question = packet[HEADER_LENGTH : end + 4]
-    qtype = packet[end] << 8 | packet[end + 1]
-    qclass = packet[end + 2] << 8 | packet[end + 3]
+    question_end = end + 4
+    question = packet[HEADER_LENGTH:question_end]
+    key = packet[HEADER_LENGTH:end].lower()
+    qtype, qclass = _TYPE_CLASS.unpack_from(packet, end)
     edns = None
     if arcount:
-        edns = _find_opt(packet, end + 4, ancount + nscount, arcount, query_id, flags, question)
-    key = packet[HEADER_LENGTH:end].lower()
+        if (
+            arcount == 1
+            and not ancount
+            and not nscount
+            and size == question_end + 11
+            and packet[question_end : question_end + 3] == b"\x00\x00\x29"
+            and packet[question_end + 9 :] == b"\x00\x00"
+        ):  # the usual case: exactly one OPT record, with no options
+            udp_size, ttl = _OPT_FIXED.unpack_from(packet, question_end + 3)
+            edns = Edns(udp_size, (ttl >> 16) & 0xFF, bool(ttl & DO_BIT))
+            if edns.version:
+                raise QueryError(BADVERS, query_id, flags, question, edns)
+        else:
+            edns = _find_opt(packet, question_end, ancount + nscount, arcount, query_id, flags, question)
     return Query(query_id, flags, question, key, qtype, qclass, edns)
+
+
+def check_name(packet: bytes, query: Query) -> None:
+    """Raise FORMERR unless the question's name is made of plain labels (RFC 1035 4.1.2) ending
+    where `parse_query` took it to end, within 255 bytes.
+
+    A compression pointer could only point back into the header, so one in the question is
+    malformed (and so cannot loop).
+    """
+    end = HEADER_LENGTH
+    name_end = HEADER_LENGTH + len(query.key)
+    while end < name_end:
+        length = packet[end]
+        if length == 0 or length > 63:  # 0b01/0b10 prefixes are not labels; 0b11 is a pointer
+            break
+        end += length + 1
+    if end != name_end - 1 or name_end - HEADER_LENGTH > MAX_NAME_WIRE:
+        raise QueryError(FORMERR, query.id, query.flags)
 
 
 def _find_opt(
@@ -159,8 +189,10 @@ def udp_limit(edns: Edns | None, max_udp: int) -> int:
     return max(CLASSIC_UDP_LIMIT, min(edns.udp_size, max_udp))
 
 
-def _opt_record(edns: Edns, rcode: int, max_udp: int) -> bytes:
-    ttl = (rcode >> 4) << 24 | (DO_BIT if edns.dnssec_ok else 0)  # version 0
+@functools.cache
+def _opt_record(dnssec_ok: bool, rcode: int, max_udp: int) -> bytes:
+    """Our OPT record: version 0, our UDP size, the upper bits of the rcode, DO echoed (RFC 3225)."""
+    ttl = (rcode >> 4) << 24 | (DO_BIT if dnssec_ok else 0)
     return b"\x00" + _FIXED_RR.pack(TYPE_OPT, max_udp, ttl, 0)
 
 
@@ -170,27 +202,25 @@ def reply(query: Query, answer: Answer, limit: int, max_udp: int, recursion_avai
     Over the limit, the additional section goes first (no TC: RFC 2181 9); if the answer still
     does not fit, the reply carries no records and sets TC so that the client retries over TCP.
     """
-    flags = QR | AA | (query.flags & (RD | CD)) | answer.rcode
+    flags = answer.flags | (query.flags & (RD | CD))
     if recursion_available:
         flags |= RA
     question = query.question
     records = answer.records
-    additional = answer.additional_count
-    tail = b""
-    if query.edns is not None:
-        tail = _opt_record(query.edns, answer.rcode, max_udp)
-        additional += 1
-    if HEADER_LENGTH + len(question) + len(records) + len(tail) > limit:
-        records = records[: answer.required_length]
-        additional -= answer.additional_count
-        if HEADER_LENGTH + len(question) + len(records) + len(tail) > limit:
-            return _HEADER.pack(query.id, flags | TC, 1, 0, 0, additional) + question + tail
-    return (
-        _HEADER.pack(query.id, flags, 1, answer.answer_count, answer.authority_count, additional)
-        + question
-        + records
-        + tail
-    )
+    if query.edns is None:
+        tail = b""
+        counts = answer.counts
+    else:
+        tail = _opt_record(query.edns.dnssec_ok, answer.rcode, max_udp)
+        counts = answer.counts_with_opt
+    if HEADER_LENGTH + len(question) + len(records) + len(tail) <= limit:
+        return _ID_FLAGS.pack(query.id, flags) + counts + question + records + tail
+    opt_count = 1 if tail else 0
+    records = records[: answer.required_length]
+    if HEADER_LENGTH + len(question) + len(records) + len(tail) <= limit:
+        header = _HEADER.pack(query.id, flags, 1, answer.answer_count, answer.authority_count, opt_count)
+        return header + question + records + tail
+    return _HEADER.pack(query.id, flags | TC, 1, 0, 0, opt_count) + question + tail
 
 
 def error_reply(error: QueryError, max_udp: int, recursion_available: bool) -> bytes | None:
@@ -204,7 +234,7 @@ def error_reply(error: QueryError, max_udp: int, recursion_available: bool) -> b
     qdcount = 1 if error.question else 0
     tail = b""
     if error.edns is not None:
-        tail = _opt_record(error.edns, rcode, max_udp)
+        tail = _opt_record(error.edns.dnssec_ok, rcode, max_udp)
     return _HEADER.pack(error.query_id, flags, qdcount, 0, 0, 1 if tail else 0) + error.question + tail
 
 

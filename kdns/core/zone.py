@@ -13,8 +13,9 @@ client spelled the name in.
 
 from __future__ import annotations
 
+import functools
+import struct
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from kdns.core import rdata
 from kdns.core.model import IPAddress
@@ -38,20 +39,44 @@ REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
 PodPolicy = Callable[[str, IPAddress], bool]
 
 
-@dataclass(frozen=True, slots=True)
 class Answer:
-    """A prepared reply, less its header and question.
+    """A prepared reply, less its ID, question and any OPT record.
 
     `required_length` is the length of the answer and authority sections: the additional section
-    after it can be dropped to fit a small UDP limit without setting TC (RFC 2181 9).
+    after it can be dropped to fit a small UDP limit without setting TC (RFC 2181 9). The header's
+    flags and section counts are worked out here, once, rather than for every reply.
     """
 
-    rcode: int
-    answer_count: int
-    authority_count: int
-    additional_count: int
-    records: bytes
-    required_length: int
+    __slots__ = (
+        "additional_count",
+        "answer_count",
+        "authority_count",
+        "counts",
+        "counts_with_opt",
+        "flags",
+        "rcode",
+        "records",
+        "required_length",
+    )
+
+    def __init__(
+        self, rcode: int, answer_count: int, authority_count: int, additional_count: int, records: bytes, required: int
+    ) -> None:
+        self.rcode = rcode
+        self.answer_count = answer_count
+        self.authority_count = authority_count
+        self.additional_count = additional_count
+        self.records = records
+        self.required_length = required
+        self.flags = 0x8400 | rcode  # QR and AA
+        self.counts = _counts(answer_count, authority_count, additional_count)
+        self.counts_with_opt = _counts(answer_count, authority_count, additional_count + 1)
+
+
+@functools.cache
+def _counts(answers: int, authority: int, additional: int) -> bytes:
+    """QDCOUNT (always 1) and the three section counts; shared bytes, as few values recur."""
+    return struct.pack("!HHHH", 1, answers, authority, additional)
 
 
 class _Node:
@@ -75,7 +100,9 @@ class Zone:
         self.apexes = tuple(to_wire(apex) for apex in (self.domain, *REVERSE_ZONES))
         self._domain_key = self.apexes[0]
         self._pod_suffix = to_wire(f"pod.{self.domain}")
-        self._positive: dict[tuple[bytes, int], Answer] = {}
+        # (lowercased wire name, type) -> answer, for every name and type that has records. The
+        # handler reads it directly; everything else about a name goes through `answer`.
+        self.prepared: dict[tuple[bytes, int], Answer] = {}
         self._cname: dict[bytes, Answer] = {}
         self._nodes: dict[bytes, _Node] = {}
         self._contributors: dict[Hashable, tuple[bytes, ...]] = {}
@@ -89,7 +116,7 @@ class Zone:
 
     def answer(self, key: bytes, qtype: int) -> Answer | None:
         """The answer for a lowercased wire name, or None when the name is not ours to answer."""
-        found = self._positive.get((key, qtype))
+        found = self.prepared.get((key, qtype))
         if found is not None:
             return found
         return self._answer_slow(key, qtype)
@@ -239,7 +266,7 @@ class Zone:
 
     def _drop_answers(self, key: bytes, node: _Node) -> None:
         for rtype in node.types:
-            del self._positive[(key, rtype)]
+            del self.prepared[(key, rtype)]
         node.types = ()
         self._cname.pop(key, None)
 
@@ -263,7 +290,7 @@ class Zone:
             self._cname[key] = self._prepare(key, by_type[rdata.CNAME])
             return
         for rtype, group in by_type.items():
-            self._positive[(key, rtype)] = self._prepare(key, group)
+            self.prepared[(key, rtype)] = self._prepare(key, group)
         node.types = tuple(by_type)
 
     def _prepare(self, key: bytes, records: Sequence[Record]) -> Answer:

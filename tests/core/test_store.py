@@ -138,7 +138,7 @@ def test_removing_everything_leaves_the_zone_as_new():
         store.delete(obj["kind"], key)
     assert render(store.zone) == render(empty.zone)
     assert len(store.zone._nodes) == len(empty.zone._nodes)
-    assert len(store.zone._positive) == len(empty.zone._positive)
+    assert len(store.zone.prepared) == len(empty.zone.prepared)
 
 
 def test_incremental_changes_end_where_a_fresh_build_does():

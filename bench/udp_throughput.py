@@ -1,0 +1,137 @@
+"""UDP queries per second and CPU per query: kdns against Unbound (one thread), same names, same run.
+
+Both servers answer the same 1,000 cluster names from memory (kdns from a snapshot, Unbound from
+`local-data`); dnsperf sends the same query file to each for the same time. The figures are
+printed as ratios to Unbound's, measured in the same run, because these machines are shared and
+absolute rates vary from run to run. Nothing is asserted.
+
+    apt-get install -y dnsperf unbound
+    .venv/bin/python bench/udp_throughput.py [--seconds 10] [--services 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cluster(services: int) -> tuple[list[dict], list[tuple[str, str]]]:
+    items, names = [], []
+    for i in range(services):
+        ip = f"10.96.{i // 250}.{i % 250 + 1}"
+        items.append(
+            {
+                "kind": "Service",
+                "metadata": {"name": f"svc-{i}", "namespace": "bench"},
+                "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]},
+            }
+        )
+        names.append((f"svc-{i}.bench.svc.cluster.local", ip))
+    return items, names
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def wait_until_answering(port: int, name: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            ["dig", "@127.0.0.1", "-p", str(port), name, "+short", "+time=1", "+tries=1"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.stdout.strip():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"no answer on port {port}")
+
+
+def dnsperf(port: int, queries: Path, seconds: int, pid: int) -> tuple[float, float]:
+    """(queries per second, CPU microseconds per query of the server process)."""
+    before = cpu_seconds(pid)
+    result = subprocess.run(
+        ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", str(seconds), "-q", "200"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    used = cpu_seconds(pid) - before
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", result.stdout).group(1))
+    completed = int(re.search(r"Queries completed:\s+(\d+)", result.stdout).group(1))
+    lost = int(re.search(r"Queries lost:\s+(\d+)", result.stdout).group(1))
+    if lost:
+        print(f"  (port {port}: {lost} queries lost)")
+    return qps, used / max(completed, 1) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--services", type=int, default=1000)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="kdns-bench-") as tmp:
+        work = Path(tmp)
+        items, names = cluster(args.services)
+        snapshot = work / "cluster.yaml"
+        snapshot.write_text(yaml.safe_dump({"kind": "List", "items": items}))
+        queries = work / "queries.txt"
+        queries.write_text("".join(f"{name} A\n" for name, _ in names))
+
+        unbound_port, kdns_port = free_port(), free_port()
+        conf = work / "unbound.conf"
+        local = "".join(f'  local-data: "{name}. 30 IN A {ip}"\n' for name, ip in names)
+        conf.write_text(
+            "server:\n"
+            f"  interface: 127.0.0.1\n  port: {unbound_port}\n  num-threads: 1\n  do-daemonize: no\n"
+            '  username: ""\n  chroot: ""\n  pidfile: ""\n  use-syslog: no\n  verbosity: 0\n'
+            f'  directory: "{work}"\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n'
+            '  local-zone: "cluster.local." static\n' + local
+        )
+        kdns = subprocess.Popen(
+            [sys.executable, "-m", "kdns", "serve", "--snapshot", str(snapshot), "--listen", f"127.0.0.1:{kdns_port}"],
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        unbound = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stderr=subprocess.DEVNULL)
+        try:
+            wait_until_answering(kdns_port, names[0][0])
+            wait_until_answering(unbound_port, names[0][0])
+            print(f"{args.services} names, {args.seconds} s per server, dnsperf -q 200, 127.0.0.1")
+            base_qps, base_cpu = dnsperf(unbound_port, queries, args.seconds, unbound.pid)
+            kdns_qps, kdns_cpu = dnsperf(kdns_port, queries, args.seconds, kdns.pid)
+            print(f"unbound (1 thread): {base_qps:10.0f} q/s  {base_cpu:6.1f} us CPU/query  (baseline)")
+            print(f"kdns              : {kdns_qps:10.0f} q/s  {kdns_cpu:6.1f} us CPU/query")
+            print(f"kdns / unbound    : {kdns_qps / base_qps:10.2f} x rate  {kdns_cpu / base_cpu:6.2f} x CPU per query")
+        finally:
+            for process in (kdns, unbound):
+                process.send_signal(signal.SIGTERM)
+                process.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

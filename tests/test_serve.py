@@ -1,0 +1,102 @@
+"""The trio listeners in-process: a handler that raises never stops them, and TCP framing holds up
+against queries split across reads."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import dns.message
+import dns.rcode
+import trio
+
+from kdns.core.handler import Handler
+from kdns.serve import ListenAddress, TcpLimits, bind, serve
+from tests.builders import service, store_of
+
+BOOM = "boom.prod.svc.cluster.local"
+
+
+class ExplodingHandler(Handler):
+    """A handler with a bug: it raises for one name."""
+
+    def handle(self, packet: bytes, tcp: bool) -> bytes | None:
+        if b"\x04boom" in packet:
+            raise RuntimeError("a bug in the handler")
+        return super().handle(packet, tcp)
+
+
+async def _start(nursery: trio.Nursery) -> tuple[str, int]:
+    listener = bind(ListenAddress("127.0.0.1", 0))
+    handler = ExplodingHandler(store_of(service("prod", "web", ["10.96.0.5"])).zone)
+    await nursery.start(serve, [listener], handler, TcpLimits())
+    return listener.address.host, listener.address.port
+
+
+async def _udp_query(address: tuple[str, int], name: str) -> dns.message.Message:
+    query = dns.message.make_query(name, "A")
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        await sock.sendto(query.to_wire(), address)
+        with trio.fail_after(5):
+            data = await sock.recv(65535)
+    return dns.message.from_wire(data)
+
+
+async def test_udp_query_that_makes_the_handler_raise_gets_servfail_and_the_loop_goes_on(caplog):
+    async with trio.open_nursery() as nursery:
+        address = await _start(nursery)
+        failed = await _udp_query(address, BOOM)
+        assert failed.rcode() == dns.rcode.SERVFAIL
+        ok = await _udp_query(address, "web.prod.svc.cluster.local")
+        assert ok.answer[0][0].address == "10.96.0.5"
+        nursery.cancel_scope.cancel()
+    assert "error answering a UDP query" in caplog.text
+
+
+async def test_tcp_query_that_makes_the_handler_raise_gets_servfail_on_a_connection_that_stays_open():
+    async with trio.open_nursery() as nursery:
+        host, port = await _start(nursery)
+        stream = await trio.open_tcp_stream(host, port)
+        replies = []
+        for name in (BOOM, "web.prod.svc.cluster.local"):
+            wire = dns.message.make_query(name, "A").to_wire()
+            await stream.send_all(struct.pack("!H", len(wire)) + wire)
+            replies.append(dns.message.from_wire(await _read_framed(stream)))
+        assert [reply.rcode() for reply in replies] == [dns.rcode.SERVFAIL, dns.rcode.NOERROR]
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_tcp_query_split_into_single_bytes_is_reassembled():
+    async with trio.open_nursery() as nursery:
+        host, port = await _start(nursery)
+        stream = await trio.open_tcp_stream(host, port)
+        wire = dns.message.make_query("web.prod.svc.cluster.local", "A").to_wire()
+        for byte in struct.pack("!H", len(wire)) + wire:
+            await stream.send_all(bytes([byte]))
+            await trio.sleep(0.001)
+        reply = dns.message.from_wire(await _read_framed(stream))
+        assert reply.answer[0][0].address == "10.96.0.5"
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_tcp_stream_carrying_a_response_is_closed():
+    async with trio.open_nursery() as nursery:
+        host, port = await _start(nursery)
+        stream = await trio.open_tcp_stream(host, port)
+        response = dns.message.make_response(dns.message.make_query("web.prod.svc.cluster.local", "A")).to_wire()
+        await stream.send_all(struct.pack("!H", len(response)) + response)
+        with trio.fail_after(5):
+            assert await stream.receive_some(10) == b""
+        nursery.cancel_scope.cancel()
+
+
+async def _read_framed(stream: trio.SocketStream) -> bytes:
+    data = b""
+    with trio.fail_after(5):
+        while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
+            chunk = await stream.receive_some(65535)
+            assert chunk, "connection closed"
+            data += chunk
+    return data[2:]
