@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -172,7 +173,8 @@ def convert_service(obj: Any) -> Service:
         if (port := r.port(f"spec.ports[{i}]", item, allow_missing_port=False)) is not None
     )
     publish = r.get("spec.publishNotReadyAddresses", bool, False)
-    return Service(namespace, name, service_type, cluster_ips, ports, external_name, publish)
+    has_selector = bool(r.get("spec.selector", Mapping, {}))
+    return Service(namespace, name, service_type, cluster_ips, ports, external_name, publish, has_selector)
 
 
 def _external_name(r: _Reader, text: str) -> str:
@@ -216,9 +218,9 @@ def convert_endpoint_slice(obj: Any) -> EndpointSlice | None:
         conditions = item.get("conditions") or {}
         if not isinstance(conditions, Mapping):
             raise r.fail(f"{path}.conditions", f"expected a mapping, got {_type(conditions)}")
-        ready = conditions.get("ready")
-        if ready is not None and not isinstance(ready, bool):
-            raise r.fail(f"{path}.conditions.ready", f"expected a boolean, got {_type(ready)}")
+        ready, serving, terminating = (
+            _condition(r, f"{path}.conditions", conditions, name) for name in ("ready", "serving", "terminating")
+        )
         hostname = item.get("hostname") or ""
         if hostname:
             hostname = r.label(f"{path}.hostname", hostname, "hostname")
@@ -226,13 +228,34 @@ def convert_endpoint_slice(obj: Any) -> EndpointSlice | None:
         target_pod = ""
         if isinstance(target, Mapping) and target.get("kind") == "Pod":
             target_pod = str(target.get("name") or "")
-        endpoints.append(Endpoint(addresses, ready is not False, hostname, target_pod))
+        node_name = item.get("nodeName") or ""
+        if not isinstance(node_name, str):
+            raise r.fail(f"{path}.nodeName", f"expected a string, got {_type(node_name)}")
+        is_ready = ready is not False
+        endpoints.append(
+            Endpoint(
+                addresses,
+                is_ready,
+                is_ready if serving is None else serving,
+                terminating is True,
+                hostname,
+                sys.intern(node_name),
+                target_pod,
+            )
+        )
     ports = tuple(
         port
         for i, item in enumerate(r.get("ports", list, []))
         if (port := r.port(f"ports[{i}]", item, allow_missing_port=True)) is not None
     )
     return EndpointSlice(namespace, name, service_name, version, tuple(endpoints), ports)
+
+
+def _condition(r: _Reader, path: str, conditions: Mapping[str, Any], name: str) -> bool | None:
+    value = conditions.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise r.fail(f"{path}.{name}", f"expected a boolean, got {_type(value)}")
+    return value
 
 
 def convert_pod(obj: Any) -> Pod:

@@ -55,6 +55,7 @@ class Service:
     ports: tuple[ServicePort, ...]
     external_name: str  # "" unless type is EXTERNAL_NAME
     publish_not_ready_addresses: bool
+    has_selector: bool  # False for a selector-less Service, whose EndpointSlices are made by hand
 
     @property
     def key(self) -> tuple[str, str]:
@@ -65,7 +66,10 @@ class Service:
 class Endpoint:
     addresses: tuple[IPAddress, ...]
     ready: bool  # conditions.ready, with a missing value counted as ready (API convention)
+    serving: bool  # conditions.serving, missing counted as equal to ready
+    terminating: bool  # conditions.terminating, missing counted as False
     hostname: str  # "" when unset
+    node_name: str  # "" when unset; interned, as thousands of endpoints share a few nodes
     target_pod: str  # name of the Pod in targetRef, "" when the target is not a Pod
 
 

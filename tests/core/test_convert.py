@@ -105,3 +105,26 @@ def test_pod_ips_from_pod_ips_or_pod_ip():
     pending = {"metadata": {"name": "p", "namespace": "a"}, "status": {"phase": "Pending"}}
     assert convert("Pod", pending).ips == ()
     assert _error("Pod", pod("a", "p", "nope")).field == "status.podIPs[0].ip"
+
+
+def test_endpoint_conditions_node_and_selector_are_kept():
+    item = {
+        "addresses": ["10.0.0.1"],
+        "conditions": {"ready": False, "serving": True, "terminating": True},
+        "nodeName": "node-1",
+        "targetRef": {"kind": "Pod", "name": "web-0"},
+    }
+    converted = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [item])).endpoints[0]
+    assert (converted.ready, converted.serving, converted.terminating) == (False, True, True)
+    assert converted.node_name == "node-1" and converted.target_pod == "web-0"
+    bare = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1")])).endpoints[0]
+    assert (bare.ready, bare.serving, bare.terminating, bare.node_name) == (True, True, False, "")
+    bad = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [{**item, "conditions": {"serving": "no"}}]))
+    assert bad.field == "endpoints[0].conditions.serving"
+
+
+def test_selector_less_service_is_marked():
+    with_selector = service("a", "x")
+    with_selector["spec"]["selector"] = {"app": "x"}
+    assert convert("Service", with_selector).has_selector is True
+    assert convert("Service", service("a", "x")).has_selector is False
