@@ -1,5 +1,5 @@
-"""`kdns serve`: one trio program that loads the cluster, binds the listeners and serves until a
-signal ends it."""
+"""`kdns serve`: one trio program that loads or follows the cluster, binds the listeners and
+serves until a signal ends it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from kdns.core.model import IPAddress
 from kdns.core.store import ClusterStore, PodMode
 from kdns.serve import BoundListener, bind, serve
 from kdns.sources import snapshot
+from kdns.sources.kube import ClusterFollower, load_api_client
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +42,42 @@ def ns_addresses(listeners: list[BoundListener]) -> tuple[IPAddress, ...]:
 
 def run(config: ServeConfig) -> int:
     """Serve until SIGTERM or SIGINT; the exit status."""
+    api_client = None if config.snapshot is not None else load_api_client(config.kubeconfig, config.context)
     listeners = [bind(address) for address in config.listen]
-    assert config.snapshot is not None
-    loaded, store = build_store(
-        config.snapshot, config.cluster_domain, config.ttl, config.pod_mode, ns_addresses(listeners)
-    )
-    snapshot.report(loaded)
-    log.info("loaded %s: %s", loaded.path, ", ".join(f"{count} {what}" for what, count in store.counts().items()))
-    handler = Handler(store.zone, HandlerOptions(max_udp=config.max_udp))
-    trio.run(_main, listeners, handler, config)
+    follower = None
+    if config.snapshot is not None:
+        loaded, store = build_store(
+            config.snapshot, config.cluster_domain, config.ttl, config.pod_mode, ns_addresses(listeners)
+        )
+        snapshot.report(loaded)
+        log.info("loaded %s: %s", loaded.path, ", ".join(f"{count} {what}" for what, count in store.counts().items()))
+        handler = Handler(store.zone, HandlerOptions(max_udp=config.max_udp))
+    else:
+        assert api_client is not None
+        store = ClusterStore(
+            config.cluster_domain, config.ttl, config.pod_mode, fallback_ns_addresses=ns_addresses(listeners)
+        )
+        handler = Handler(store.zone, HandlerOptions(max_udp=config.max_udp))
+        handler.synced = False
+
+        def synced() -> None:
+            handler.synced = True
+
+        follower = ClusterFollower(store, api_client, config.watch, synced)
+    trio.run(_main, listeners, handler, config, follower)
     return 0
 
 
-async def _main(listeners: list[BoundListener], handler: Handler, config: ServeConfig) -> None:
+async def _main(
+    listeners: list[BoundListener], handler: Handler, config: ServeConfig, follower: ClusterFollower | None
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, listeners, handler, config.tcp)
             for listener in listeners:
                 log.info("listening on %s (udp, tcp)", listener.address)
+            if follower is not None:
+                await nursery.start(follower.run)
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

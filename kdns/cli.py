@@ -12,12 +12,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import urllib3
+import yaml
+from kubernetes.client.rest import ApiException
+
 from kdns import __version__, app, config
 from kdns.core.store import ClusterStore, PodMode
 from kdns.core.zonefile import render
 from kdns.errors import KdnsError
 from kdns.serve import ListenAddress, TcpLimits
 from kdns.sources import snapshot
+from kdns.sources.kube import WatchOptions, load_api_client, snapshot_items
 
 log = logging.getLogger("kdns")
 
@@ -41,8 +46,29 @@ def _parser() -> argparse.ArgumentParser:
             "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default info)"
         )
 
+    def api_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG, ~/.kube/config)")
+        sub.add_argument("--context", help="kubeconfig context to use (default: the current one)")
+        sub.add_argument("--namespaces", metavar="A,B", help="serve only these namespaces (default: all)")
+        sub.add_argument("--labels", metavar="SELECTOR", default="", help="serve only Services matching this selector")
+        sub.add_argument(
+            "--api-timeout", type=float, default=30.0, help="seconds to connect to and read from the API (default 30)"
+        )
+
     serve = commands.add_parser("serve", help="serve DNS for a cluster")
-    serve.add_argument("--snapshot", type=Path, help="serve the objects of this YAML or JSON file")
+    serve.add_argument(
+        "--snapshot", type=Path, help="serve the objects of this YAML or JSON file instead of following a cluster"
+    )
+    api_options(serve)
+    serve.add_argument(
+        "--watch-timeout",
+        type=int,
+        default=300,
+        help="a watch asks the API to end it after T to 2T seconds, then resumes (default 300)",
+    )
+    serve.add_argument(
+        "--api-backoff-max", type=float, default=30.0, help="longest wait between retries while the API fails"
+    )
     serve.add_argument(
         "--listen",
         action="append",
@@ -68,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     dump = commands.add_parser("dump", help="print the zone built from a snapshot as zone-file text")
     dump.add_argument("--snapshot", type=Path, required=True)
     zone_options(dump)
+
+    take = commands.add_parser("snapshot", help="list the cluster once and write a snapshot file")
+    api_options(take)
+    take.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    take.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default info)"
+    )
     return parser
 
 
@@ -81,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return app.run(_serve_config(args))
         if args.command == "check":
             return _check(args)
+        if args.command == "snapshot":
+            return _snapshot(args)
         return _dump(args)
     except KdnsError as error:
         print(f"kdns: error: {error}", file=sys.stderr)
@@ -88,19 +123,55 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
-    if args.snapshot is None:
-        raise KdnsError("serve needs --snapshot FILE: following a live cluster is not available yet")
     if args.tcp_idle_timeout <= 0 or args.max_tcp_connections < 1:
         raise KdnsError("--tcp-idle-timeout and --max-tcp-connections must be positive")
+    pod_mode = PodMode(args.pods)
     return config.ServeConfig(
         snapshot=args.snapshot,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        watch=_watch_options(args, watch_pods=pod_mode is PodMode.VERIFIED),
         listen=tuple(ListenAddress.parse(text) for text in (args.listen or ["0.0.0.0:53"])),
         cluster_domain=config.cluster_domain(args.cluster_domain),
-        pod_mode=PodMode(args.pods),
+        pod_mode=pod_mode,
         ttl=config.ttl(args.ttl),
         max_udp=config.max_udp(args.max_udp_size),
         tcp=TcpLimits(idle_timeout=args.tcp_idle_timeout, max_connections=args.max_tcp_connections),
     )
+
+
+def _watch_options(args: argparse.Namespace, watch_pods: bool) -> WatchOptions:
+    watch_timeout = getattr(args, "watch_timeout", 300)
+    if watch_timeout < 1:
+        raise KdnsError(f"--watch-timeout {watch_timeout}: must be at least 1 second")
+    return WatchOptions(
+        namespaces=config.namespaces(args.namespaces),
+        label_selector=args.labels,
+        watch_pods=watch_pods,
+        watch_timeout=watch_timeout,
+        request_timeout=config.positive("--api-timeout", args.api_timeout),
+        backoff_max=config.positive("--api-backoff-max", getattr(args, "api_backoff_max", 30.0)),
+    )
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    api_client = load_api_client(args.kubeconfig, args.context)
+    try:
+        items = snapshot_items(api_client, _watch_options(args, watch_pods=True))
+    except ApiException as error:
+        raise KdnsError(f"listing the cluster failed: API answered {error.status} {error.reason}") from None
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+        raise KdnsError(f"listing the cluster failed: {error}") from None
+    text = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}, sort_keys=False)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            args.output.write_text(text)
+        except OSError as error:
+            raise KdnsError(f"{args.output}: cannot write: {error}") from None
+        print(f"{args.output}: {len(items)} objects", file=sys.stderr)
+    return 0
 
 
 def _store_from(args: argparse.Namespace) -> tuple[snapshot.Snapshot, ClusterStore]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from kdns.core.names import InvalidName, to_wire
 from kdns.core.store import PodMode
 from kdns.errors import KdnsError
 from kdns.serve import ListenAddress, TcpLimits
+from kdns.sources.kube import WatchOptions
 
 DEFAULT_TTL = 30  # kubeadm's Corefile (`ttl 30`); CoreDNS's own default is 5
 MAX_TTL = 3600  # CoreDNS's kubernetes plugin accepts 0-3600
@@ -16,7 +18,10 @@ MAX_TTL = 3600  # CoreDNS's kubernetes plugin accepts 0-3600
 
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
-    snapshot: Path | None
+    snapshot: Path | None  # None: follow a live cluster
+    kubeconfig: str | None
+    context: str | None
+    watch: WatchOptions
     listen: tuple[ListenAddress, ...]
     cluster_domain: str
     pod_mode: PodMode
@@ -47,3 +52,25 @@ def max_udp(value: int) -> int:
     if not 512 <= value <= 65535:
         raise KdnsError(f"--max-udp-size {value}: must be between 512 and 65535 bytes")
     return value
+
+
+def namespaces(text: str | None) -> tuple[str, ...]:
+    """`--namespaces a,b`: names, each a valid namespace name."""
+    if text is None:
+        return ()
+    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    for name in names:
+        if not _NAMESPACE_RE.match(name):
+            raise KdnsError(f"--namespaces: {name!r} is not a namespace name")
+    if not names:
+        raise KdnsError("--namespaces: no namespace given")
+    return names
+
+
+def positive(flag: str, value: float) -> float:
+    if value <= 0:
+        raise KdnsError(f"{flag} {value}: must be positive")
+    return value
+
+
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")

@@ -59,6 +59,27 @@ def test_python_dash_m_kdns_is_the_same_program():
     assert result.returncode == 0 and "9 services" in result.stdout
 
 
-def test_serve_without_a_snapshot_says_what_is_missing():
+def test_serve_with_a_missing_or_broken_kubeconfig_exits_2_naming_what_was_read(tmp_path, monkeypatch):
+    for variable in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(variable, raising=False)
+    missing = run_kdns("serve", "--kubeconfig", str(tmp_path / "nope"), "--listen", "127.0.0.1:0")
+    assert missing.returncode == 2 and f"--kubeconfig {tmp_path / 'nope'}: no such file" in missing.stderr
+
+    broken = tmp_path / "broken"
+    broken.write_text("apiVersion: v1\nkind: Config\nclusters: 7\n")
+    monkeypatch.setenv("KUBECONFIG", str(broken))
     result = run_kdns("serve", "--listen", "127.0.0.1:0")
-    assert result.returncode == 2 and "--snapshot" in result.stderr
+    assert result.returncode == 2 and f"KUBECONFIG {broken}: cannot use it" in result.stderr
+
+    monkeypatch.delenv("KUBECONFIG")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    default = run_kdns("serve", "--listen", "127.0.0.1:0")
+    assert default.returncode == 2 and f"default kubeconfig {tmp_path}/.kube/config: no such file" in default.stderr
+
+
+def test_in_cluster_configuration_without_a_service_account_exits_2(monkeypatch):
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    result = run_kdns("serve", "--listen", "127.0.0.1:0")
+    assert result.returncode == 2 and "in-cluster configuration" in result.stderr

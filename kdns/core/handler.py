@@ -25,6 +25,7 @@ class Handler:
         self.zone = zone
         self.options = options
         self._prepared = zone.prepared  # read directly on the hot path: one dict lookup a query
+        self.synced = True  # False while a live source has not listed everything once
 
     def handle(self, packet: bytes, tcp: bool) -> bytes | None:
         """The reply to one query, or None when it must be dropped (a response, a stub of a header)."""
@@ -36,6 +37,11 @@ class Handler:
                 if answer is None:
                     wire.check_name(packet, query)
                     answer = self._slow_answer(query)
+                    if answer is not None and not answer.answer_count and not self.synced:
+                        # Not every watcher has listed yet: a missing name may only be missing
+                        # from us. SERVFAIL, which resolvers retry, rather than an NXDOMAIN or
+                        # NODATA that they would cache (SPEC-NOTES 5.1).
+                        return wire.status_reply(query, SERVFAIL, options.max_udp, options.recursion_available)
             else:
                 wire.check_name(packet, query)
                 answer = None  # only class IN is served

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from kdns.core import records
 from kdns.core.model import ClusterObject, EndpointSlice, IPAddress, Namespace, Pod, Service
@@ -113,6 +114,21 @@ class ClusterStore:
                 self._ref_namespace(old_pod.namespace, -1)
                 self._pod_addresses.subtract((old_pod.namespace, ip) for ip in old_pod.ips)
                 self._pod_addresses += Counter()
+
+    def get(self, kind: str, key: tuple[str, str]) -> ClusterObject | None:
+        """The object of `kind` at (namespace, name); a Namespace's key is ("", name)."""
+        if kind == "Namespace":
+            return self.namespaces.get(key[1])
+        return self._by_kind(kind).get(key)
+
+    def keys(self, kind: str, namespace: str | None = None) -> list[tuple[str, str]]:
+        """Keys of every object of `kind`, or of those in `namespace`."""
+        if kind == "Namespace":
+            return [("", name) for name in self.namespaces]
+        return [key for key in self._by_kind(kind) if namespace is None or key[0] == namespace]
+
+    def _by_kind(self, kind: str) -> dict[tuple[str, str], Any]:
+        return {"Service": self.services, "EndpointSlice": self.slices, "Pod": self.pods}[kind]
 
     # -- publishing ------------------------------------------------------------------------
 

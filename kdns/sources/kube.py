@@ -1,0 +1,446 @@
+"""Following a live cluster through the official `kubernetes` client: list, then watch.
+
+One watcher per resource (and per namespace with `--namespaces`) runs the blocking client in a
+worker thread. It lists (paged), hands the list to the trio side to reconcile against what the
+store holds, then watches from the list's resourceVersion with bookmarks, resuming from the last
+version seen whenever a watch ends. A 410 Gone (history compacted) leads to a fresh list; any other
+failure to backoff with jitter, logged once per outage. The store is never emptied: while the API
+is away, the zone answers with what it last knew.
+
+Objects are read as plain JSON (`_preload_content=False`, `deserialize=False`): no client model
+classes are built, and API dicts go straight to `kdns.core.convert`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from kdns.core.convert import DEFAULT_NAMESPACE, ConversionError, convert
+from kdns.core.store import ClusterStore
+from kdns.errors import KdnsError
+
+log = logging.getLogger(__name__)
+
+GONE = 410
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """How to list and watch one kind with the client."""
+
+    kind: str
+    api_version: str
+    api: type
+    all_namespaces: str
+    namespaced: str | None  # None for cluster-scoped kinds
+
+
+RESOURCES = {
+    "Namespace": Resource("Namespace", "v1", client.CoreV1Api, "list_namespace", None),
+    "Service": Resource(
+        "Service", "v1", client.CoreV1Api, "list_service_for_all_namespaces", "list_namespaced_service"
+    ),
+    "EndpointSlice": Resource(
+        "EndpointSlice",
+        "discovery.k8s.io/v1",
+        client.DiscoveryV1Api,
+        "list_endpoint_slice_for_all_namespaces",
+        "list_namespaced_endpoint_slice",
+    ),
+    "Pod": Resource("Pod", "v1", client.CoreV1Api, "list_pod_for_all_namespaces", "list_namespaced_pod"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOptions:
+    namespaces: tuple[str, ...] = ()  # only these namespaces; empty: all of them
+    label_selector: str = ""  # Services only, as CoreDNS's `labels`
+    watch_pods: bool = False  # only `--pods verified` needs Pods
+    watch_timeout: int = 300  # a watch asks the server to end it after [t, 2t) s (client-go: 5-10 min)
+    request_timeout: float = 30.0  # connect and read timeout of a list; a watch adds watch_timeout
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    page_size: int = 500
+
+
+@dataclass
+class WatchStats:
+    """Per watcher, for the metrics that will report them."""
+
+    kind: str
+    namespace: str  # "" for all namespaces
+    synced: bool = False
+    last_sync: float | None = None  # time.time() of the last list or event received
+    events_applied: int = 0
+    relists: int = 0
+    errors: int = 0
+
+
+def load_api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
+    """A client for the cluster: in-cluster configuration inside a pod, else a kubeconfig file
+    (`--kubeconfig`, then `KUBECONFIG`, then `~/.kube/config`). Errors name what was read."""
+    configuration = client.Configuration()
+    if kubeconfig is None and "KUBECONFIG" not in os.environ and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except ConfigException as error:
+            raise KdnsError(f"in-cluster configuration (KUBERNETES_SERVICE_HOST is set): {error}") from None
+        return client.ApiClient(configuration)
+    if kubeconfig is not None:
+        source, path = "--kubeconfig", kubeconfig
+    elif "KUBECONFIG" in os.environ:
+        source, path = "KUBECONFIG", os.environ["KUBECONFIG"]
+    else:
+        source, path = "default kubeconfig", str(Path("~/.kube/config").expanduser())
+    files = [part for part in path.split(os.pathsep) if part]
+    if not files or not any(Path(part).is_file() for part in files):
+        raise KdnsError(f"{source} {path}: no such file (give --kubeconfig PATH, or run kdns in a pod)")
+    try:
+        config.load_kube_config(
+            config_file=path if source != "KUBECONFIG" else None, context=context, client_configuration=configuration
+        )
+    except (ConfigException, OSError, ValueError, TypeError, AttributeError) as error:
+        raise KdnsError(f"{source} {path}: cannot use it: {error}") from None
+    return client.ApiClient(configuration)
+
+
+def object_key(kind: str, raw: Any) -> tuple[str, str] | None:
+    """(namespace, name) of an API object as sent, even a malformed one; None if unreadable."""
+    metadata = raw.get("metadata") if isinstance(raw, Mapping) else None
+    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
+        return None
+    if kind == "Namespace":
+        return ("", metadata["name"].lower())
+    return (str(metadata.get("namespace") or DEFAULT_NAMESPACE).lower(), metadata["name"].lower())
+
+
+def _resource_version(raw: Any) -> str | None:
+    metadata = raw.get("metadata") if isinstance(raw, Mapping) else None
+    version = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
+    return version if isinstance(version, str) and version else None
+
+
+class Applier:
+    """Applies what the watchers saw to the store (on the trio side, one change at a time)."""
+
+    def __init__(self, store: ClusterStore, options: WatchOptions, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.allowed = set(options.namespaces)
+        self.clock = clock
+
+    def _in_scope(self, kind: str, key: tuple[str, str]) -> bool:
+        namespace = key[1] if kind == "Namespace" else key[0]
+        return not self.allowed or namespace in self.allowed
+
+    def event(self, kind: str, event_type: str, raw: Any) -> bool:
+        """Apply one watch event; False when it changed nothing (out of scope, unreadable)."""
+        key = object_key(kind, raw)
+        if key is None:
+            log.warning("%s %s event without a readable name: ignored", kind, event_type)
+            return False
+        if not self._in_scope(kind, key):
+            return False
+        if event_type == "DELETED":
+            self.store.delete(kind, key)
+        elif not self._upsert(kind, key, raw):
+            return False
+        self.store.zone.bump_serial(int(self.clock()))
+        return True
+
+    def reconcile(self, kind: str, namespace: str | None, items: Sequence[Any]) -> None:
+        """Make the store's objects of `kind` (in `namespace`) those of a fresh list: adds, updates
+        and deletes computed by difference, so no name that still exists ever goes missing."""
+        listed: set[tuple[str, str]] = set()
+        for raw in items:
+            key = object_key(kind, raw)
+            if key is None or not self._in_scope(kind, key):
+                continue
+            listed.add(key)
+            self._upsert(kind, key, raw)
+        for key in self.store.keys(kind, namespace):
+            if key not in listed:
+                self.store.delete(kind, key)
+        self.store.zone.bump_serial(int(self.clock()))
+
+    def _upsert(self, kind: str, key: tuple[str, str], raw: Any) -> bool:
+        try:
+            converted = convert(kind, raw)
+        except ConversionError as error:
+            # Keep the last good version: bad input must not lose what was being served.
+            log.error("skipped %s (keeping what was served for it before)", error)
+            return False
+        if converted is None:
+            self.store.delete(kind, key)  # e.g. a slice that lost its service label
+        elif self.store.get(kind, key) != converted:
+            self.store.upsert(converted)
+        else:
+            return False
+        return True
+
+
+def backoff(initial: float, maximum: float, rng: random.Random) -> Iterator[float]:
+    """Waits between retries: doubling from `initial` up to `maximum`, each with equal jitter (half
+    fixed, half random) so that watchers that failed together do not retry in step."""
+    delay = initial
+    while True:
+        yield delay / 2 + rng.uniform(0, delay / 2)
+        delay = min(delay * 2, maximum)
+
+
+class ResourceWatcher:
+    """List-then-watch of one resource, run in a worker thread; changes are handed to `deliver`,
+    which runs them on the trio side."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        resource: Resource,
+        namespace: str,
+        options: WatchOptions,
+        applier: Applier,
+        deliver: Callable[[Callable[[], None]], None],
+        on_first_sync: Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        self.resource = resource
+        self.namespace = namespace
+        self.options = options
+        self.applier = applier
+        self.deliver = deliver
+        self.on_first_sync = on_first_sync
+        self.stop = stop
+        self.stats = WatchStats(resource.kind, namespace)
+        self.name = resource.kind + (f" in {namespace}" if namespace else "")
+        api = resource.api(api_client)
+        method = resource.namespaced if namespace else resource.all_namespaces
+        assert method is not None
+        self._list_function = getattr(api, method)
+        self._scope: dict[str, Any] = {"namespace": namespace} if namespace else {}
+        if resource.kind == "Service" and options.label_selector:
+            self._scope["label_selector"] = options.label_selector
+        self._version: str | None = None
+        self._failing_since: float | None = None
+
+    def run(self) -> None:
+        """Follow the resource until `stop` is set."""
+        delays = backoff(self.options.backoff_initial, self.options.backoff_max, random.Random())
+        while not self.stop.is_set():
+            try:
+                if self._version is None:
+                    self._list()
+                self._watch()
+                delays = backoff(self.options.backoff_initial, self.options.backoff_max, random.Random())
+            except ApiException as error:
+                if error.status == GONE:
+                    log.info("%s: resourceVersion %s is too old (410 Gone): listing again", self.name, self._version)
+                    self._version = None
+                    continue
+                self._failed(f"API answered {error.status} {error.reason}")
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+                self._failed(f"{type(error).__name__}: {error}")
+            except trio.RunFinishedError:
+                return  # kdns is shutting down
+            except Exception as error:  # a bug or a client surprise: retry, never stop serving
+                log.exception("%s: unexpected error while following the API", self.name)
+                self._failed(f"{type(error).__name__}: {error}")
+            else:
+                continue
+            self.stop.wait(next(delays))
+
+    def _failed(self, reason: str) -> None:
+        self.stats.errors += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning(
+                "%s: cannot reach the API (%s); retrying with backoff, serving the last known zone", self.name, reason
+            )
+        else:
+            log.debug("%s: still failing: %s", self.name, reason)
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            log.warning("%s: API reachable again after %.1f s", self.name, time.monotonic() - self._failing_since)
+            self._failing_since = None
+
+    def _list(self) -> None:
+        items, version = list_all(self._list_function, self._scope, self.options)
+        self._recovered()
+        first = not self.stats.synced
+        kind, namespace = self.resource.kind, self.namespace or None
+
+        def apply() -> None:
+            self.applier.reconcile(kind, namespace, items)
+            self.stats.last_sync = time.time()
+            if first:
+                self.stats.synced = True
+                self.on_first_sync()
+            else:
+                self.stats.relists += 1
+
+        log.info("%s: listed %d object(s) at resourceVersion %s", self.name, len(items), version)
+        self.deliver(apply)
+        self._version = version
+
+    def _watch(self) -> None:
+        timeout = random.randint(self.options.watch_timeout, 2 * self.options.watch_timeout - 1)
+        stream = watch.Watch().stream(
+            self._list_function,
+            **self._scope,
+            resource_version=self._version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _request_timeout=(self.options.request_timeout, timeout + self.options.request_timeout),
+            deserialize=False,
+        )
+        for event in stream:
+            self._recovered()
+            event_type, raw = event.get("type"), event.get("object")
+            version = _resource_version(raw)
+            if event_type in ("ADDED", "MODIFIED", "DELETED"):
+                self.deliver(partial(self._apply_event, event_type, raw))
+            elif event_type != "BOOKMARK":
+                log.warning("%s: unexpected watch event %r: ignored", self.name, event_type)
+            if version is not None:
+                self._version = version  # bookmarks included: resume from the newest version seen
+            if self.stop.is_set():
+                return
+
+    def _apply_event(self, event_type: str, raw: Any) -> None:
+        if self.applier.event(self.resource.kind, event_type, raw):
+            self.stats.events_applied += 1
+        self.stats.last_sync = time.time()
+
+
+def list_all(function: Callable[..., Any], scope: Mapping[str, Any], options: WatchOptions) -> tuple[list[Any], str]:
+    """Every object of a list call, following `continue` pages; (items, resourceVersion)."""
+    items: list[Any] = []
+    token: str | None = None
+    while True:
+        kwargs = dict(scope, limit=options.page_size, _preload_content=False, _request_timeout=options.request_timeout)
+        if token:
+            kwargs["_continue"] = token
+        response = function(**kwargs)
+        try:
+            body = json.loads(response.data)
+        finally:
+            response.release_conn()
+        if not isinstance(body, Mapping) or not isinstance(body.get("items", []), list):
+            raise ValueError("list response is not a list object")
+        items.extend(body.get("items") or [])
+        metadata = body.get("metadata") or {}
+        token = metadata.get("continue")
+        if not token:
+            version = metadata.get("resourceVersion")
+            if not isinstance(version, str) or not version:
+                raise ValueError("list response has no metadata.resourceVersion")
+            return items, version
+
+
+@dataclass
+class ClusterFollower:
+    """Every watcher kdns needs, and whether all of them have listed once."""
+
+    store: ClusterStore
+    api_client: client.ApiClient
+    options: WatchOptions
+    on_synced: Callable[[], None]
+    watchers: list[ResourceWatcher] = field(default_factory=list)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()
+        applier = Applier(self.store, self.options)
+        waiting = set()
+
+        def guarded(change: Callable[[], None]) -> None:
+            try:
+                change()
+            except Exception:
+                log.exception("error applying a cluster change; the zone keeps what it had")
+
+        def deliver(change: Callable[[], None]) -> None:
+            trio.from_thread.run_sync(guarded, change, trio_token=token)
+
+        for resource, namespace in self._scopes():
+            watcher_id = (resource.kind, namespace)
+            waiting.add(watcher_id)
+            self.watchers.append(
+                ResourceWatcher(
+                    self.api_client,
+                    resource,
+                    namespace,
+                    self.options,
+                    applier,
+                    deliver,
+                    partial(self._first_sync, waiting, watcher_id),
+                    stop,
+                )
+            )
+        limiter = trio.CapacityLimiter(len(self.watchers))
+        try:
+            async with trio.open_nursery() as nursery:
+                for watcher in self.watchers:
+                    nursery.start_soon(
+                        partial(trio.to_thread.run_sync, watcher.run, abandon_on_cancel=True, limiter=limiter)
+                    )
+                task_status.started()
+        finally:
+            stop.set()
+
+    def _scopes(self) -> Iterator[tuple[Resource, str]]:
+        kinds = ["Namespace", "Service", "EndpointSlice"] + (["Pod"] if self.options.watch_pods else [])
+        for kind in kinds:
+            resource = RESOURCES[kind]
+            if resource.namespaced is None or not self.options.namespaces:
+                yield resource, ""
+            else:
+                for namespace in self.options.namespaces:
+                    yield resource, namespace
+
+    def _first_sync(self, waiting: set[tuple[str, str]], watcher_id: tuple[str, str]) -> None:
+        waiting.discard(watcher_id)
+        if not waiting:
+            log.info("synced: every watcher has listed once; serving the cluster")
+            self.on_synced()
+
+
+def snapshot_items(api_client: client.ApiClient, options: WatchOptions) -> list[dict[str, Any]]:
+    """One list of every kind kdns serves, as `kind: List` items (with kind and apiVersion)."""
+    items: list[dict[str, Any]] = []
+    for kind in ("Namespace", "Service", "EndpointSlice", "Pod"):
+        resource = RESOURCES[kind]
+        api = resource.api(api_client)
+        scopes: list[dict[str, Any]] = [{}]
+        method = resource.all_namespaces
+        if resource.namespaced is not None and options.namespaces:
+            method = resource.namespaced
+            scopes = [{"namespace": namespace} for namespace in options.namespaces]
+        for scope in scopes:
+            if kind == "Service" and options.label_selector:
+                scope = dict(scope, label_selector=options.label_selector)
+            listed, _ = list_all(getattr(api, method), scope, options)
+            for raw in listed:
+                if (
+                    kind == "Namespace"
+                    and options.namespaces
+                    and object_key(kind, raw) not in {("", namespace) for namespace in options.namespaces}
+                ):
+                    continue
+                items.append({"apiVersion": resource.api_version, "kind": kind, **raw})
+    return items

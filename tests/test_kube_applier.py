@@ -1,0 +1,90 @@
+"""Watch events and relists applied to the store, without any I/O: reconciliation by difference,
+scoping, and bad input that never loses what was served."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from kdns.core.store import ClusterStore
+from kdns.sources.kube import Applier, WatchOptions, backoff
+from tests.builders import ask, endpoint, endpoint_slice, headless, namespace, rcode, records, service
+
+
+def _applier(**options) -> tuple[ClusterStore, Applier]:
+    store = ClusterStore("cluster.local", 30)
+    return store, Applier(store, WatchOptions(**options), clock=lambda: 1_000_000)
+
+
+def _address(store: ClusterStore, name: str) -> list[str]:
+    return [line.split()[-1] for line in records(ask(store, name))]
+
+
+def test_relist_adds_updates_and_deletes_by_difference():
+    store, applier = _applier()
+    applier.reconcile("Service", None, [service("a", "keep", ["10.96.0.1"]), service("a", "gone", ["10.96.0.2"])])
+    keep_answer = store.zone.prepared[(b"\x04keep\x01a\x03svc\x07cluster\x05local\x00", 1)]
+    applier.reconcile("Service", None, [service("a", "keep", ["10.96.0.1"]), service("a", "new", ["10.96.0.3"])])
+    assert rcode(ask(store, "gone.a.svc.cluster.local")) == "NXDOMAIN"
+    assert _address(store, "new.a.svc.cluster.local") == ["10.96.0.3"]
+    # An object the relist did not change is not rebuilt at all.
+    assert store.zone.prepared[(b"\x04keep\x01a\x03svc\x07cluster\x05local\x00", 1)] is keep_answer
+
+
+def test_relist_scoped_to_a_namespace_leaves_other_namespaces_alone():
+    store, applier = _applier(namespaces=("a", "b"))
+    applier.reconcile("Service", "a", [service("a", "x", ["10.96.0.1"])])
+    applier.reconcile("Service", "b", [service("b", "y", ["10.96.0.2"])])
+    applier.reconcile("Service", "a", [])
+    assert rcode(ask(store, "x.a.svc.cluster.local")) == "NXDOMAIN"
+    assert _address(store, "y.b.svc.cluster.local") == ["10.96.0.2"]
+
+
+def test_objects_outside_the_namespaces_are_ignored():
+    store, applier = _applier(namespaces=("a",))
+    applier.reconcile("Namespace", None, [namespace("a"), namespace("c")])
+    assert not applier.event("Service", "ADDED", service("c", "x", ["10.96.0.1"]))
+    assert rcode(ask(store, "c.svc.cluster.local")) == "NXDOMAIN"
+    assert rcode(ask(store, "a.svc.cluster.local")) == "NOERROR"
+
+
+def test_malformed_update_keeps_the_last_good_version():
+    store, applier = _applier()
+    applier.event("Service", "ADDED", service("a", "web", ["10.96.0.1"]))
+    assert not applier.event("Service", "MODIFIED", service("a", "web", ["bogus"]))
+    assert _address(store, "web.a.svc.cluster.local") == ["10.96.0.1"]
+    applier.reconcile("Service", None, [service("a", "web", ["bogus"])])  # a relist with it too
+    assert _address(store, "web.a.svc.cluster.local") == ["10.96.0.1"]
+
+
+def test_event_without_a_readable_name_is_ignored():
+    store, applier = _applier()
+    assert not applier.event("Service", "ADDED", {"kind": "Service", "metadata": {}})
+    assert not applier.event("Service", "DELETED", "not an object")
+
+
+def test_slice_that_loses_its_service_label_leaves_the_service():
+    store, applier = _applier()
+    applier.event("Service", "ADDED", headless("a", "db"))
+    applier.event("EndpointSlice", "ADDED", endpoint_slice("a", "s", "db", [endpoint("10.244.0.1")]))
+    assert _address(store, "db.a.svc.cluster.local") == ["10.244.0.1"]
+    unlabelled = endpoint_slice("a", "s", "db", [endpoint("10.244.0.1")])
+    del unlabelled["metadata"]["labels"]
+    applier.event("EndpointSlice", "MODIFIED", unlabelled)
+    assert rcode(ask(store, "db.a.svc.cluster.local")) == "NXDOMAIN"
+
+
+def test_each_applied_change_moves_the_serial():
+    store, applier = _applier()
+    before = store.zone.serial
+    applier.event("Service", "ADDED", service("a", "web"))
+    applier.event("Service", "DELETED", service("a", "web"))
+    assert store.zone.serial == max(before + 2, 1_000_001)
+
+
+def test_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half():
+    delays = list(itertools.islice(backoff(0.5, 4.0, random.Random(1)), 8))
+    ceilings = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    for delay, ceiling in zip(delays, ceilings, strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+    assert len(set(delays)) == len(delays)  # jittered, not in step
