@@ -15,6 +15,7 @@ answer); compact history; count requests.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import socket
@@ -197,7 +198,7 @@ class FakeApiServer:
                 if self._generation != generation:
                     return
                 current = self._version
-            for version, event_kind, event_type, obj in pending:
+            for version, _event_kind, event_type, obj in pending:
                 last_sent = version
                 if self._matching(kind, namespace, selector, obj):
                     yield {"type": event_type, "object": obj}
@@ -317,10 +318,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         finally:
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def _route(path: str) -> tuple[str, str | None] | None:

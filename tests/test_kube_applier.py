@@ -58,7 +58,7 @@ def test_malformed_update_keeps_the_last_good_version():
 
 
 def test_event_without_a_readable_name_is_ignored():
-    store, applier = _applier()
+    _store, applier = _applier()
     assert not applier.event("Service", "ADDED", {"kind": "Service", "metadata": {}})
     assert not applier.event("Service", "DELETED", "not an object")
 
