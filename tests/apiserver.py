@@ -47,7 +47,8 @@ class FakeApiServer:
         self._lock = threading.Condition()
         self._version = 100
         self._objects: dict[tuple[str, str, str], Obj] = {}  # (kind, namespace, name) -> object
-        self._history: list[tuple[int, str, str, Obj]] = []  # (version, kind, event type, object)
+        # (version, event type, object, the object before the change or None)
+        self._history: list[tuple[int, str, Obj, Obj | None]] = []
         self._oldest = self._version  # versions older than this are compacted away
         self._failing = False
         self._stalled = False
@@ -126,11 +127,11 @@ class FakeApiServer:
         kind = obj["kind"]
         key = (kind, obj["metadata"].get("namespace", "") if kind != "Namespace" else "", obj["metadata"]["name"])
         with self._lock:
-            event = "MODIFIED" if key in self._objects else "ADDED"
+            previous = self._objects.get(key)
             self._version += 1
             obj["metadata"]["resourceVersion"] = str(self._version)
             self._objects[key] = obj
-            self._history.append((self._version, kind, event, obj))
+            self._history.append((self._version, "ADDED" if previous is None else "MODIFIED", obj, previous))
             self._lock.notify_all()
         return obj
 
@@ -140,7 +141,7 @@ class FakeApiServer:
             obj = copy.deepcopy(self._objects.pop(key))
             self._version += 1
             obj["metadata"]["resourceVersion"] = str(self._version)
-            self._history.append((self._version, kind, "DELETED", obj))
+            self._history.append((self._version, "DELETED", obj, None))
             self._lock.notify_all()
 
     def watch_count(self) -> int:
@@ -198,10 +199,15 @@ class FakeApiServer:
                 if self._generation != generation:
                     return
                 current = self._version
-            for version, _event_kind, event_type, obj in pending:
+            for version, event_type, obj, previous in pending:
                 last_sent = version
-                if self._matching(kind, namespace, selector, obj):
-                    yield {"type": event_type, "object": obj}
+                event = _as_seen(
+                    event_type,
+                    self._matching(kind, namespace, selector, obj),
+                    previous is not None and self._matching(kind, namespace, selector, previous),
+                )
+                if event is not None:
+                    yield {"type": event, "object": obj}
             if not pending and bookmarks:
                 last_sent = max(last_sent, current)
                 yield {
@@ -224,6 +230,16 @@ class FakeApiServer:
                 if self._generation != generation and not self._stalled:
                     break
             return 500 if self._failing else None
+
+
+def _as_seen(event_type: str, matches: bool, matched_before: bool) -> str | None:
+    """The event a watch with a selector sees: as kube-apiserver's watch cache does, an object that
+    stops matching is DELETED for it, and one that starts matching is ADDED."""
+    if event_type != "MODIFIED":
+        return event_type if matches else None
+    if matches:
+        return "MODIFIED" if matched_before else "ADDED"
+    return "DELETED" if matched_before else None
 
 
 def _status(code: int, reason: str, message: str) -> Obj:

@@ -27,15 +27,17 @@ from typing import Any
 
 import trio
 import urllib3
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.watch.watch import iter_resp_lines
 
 from kdns.core.convert import DEFAULT_NAMESPACE, ConversionError, convert
 from kdns.core.store import ClusterStore
 from kdns.errors import KdnsError
 
 log = logging.getLogger(__name__)
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # failures are reported here, once
 
 GONE = 410
 
@@ -96,6 +98,9 @@ def load_api_client(kubeconfig: str | None, context: str | None) -> client.ApiCl
     """A client for the cluster: in-cluster configuration inside a pod, else a kubeconfig file
     (`--kubeconfig`, then `KUBECONFIG`, then `~/.kube/config`). Errors name what was read."""
     configuration = client.Configuration()
+    # Retrying is the watchers' job (backoff with jitter, one log line per outage): urllib3's own
+    # retries would only add delay and a warning per attempt.
+    configuration.retries = False
     if kubeconfig is None and "KUBECONFIG" not in os.environ and os.environ.get("KUBERNETES_SERVICE_HOST"):
         try:
             config.load_incluster_config(client_configuration=configuration)
@@ -298,33 +303,59 @@ class ResourceWatcher:
         self._version = version
 
     def _watch(self) -> None:
+        """Watch from the last version seen until the server ends the stream.
+
+        The stream is read here rather than through `kubernetes.watch.Watch`, whose handling of
+        ERROR events needs the model classes we never build (with `deserialize=False` it fails on
+        a 410 with a KeyError).
+        """
         timeout = random.randint(self.options.watch_timeout, 2 * self.options.watch_timeout - 1)
-        stream = watch.Watch().stream(
-            self._list_function,
+        response = self._list_function(
             **self._scope,
+            watch=True,
             resource_version=self._version,
             allow_watch_bookmarks=True,
             timeout_seconds=timeout,
+            _preload_content=False,
             _request_timeout=(self.options.request_timeout, timeout + self.options.request_timeout),
-            deserialize=False,
         )
-        for event in stream:
-            self._recovered()
-            event_type, raw = event.get("type"), event.get("object")
-            version = _resource_version(raw)
-            if event_type in ("ADDED", "MODIFIED", "DELETED"):
-                self.deliver(partial(self._apply_event, event_type, raw))
-            elif event_type != "BOOKMARK":
-                log.warning("%s: unexpected watch event %r: ignored", self.name, event_type)
-            if version is not None:
-                self._version = version  # bookmarks included: resume from the newest version seen
-            if self.stop.is_set():
-                return
+        try:
+            _check_status(response)
+            for line in iter_resp_lines(response):
+                if not line:
+                    continue
+                event = json.loads(line)
+                event_type, raw = event.get("type"), event.get("object")
+                if event_type == "ERROR":
+                    status = raw if isinstance(raw, Mapping) else {}
+                    raise ApiException(
+                        status=status.get("code", 500), reason=f"{status.get('reason')}: {status.get('message')}"
+                    )
+                self._recovered()
+                version = _resource_version(raw)
+                if event_type in ("ADDED", "MODIFIED", "DELETED"):
+                    self.deliver(partial(self._apply_event, event_type, raw))
+                elif event_type != "BOOKMARK":
+                    log.warning("%s: unexpected watch event %r: ignored", self.name, event_type)
+                if version is not None:
+                    self._version = version  # bookmarks included: resume from the newest version seen
+                if self.stop.is_set():
+                    return
+        finally:
+            response.close()
+            response.release_conn()
 
     def _apply_event(self, event_type: str, raw: Any) -> None:
         if self.applier.event(self.resource.kind, event_type, raw):
             self.stats.events_applied += 1
         self.stats.last_sync = time.time()
+
+
+def _check_status(response: Any) -> None:
+    """Raise `ApiException` for a non-2xx answer (not done by the client without preloading)."""
+    status = getattr(response, "status", 0)
+    if not 200 <= status <= 299:
+        raise ApiException(status=status, reason=getattr(response, "reason", "") or "")
 
 
 def list_all(function: Callable[..., Any], scope: Mapping[str, Any], options: WatchOptions) -> tuple[list[Any], str]:
@@ -337,12 +368,14 @@ def list_all(function: Callable[..., Any], scope: Mapping[str, Any], options: Wa
             kwargs["_continue"] = token
         response = function(**kwargs)
         try:
+            _check_status(response)
             body = json.loads(response.data)
         finally:
             response.release_conn()
-        if not isinstance(body, Mapping) or not isinstance(body.get("items", []), list):
+        # Only a real list may reconcile the store: anything else would read as "no objects".
+        if not isinstance(body, Mapping) or not isinstance(body.get("items"), list):
             raise ValueError("list response is not a list object")
-        items.extend(body.get("items") or [])
+        items.extend(body["items"])
         metadata = body.get("metadata") or {}
         token = metadata.get("continue")
         if not token:

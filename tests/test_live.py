@@ -1,0 +1,360 @@
+"""The real `kdns serve --kubeconfig` process following the test API server through the real
+`kubernetes` client, queried with dnspython while the test changes and breaks the API."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+import yaml
+
+from tests.apiserver import FakeApiServer
+from tests.builders import endpoint, endpoint_slice, headless, namespace, pod, service
+from tests.process import EXAMPLE, KdnsServer, run_kdns
+
+FAST = ("--api-timeout", "2", "--watch-timeout", "5", "--api-backoff-max", "1")
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    server = FakeApiServer()
+    server.apply(namespace("prod"))
+    server.apply(service("prod", "web", ["10.96.0.5"]))
+    yield server
+    server.stop()
+
+
+def _start(api: FakeApiServer, tmp_path: Path, *args: str) -> KdnsServer:
+    return KdnsServer("--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, *args, listen=("127.0.0.1:0",))
+
+
+def _ask(server: KdnsServer, name: str, rdtype: str = "A", tcp: bool = False) -> tuple[str, list[str]]:
+    query = dns.message.make_query(name, rdtype)
+    send = dns.query.tcp if tcp else dns.query.udp
+    reply = send(query, server.host, port=server.port, timeout=3)
+    return dns.rcode.to_text(reply.rcode()), sorted(item.to_text() for rrset in reply.answer for item in rrset)
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def _synced(server: KdnsServer) -> None:
+    _wait(lambda: _ask(server, "web.prod.svc.cluster.local")[0] == "NOERROR", 10, "first sync")
+
+
+class QueryLoop:
+    """Asks names in a loop on a thread, recording every answer that differs from the expected."""
+
+    def __init__(self, server: KdnsServer, expected: dict[str, list[str]]) -> None:
+        self.server = server
+        self.expected = expected
+        self.asked = 0
+        self.wrong: list[tuple[str, str, list[str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, addresses in self.expected.items():
+                try:
+                    rcode, answer = _ask(self.server, name)
+                except dns.exception.Timeout:
+                    rcode, answer = "TIMEOUT", []
+                self.asked += 1
+                if (rcode, answer) != ("NOERROR", addresses):
+                    self.wrong.append((name, rcode, answer))
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_service_created_after_start_resolves_and_deleted_goes_nxdomain_within_2s(api, tmp_path):
+    server = _start(api, tmp_path)
+    try:
+        _synced(server)
+        api.apply(service("prod", "late", ["10.96.0.9"]))
+        _wait(lambda: _ask(server, "late.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.9"]), 2, "new service")
+        api.delete("Service", "prod", "late")
+        _wait(lambda: _ask(server, "late.prod.svc.cluster.local")[0] == "NXDOMAIN", 2, "deleted service")
+        api.apply(service("prod", "web", ["10.96.0.5", "fd00::5"]))
+        _wait(lambda: _ask(server, "web.prod.svc.cluster.local", "AAAA")[1] == ["fd00::5"], 2, "modified service")
+    finally:
+        assert server.stop() == 0
+
+
+def test_endpoint_turning_not_ready_leaves_the_headless_answer_and_publish_not_ready_keeps_it(api, tmp_path):
+    def slice_(name: str, second_ready: bool):
+        return endpoint_slice("prod", f"{name}-a", name, [endpoint("10.244.0.1"), endpoint("10.244.0.2", second_ready)])
+
+    api.apply(headless("prod", "db"))
+    api.apply(headless("prod", "all", publish_not_ready=True))
+    api.apply(slice_("db", True))
+    api.apply(slice_("all", True))
+    server = _start(api, tmp_path)
+    try:
+        both = ["10.244.0.1", "10.244.0.2"]
+        _wait(lambda: _ask(server, "db.prod.svc.cluster.local")[1] == both, 5, "both endpoints")
+        api.apply(slice_("db", False))
+        api.apply(slice_("all", False))
+        _wait(lambda: _ask(server, "db.prod.svc.cluster.local")[1] == ["10.244.0.1"], 2, "not-ready endpoint gone")
+        assert _ask(server, "all.prod.svc.cluster.local")[1] == both
+    finally:
+        assert server.stop() == 0
+
+
+def test_before_the_first_list_completes_cluster_names_get_servfail_not_nxdomain(api, tmp_path):
+    api.stall()
+    server = _start(api, tmp_path)
+    try:
+        for name in ("web.prod.svc.cluster.local", "nope.prod.svc.cluster.local", "prod.svc.cluster.local"):
+            assert _ask(server, name)[0] == "SERVFAIL", name
+        api.stall(False)
+        _synced(server)
+        assert _ask(server, "nope.prod.svc.cluster.local")[0] == "NXDOMAIN"
+    finally:
+        assert server.stop() == 0
+
+
+def test_api_server_stopped_for_10s_names_keep_resolving_and_changes_appear_after(api, tmp_path):
+    server = _start(api, tmp_path)
+    try:
+        _synced(server)
+        loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.0.5"]})
+        api.stop()
+        api.apply(service("prod", "while-down", ["10.96.0.7"]))  # made while kdns cannot see it
+        time.sleep(10)
+        api.start()
+        _wait(
+            lambda: _ask(server, "while-down.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.7"]),
+            5,
+            "change made during the outage",
+        )
+        loop.stop()
+        assert loop.asked > 100 and loop.wrong == []
+        _wait(lambda: server.log_text().count("API reachable again") == 3, 3, "every watcher recovered")
+        log = server.log_text()
+        # One warning per watcher for the whole outage, not one per retry.
+        assert log.count("cannot reach the API") == 3, log
+        assert "urllib3" not in log
+    finally:
+        assert server.stop() == 0
+
+
+def test_410_during_watch_relists_without_any_name_flapping(api, tmp_path):
+    api.apply(service("prod", "doomed", ["10.96.0.8"]))
+    server = _start(api, tmp_path)
+    try:
+        _synced(server)
+        loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.0.5"]})
+        api.stop()
+        api.apply(service("prod", "added", ["10.96.0.9"]))
+        api.delete("Service", "prod", "doomed")
+        api.compact()  # kdns's last resourceVersion is now too old: 410 Gone on resume
+        api.start()
+        _wait(lambda: _ask(server, "added.prod.svc.cluster.local")[0] == "NOERROR", 5, "relist after 410")
+        _wait(lambda: _ask(server, "doomed.prod.svc.cluster.local")[0] == "NXDOMAIN", 2, "deletion seen by relist")
+        time.sleep(0.5)
+        loop.stop()
+        assert loop.wrong == [] and loop.asked > 20
+        assert "410 Gone" in server.log_text()
+    finally:
+        assert server.stop() == 0
+
+
+def test_api_answering_500_or_stalling_never_empties_the_zone(api, tmp_path):
+    server = _start(api, tmp_path)
+    try:
+        _synced(server)
+        loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.0.5"]})
+        api.fail()
+        time.sleep(3)
+        api.fail(False)
+        api.stall()
+        time.sleep(4)  # longer than --api-timeout: reads time out
+        api.stall(False)
+        api.apply(service("prod", "after", ["10.96.0.4"]))
+        _wait(lambda: _ask(server, "after.prod.svc.cluster.local")[0] == "NOERROR", 8, "recovery")
+        loop.stop()
+        assert loop.wrong == [] and loop.asked > 50
+        assert "API answered 500" in server.log_text()
+    finally:
+        assert server.stop() == 0
+
+
+def test_watch_ending_normally_is_resumed_from_the_last_version(api, tmp_path):
+    server = _start(api, tmp_path)
+    try:
+        _synced(server)
+        time.sleep(11)  # every watch (timeoutSeconds 5-9) has ended and been resumed at least once
+        api.apply(service("prod", "later", ["10.96.0.3"]))
+        _wait(lambda: _ask(server, "later.prod.svc.cluster.local")[0] == "NOERROR", 2, "event after resume")
+        lists = [request for request in api.requests if "watch=true" not in request]
+        assert len(lists) == 3  # resumed by watching again, never by listing again
+        assert api.watch_count() >= 6
+    finally:
+        assert server.stop() == 0
+
+
+def test_namespaces_flag_watches_only_those_namespaces(api, tmp_path):
+    for name in ("a", "b", "c"):
+        api.apply(namespace(name))
+        api.apply(service(name, "svc", ["10.96.1." + str(ord(name))]))
+    server = _start(api, tmp_path, "--namespaces", "a,b")
+    try:
+        _wait(lambda: _ask(server, "svc.a.svc.cluster.local")[0] == "NOERROR", 5, "namespace a")
+        assert _ask(server, "svc.b.svc.cluster.local")[1] == ["10.96.1.98"]
+        assert _ask(server, "svc.c.svc.cluster.local")[0] == "NXDOMAIN"
+        assert _ask(server, "c.svc.cluster.local")[0] == "NXDOMAIN"
+        assert _ask(server, "web.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        api.apply(service("c", "more", ["10.96.1.200"]))
+        api.apply(service("a", "more", ["10.96.1.201"]))
+        _wait(lambda: _ask(server, "more.a.svc.cluster.local")[0] == "NOERROR", 2, "event in a")
+        assert _ask(server, "more.c.svc.cluster.local")[0] == "NXDOMAIN"
+        service_paths = {request.split("?")[0] for request in api.requests if "services" in request}
+        assert service_paths == {"/api/v1/namespaces/a/services", "/api/v1/namespaces/b/services"}
+    finally:
+        assert server.stop() == 0
+
+
+def test_labels_flag_serves_only_matching_services(api, tmp_path):
+    chosen = service("prod", "chosen", ["10.96.0.20"])
+    chosen["metadata"]["labels"] = {"dns": "public"}
+    api.apply(chosen)
+    server = _start(api, tmp_path, "--labels", "dns=public")
+    try:
+        _wait(lambda: _ask(server, "chosen.prod.svc.cluster.local")[0] == "NOERROR", 5, "labelled service")
+        assert _ask(server, "web.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        relabelled = service("prod", "chosen", ["10.96.0.20"])
+        relabelled["metadata"]["labels"] = {"dns": "private"}
+        api.apply(relabelled)  # no longer matches: the API sends DELETED to this watch
+        _wait(lambda: _ask(server, "chosen.prod.svc.cluster.local")[0] == "NXDOMAIN", 2, "relabelled service gone")
+        later = service("prod", "later", ["10.96.0.21"])
+        later["metadata"]["labels"] = {"dns": "public"}
+        api.apply(later)
+        _wait(lambda: _ask(server, "later.prod.svc.cluster.local")[0] == "NOERROR", 2, "matching service")
+    finally:
+        assert server.stop() == 0
+
+
+def test_service_with_three_slices_of_100_endpoints_updated_one_at_a_time(api, tmp_path):
+    def slice_(index: int, ready_count: int):
+        endpoints = [endpoint(f"10.244.{index}.{i + 1}", i < ready_count) for i in range(100)]
+        return endpoint_slice("prod", f"big-{index}", "big", endpoints)
+
+    api.apply(headless("prod", "big"))
+    for index in range(3):
+        api.apply(slice_(index, 100))
+    server = _start(api, tmp_path)
+    try:
+        count = lambda: len(_ask(server, "big.prod.svc.cluster.local", tcp=True)[1])  # noqa: E731
+        _wait(lambda: count() == 300, 5, "300 endpoints")
+        expected = 300
+        for index in range(3):
+            api.apply(slice_(index, 50))
+            expected -= 50
+            _wait(lambda expected=expected: count() == expected, 2, f"slice {index} update")
+        api.delete("EndpointSlice", "prod", "big-1")
+        _wait(lambda: count() == 100, 2, "slice deleted")
+        assert _ask(server, "10-244-0-1.big.prod.svc.cluster.local")[1] == ["10.244.0.1"]
+        assert _ask(server, "10-244-1-1.big.prod.svc.cluster.local")[0] == "NXDOMAIN"
+    finally:
+        assert server.stop() == 0
+
+
+def test_verified_pod_records_follow_the_pod_watch(api, tmp_path):
+    api.apply(pod("prod", "web-0", "10.244.3.3"))
+    server = _start(api, tmp_path, "--pods", "verified")
+    try:
+        _wait(lambda: _ask(server, "10-244-3-3.prod.pod.cluster.local")[0] == "NOERROR", 5, "pod record")
+        assert _ask(server, "10-244-3-4.prod.pod.cluster.local")[0] == "NXDOMAIN"
+        api.delete("Pod", "prod", "web-0")
+        _wait(lambda: _ask(server, "10-244-3-3.prod.pod.cluster.local")[0] == "NXDOMAIN", 2, "pod gone")
+    finally:
+        assert server.stop() == 0
+
+
+# -- live answers equal snapshot answers -------------------------------------------------------
+
+QUESTIONS = [
+    ("web.prod.svc.cluster.local", "A"),
+    ("web.prod.svc.cluster.local", "AAAA"),
+    ("web.prod.svc.cluster.local", "SRV"),
+    ("_https._tcp.web.prod.svc.cluster.local", "SRV"),
+    ("db.prod.svc.cluster.local", "A"),
+    ("db-0.db.prod.svc.cluster.local", "A"),
+    ("db-2.db.prod.svc.cluster.local", "A"),
+    ("_postgres._tcp.db.prod.svc.cluster.local", "SRV"),
+    ("cache.prod.svc.cluster.local", "SRV"),
+    ("payments.prod.svc.cluster.local", "A"),
+    ("api.staging.svc.cluster.local", "A"),
+    ("v6only.staging.svc.cluster.local", "AAAA"),
+    ("34.12.96.10.in-addr.arpa", "PTR"),
+    ("20.1.244.10.in-addr.arpa", "PTR"),
+    ("10-244-1-10.prod.pod.cluster.local", "A"),
+    ("ns.dns.cluster.local", "A"),
+    ("staging.svc.cluster.local", "A"),
+    ("nope.prod.svc.cluster.local", "A"),
+    ("monitoring.pod.cluster.local", "A"),
+]
+
+
+def _load_example(api: FakeApiServer) -> None:
+    for item in yaml.safe_load(EXAMPLE.read_text())["items"]:
+        if item["kind"] in ("Namespace", "Service", "EndpointSlice", "Pod"):
+            api.apply(item)
+
+
+def test_serving_from_the_api_answers_as_serving_from_a_snapshot_of_the_same_objects(tmp_path):
+    api = FakeApiServer()
+    _load_example(api)
+    live = _start(api, tmp_path)
+    snapshot = KdnsServer("--snapshot", str(EXAMPLE), listen=("127.0.0.1:0",))
+    try:
+        _wait(lambda: _ask(live, "web.prod.svc.cluster.local")[0] == "NOERROR", 10, "first sync")
+        for name, rdtype in QUESTIONS:
+            assert _ask(live, name, rdtype) == _ask(snapshot, name, rdtype), (name, rdtype)
+    finally:
+        assert live.stop() == 0 and snapshot.stop() == 0
+        api.stop()
+
+
+def test_kdns_snapshot_writes_a_file_that_serve_accepts(tmp_path):
+    api = FakeApiServer()
+    _load_example(api)
+    output = tmp_path / "taken.yaml"
+    try:
+        result = run_kdns("snapshot", "--kubeconfig", str(api.kubeconfig(tmp_path)), "--output", str(output))
+        assert result.returncode == 0, result.stderr
+        assert "33 objects" in result.stderr  # 5 namespaces, 9 services, 8 slices, 11 pods
+
+        def records(path: Path) -> list[str]:  # the zone without its header and SOA (serial: load time)
+            lines = run_kdns("dump", "--snapshot", str(path)).stdout.splitlines()[1:]
+            return [line for line in lines if " SOA " not in line.replace("\t", " ")]
+
+        assert records(output) == records(EXAMPLE)
+        assert len(records(EXAMPLE)) > 60
+    finally:
+        api.stop()
+
+
+def test_kdns_snapshot_against_an_unreachable_api_exits_2(tmp_path):
+    api = FakeApiServer()
+    kubeconfig = api.kubeconfig(tmp_path)
+    api.stop()
+    result = run_kdns("snapshot", "--kubeconfig", str(kubeconfig), "--api-timeout", "2")
+    assert result.returncode == 2 and "listing the cluster failed" in result.stderr
