@@ -51,6 +51,7 @@ class FakeApiServer:
         self._history: list[tuple[int, str, Obj, Obj | None]] = []
         self._oldest = self._version  # versions older than this are compacted away
         self._failing = False
+        self._fail_lists_only = False
         self._stalled = False
         self._generation = 0  # bumped to end every open watch and stalled request
         self.requests: list[str] = []
@@ -81,11 +82,12 @@ class FakeApiServer:
             self._generation += 1
             self._lock.notify_all()
 
-    def fail(self, failing: bool = True) -> None:
-        """Answer every request with 500 while `failing`."""
+    def fail(self, failing: bool = True, lists_only: bool = False) -> None:
+        """Answer every request (or only lists) with 500 while `failing`."""
         with self._lock:
             self._failing = failing
-        if failing:
+            self._fail_lists_only = lists_only
+        if failing and not lists_only:
             self.drop_connections()
 
     def stall(self, stalled: bool = True) -> None:
@@ -221,7 +223,7 @@ class FakeApiServer:
             if time.monotonic() >= deadline:
                 return
 
-    def gate(self) -> int | None:
+    def gate(self, watch: bool) -> int | None:
         """Wait while stalled; then the status to fail with (500), or None to serve."""
         with self._lock:
             generation = self._generation
@@ -229,7 +231,9 @@ class FakeApiServer:
                 self._lock.wait(0.1)
                 if self._generation != generation and not self._stalled:
                     break
-            return 500 if self._failing else None
+            if self._failing and not (watch and self._fail_lists_only):
+                return 500
+            return None
 
 
 def _as_seen(event_type: str, matches: bool, matched_before: bool) -> str | None:
@@ -289,7 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
         api.requests.append(self.path)
-        status = api.gate()
+        status = api.gate(watch=query.get("watch") in ("true", "1"))
         if status is not None:
             self._json(status, _status(status, "InternalError", "the test made the server fail"))
             return

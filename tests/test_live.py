@@ -196,6 +196,28 @@ def test_api_answering_500_or_stalling_never_empties_the_zone(api, tmp_path):
         assert server.stop() == 0
 
 
+def test_relist_answered_500_keeps_the_zone_until_a_list_succeeds(api, tmp_path):
+    server = _start(api, tmp_path)
+    try:
+        _synced(server)
+        loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.0.5"]})
+        api.stop()
+        api.compact()  # the resumed watch gets 410 ...
+        api.fail(lists_only=True)  # ... and the list it leads to fails
+        api.start()
+        _wait(lambda: api.requests[-1].startswith("/api/v1/services?limit"), 5, "a relist attempt")
+        time.sleep(2)
+        assert _ask(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
+        api.fail(False)
+        api.apply(service("prod", "after", ["10.96.0.4"]))
+        _wait(lambda: _ask(server, "after.prod.svc.cluster.local")[0] == "NOERROR", 5, "relist succeeded")
+        loop.stop()
+        assert loop.wrong == []
+        assert "API answered 500" in server.log_text()
+    finally:
+        assert server.stop() == 0
+
+
 def test_watch_ending_normally_is_resumed_from_the_last_version(api, tmp_path):
     server = _start(api, tmp_path)
     try:
