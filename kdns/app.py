@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from kdns.config import ServeConfig
 from kdns.core.handler import Handler, HandlerOptions
 from kdns.core.model import IPAddress
 from kdns.core.store import ClusterStore, PodMode
-from kdns.serve import BoundListener, bind, serve
+from kdns.ops import serve_health
+from kdns.serve import BoundListener, bind, bind_tcp, serve
 from kdns.sources import snapshot
 from kdns.sources.kube import ClusterFollower, load_api_client
 
@@ -44,6 +46,7 @@ def run(config: ServeConfig) -> int:
     """Serve until SIGTERM or SIGINT; the exit status."""
     api_client = None if config.snapshot is not None else load_api_client(config.kubeconfig, config.context)
     listeners = [bind(address) for address in config.listen]
+    health = bind_tcp(config.health) if config.health is not None else None
     follower = None
     if config.snapshot is not None:
         loaded, store = build_store(
@@ -64,18 +67,28 @@ def run(config: ServeConfig) -> int:
             handler.synced = True
 
         follower = ClusterFollower(store, api_client, config.watch, synced)
-    trio.run(_main, listeners, handler, config, follower)
+    trio.run(_main, listeners, handler, config, follower, health)
     return 0
 
 
 async def _main(
-    listeners: list[BoundListener], handler: Handler, config: ServeConfig, follower: ClusterFollower | None
+    listeners: list[BoundListener],
+    handler: Handler,
+    config: ServeConfig,
+    follower: ClusterFollower | None,
+    health: socket.socket | None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, listeners, handler, config.tcp)
             for listener in listeners:
                 log.info("listening on %s (udp, tcp)", listener.address)
+            if health is not None:
+                nursery.start_soon(serve_health, health, lambda: handler.synced)
+                host, port = health.getsockname()[:2]
+                log.info(
+                    "health on http://%s/health and /ready", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                )
             if follower is not None:
                 await nursery.start(follower.run)
             async for signum in signals:

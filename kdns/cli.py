@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
         "--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP connection is closed"
     )
     serve.add_argument("--max-tcp-connections", type=int, default=1000, help="open TCP connections at most")
+    serve.add_argument(
+        "--health-listen",
+        metavar="ADDR:PORT",
+        help="serve HTTP /health and /ready (503 until the cluster is listed once) here (default: off)",
+    )
     zone_options(serve)
 
     check = commands.add_parser("check", help="validate a snapshot and summarise what would be served")
@@ -137,6 +142,7 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         ttl=config.ttl(args.ttl),
         max_udp=config.max_udp(args.max_udp_size),
         tcp=TcpLimits(idle_timeout=args.tcp_idle_timeout, max_connections=args.max_tcp_connections),
+        health=ListenAddress.parse(args.health_listen) if args.health_listen else None,
     )
 
 

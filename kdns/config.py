@@ -28,6 +28,7 @@ class ServeConfig:
     ttl: int
     max_udp: int
     tcp: TcpLimits
+    health: ListenAddress | None  # where /health and /ready are served; None: not at all
 
 
 def cluster_domain(text: str) -> str:

@@ -101,6 +101,18 @@ def bind(address: ListenAddress) -> BoundListener:
     raise KdnsError(f"cannot listen on {address}: {last_error}")
 
 
+def bind_tcp(address: ListenAddress) -> socket.socket:
+    """A listening TCP socket (for the health endpoint)."""
+    sock = _socket(address.family, socket.SOCK_STREAM)
+    try:
+        sock.bind((address.host, address.port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError as error:
+        sock.close()
+        raise KdnsError(f"cannot listen on {address}: {error}") from None
+    return sock
+
+
 def _socket(family: socket.AddressFamily, kind: socket.SocketKind) -> socket.socket:
     sock = socket.socket(family, kind)
     if family == socket.AF_INET6:

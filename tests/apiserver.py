@@ -127,6 +127,7 @@ class FakeApiServer:
         """Create or replace an object (ADDED or MODIFIED)."""
         obj = copy.deepcopy(obj)
         kind = obj["kind"]
+        obj.setdefault("apiVersion", _API_VERSION[kind])
         key = (kind, obj["metadata"].get("namespace", "") if kind != "Namespace" else "", obj["metadata"]["name"])
         with self._lock:
             previous = self._objects.get(key)

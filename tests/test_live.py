@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -380,3 +382,43 @@ def test_kdns_snapshot_against_an_unreachable_api_exits_2(tmp_path):
     api.stop()
     result = run_kdns("snapshot", "--kubeconfig", str(kubeconfig), "--api-timeout", "2")
     assert result.returncode == 2 and "listing the cluster failed" in result.stderr
+
+
+def _http_get(port: int, path: str) -> tuple[int, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: kdns\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _health_port(server: KdnsServer) -> int:
+    _wait(lambda: "health on http://" in server.log_text(), 5, "health listener")
+    match = re.search(r"health on http://127\.0\.0\.1:(\d+)/health", server.log_text())
+    assert match, server.log_text()
+    return int(match.group(1))
+
+
+def test_ready_endpoint_is_503_until_every_watcher_has_listed(api, tmp_path):
+    api.stall()
+    server = _start(api, tmp_path, "--health-listen", "127.0.0.1:0")
+    try:
+        port = _health_port(server)
+        assert _http_get(port, "/ready")[0] == 503
+        assert _http_get(port, "/health") == (200, "OK\n")
+        api.stall(False)
+        _synced(server)
+        assert _http_get(port, "/ready") == (200, "OK\n")
+        assert _http_get(port, "/nope")[0] == 404
+    finally:
+        assert server.stop() == 0
+
+
+def test_snapshot_server_is_ready_at_once():
+    server = KdnsServer("--snapshot", str(EXAMPLE), "--health-listen", "127.0.0.1:0", listen=("127.0.0.1:0",))
+    try:
+        assert _http_get(_health_port(server), "/ready")[0] == 200
+    finally:
+        assert server.stop() == 0

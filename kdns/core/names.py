@@ -8,6 +8,7 @@ most 63 and so never an ASCII capital letter.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from kdns.core.model import Endpoint, IPAddress
@@ -21,21 +22,28 @@ class InvalidName(ValueError):
 
 
 def to_wire(name: str) -> bytes:
-    """Text name (absolute, trailing dot optional) to lowercased wire form."""
+    """Text name (absolute, trailing dot optional) to lowercased wire form.
+
+    Only the first label is encoded here; the parent is looked up in a cache, because the zone's
+    names share a few parents (`<svc>.<ns>.svc.<zone>`, `<c>.<b>.<a>.in-addr.arpa`) and a large
+    cluster has hundreds of thousands of names.
+    """
     text = name.rstrip(".").lower()
     if not text:
         return b"\x00"
-    out = bytearray()
-    for label in text.split("."):
-        raw = label.encode("ascii")
-        if not raw or len(raw) > MAX_LABEL:
-            raise InvalidName(f"{name!r}: label {label!r} is empty or longer than {MAX_LABEL}")
-        out.append(len(raw))
-        out += raw
-    out.append(0)
-    if len(out) > MAX_NAME_WIRE:
+    first, _, parent = text.partition(".")
+    head = first.encode("ascii")
+    if not head or len(head) > MAX_LABEL:
+        raise InvalidName(f"{name!r}: label {first!r} is empty or longer than {MAX_LABEL}")
+    wire = bytes((len(head),)) + head + (_parent_wire(parent) if parent else b"\x00")
+    if len(wire) > MAX_NAME_WIRE:
         raise InvalidName(f"{name!r}: longer than {MAX_NAME_WIRE} bytes on the wire")
-    return bytes(out)
+    return wire
+
+
+@functools.lru_cache(maxsize=65536)
+def _parent_wire(parent: str) -> bytes:
+    return to_wire(parent)
 
 
 def from_wire(wire: bytes) -> str:
@@ -76,9 +84,31 @@ def endpoint_label(endpoint: Endpoint, address: IPAddress) -> str:
     return str(address).replace(".", "-").replace(":", "-")
 
 
-def reverse_name(address: IPAddress) -> str:
-    """Spec 2.3.3 / 2.4.3: `d.c.b.a.in-addr.arpa` or the reverse-nibble `ip6.arpa` name."""
-    return address.reverse_pointer
+def label_wire(label: str) -> bytes:
+    """One label in wire form, its length first."""
+    raw = label.encode("ascii")
+    if not raw or len(raw) > MAX_LABEL:
+        raise InvalidName(f"label {label!r} is empty or longer than {MAX_LABEL}")
+    return bytes((len(raw),)) + raw
+
+
+_IN_ADDR_ARPA = b"\x07in-addr\x04arpa\x00"
+_IP6_ARPA = b"\x03ip6\x04arpa\x00"
+_OCTET_LABELS = [label_wire(str(octet)) for octet in range(256)]
+_NIBBLE_LABELS = [label_wire(digit) for digit in "0123456789abcdef"]
+
+
+def reverse_wire(address: IPAddress) -> bytes:
+    """Spec 2.3.3 / 2.4.3: `d.c.b.a.in-addr.arpa` or the reverse-nibble `ip6.arpa` name, in wire
+    form, from the address's bytes."""
+    packed = address.packed
+    if address.version == 4:
+        return b"".join([_OCTET_LABELS[octet] for octet in reversed(packed)]) + _IN_ADDR_ARPA
+    nibbles = []
+    for byte in reversed(packed):
+        nibbles.append(_NIBBLE_LABELS[byte & 0xF])
+        nibbles.append(_NIBBLE_LABELS[byte >> 4])
+    return b"".join(nibbles) + _IP6_ARPA
 
 
 def parse_pod_label(label: str) -> IPAddress | None:

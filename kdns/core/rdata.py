@@ -47,8 +47,8 @@ def pointer(rtype: int, target: str) -> Record:
     return Record(rtype, to_wire(target))
 
 
-def srv(priority: int, weight: int, port: int, target: str) -> Record:
-    return Record(SRV, struct.pack("!HHH", priority, weight, port) + to_wire(target))
+def srv(priority: int, weight: int, port: int, target_wire: bytes) -> Record:
+    return Record(SRV, struct.pack("!HHH", priority, weight, port) + target_wire)
 
 
 def txt(*strings: str) -> Record:

@@ -11,11 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kdns.core import rdata
-from kdns.core.model import EndpointSlice, IPAddress, Service, ServiceType
-from kdns.core.names import endpoint_label, reverse_name, service_name
+from kdns.core.model import EndpointSlice, IPAddress, Service, ServicePort, ServiceType
+from kdns.core.names import endpoint_label, label_wire, reverse_wire, service_name, to_wire
 from kdns.core.rdata import Record
 
-RecordSets = dict[str, list[Record]]
+RecordSets = dict[bytes, list[Record]]  # owner name in lowercased wire form -> its records
 
 SCHEMA_VERSION = "1.1.0"  # spec 2.2: the `dns-version` TXT record
 
@@ -51,13 +51,13 @@ class _Builder:
     """Record sets under construction: insertion-ordered, each record once."""
 
     def __init__(self) -> None:
-        self.sets: dict[str, dict[Record, None]] = {}
-        self.srv_targets: dict[str, dict[tuple[int, str], None]] = {}
+        self.sets: dict[bytes, dict[Record, None]] = {}
+        self.srv_targets: dict[bytes, dict[tuple[int, bytes], None]] = {}
 
-    def add(self, owner: str, record: Record) -> None:
+    def add(self, owner: bytes, record: Record) -> None:
         self.sets.setdefault(owner, {})[record] = None
 
-    def add_srv(self, owner: str, port: int, target: str) -> None:
+    def add_srv(self, owner: bytes, port: int, target: bytes) -> None:
         self.sets.setdefault(owner, {})
         self.srv_targets.setdefault(owner, {})[(port, target)] = None
 
@@ -77,44 +77,51 @@ def service_records(service: Service, slices: Iterable[EndpointSlice], domain: s
     Spec 2.4 defines endpoint names for headless services; CoreDNS publishes them (and their PTR
     records) for the endpoints of every service, which we follow where the spec is silent.
     A headless service with no ready endpoint publishes nothing, so its name is NXDOMAIN.
+
+    Names are built in wire form: the service's name is encoded once, and each endpoint's name is
+    one label in front of it, used as owner, PTR target and SRV target alike.
     """
-    base = service_name(service.namespace, service.name, domain)
+    base = to_wire(service_name(service.namespace, service.name, domain))
     if service.type is ServiceType.EXTERNAL_NAME:  # spec 2.5
         return {base: [rdata.pointer(rdata.CNAME, service.external_name)]}
 
     out = _Builder()
     ready = _ready_addresses(service, slices)
-    for item in ready:
-        owner = f"{item.label}.{base}"
+    owners = [label_wire(item.label) + base for item in ready]
+    for item, owner in zip(ready, owners, strict=True):
         out.add(owner, rdata.address(item.address))
-        out.add(reverse_name(item.address), rdata.pointer(rdata.PTR, owner))
+        out.add(reverse_wire(item.address), rdata.Record(rdata.PTR, owner))
 
     if service.type is ServiceType.CLUSTER_IP:  # spec 2.3
         for ip in service.cluster_ips:
             out.add(base, rdata.address(ip))
-            out.add(reverse_name(ip), rdata.pointer(rdata.PTR, base))
+            out.add(reverse_wire(ip), rdata.Record(rdata.PTR, base))
         if service.cluster_ips:
             for port in service.ports:
                 if port.name:
-                    out.add_srv(f"_{port.name}.{port.protocol.label}.{base}", port.port, base)
+                    out.add_srv(_srv_owner(port, base), port.port, base)
                 # CoreDNS: an SRV query for the bare service name lists every port.
                 out.add_srv(base, port.port, base)
     else:  # headless, spec 2.4: the EndpointSlice's ports, one SRV per ready endpoint
-        for item in ready:
+        for item, target in zip(ready, owners, strict=True):
             out.add(base, rdata.address(item.address))
-            target = f"{item.label}.{base}"
             for port in item.slice_.ports:
                 if port.name:
-                    out.add_srv(f"_{port.name}.{port.protocol.label}.{base}", port.port, target)
+                    out.add_srv(_srv_owner(port, base), port.port, target)
                 out.add_srv(base, port.port, target)
     return out.result()
 
 
+def _srv_owner(port: ServicePort, base: bytes) -> bytes:
+    """`_<port>._<proto>.<service name>` (spec 2.3.2)."""
+    return label_wire("_" + port.name) + label_wire(port.protocol.label) + base
+
+
 def namespace_records(namespace: str, domain: str, pods_enabled: bool) -> RecordSets:
     """The empty non-terminals an existing namespace makes: `<ns>.svc` and `<ns>.pod` NODATA."""
-    sets: RecordSets = {f"{namespace}.svc.{domain}": []}
+    sets: RecordSets = {to_wire(f"{namespace}.svc.{domain}"): []}
     if pods_enabled:
-        sets[f"{namespace}.pod.{domain}"] = []
+        sets[to_wire(f"{namespace}.pod.{domain}")] = []
     return sets
 
 
@@ -126,11 +133,11 @@ def apex_records(domain: str, ns_addresses: Iterable[IPAddress], pods_enabled: b
     """
     ns_name = f"ns.dns.{domain}"
     sets: RecordSets = {
-        domain: [rdata.pointer(rdata.NS, ns_name)],
-        ns_name: [rdata.address(ip) for ip in dict.fromkeys(ns_addresses)],
-        f"dns-version.{domain}": [rdata.txt(SCHEMA_VERSION)],
-        f"svc.{domain}": [],
+        to_wire(domain): [rdata.pointer(rdata.NS, ns_name)],
+        to_wire(ns_name): [rdata.address(ip) for ip in dict.fromkeys(ns_addresses)],
+        to_wire(f"dns-version.{domain}"): [rdata.txt(SCHEMA_VERSION)],
+        to_wire(f"svc.{domain}"): [],
     }
     if pods_enabled:
-        sets[f"pod.{domain}"] = []
+        sets[to_wire(f"pod.{domain}")] = []
     return sets

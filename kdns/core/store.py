@@ -6,9 +6,11 @@ change hands the zone the new records of exactly the objects it touched.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import gc
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from kdns.core import records
@@ -16,6 +18,26 @@ from kdns.core.model import ClusterObject, EndpointSlice, IPAddress, Namespace, 
 from kdns.core.zone import Zone
 
 _APEX = ("apex",)
+
+
+@contextlib.contextmanager
+def bulk_change() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a large change is applied, then freeze what it
+    built.
+
+    A full build allocates millions of small objects, and each allocation burst makes the
+    collector rescan the ever larger heap: over a third of the build time at 10k Services. The
+    zone's objects hold no reference cycles, so reference counting alone frees them; frozen, they
+    are left out of every later collection.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.freeze()
 
 
 class PodMode(enum.Enum):
@@ -64,8 +86,9 @@ class ClusterStore:
         """Apply many objects at once, slices before their Services so that each Service's
         records are built once rather than once per slice."""
         order = {Namespace: 0, Pod: 1, EndpointSlice: 2, Service: 3}
-        for obj in sorted(objects, key=lambda obj: order[type(obj)]):
-            self.upsert(obj)
+        with bulk_change():
+            for obj in sorted(objects, key=lambda obj: order[type(obj)]):
+                self.upsert(obj)
 
     def upsert(self, obj: ClusterObject) -> None:
         """Add or replace one object and republish what it feeds."""

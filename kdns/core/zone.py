@@ -47,30 +47,32 @@ class Answer:
     flags and section counts are worked out here, once, rather than for every reply.
     """
 
-    __slots__ = (
-        "additional_count",
-        "answer_count",
-        "authority_count",
-        "counts",
-        "counts_with_opt",
-        "flags",
-        "rcode",
-        "records",
-        "required_length",
-    )
+    __slots__ = ("counts", "counts_with_opt", "flags", "records", "required_length")
 
     def __init__(
         self, rcode: int, answer_count: int, authority_count: int, additional_count: int, records: bytes, required: int
     ) -> None:
-        self.rcode = rcode
-        self.answer_count = answer_count
-        self.authority_count = authority_count
-        self.additional_count = additional_count
-        self.records = records
-        self.required_length = required
         self.flags = 0x8400 | rcode  # QR and AA
         self.counts = _counts(answer_count, authority_count, additional_count)
         self.counts_with_opt = _counts(answer_count, authority_count, additional_count + 1)
+        self.records = records
+        self.required_length = required
+
+    @property
+    def rcode(self) -> int:
+        return self.flags & 0xF
+
+    @property
+    def answer_count(self) -> int:
+        return self.counts[2] << 8 | self.counts[3]
+
+    @property
+    def authority_count(self) -> int:
+        return self.counts[4] << 8 | self.counts[5]
+
+    @property
+    def additional_count(self) -> int:
+        return self.counts[6] << 8 | self.counts[7]
 
 
 @functools.cache
@@ -79,15 +81,59 @@ def _counts(answers: int, authority: int, additional: int) -> bytes:
     return struct.pack("!HHHH", 1, answers, authority, additional)
 
 
-class _Node:
-    """One owner name: who contributes records to it, and how many names below it exist."""
+_NOBODY: Hashable = object()  # the contributor of a name nobody contributes records to
 
-    __slots__ = ("below", "contributions", "types")
+
+class _Node:
+    """One owner name: who contributes records to it, and how many names below it exist.
+
+    Nearly every name has one contributor, held inline; a dict for further contributors exists
+    only for the rare shared name (an address in two Services gives its PTR name two). A dict per
+    name would cost about 200 bytes each: tens of megabytes in a large cluster.
+    """
+
+    __slots__ = ("below", "contributor", "others", "records", "types")
 
     def __init__(self) -> None:
-        self.contributions: dict[Hashable, Sequence[Record]] = {}
+        self.contributor: Hashable = _NOBODY
+        self.records: Sequence[Record] = ()
+        self.others: dict[Hashable, Sequence[Record]] | None = None
         self.below = 0  # names below this one that exist: while non-zero, this one exists too
         self.types: tuple[int, ...] = ()  # types with a prepared answer in the positive index
+
+    def get(self, contributor: Hashable) -> Sequence[Record] | None:
+        if self.contributor == contributor:
+            return self.records
+        return self.others.get(contributor) if self.others else None
+
+    def set(self, contributor: Hashable, records: Sequence[Record]) -> None:
+        if self.contributor is _NOBODY or self.contributor == contributor:
+            self.contributor, self.records = contributor, records
+        else:
+            if self.others is None:
+                self.others = {}
+            self.others[contributor] = records
+
+    def remove(self, contributor: Hashable) -> None:
+        if self.contributor == contributor:
+            if self.others:
+                self.contributor, self.records = self.others.popitem()
+                self.others = self.others or None
+            else:
+                self.contributor, self.records = _NOBODY, ()
+        elif self.others:
+            self.others.pop(contributor, None)
+            self.others = self.others or None
+
+    def contributed(self) -> bool:
+        return self.contributor is not _NOBODY
+
+    def record_sets(self) -> list[Sequence[Record]]:
+        """Each contributor's records, in an order that does not depend on history."""
+        if self.others is None:
+            return [self.records] if self.contributed() else []
+        every = {self.contributor: self.records, **self.others}
+        return [every[key] for key in sorted(every, key=repr)]
 
 
 class Zone:
@@ -174,23 +220,24 @@ class Zone:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def replace(self, contributor: Hashable, record_sets: Mapping[str, Sequence[Record]]) -> None:
-        """Make `record_sets` the whole contribution of `contributor` (empty: withdraw it)."""
-        new = {to_wire(owner): tuple(records) for owner, records in record_sets.items()}
+    def replace(self, contributor: Hashable, record_sets: Mapping[bytes, Sequence[Record]]) -> None:
+        """Make `record_sets` (owner names in lowercased wire form) the whole contribution of
+        `contributor`; empty withdraws it."""
+        new = {owner: tuple(records) for owner, records in record_sets.items()}
         old_keys = self._contributors.pop(contributor, ())
         changed: list[bytes] = []
         for key in old_keys:
             if key not in new:
-                self._nodes[key].contributions.pop(contributor, None)
+                self._nodes[key].remove(contributor)
                 changed.append(key)
         for key, records in new.items():
             node = self._nodes.get(key)
             if node is None:
                 node = self._nodes[key] = _Node()
-            elif node.contributions.get(contributor) == records:
+            elif node.get(contributor) == records:
                 continue
             existed = _exists(node)
-            node.contributions[contributor] = records
+            node.set(contributor, records)
             if not existed:
                 self._link(key)
             changed.append(key)
@@ -239,7 +286,7 @@ class Zone:
         """`key` has come to exist: count it in its parent, which then exists too."""
         while key not in self.apexes:
             parent = key[key[0] + 1 :]
-            if self._apex_of(parent) is None:
+            if parent == b"\x00":
                 return  # above every zone we serve: nothing to count
             node = self._nodes.get(parent)
             if node is None:
@@ -283,34 +330,45 @@ class Zone:
         if not _exists(node):
             self._unlink(key)
             return
-        by_type: dict[int, list[Record]] = {}
-        for record in _merged(node):
-            by_type.setdefault(record.rtype, []).append(record)
+        records = _merged(node)
+        first_type = records[0].rtype if records else 0
+        if all(record.rtype == first_type for record in records):  # the usual name: one type
+            by_type = {first_type: records} if records else {}
+        else:
+            by_type = {}
+            for record in records:
+                by_type.setdefault(record.rtype, []).append(record)
         if rdata.CNAME in by_type:
             self._cname[key] = self._prepare(key, by_type[rdata.CNAME])
             return
         for rtype, group in by_type.items():
             self.prepared[(key, rtype)] = self._prepare(key, group)
-        node.types = tuple(by_type)
+        types = tuple(by_type)
+        node.types = _TYPE_TUPLES.setdefault(types, types)  # shared: few distinct combinations
 
     def _prepare(self, key: bytes, records: Sequence[Record]) -> Answer:
         """Encode an answer set, with its targets' addresses in the additional section."""
         ttl = self.ttl
+        if len(records) == 1 and records[0].rtype not in (rdata.SRV, rdata.NS):  # most names
+            single = encode_rr(QUESTION_POINTER, records[0], ttl)
+            return Answer(NOERROR, 1, 0, 0, single, len(single))
         answer = [encode_rr(QUESTION_POINTER, record, ttl) for record in records]
-        total = 0
-        for count, item in enumerate(answer):
-            total += len(item)
-            if total > MAX_RECORDS_LENGTH:  # thousands of endpoints: serve what a message holds
-                answer = answer[:count]
-                break
+        if len(records) > 1000:
+            total = 0
+            for count, item in enumerate(answer):
+                total += len(item)
+                if total > MAX_RECORDS_LENGTH:  # thousands of endpoints: serve what a message holds
+                    answer = answer[:count]
+                    break
         additional = []
-        for target in dict.fromkeys(_target(record) for record in records):
-            node = self._nodes.get(target) if target else None
-            if node is None:
-                continue
-            for record in _merged(node):
-                if record.rtype in (rdata.A, rdata.AAAA):
-                    additional.append(encode_rr(target, record, ttl))
+        if records[0].rtype in (rdata.SRV, rdata.NS):  # a set holds one type
+            for target in dict.fromkeys(_target(record) for record in records):
+                node = self._nodes.get(target)
+                if node is None:
+                    continue
+                for record in _merged(node):
+                    if record.rtype in (rdata.A, rdata.AAAA):
+                        additional.append(encode_rr(target, record, ttl))
         required = b"".join(answer)
         extra = b"".join(additional)
         if len(required) + len(extra) > MAX_RECORDS_LENGTH:
@@ -319,27 +377,28 @@ class Zone:
 
 
 def _exists(node: _Node) -> bool:
-    return bool(node.contributions) or node.below > 0
+    return node.contributed() or node.below > 0
 
 
 def _merged(node: _Node) -> list[Record]:
     """All records at a name, each once, across contributors (two Services' endpoints can share an
     address, giving two PTR records for it, as CoreDNS answers)."""
-    if len(node.contributions) == 1:
-        return list(next(iter(node.contributions.values())))
-    return list(dict.fromkeys(record for records in node.contributions.values() for record in records))
+    sets = node.record_sets()
+    if len(sets) == 1:
+        return list(sets[0])
+    return list(dict.fromkeys(record for records in sets for record in records))
 
 
-def _target(record: Record) -> bytes | None:
-    if record.rtype == rdata.SRV:
-        return rdata.srv_targets(record)
-    if record.rtype == rdata.NS:
-        return record.rdata
-    return None
+_TYPE_TUPLES: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+
+def _target(record: Record) -> bytes:
+    """The name an SRV or NS record points at."""
+    return rdata.srv_targets(record) if record.rtype == rdata.SRV else record.rdata
 
 
 def _has_targets(node: _Node) -> bool:
-    return any(record.rtype in (rdata.SRV, rdata.NS) for records in node.contributions.values() for record in records)
+    return any(record.rtype in (rdata.SRV, rdata.NS) for records in node.record_sets() for record in records)
 
 
 def _at_label_boundary(key: bytes, offset: int) -> bool:

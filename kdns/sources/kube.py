@@ -33,7 +33,7 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
 from kdns.core.convert import DEFAULT_NAMESPACE, ConversionError, convert
-from kdns.core.store import ClusterStore
+from kdns.core.store import ClusterStore, bulk_change
 from kdns.errors import KdnsError
 
 log = logging.getLogger(__name__)
@@ -172,15 +172,16 @@ class Applier:
         """Make the store's objects of `kind` (in `namespace`) those of a fresh list: adds, updates
         and deletes computed by difference, so no name that still exists ever goes missing."""
         listed: set[tuple[str, str]] = set()
-        for raw in items:
-            key = object_key(kind, raw)
-            if key is None or not self._in_scope(kind, key):
-                continue
-            listed.add(key)
-            self._upsert(kind, key, raw)
-        for key in self.store.keys(kind, namespace):
-            if key not in listed:
-                self.store.delete(kind, key)
+        with bulk_change():
+            for raw in items:
+                key = object_key(kind, raw)
+                if key is None or not self._in_scope(kind, key):
+                    continue
+                listed.add(key)
+                self._upsert(kind, key, raw)
+            for key in self.store.keys(kind, namespace):
+                if key not in listed:
+                    self.store.delete(kind, key)
         self.store.zone.bump_serial(int(self.clock()))
 
     def _upsert(self, kind: str, key: tuple[str, str], raw: Any) -> bool:

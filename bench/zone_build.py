@@ -1,0 +1,192 @@
+"""Zone building at scale: time to build the whole zone from a list, time per watch event, and the
+resident memory of a process holding it.
+
+Synthetic clusters of 1k, 10k and 50k Services, each with one EndpointSlice of 1 to 20 endpoints;
+a fifth of the Services are headless, half of those with hostnames (StatefulSet-like). Each size
+runs in a fresh process that builds it as `kdns serve` does from the API (JSON lists parsed,
+reconciled, dropped), so the resident memory printed is that of a kdns process holding the zone;
+the baseline is the same process before the build (interpreter, kdns, the kubernetes client).
+Figures are printed, never asserted; the issue's targets are printed beside them.
+
+    .venv/bin/python bench/zone_build.py [--sizes 1000,10000,50000] [--events 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def synthetic(services: int, rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(services, slices) as the API lists them."""
+    service_objects, slices = [], []
+    for i in range(services):
+        namespace = f"ns-{i % 100}"
+        name = f"svc-{i}"
+        headless = i % 5 == 0
+        spec: dict[str, Any] = {
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "metrics", "port": 9090}],
+        }
+        spec["clusterIP"] = "None" if headless else f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}"
+        service_objects.append({"kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+        endpoints = []
+        for j in range(rng.randint(1, 20)):
+            address = f"10.{128 + i // 3000}.{(i * 20 + j) // 256 % 256}.{(i * 20 + j) % 256}"
+            endpoint: dict[str, Any] = {"addresses": [address], "conditions": {"ready": rng.random() > 0.05}}
+            if headless and i % 10 == 0:
+                endpoint["hostname"] = f"{name}-{j}"
+            endpoints.append(endpoint)
+        slices.append(
+            {
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": f"{name}-abcde",
+                    "namespace": namespace,
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "metrics", "port": 9090}],
+            }
+        )
+    return service_objects, slices
+
+
+def measure(services: int, events: int) -> dict[str, float]:
+    """Build one cluster the way the live source does: the lists arrive as JSON bytes, are parsed,
+    reconciled into the store and dropped; resident memory is read after that."""
+    from kdns.core.store import ClusterStore
+    from kdns.sources.kube import Applier, WatchOptions
+
+    rng = random.Random(services)
+    service_objects, slices = synthetic(services, rng)
+    endpoint_count = sum(len(s["endpoints"]) for s in slices)
+    changes = [slices[rng.randrange(len(slices))] for _ in range(events)]  # the slices events modify
+    lists = (json.dumps(slices).encode(), json.dumps(service_objects).encode())
+    del service_objects, slices
+    gc.collect()
+    baseline = rss_mb()  # interpreter, kdns, the kubernetes client, and the list bodies
+
+    store = ClusterStore("cluster.local", 30)
+    applier = Applier(store, WatchOptions())
+    started = time.perf_counter()
+    applier.reconcile("EndpointSlice", None, json.loads(lists[0]))
+    applier.reconcile("Service", None, json.loads(lists[1]))
+    build = time.perf_counter() - started
+    lists_mb = sum(len(body) for body in lists) / 2**20
+    del lists
+    gc.collect()
+    held = rss_mb()
+
+    timings = []
+    for original in changes:
+        changed = dict(original)
+        flipped = [dict(endpoint) for endpoint in changed["endpoints"]]
+        target = rng.randrange(len(flipped))
+        flipped[target] = {**flipped[target], "conditions": {"ready": not flipped[target]["conditions"]["ready"]}}
+        changed["endpoints"] = flipped
+        started = time.perf_counter()
+        applier.event("EndpointSlice", "MODIFIED", changed)
+        timings.append(time.perf_counter() - started)
+    return {
+        "services": services,
+        "endpoints": endpoint_count,
+        "names": len(store.zone.prepared),
+        "build_s": build,
+        "event_avg_ms": sum(timings) / len(timings) * 1000,
+        "event_worst_ms": max(timings) * 1000,
+        "baseline_mb": baseline - lists_mb,
+        "rss_mb": held,
+    }
+
+
+def measure_process(services: int) -> dict[str, float]:
+    """A real `kdns serve --kubeconfig` following the tests' API server that serves the cluster:
+    seconds from start to every watcher having listed, and the process's resident memory then."""
+    import tempfile
+
+    from tests.apiserver import FakeApiServer
+    from tests.process import KdnsServer
+
+    service_objects, slices = synthetic(services, random.Random(services))
+    api = FakeApiServer()
+    for obj in (*service_objects, *slices):
+        api.apply(obj)
+    del service_objects, slices
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.monotonic()
+        server = KdnsServer("--kubeconfig", str(api.kubeconfig(Path(tmp))), listen=("127.0.0.1:0",))
+        while "synced" not in server.log_text():
+            if time.monotonic() - started > 300 or not server.alive():
+                server.stop()
+                raise RuntimeError("kdns did not sync:\n" + server.log_text()[-2000:])
+            time.sleep(0.05)
+        synced = time.monotonic() - started
+        rss = 0.0
+        for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+        server.stop()
+    api.stop()
+    return {"services": services, "synced_s": synced, "rss_mb": rss}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,50000")
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process: one size
+    parser.add_argument(
+        "--process", action="store_true", help="also time a real kdns process from start to synced, and its RSS"
+    )
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.events)))
+        return 0
+    print(
+        f"{'services':>9} {'endpoints':>10} {'answers':>9} {'build s':>8} {'event avg ms':>13} "
+        f"{'worst ms':>9} {'RSS MB':>7} {'baseline MB':>12} {'zone MB':>8}"
+    )
+    for size in (int(text) for text in args.sizes.split(",")):
+        child = subprocess.run(
+            [sys.executable, __file__, "--one", str(size), "--events", str(args.events)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        r = json.loads(child.stdout)
+        print(
+            f"{r['services']:>9} {r['endpoints']:>10} {r['names']:>9} {r['build_s']:>8.2f} {r['event_avg_ms']:>13.3f} "
+            f"{r['event_worst_ms']:>9.2f} {r['rss_mb']:>7.0f} {r['baseline_mb']:>12.0f} "
+            f"{r['rss_mb'] - r['baseline_mb']:>8.0f}"
+        )
+    if args.process:
+        print(f"\n{'services':>9} {'kdns start to synced s':>23} {'kdns RSS MB':>12}   (real process, test API server)")
+        for size in (int(text) for text in args.sizes.split(",")):
+            r = measure_process(size)
+            print(f"{r['services']:>9} {r['synced_s']:>23.2f} {r['rss_mb']:>12.0f}")
+    print(
+        "targets (issue 3): 10k services / 100k endpoints built in < 3 s, held in < 300 MB RSS; events < 1 ms average"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
