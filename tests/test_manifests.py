@@ -1,0 +1,81 @@
+"""The deployment files agree with the program: no cluster or Docker engine is available here, so
+what can be checked is checked against kdns itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from kdns import cli
+from kdns.sources.kube import RESOURCES
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+
+
+def _documents() -> list[dict]:
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    documents = []
+    for name in kustomization["resources"]:
+        documents.extend(doc for doc in yaml.safe_load_all((MANIFESTS / name).read_text()) if doc)
+    return documents
+
+
+def _one(kind: str) -> dict:
+    (found,) = [doc for doc in _documents() if doc["kind"] == kind]
+    return found
+
+
+def test_every_manifest_file_is_listed_by_the_kustomization():
+    listed = set(yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["resources"])
+    present = {path.name for path in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+
+
+def test_deployment_args_are_accepted_by_kdns_serve():
+    container = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = cli._parser().parse_args(container["args"])
+    config = cli._serve_config(args)
+    assert config.snapshot is None  # follows the cluster
+    assert config.health is not None and config.health.port == 8181
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"dns": 53, "dns-tcp": 53, "health": 8181}
+    assert {address.port for address in config.listen} == {53}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "health"}
+
+
+def test_rbac_grants_list_and_watch_on_every_resource_kdns_follows_and_nothing_more():
+    role = _one("ClusterRole")
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    needed = {
+        ("" if r.api_version == "v1" else r.api_version.split("/")[0], r.kind.lower() + "s") for r in RESOURCES.values()
+    }
+    assert set(granted) == needed
+    assert all(verbs == {"list", "watch"} for verbs in granted.values())
+    binding = _one("ClusterRoleBinding")
+    account = _one("ServiceAccount")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == account["metadata"]["name"]
+    assert _one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_service_selects_the_deployment_pods_on_the_dns_ports():
+    service = _one("Service")
+    labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert {(port["port"], port["protocol"]) for port in service["spec"]["ports"]} == {(53, "UDP"), (53, "TCP")}
+
+
+def test_dockerfile_installs_the_package_and_runs_the_console_script():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY kdns ./kdns" in dockerfile and "pip install --no-cache-dir ." in dockerfile
+    assert 'ENTRYPOINT ["kdns"]' in dockerfile
+    image = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.startswith("kdns:") and image.split(":")[1] in dockerfile
