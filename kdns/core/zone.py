@@ -225,25 +225,39 @@ class Zone:
         `contributor`; empty withdraws it."""
         new = {owner: tuple(records) for owner, records in record_sets.items()}
         old_keys = self._contributors.pop(contributor, ())
-        changed: list[bytes] = []
+        changed: dict[bytes, None] = {}  # an ordered set: membership is tested below
         for key in old_keys:
             if key not in new:
                 self._nodes[key].remove(contributor)
-                changed.append(key)
+                changed[key] = None
+        any_change = bool(changed)
         for key, records in new.items():
             node = self._nodes.get(key)
             if node is None:
                 node = self._nodes[key] = _Node()
-            elif node.get(contributor) == records:
+                node.set(contributor, records)
+                self._link(key)
+                any_change = True
+                if len(records) == 1 and records[0].rtype not in _NEEDS_REBUILD:
+                    # The common new name (an endpoint's address, a PTR): prepared right here.
+                    rtype = records[0].rtype
+                    single = encode_rr(QUESTION_POINTER, records[0], self.ttl)
+                    self.prepared[(key, rtype)] = Answer(NOERROR, 1, 0, 0, single, len(single))
+                    node.types = _TYPE_TUPLES.setdefault((rtype,), (rtype,))
+                else:
+                    changed[key] = None
+                continue
+            if node.get(contributor) == records:
                 continue
             existed = _exists(node)
             node.set(contributor, records)
             if not existed:
                 self._link(key)
-            changed.append(key)
+            changed[key] = None
+            any_change = True
         if new:
             self._contributors[contributor] = tuple(new)
-        if not changed:
+        if not any_change:
             return
         # SRV and NS answers carry their targets' addresses: rebuild them when any name of the
         # same contribution changed (targets always belong to the contributor of the SRV).
@@ -390,6 +404,8 @@ def _merged(node: _Node) -> list[Record]:
 
 
 _TYPE_TUPLES: dict[tuple[int, ...], tuple[int, ...]] = {}
+# Types whose answers need more than their own record: targets' addresses, or CNAME's own index.
+_NEEDS_REBUILD = (rdata.SRV, rdata.NS, rdata.CNAME)
 
 
 def _target(record: Record) -> bytes:
