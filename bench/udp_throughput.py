@@ -112,7 +112,10 @@ def main() -> int:
             '  local-zone: "cluster.local." static\n' + local
         )
         kdns = subprocess.Popen(
-            [sys.executable, "-m", "kdns", "serve", "--snapshot", str(snapshot), "--listen", f"127.0.0.1:{kdns_port}"],
+            [
+                *(sys.executable, "-m", "kdns", "serve", "--snapshot", str(snapshot)),
+                *("--listen", f"127.0.0.1:{kdns_port}", "--resolv-conf", os.devnull),
+            ],
             stderr=subprocess.DEVNULL,
             cwd=ROOT,
         )

@@ -16,6 +16,9 @@ from kdns.config import ServeConfig
 from kdns.core.handler import Handler, HandlerOptions
 from kdns.core.model import IPAddress
 from kdns.core.store import ClusterStore, PodMode
+from kdns.core.upstream import ForwardCache
+from kdns.errors import KdnsError
+from kdns.forward import Forwarder, UpstreamAddress
 from kdns.ops import serve_health
 from kdns.serve import BoundListener, bind, bind_tcp, serve
 from kdns.sources import snapshot
@@ -47,6 +50,8 @@ def run(config: ServeConfig) -> int:
     api_client = None if config.snapshot is not None else load_api_client(config.kubeconfig, config.context)
     listeners = [bind(address) for address in config.listen]
     health = bind_tcp(config.health) if config.health is not None else None
+    forwarder, cache = _forwarding(config, listeners)
+    options = HandlerOptions(max_udp=config.max_udp, recursion_available=forwarder is not None)
     follower = None
     if config.snapshot is not None:
         loaded, store = build_store(
@@ -54,21 +59,60 @@ def run(config: ServeConfig) -> int:
         )
         snapshot.report(loaded)
         log.info("loaded %s: %s", loaded.path, ", ".join(f"{count} {what}" for what, count in store.counts().items()))
-        handler = Handler(store.zone, HandlerOptions(max_udp=config.max_udp))
+        handler = Handler(store.zone, options, cache)
     else:
         assert api_client is not None
         store = ClusterStore(
             config.cluster_domain, config.ttl, config.pod_mode, fallback_ns_addresses=ns_addresses(listeners)
         )
-        handler = Handler(store.zone, HandlerOptions(max_udp=config.max_udp))
+        handler = Handler(store.zone, options, cache)
         handler.synced = False
 
         def synced() -> None:
             handler.synced = True
 
         follower = ClusterFollower(store, api_client, config.watch, synced)
-    trio.run(_main, listeners, handler, config, follower, health)
+    trio.run(_main, listeners, handler, config, follower, health, forwarder)
     return 0
+
+
+def _forwarding(config: ServeConfig, listeners: list[BoundListener]) -> tuple[Forwarder | None, ForwardCache | None]:
+    """The forwarder and its cache, or (None, None) with one warning when there is no upstream."""
+    forward = config.forward
+    stubs = dict(forward.stubs)
+    for upstream in (*forward.upstreams, *(address for addresses in stubs.values() for address in addresses)):
+        for listener in listeners:
+            if _is_self(upstream, listener.address.host, listener.address.port):
+                raise KdnsError(
+                    f"upstream {upstream} (from {forward.upstreams_from}) is kdns's own listen address "
+                    f"{listener.address}: forwarding to it would loop"
+                )
+    if not forward.upstreams and not stubs:
+        log.warning(
+            "no upstream resolver (%s gives none): names outside %s and the reverse zones are answered REFUSED",
+            forward.upstreams_from,
+            config.cluster_domain,
+        )
+        return None, None
+    log.info("forwarding to %s", ", ".join(str(u) for u in forward.upstreams) or "stub domains only")
+    return Forwarder(forward.upstreams, stubs, forward.options), ForwardCache(forward.cache_size, time.monotonic)
+
+
+def _is_self(upstream: UpstreamAddress, host: str, port: int) -> bool:
+    """Whether `upstream` is this kdns: the same port, and the same address or, for a wildcard
+    listener, an address of this machine."""
+    if upstream.port != port:
+        return False
+    if upstream.host == host:
+        return True
+    if not ipaddress.ip_address(host).is_unspecified:
+        return False
+    try:
+        with socket.socket(upstream.family, socket.SOCK_DGRAM) as probe:
+            probe.bind((upstream.host, 0))  # binds only to an address this machine has
+    except OSError:
+        return False
+    return True
 
 
 async def _main(
@@ -77,10 +121,13 @@ async def _main(
     config: ServeConfig,
     follower: ClusterFollower | None,
     health: socket.socket | None,
+    forwarder: Forwarder | None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve, listeners, handler, config.tcp)
+            if forwarder is not None:
+                await nursery.start(forwarder.run)
+            await nursery.start(serve, listeners, handler, config.tcp, forwarder)
             for listener in listeners:
                 log.info("listening on %s (udp, tcp)", listener.address)
             if health is not None:

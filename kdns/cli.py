@@ -20,6 +20,7 @@ from kdns import __version__, app, config
 from kdns.core.store import ClusterStore, PodMode
 from kdns.core.zonefile import render
 from kdns.errors import KdnsError
+from kdns.forward import ForwardOptions, Policy, UpstreamAddress, resolv_conf_upstreams
 from kdns.serve import ListenAddress, TcpLimits
 from kdns.sources import snapshot
 from kdns.sources.kube import WatchOptions, load_api_client, snapshot_items
@@ -86,6 +87,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-tcp-connections", type=int, default=1000, help="open TCP connections at most")
     serve.add_argument(
+        "--upstream",
+        action="append",
+        metavar="ADDR[:PORT]",
+        help="resolver to forward other names to; repeatable (default: the nameservers of --resolv-conf)",
+    )
+    serve.add_argument("--resolv-conf", default="/etc/resolv.conf", help="where to read default upstreams")
+    serve.add_argument(
+        "--stub-domain",
+        action="append",
+        default=[],
+        metavar="DOMAIN=ADDR[,ADDR]",
+        help="forward a domain and its subdomains to its own upstreams; repeatable",
+    )
+    serve.add_argument("--policy", choices=[policy.value for policy in Policy], default="random")
+    serve.add_argument("--upstream-timeout", type=float, default=2.0, help="seconds per upstream try (default 2)")
+    serve.add_argument(
+        "--max-concurrent", type=int, default=1000, help="forwarded queries in flight; more are REFUSED (default 1000)"
+    )
+    serve.add_argument("--cache-size", type=int, default=10000, help="forwarded answers cached; 0: no cache")
+    serve.add_argument("--cache-min-ttl", type=int, default=0, help="shortest time a forwarded answer is cached")
+    serve.add_argument("--cache-max-ttl", type=int, default=3600, help="longest time a forwarded answer is cached")
+    serve.add_argument(
         "--health-listen",
         metavar="ADDR:PORT",
         help="serve HTTP /health and /ready (503 until the cluster is listed once) here (default: off)",
@@ -143,6 +166,34 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         max_udp=config.max_udp(args.max_udp_size),
         tcp=TcpLimits(idle_timeout=args.tcp_idle_timeout, max_connections=args.max_tcp_connections),
         health=ListenAddress.parse(args.health_listen) if args.health_listen else None,
+        forward=_forward_config(args),
+    )
+
+
+def _forward_config(args: argparse.Namespace) -> config.ForwardConfig:
+    if args.max_concurrent < 1 or args.upstream_timeout <= 0 or args.cache_size < 0:
+        raise KdnsError("--max-concurrent and --upstream-timeout must be positive, --cache-size not negative")
+    if not 0 <= args.cache_min_ttl <= args.cache_max_ttl:
+        raise KdnsError("--cache-min-ttl and --cache-max-ttl: need 0 <= min <= max")
+    if args.upstream:
+        upstreams = tuple(UpstreamAddress.parse(text) for text in args.upstream)
+        source = "--upstream"
+    elif args.resolv_conf == "/etc/resolv.conf" and not Path(args.resolv_conf).exists():
+        upstreams, source = (), args.resolv_conf  # the default file missing: no upstream, not an error
+    else:
+        upstreams, source = tuple(resolv_conf_upstreams(args.resolv_conf)), args.resolv_conf
+    return config.ForwardConfig(
+        upstreams=upstreams,
+        upstreams_from=source,
+        stubs=tuple(config.stub_domain(text) for text in args.stub_domain),
+        options=ForwardOptions(
+            policy=Policy(args.policy),
+            timeout=args.upstream_timeout,
+            max_concurrent=args.max_concurrent,
+            min_ttl=args.cache_min_ttl,
+            max_ttl=args.cache_max_ttl,
+        ),
+        cache_size=args.cache_size,
     )
 
 

@@ -9,11 +9,21 @@ from pathlib import Path
 from kdns.core.names import InvalidName, to_wire
 from kdns.core.store import PodMode
 from kdns.errors import KdnsError
+from kdns.forward import ForwardOptions, UpstreamAddress
 from kdns.serve import ListenAddress, TcpLimits
 from kdns.sources.kube import WatchOptions
 
 DEFAULT_TTL = 30  # kubeadm's Corefile (`ttl 30`); CoreDNS's own default is 5
 MAX_TTL = 3600  # CoreDNS's kubernetes plugin accepts 0-3600
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    upstreams: tuple[UpstreamAddress, ...]
+    upstreams_from: str  # where they came from, for messages: "--upstream" or the resolv.conf path
+    stubs: tuple[tuple[str, tuple[UpstreamAddress, ...]], ...]  # (domain, its upstreams)
+    options: ForwardOptions
+    cache_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +39,7 @@ class ServeConfig:
     max_udp: int
     tcp: TcpLimits
     health: ListenAddress | None  # where /health and /ready are served; None: not at all
+    forward: ForwardConfig
 
 
 def cluster_domain(text: str) -> str:
@@ -75,3 +86,16 @@ def positive(flag: str, value: float) -> float:
 
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def stub_domain(text: str) -> tuple[str, tuple[UpstreamAddress, ...]]:
+    """`--stub-domain DOMAIN=ADDR[:PORT][,ADDR...]` (kube-dns's stubDomains)."""
+    domain, sep, addresses = text.partition("=")
+    if not sep or not addresses.strip():
+        raise KdnsError(f"--stub-domain {text!r}: expected DOMAIN=ADDR[:PORT][,ADDR...]")
+    name = domain.strip().rstrip(".").lower()
+    try:
+        to_wire(name)
+    except (InvalidName, UnicodeEncodeError):
+        raise KdnsError(f"--stub-domain {text!r}: {domain!r} is not a domain name") from None
+    return name, tuple(UpstreamAddress.parse(part, "--stub-domain") for part in addresses.split(",") if part.strip())

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import trio
 
-from kdns.core.handler import Handler
+from kdns.core.handler import Forward, Handler
 from kdns.errors import KdnsError
+from kdns.forward import Forwarder
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
         )
 
 
-async def serve_udp(sock: socket.socket, handler: Handler) -> None:
-    """Answer datagrams on `sock` until cancelled."""
+async def serve_udp(sock: socket.socket, handler: Handler, forwarder: Forwarder | None = None) -> None:
+    """Answer datagrams on `sock` until cancelled; queries to forward go on in their own tasks."""
     # One buffer for every datagram: receiving into it and copying out what arrived costs less
     # than half of what `recvfrom(65535)` does, which allocates 64 KiB per packet.
     buffer = bytearray(MAX_DATAGRAM)
@@ -150,32 +151,60 @@ async def serve_udp(sock: socket.socket, handler: Handler) -> None:
     recvfrom_into = sock.recvfrom_into
     sendto = sock.sendto
     handle = handler.handle
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        for _ in range(UDP_BURST):
-            try:
-                size, peer = recvfrom_into(buffer)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as error:  # e.g. ECONNREFUSED left by an ICMP error for an earlier reply
-                log.debug("udp receive error: %s", error)
-                continue
-            packet = bytes(view[:size])
-            try:
-                reply = handle(packet, False)
-            except Exception:
-                log.exception("error answering a UDP query from %s", peer[0])
-                reply = handler.failure_reply(packet)
-            if reply is not None:
+    async with trio.open_nursery() as nursery:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(UDP_BURST):
+                try:
+                    size, peer = recvfrom_into(buffer)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as error:  # e.g. ECONNREFUSED left by an ICMP error for an earlier reply
+                    log.debug("udp receive error: %s", error)
+                    continue
+                packet = bytes(view[:size])
+                try:
+                    reply = handle(packet, False)
+                except Exception:
+                    log.exception("error answering a UDP query from %s", peer[0])
+                    reply = handler.failure_reply(packet)
+                if reply.__class__ is not bytes:
+                    if reply is None:
+                        continue
+                    assert isinstance(reply, Forward)
+                    if forwarder is not None and forwarder.in_flight < forwarder.options.max_concurrent:
+                        nursery.start_soon(_forward_udp, sock, peer, reply, handler, forwarder)
+                        continue
+                    reply = handler.refuse(reply)  # CoreDNS's max_concurrent: REFUSED at once
                 try:
                     sendto(reply, peer)
                 except OSError as error:  # a full send buffer or an unreachable peer: drop it
                     log.debug("udp send to %s failed: %s", peer[0], error)
-        else:
-            await trio.lowlevel.checkpoint()  # a full burst: let TCP and the rest run
+            else:
+                await trio.lowlevel.checkpoint()  # a full burst: let TCP and the rest run
 
 
-async def serve_tcp(sock: socket.socket, handler: Handler, limits: TcpLimits) -> None:
+async def _forward_udp(
+    sock: socket.socket, peer: tuple[str, int], forward: Forward, handler: Handler, forwarder: Forwarder
+) -> None:
+    reply = await _forwarded_reply(forward, handler, forwarder)
+    try:
+        sock.sendto(reply, peer)
+    except OSError as error:
+        log.debug("udp send to %s failed: %s", peer[0], error)
+
+
+async def _forwarded_reply(forward: Forward, handler: Handler, forwarder: Forwarder) -> bytes:
+    try:
+        return handler.finish_forward(forward, await forwarder.forward(forward.query, forward.tcp))
+    except Exception:
+        log.exception("error forwarding a query")
+        return handler.finish_forward(forward, None)
+
+
+async def serve_tcp(
+    sock: socket.socket, handler: Handler, limits: TcpLimits, forwarder: Forwarder | None = None
+) -> None:
     """Accept TCP connections on `sock` until cancelled (RFC 7766)."""
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     open_connections = 0
@@ -187,7 +216,7 @@ async def serve_tcp(sock: socket.socket, handler: Handler, limits: TcpLimits) ->
             return
         open_connections += 1
         try:
-            await _serve_connection(stream, handler, limits)
+            await _serve_connection(stream, handler, limits, forwarder)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away
         finally:
@@ -197,7 +226,9 @@ async def serve_tcp(sock: socket.socket, handler: Handler, limits: TcpLimits) ->
     await trio.serve_listeners(connection, [listener])
 
 
-async def _serve_connection(stream: trio.SocketStream, handler: Handler, limits: TcpLimits) -> None:
+async def _serve_connection(
+    stream: trio.SocketStream, handler: Handler, limits: TcpLimits, forwarder: Forwarder | None
+) -> None:
     """Answer length-prefixed queries in the order they arrive, until the client closes the
     connection or goes `limits.idle_timeout` without completing a query (a client that drips
     bytes does not keep a connection open)."""
@@ -217,6 +248,11 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler, limits:
                 reply = handler.failure_reply(packet)
             if reply is None:
                 return  # nothing sensible to say on this stream: close it
+            if isinstance(reply, Forward):
+                if forwarder is not None and forwarder.in_flight < forwarder.options.max_concurrent:
+                    reply = await _forwarded_reply(reply, handler, forwarder)
+                else:
+                    reply = handler.refuse(reply)
             await stream.send_all(struct.pack("!H", len(reply)) + reply)
             deadline = trio.current_time() + limits.idle_timeout
         with trio.CancelScope(deadline=deadline):
@@ -232,11 +268,12 @@ async def serve(
     listeners: Sequence[BoundListener],
     handler: Handler,
     limits: TcpLimits,
+    forwarder: Forwarder | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve UDP and TCP on every bound listener until cancelled."""
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(serve_udp, listener.udp, handler)
-            nursery.start_soon(serve_tcp, listener.tcp, handler, limits)
+            nursery.start_soon(serve_udp, listener.udp, handler, forwarder)
+            nursery.start_soon(serve_tcp, listener.tcp, handler, limits, forwarder)
         task_status.started()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -33,6 +34,9 @@ class KdnsServer:
     """`kdns serve` on ephemeral loopback ports; `addresses` holds where it listens."""
 
     def __init__(self, *args: str, listen: tuple[str, ...] = ("127.0.0.1:0", "[::1]:0")) -> None:
+        if not any(arg in args for arg in ("--upstream", "--resolv-conf")):
+            # No upstream unless a test asks for one: test traffic stays on this machine.
+            args = (*args, "--resolv-conf", os.devnull)
         command = [*kdns_command(), "serve", *args]
         for address in listen:
             command += ["--listen", address]

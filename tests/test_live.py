@@ -53,7 +53,8 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 def _synced(server: KdnsServer) -> None:
-    _wait(lambda: _ask(server, "web.prod.svc.cluster.local")[0] == "NOERROR", 10, "first sync")
+    """Wait until every watcher has listed: until then a missing name is SERVFAIL, not NXDOMAIN."""
+    _wait(lambda: _ask(server, "kdns-sync-check.nowhere.svc.cluster.local")[0] == "NXDOMAIN", 10, "first sync")
 
 
 class QueryLoop:
@@ -240,6 +241,7 @@ def test_namespaces_flag_watches_only_those_namespaces(api, tmp_path):
         api.apply(service(name, "svc", ["10.96.1." + str(ord(name))]))
     server = _start(api, tmp_path, "--namespaces", "a,b")
     try:
+        _synced(server)
         _wait(lambda: _ask(server, "svc.a.svc.cluster.local")[0] == "NOERROR", 5, "namespace a")
         assert _ask(server, "svc.b.svc.cluster.local")[1] == ["10.96.1.98"]
         assert _ask(server, "svc.c.svc.cluster.local")[0] == "NXDOMAIN"
@@ -261,6 +263,7 @@ def test_labels_flag_serves_only_matching_services(api, tmp_path):
     api.apply(chosen)
     server = _start(api, tmp_path, "--labels", "dns=public")
     try:
+        _synced(server)
         _wait(lambda: _ask(server, "chosen.prod.svc.cluster.local")[0] == "NOERROR", 5, "labelled service")
         assert _ask(server, "web.prod.svc.cluster.local")[0] == "NXDOMAIN"
         relabelled = service("prod", "chosen", ["10.96.0.20"])
@@ -304,6 +307,7 @@ def test_verified_pod_records_follow_the_pod_watch(api, tmp_path):
     api.apply(pod("prod", "web-0", "10.244.3.3"))
     server = _start(api, tmp_path, "--pods", "verified")
     try:
+        _synced(server)
         _wait(lambda: _ask(server, "10-244-3-3.prod.pod.cluster.local")[0] == "NOERROR", 5, "pod record")
         assert _ask(server, "10-244-3-4.prod.pod.cluster.local")[0] == "NXDOMAIN"
         api.delete("Pod", "prod", "web-0")
@@ -349,7 +353,7 @@ def test_serving_from_the_api_answers_as_serving_from_a_snapshot_of_the_same_obj
     live = _start(api, tmp_path)
     snapshot = KdnsServer("--snapshot", str(EXAMPLE), listen=("127.0.0.1:0",))
     try:
-        _wait(lambda: _ask(live, "web.prod.svc.cluster.local")[0] == "NOERROR", 10, "first sync")
+        _synced(live)
         for name, rdtype in QUESTIONS:
             assert _ask(live, name, rdtype) == _ask(snapshot, name, rdtype), (name, rdtype)
     finally:

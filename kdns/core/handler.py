@@ -9,7 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdns.core import rdata, wire
+from kdns.core.upstream import ForwardCache, ForwardedAnswer
 from kdns.core.zone import REFUSED, SERVFAIL, Answer, Zone
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """The decision to ask upstream: the I/O side forwards `query` and calls `finish_forward`."""
+
+    query: wire.Query
+    tcp: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,16 +28,21 @@ class HandlerOptions:
 
 
 class Handler:
-    """Answers queries from a `Zone`; everything outside it is refused until forwarding exists."""
+    """Answers queries from a `Zone`, and from the forward cache for everything else, deciding to
+    forward what neither holds."""
 
-    def __init__(self, zone: Zone, options: HandlerOptions = HandlerOptions()) -> None:
+    def __init__(
+        self, zone: Zone, options: HandlerOptions = HandlerOptions(), cache: ForwardCache | None = None
+    ) -> None:
         self.zone = zone
         self.options = options
+        self.cache = cache  # None: nothing is forwarded, and what is not ours is refused
         self._prepared = zone.prepared  # read directly on the hot path: one dict lookup a query
         self.synced = True  # False while a live source has not listed everything once
 
-    def handle(self, packet: bytes, tcp: bool) -> bytes | None:
-        """The reply to one query, or None when it must be dropped (a response, a stub of a header)."""
+    def handle(self, packet: bytes, tcp: bool) -> bytes | Forward | None:
+        """The reply to one query; a `Forward` when it is to be asked upstream; None when it must be
+        dropped (a response, a stub of a header)."""
         options = self.options
         try:
             query = wire.parse_query(packet)
@@ -48,9 +62,29 @@ class Handler:
         except wire.QueryError as error:
             return wire.error_reply(error, options.max_udp, options.recursion_available)
         if answer is None:
-            return wire.status_reply(query, REFUSED, options.max_udp, options.recursion_available)
+            if self.cache is None:
+                return wire.status_reply(query, REFUSED, options.max_udp, options.recursion_available)
+            answer = self.cache.get(ForwardCache.key(query))
+            if answer is None:
+                return Forward(query, tcp)
         limit = wire.TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
         return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
+
+    def finish_forward(self, forward: Forward, forwarded: ForwardedAnswer | None) -> bytes:
+        """The reply to a forwarded query: the upstream's answer (cached for the next asker), or
+        SERVFAIL when no upstream answered."""
+        options = self.options
+        query = forward.query
+        if forwarded is None:
+            return wire.status_reply(query, SERVFAIL, options.max_udp, options.recursion_available)
+        if self.cache is not None:
+            self.cache.put(ForwardCache.key(query), forwarded)
+        limit = wire.TCP_LIMIT if forward.tcp else wire.udp_limit(query.edns, options.max_udp)
+        return wire.reply(query, forwarded.answer(), limit, options.max_udp, options.recursion_available)
+
+    def refuse(self, forward: Forward) -> bytes:
+        """REFUSED for a query that cannot be forwarded now (too many already in flight)."""
+        return wire.status_reply(forward.query, REFUSED, self.options.max_udp, self.options.recursion_available)
 
     def _slow_answer(self, query: wire.Query) -> Answer | None:
         if query.qtype in (rdata.AXFR, rdata.IXFR):

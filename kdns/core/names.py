@@ -57,14 +57,13 @@ def from_wire(wire: bytes) -> str:
     return ".".join(labels)
 
 
-def parents(wire: bytes) -> list[bytes]:
-    """Every proper ancestor of a wire name, nearest first, down to the root's child."""
-    out = []
-    i = wire[0] + 1
-    while wire[i]:
-        out.append(wire[i:])
-        i += wire[i] + 1
-    return out
+def at_label_boundary(key: bytes, offset: int) -> bool:
+    """Whether a label starts at `offset` of the wire name `key` (so a suffix match is a real
+    parent name and not the tail of a label that happens to hold the same bytes)."""
+    i = 0
+    while i < offset:
+        i += key[i] + 1
+    return i == offset
 
 
 def service_name(namespace: str, service: str, domain: str) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
 from kdns.core import rdata
 from kdns.core.model import IPAddress
-from kdns.core.names import from_wire, parse_pod_label, to_wire
+from kdns.core.names import at_label_boundary, from_wire, parse_pod_label, to_wire
 from kdns.core.rdata import Record, encode_rr
 
 NOERROR = 0
@@ -190,7 +190,7 @@ class Zone:
 
     def _apex_of(self, key: bytes) -> bytes | None:
         for apex in self.apexes:
-            if key.endswith(apex) and _at_label_boundary(key, len(key) - len(apex)):
+            if key.endswith(apex) and at_label_boundary(key, len(key) - len(apex)):
                 return apex
         return None
 
@@ -415,12 +415,3 @@ def _target(record: Record) -> bytes:
 
 def _has_targets(node: _Node) -> bool:
     return any(record.rtype in (rdata.SRV, rdata.NS) for records in node.record_sets() for record in records)
-
-
-def _at_label_boundary(key: bytes, offset: int) -> bool:
-    """Whether a label starts at `offset` of the wire name `key` (so a suffix match is a real
-    parent name and not the tail of a label that happens to hold the same bytes)."""
-    i = 0
-    while i < offset:
-        i += key[i] + 1
-    return i == offset

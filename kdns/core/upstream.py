@@ -1,0 +1,232 @@
+"""Answers from upstream resolvers, made into answers of ours: checked, stripped of the upstream's
+OPT record, and held in a bounded cache whose TTLs count down.
+
+Pure: the clock is injected, and the bytes come in and go out. The forwarder (`kdns.forward`)
+owns the sockets.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cachetools import TLRUCache
+
+from kdns.core import rdata
+from kdns.core.wire import DO_BIT, HEADER_LENGTH, RD, TYPE_OPT, Query
+from kdns.core.zone import NOERROR, NXDOMAIN, SERVFAIL, Answer
+
+_HEADER = struct.Struct("!HHHHHH")
+_FIXED_RR = struct.Struct("!HHIH")
+_TTL = struct.Struct("!I")
+
+AD = 0x0020
+SERVFAIL_TTL = 5  # CoreDNS's cache keeps a SERVFAIL 5 s: long enough to stop a retry storm
+UPSTREAM_UDP_SIZE = 1232  # what we advertise upstream (DNS Flag Day 2020)
+
+CacheKey = tuple[bytes, int, int, bool]  # (lowercased name, type, class, DNSSEC OK)
+
+
+class BadResponse(ValueError):
+    """An upstream datagram that is not the answer to our question: dropped and counted."""
+
+
+def upstream_query(query: Query) -> tuple[int, bytes]:
+    """(fresh random ID, the query to send upstream): the client's question as sent (its case
+    kept, for resolvers that check 0x20 randomisation), RD and CD as the client set them, and EDNS
+    with our buffer size and the client's DO bit."""
+    query_id = secrets.randbits(16)
+    flags = query.flags & (RD | 0x0010)
+    do = bool(query.edns and query.edns.dnssec_ok)
+    opt = b"\x00" + _FIXED_RR.pack(TYPE_OPT, UPSTREAM_UDP_SIZE, DO_BIT if do else 0, 0)
+    return query_id, _HEADER.pack(query_id, flags, 1, 0, 0, 1) + query.question + opt
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedAnswer:
+    """An upstream's answer, ready to be fitted to any client's query.
+
+    `records` holds the answer, authority and additional sections less the upstream's OPT, byte
+    for byte: behind our header and a question of the same length they keep their offsets, so
+    the upstream's compression pointers stay valid (the OPT, the one record dropped, comes last
+    in practice, and a name never points at it);
+    `ttl_offsets` are where in it each record's TTL lies, so that a cached answer's TTLs can count
+    down; `ttls` are their values when it arrived.
+    """
+
+    flags: int
+    answer_count: int
+    authority_count: int
+    additional_count: int
+    records: bytes
+    required_length: int
+    ttl_offsets: tuple[int, ...]
+    ttls: tuple[int, ...]
+    cache_ttl: int  # how long it may be cached (RFC 2308 for negative answers); 0: not at all
+    truncated: bool  # TC was set: ask again over TCP
+
+    @property
+    def rcode(self) -> int:
+        return self.flags & 0xF
+
+    def answer(self, elapsed: int = 0) -> Answer:
+        """As an `Answer` for `wire.reply`, its TTLs `elapsed` seconds lower (never below 0)."""
+        records = self.records
+        if elapsed and self.ttl_offsets:
+            patched = bytearray(records)
+            for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
+                _TTL.pack_into(patched, offset, max(0, ttl - elapsed))
+            records = bytes(patched)
+        answer = Answer(
+            self.rcode, self.answer_count, self.authority_count, self.additional_count, records, self.required_length
+        )
+        answer.flags = self.flags
+        return answer
+
+
+def read_response(response: bytes, expected_id: int, question: bytes, min_ttl: int, max_ttl: int) -> ForwardedAnswer:
+    """Check an upstream's response to our query and take it apart; `BadResponse` if it is not
+    the answer to the question we asked (RFC 5452 9.1: ID and question must match)."""
+    if len(response) < HEADER_LENGTH:
+        raise BadResponse("shorter than a header")
+    response_id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(response)
+    if response_id != expected_id or not flags & 0x8000 or qdcount != 1:
+        raise BadResponse("not a response to our query ID")
+    end = HEADER_LENGTH + len(question)
+    if response[HEADER_LENGTH:end].lower() != question.lower():
+        raise BadResponse("answers another question")
+    kept: list[bytes] = []
+    ttl_offsets: list[int] = []
+    ttls: list[int] = []
+    counts = [0, 0, 0]
+    length = 0
+    required_length = 0
+    answer_ttls: list[int] = []
+    negative_ttl: int | None = None
+    seen_opt = False
+    offset = end
+    for section, count in enumerate((ancount, nscount, arcount)):
+        for _ in range(count):
+            start = offset
+            offset = _skip_name(response, offset)
+            if offset + 10 > len(response):
+                raise BadResponse("record runs past the message")
+            rtype, _class, ttl, rdlength = _FIXED_RR.unpack_from(response, offset)
+            ttl_at = offset + 4
+            offset += 10 + rdlength
+            if offset > len(response):
+                raise BadResponse("record data runs past the message")
+            if rtype == TYPE_OPT:
+                seen_opt = True  # the upstream's EDNS is between it and us; the client gets ours
+                continue
+            if seen_opt:
+                continue  # records behind a dropped OPT would move, and pointers into them break
+            kept.append(response[start:offset])
+            ttl_offsets.append(length + (ttl_at - start))
+            ttls.append(ttl)
+            length += offset - start
+            counts[section] += 1
+            if section == 0:
+                answer_ttls.append(ttl)
+            elif section == 1 and rtype == rdata.SOA and rdlength >= 22:
+                minimum = struct.unpack_from("!I", response, offset - 4)[0]
+                negative_ttl = min(ttl, minimum)  # RFC 2308 5
+        if section == 1:
+            required_length = length
+    rcode = flags & 0xF
+    answer_flags = 0x8080 | (flags & AD) | rcode  # QR, RA; authoritative only for our own zones
+    if rcode == SERVFAIL:
+        cache_ttl = SERVFAIL_TTL
+    elif rcode == NOERROR and answer_ttls:
+        cache_ttl = _clamp(min(answer_ttls), min_ttl, max_ttl)
+    elif rcode in (NOERROR, NXDOMAIN) and negative_ttl is not None:
+        cache_ttl = _clamp(negative_ttl, min_ttl, max_ttl)
+    else:
+        cache_ttl = 0  # negative without an SOA (RFC 2308 5: not cached), or another rcode
+    return ForwardedAnswer(
+        answer_flags,
+        counts[0],
+        counts[1],
+        counts[2],
+        b"".join(kept),
+        required_length,
+        tuple(ttl_offsets),
+        tuple(ttls),
+        0 if flags & 0x0200 else cache_ttl,  # a truncated answer is never cached
+        bool(flags & 0x0200),
+    )
+
+
+def _clamp(ttl: int, low: int, high: int) -> int:
+    return max(low, min(ttl, high))
+
+
+def _skip_name(message: bytes, offset: int) -> int:
+    while offset < len(message):
+        length = message[offset]
+        if length == 0:
+            return offset + 1
+        if length >= 0xC0:
+            return offset + 2
+        if length > 63:
+            raise BadResponse("bad label")
+        offset += length + 1
+    raise BadResponse("name runs past the message")
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    inserts: int = 0
+
+
+class _Entry:
+    __slots__ = ("answer", "expires", "served", "served_at", "stored")
+
+    def __init__(self, answer: ForwardedAnswer, stored: float) -> None:
+        self.answer = answer
+        self.stored = stored
+        self.expires = stored + answer.cache_ttl
+        self.served_at = -1
+        self.served: Answer | None = None
+
+
+class ForwardCache:
+    """Forwarded answers by (lowercased name, type, class, DO bit), LRU beyond `size` entries,
+    each kept for its `cache_ttl` and served with TTLs lowered by the time it has been held."""
+
+    def __init__(self, size: int, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.stats = CacheStats()
+        self._entries: TLRUCache[CacheKey, _Entry] = TLRUCache(
+            maxsize=max(size, 1), ttu=lambda _key, entry, _now: entry.expires, timer=clock
+        )
+        self.enabled = size > 0
+
+    @staticmethod
+    def key(query: Query) -> CacheKey:
+        return (query.key, query.qtype, query.qclass, bool(query.edns and query.edns.dnssec_ok))
+
+    def get(self, key: CacheKey) -> Answer | None:
+        entry = self._entries.get(key) if self.enabled else None
+        if entry is None:
+            self.stats.misses += 1
+            return None
+        self.stats.hits += 1
+        elapsed = int(self.clock() - entry.stored)
+        if elapsed != entry.served_at:  # TTLs change once a second: patch them once a second
+            entry.served = entry.answer.answer(elapsed)
+            entry.served_at = elapsed
+        assert entry.served is not None
+        return entry.served
+
+    def put(self, key: CacheKey, answer: ForwardedAnswer) -> None:
+        if self.enabled and answer.cache_ttl > 0:
+            self._entries[key] = _Entry(answer, self.clock())
+            self.stats.inserts += 1
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,280 @@
+"""Forwarding to upstream resolvers (trio): what is outside the zones kdns is authoritative for.
+
+As CoreDNS's `forward`: UDP first and the same query over TCP when the answer is truncated, TCP
+for TCP clients; a per-try timeout and failover to the next upstream in policy order; an upstream
+that fails twice in a row is marked down and skipped (tried only when every upstream is down)
+until a `. IN NS` health probe is answered.
+
+Each upstream has a small pool of connected UDP sockets, so the kernel hands us only datagrams
+from that upstream's address, and each query goes out on a random one of them (a random source
+port) with a fresh random ID. A datagram whose ID is not awaited or whose question is not ours is
+dropped and counted.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import itertools
+import logging
+import random
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from kdns.core.names import at_label_boundary, to_wire
+from kdns.core.upstream import BadResponse, ForwardedAnswer, read_response, upstream_query
+from kdns.core.wire import Query
+from kdns.errors import KdnsError
+
+log = logging.getLogger(__name__)
+
+SOCKETS_PER_UPSTREAM = 4  # source ports a query may leave from, per upstream
+MAX_FAILS = 2  # consecutive failures that mark an upstream down (CoreDNS's max_fails)
+HEALTH_INTERVAL = 0.5  # seconds between probes of an upstream that is down (CoreDNS)
+_ROOT_NS_QUERY = b"\x00\x00\x02\x00\x01"  # `. IN NS`, CoreDNS's health check
+
+
+class Policy(enum.Enum):
+    RANDOM = "random"
+    ROUND_ROBIN = "round_robin"
+    SEQUENTIAL = "sequential"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @classmethod
+    def parse(cls, text: str, what: str = "--upstream") -> UpstreamAddress:
+        """`ADDR`, `ADDR:PORT` or `[V6ADDR]:PORT` (port 53 by default)."""
+        host, port_text = text.strip(), "53"
+        if host.startswith("["):
+            host, sep, rest = host[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise KdnsError(f"{what} {text!r}: expected [ADDRESS]:PORT")
+            port_text = rest[1:] or "53"
+        elif host.count(":") == 1:
+            host, port_text = host.split(":")
+        try:
+            address = ipaddress.ip_address(host.split("%")[0])
+            port = int(port_text)
+        except ValueError:
+            raise KdnsError(f"{what} {text!r}: expected an IP address and an optional port") from None
+        if not 1 <= port <= 65535:
+            raise KdnsError(f"{what} {text!r}: port {port} is out of range")
+        return cls(str(address), port)
+
+
+def resolv_conf_upstreams(path: str) -> list[UpstreamAddress]:
+    """The `nameserver` lines of a resolv.conf file."""
+    try:
+        lines = open(path, encoding="utf-8", errors="replace").read().splitlines()  # noqa: SIM115
+    except OSError as error:
+        raise KdnsError(f"--resolv-conf {path}: cannot read it: {error}") from None
+    found = []
+    for number, line in enumerate(lines, 1):
+        parts = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                found.append(UpstreamAddress.parse(parts[1], f"{path}: line {number}: nameserver"))
+            except KdnsError as error:
+                log.warning("%s", error)
+    return found
+
+
+@dataclass
+class UpstreamStats:
+    queries: int = 0
+    failures: int = 0
+    dropped: int = 0  # datagrams that were not an answer we waited for
+
+
+@dataclass
+class Upstream:
+    address: UpstreamAddress
+    stats: UpstreamStats = field(default_factory=UpstreamStats)
+    fails: int = 0
+    down: bool = False
+    sockets: list[trio.socket.SocketType] = field(default_factory=list)
+    pending: dict[tuple[int, int], tuple[bytes, trio.MemorySendChannel[ForwardedAnswer]]] = field(default_factory=dict)
+
+    def succeeded(self) -> None:
+        self.fails = 0
+        if self.down:
+            self.down = False
+            log.warning("upstream %s answers again", self.address)
+
+    def failed(self) -> None:
+        self.stats.failures += 1
+        self.fails += 1
+        if self.fails >= MAX_FAILS and not self.down:
+            self.down = True
+            log.warning("upstream %s marked down after %d failures; probing it", self.address, self.fails)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardOptions:
+    policy: Policy = Policy.RANDOM
+    timeout: float = 2.0  # per try, CoreDNS's read timeout
+    max_concurrent: int = 1000
+    min_ttl: int = 0
+    max_ttl: int = 3600
+
+
+class Forwarder:
+    """Upstream resolvers for the default route and each stub domain."""
+
+    def __init__(
+        self,
+        default: Sequence[UpstreamAddress],
+        stubs: dict[str, Sequence[UpstreamAddress]],
+        options: ForwardOptions,
+    ) -> None:
+        self.options = options
+        known: dict[UpstreamAddress, Upstream] = {}
+        self.default = [known.setdefault(address, Upstream(address)) for address in default]
+        self.stubs = {
+            to_wire(domain): [known.setdefault(address, Upstream(address)) for address in addresses]
+            for domain, addresses in stubs.items()
+        }
+        self.upstreams = list(known.values())
+        self.in_flight = 0
+        self._turn = itertools.count()
+
+    def has_upstreams(self) -> bool:
+        return bool(self.upstreams)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the upstream sockets and keep receiving on them until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for upstream in self.upstreams:
+                for index in range(SOCKETS_PER_UPSTREAM):
+                    sock = trio.socket.socket(upstream.address.family, socket.SOCK_DGRAM)
+                    await sock.connect((upstream.address.host, upstream.address.port))
+                    upstream.sockets.append(sock)
+                    nursery.start_soon(self._receive, upstream, index, sock)
+                nursery.start_soon(self._probe_while_down, upstream)
+            task_status.started()
+
+    def route(self, key: bytes) -> list[Upstream]:
+        """The upstreams for a name: its longest stub domain's, else the default ones."""
+        best: list[Upstream] | None = None
+        best_length = -1
+        for suffix, upstreams in self.stubs.items():
+            if len(suffix) > best_length and key.endswith(suffix) and at_label_boundary(key, len(key) - len(suffix)):
+                best, best_length = upstreams, len(suffix)
+        return best if best is not None else self.default
+
+    def _ordered(self, upstreams: list[Upstream]) -> list[Upstream]:
+        policy = self.options.policy
+        if policy is Policy.RANDOM:
+            ordered = random.sample(upstreams, len(upstreams))
+        elif policy is Policy.ROUND_ROBIN:
+            start = next(self._turn) % len(upstreams)
+            ordered = upstreams[start:] + upstreams[:start]
+        else:
+            ordered = list(upstreams)
+        return [u for u in ordered if not u.down] + [u for u in ordered if u.down]
+
+    async def forward(self, query: Query, tcp: bool) -> ForwardedAnswer | None:
+        """The upstream answer to `query`, or None when every upstream failed."""
+        upstreams = self.route(query.key)
+        if not upstreams:
+            return None
+        self.in_flight += 1
+        try:
+            for upstream in self._ordered(upstreams):
+                upstream.stats.queries += 1
+                answer = None
+                with trio.move_on_after(self.options.timeout):
+                    try:
+                        answer = await (self._tcp(upstream, query) if tcp else self._udp(upstream, query))
+                        if answer.truncated and not tcp:
+                            answer = await self._tcp(upstream, query)
+                    except (OSError, BadResponse, trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                        log.debug("upstream %s: %s", upstream.address, error)
+                        answer = None
+                if answer is None:
+                    upstream.failed()
+                    continue
+                upstream.succeeded()
+                return answer
+            return None
+        finally:
+            self.in_flight -= 1
+
+    async def _udp(self, upstream: Upstream, query: Query) -> ForwardedAnswer:
+        index = random.randrange(len(upstream.sockets))
+        while True:
+            query_id, packet = upstream_query(query)
+            if (index, query_id) not in upstream.pending:
+                break
+        send, receive = trio.open_memory_channel[ForwardedAnswer](1)
+        upstream.pending[(index, query_id)] = (query.question, send)
+        try:
+            await upstream.sockets[index].send(packet)
+            return await receive.receive()
+        finally:
+            upstream.pending.pop((index, query_id), None)
+
+    async def _receive(self, upstream: Upstream, index: int, sock: trio.socket.SocketType) -> None:
+        options = self.options
+        while True:
+            try:
+                data = await sock.recv(65535)
+            except OSError as error:  # ECONNREFUSED from an ICMP port-unreachable: nobody there
+                log.debug("upstream %s: %s", upstream.address, error)
+                continue
+            query_id = data[0] << 8 | data[1] if len(data) >= 2 else -1
+            waiting = upstream.pending.get((index, query_id))
+            if waiting is None:
+                upstream.stats.dropped += 1
+                continue
+            try:
+                answer = read_response(data, query_id, waiting[0], options.min_ttl, options.max_ttl)
+            except BadResponse as error:
+                upstream.stats.dropped += 1
+                log.debug("upstream %s: dropped a datagram: %s", upstream.address, error)
+                continue
+            waiting[1].send_nowait(answer)
+            del upstream.pending[(index, query_id)]
+
+    async def _tcp(self, upstream: Upstream, query: Query) -> ForwardedAnswer:
+        query_id, packet = upstream_query(query)
+        stream = await trio.open_tcp_stream(upstream.address.host, upstream.address.port)
+        async with stream:
+            await stream.send_all(struct.pack("!H", len(packet)) + packet)
+            data = b""
+            while len(data) < 2 or len(data) < 2 + (data[0] << 8 | data[1]):
+                chunk = await stream.receive_some(65535)
+                if not chunk:
+                    raise BadResponse("connection closed before the answer")
+                data += chunk
+        length = data[0] << 8 | data[1]
+        return read_response(data[2 : 2 + length], query_id, query.question, self.options.min_ttl, self.options.max_ttl)
+
+    async def _probe_while_down(self, upstream: Upstream) -> None:
+        """Ask `. IN NS` every HEALTH_INTERVAL while the upstream is down; any answer brings it back."""
+        while True:
+            await trio.sleep(HEALTH_INTERVAL)
+            if not upstream.down or not upstream.sockets:
+                continue
+            probe = Query(0, 0x0100, _ROOT_NS_QUERY, b"\x00", 2, 1, None)
+            with trio.move_on_after(self.options.timeout):
+                try:
+                    await self._udp(upstream, probe)
+                except OSError:
+                    continue
+                upstream.succeeded()
