@@ -1,0 +1,222 @@
+"""Upstream answers and the forward cache, without I/O: checking (RFC 5452), TTLs, negative caching
+(RFC 2308), countdown and eviction with an injected clock, and the handler's forwarding decisions."""
+
+from __future__ import annotations
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from kdns.core import wire
+from kdns.core.handler import Forward, Handler, HandlerOptions
+from kdns.core.upstream import BadResponse, ForwardCache, read_response, upstream_query
+from tests.builders import store_of
+
+NAME = "www.example.com."
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _query(name: str = NAME, rdtype: str = "A", **kwargs) -> wire.Query:
+    return wire.parse_query(dns.message.make_query(name, rdtype, **kwargs).to_wire())
+
+
+def _upstream_answer(query: wire.Query, rcode: int = dns.rcode.NOERROR, answer=(), authority=()) -> tuple[int, bytes]:
+    """(the ID kdns used, what the upstream sent back) for `query`."""
+    query_id, packet = upstream_query(query)
+    response = dns.message.make_response(dns.message.from_wire(packet))
+    response.set_rcode(rcode)
+    response.answer.extend(answer)
+    response.authority.extend(authority)
+    return query_id, response.to_wire()
+
+
+def _a(ttl: int, name: str = NAME, address: str = "192.0.2.1") -> dns.rrset.RRset:
+    return dns.rrset.from_text(name, ttl, "IN", "A", address)
+
+
+def _soa(ttl: int, minimum: int) -> dns.rrset.RRset:
+    return dns.rrset.from_text("example.com.", ttl, "IN", "SOA", f"ns.example.com. host.example.com. 1 2 3 4 {minimum}")
+
+
+# -- the query sent upstream, and checking what comes back ------------------------------------
+
+
+def test_upstream_query_has_a_fresh_random_id_the_clients_question_and_edns():
+    query = _query("WwW.Example.COM.", want_dnssec=True)
+    ids = {upstream_query(query)[0] for _ in range(50)}
+    assert len(ids) > 40
+    sent = dns.message.from_wire(upstream_query(query)[1])
+    assert sent.question[0].name.to_text() == "WwW.Example.COM."  # case kept, for 0x20 checks
+    assert sent.edns == 0 and sent.ednsflags & dns.flags.DO
+    assert sent.flags & dns.flags.RD
+
+
+def test_response_with_another_id_or_question_or_no_qr_is_rejected():
+    query = _query()
+    query_id, response = _upstream_answer(query, answer=[_a(60)])
+    with pytest.raises(BadResponse):
+        read_response(response, (query_id + 1) % 65536, query.question, 0, 3600)
+    other = _query("other.example.com.")
+    with pytest.raises(BadResponse):
+        read_response(response, query_id, other.question, 0, 3600)
+    not_a_response = bytearray(response)
+    not_a_response[2] &= 0x7F
+    with pytest.raises(BadResponse):
+        read_response(bytes(not_a_response), query_id, query.question, 0, 3600)
+    with pytest.raises(BadResponse):
+        read_response(response[:30], query_id, query.question, 0, 3600)
+
+
+def test_response_question_is_compared_case_insensitively():
+    query = _query()
+    query_id, response = _upstream_answer(query, answer=[_a(60)])
+    shouting = _query(NAME.upper())
+    assert read_response(response, query_id, shouting.question, 0, 3600).answer_count == 1
+
+
+def test_positive_answer_is_cached_for_its_smallest_ttl_within_the_clamps():
+    query = _query()
+    query_id, response = _upstream_answer(query, answer=[_a(300), _a(60, "cdn.example.com.", "192.0.2.2")])
+    assert read_response(response, query_id, query.question, 0, 3600).cache_ttl == 60
+    assert read_response(response, query_id, query.question, 120, 3600).cache_ttl == 120
+    assert read_response(response, query_id, query.question, 0, 30).cache_ttl == 30
+
+
+def test_negative_answers_are_cached_for_the_soa_minimum_per_rfc_2308():
+    query = _query()
+    query_id, nxdomain = _upstream_answer(query, dns.rcode.NXDOMAIN, authority=[_soa(900, 120)])
+    assert read_response(nxdomain, query_id, query.question, 0, 3600).cache_ttl == 120
+    query_id, nodata = _upstream_answer(query, authority=[_soa(50, 120)])
+    assert read_response(nodata, query_id, query.question, 0, 3600).cache_ttl == 50
+    query_id, bare = _upstream_answer(query, dns.rcode.NXDOMAIN)
+    assert read_response(bare, query_id, query.question, 0, 3600).cache_ttl == 0  # no SOA: not cached
+
+
+def test_servfail_is_cached_only_a_few_seconds_and_truncated_answers_not_at_all():
+    query = _query()
+    query_id, servfail = _upstream_answer(query, dns.rcode.SERVFAIL)
+    assert read_response(servfail, query_id, query.question, 0, 3600).cache_ttl == 5
+    query_id, response = _upstream_answer(query, answer=[_a(300)])
+    truncated = bytearray(response)
+    truncated[2] |= 0x02
+    answer = read_response(bytes(truncated), query_id, query.question, 0, 3600)
+    assert answer.truncated and answer.cache_ttl == 0
+
+
+def test_upstream_opt_record_is_dropped():
+    query = _query()
+    query_id, packet = upstream_query(query)
+    response = dns.message.make_response(dns.message.from_wire(packet))  # keeps EDNS: an OPT record
+    response.answer.append(_a(60))
+    answer = read_response(response.to_wire(), query_id, query.question, 0, 3600)
+    assert (answer.answer_count, answer.authority_count, answer.additional_count) == (1, 0, 0)
+
+
+# -- the cache -------------------------------------------------------------------------------------
+
+
+def _cached(cache: ForwardCache, query: wire.Query, ttl: int = 60, rcode=dns.rcode.NOERROR, **kwargs) -> None:
+    query_id, response = _upstream_answer(query, rcode=rcode, answer=[_a(ttl)], **kwargs)
+    cache.put(ForwardCache.key(query), read_response(response, query_id, query.question, 0, 3600))
+
+
+def _ttls(answer: wire.Answer, query: wire.Query) -> list[int]:
+    reply = dns.message.from_wire(wire.reply(query, answer, 65535, 1232, True))
+    return [rrset.ttl for rrset in reply.answer]
+
+
+def test_cached_answer_ttls_count_down_and_expire():
+    clock = Clock()
+    cache = ForwardCache(100, clock)
+    query = _query()
+    _cached(cache, query, ttl=60)
+    assert _ttls(cache.get(ForwardCache.key(query)), query) == [60]
+    clock.now += 25.5
+    assert _ttls(cache.get(ForwardCache.key(query)), query) == [35]
+    clock.now += 35
+    assert cache.get(ForwardCache.key(query)) is None
+
+
+def test_cache_keys_on_lowercased_name_type_and_do_bit():
+    cache = ForwardCache(100, Clock())
+    _cached(cache, _query())
+    assert cache.get(ForwardCache.key(_query(NAME.upper()))) is not None
+    assert cache.get(ForwardCache.key(_query(rdtype="AAAA"))) is None
+    assert cache.get(ForwardCache.key(_query(want_dnssec=True))) is None
+
+
+def test_cache_evicts_the_least_recently_used_beyond_its_size():
+    cache = ForwardCache(2, Clock())
+    first, second, third = (_query(f"n{i}.example.com.") for i in range(3))
+    _cached(cache, first)
+    _cached(cache, second)
+    assert cache.get(ForwardCache.key(first)) is not None  # first is now the most recently used
+    _cached(cache, third)
+    assert cache.get(ForwardCache.key(second)) is None
+    assert cache.get(ForwardCache.key(first)) is not None and len(cache) == 2
+
+
+def test_cache_of_size_zero_keeps_nothing():
+    cache = ForwardCache(0, Clock())
+    _cached(cache, _query())
+    assert cache.get(ForwardCache.key(_query())) is None
+
+
+# -- the handler's decisions -------------------------------------------------------------------
+
+
+def _forwarding_handler(clock: Clock) -> Handler:
+    return Handler(store_of().zone, HandlerOptions(recursion_available=True), ForwardCache(100, clock))
+
+
+def test_name_outside_the_zones_is_forwarded_then_answered_from_the_cache():
+    clock = Clock()
+    handler = _forwarding_handler(clock)
+    packet = dns.message.make_query(NAME, "A").to_wire()
+    decision = handler.handle(packet, False)
+    assert isinstance(decision, Forward) and decision.query.key == b"\x03www\x07example\x03com\x00"
+    query_id, response = _upstream_answer(decision.query, answer=[_a(60)])
+    first = dns.message.from_wire(
+        handler.finish_forward(decision, read_response(response, query_id, decision.query.question, 0, 3600))
+    )
+    assert first.id == decision.query.id and first.flags & dns.flags.RA and not first.flags & dns.flags.AA
+    again = dns.message.make_query("WWW.example.com.", "A")
+    reply = dns.message.from_wire(handler.handle(again.to_wire(), False))
+    assert reply.id == again.id and reply.question[0].name.to_text() == "WWW.example.com."
+    assert [item.address for item in reply.answer[0]] == ["192.0.2.1"]
+
+
+def test_no_upstream_answer_is_servfail_and_nothing_is_cached():
+    handler = _forwarding_handler(Clock())
+    decision = handler.handle(dns.message.make_query(NAME, "A").to_wire(), False)
+    assert isinstance(decision, Forward)
+    reply = dns.message.from_wire(handler.finish_forward(decision, None))
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert isinstance(handler.handle(dns.message.make_query(NAME, "A").to_wire(), False), Forward)
+
+
+def test_cluster_names_are_never_forwarded():
+    handler = _forwarding_handler(Clock())
+    reply = handler.handle(dns.message.make_query("nope.default.svc.cluster.local", "A").to_wire(), False)
+    assert dns.message.from_wire(reply).rcode() == dns.rcode.NXDOMAIN
+    assert isinstance(handler.handle(dns.message.make_query("9.9.9.9.in-addr.arpa", "PTR").to_wire(), False), Forward)
+
+
+def test_forwarded_answer_too_large_for_the_client_sets_tc():
+    clock = Clock()
+    handler = _forwarding_handler(clock)
+    decision = handler.handle(dns.message.make_query(NAME, "A", use_edns=False).to_wire(), False)
+    many = [_a(60, NAME, f"192.0.2.{i}") for i in range(1, 60)]
+    query_id, response = _upstream_answer(decision.query, answer=many)
+    answer = read_response(response, query_id, decision.query.question, 0, 3600)
+    reply = dns.message.from_wire(handler.finish_forward(decision, answer))
+    assert reply.flags & dns.flags.TC

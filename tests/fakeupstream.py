@@ -1,0 +1,148 @@
+"""A scriptable upstream resolver for tests: the misbehaviour a real one will not show on demand.
+
+It answers UDP and TCP on a loopback port with an A record (`address`) for any name, unless told
+otherwise through `mode`:
+- "answer": answer normally;
+- "silent": never answer (timeouts, failover);
+- "servfail": answer SERVFAIL;
+- "truncate": over UDP, an empty answer with TC set; over TCP, the full answer;
+- "wrong-id", "wrong-question", "wrong-port": first a forged answer (another ID; another
+  question; the right answer sent from another socket), then, after `forged_delay`, the real one;
+- "slow": answer after `delay` seconds.
+It counts queries per transport and keeps the names asked.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+
+
+class FakeUpstream:
+    def __init__(self, address: str = "192.0.2.1", ttl: int = 300) -> None:
+        self.address = address
+        self.ttl = ttl
+        self.mode = "answer"
+        self.delay = 1.0
+        self.forged_delay = 0.2
+        self.udp_queries = 0
+        self.tcp_queries = 0
+        self.names: list[str] = []
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.bind(("127.0.0.1", 0))
+        self.port = self._udp.getsockname()[1]
+        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._tcp.bind(("127.0.0.1", self.port))
+        self._tcp.listen(16)
+        self._other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # for "wrong-port"
+        self._other.bind(("127.0.0.1", 0))
+        self._closed = False
+        threading.Thread(target=self._serve_udp, daemon=True).start()
+        threading.Thread(target=self._serve_tcp, daemon=True).start()
+
+    @property
+    def spec(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def queries(self) -> int:
+        return self.udp_queries + self.tcp_queries
+
+    def close(self) -> None:
+        self._closed = True
+        for sock in (self._udp, self._tcp, self._other):
+            sock.close()
+
+    def _answer(self, query: dns.message.Message, tcp: bool) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        if self.mode == "servfail":
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif self.mode == "truncate" and not tcp:
+            response.flags |= dns.flags.TC
+        else:
+            question = query.question[0]
+            if question.rdtype == dns.rdatatype.A:
+                response.answer.append(dns.rrset.from_text(question.name, self.ttl, "IN", "A", self.address))
+        return response
+
+    def _serve_udp(self) -> None:
+        while not self._closed:
+            try:
+                data, peer = self._udp.recvfrom(65535)
+            except OSError:
+                return
+            self.udp_queries += 1
+            threading.Thread(target=self._reply_udp, args=(data, peer), daemon=True).start()
+
+    def _reply_udp(self, data: bytes, peer: tuple[str, int]) -> None:
+        query = dns.message.from_wire(data)
+        self.names.append(query.question[0].name.to_text())
+        mode = self.mode
+        if mode == "silent":
+            return
+        if mode == "slow":
+            time.sleep(self.delay)
+        response = self._answer(query, tcp=False)
+        wire = response.to_wire()
+        try:
+            if mode == "wrong-id":
+                forged = bytearray(wire)
+                struct.pack_into("!H", forged, 0, (response.id + 1) % 65536)
+                self._udp.sendto(bytes(forged), peer)
+                time.sleep(self.forged_delay)
+            elif mode == "wrong-question":
+                other = dns.message.make_query("forged.example.", "A")
+                other.id = response.id
+                forged_response = dns.message.make_response(other)
+                forged_response.answer.append(dns.rrset.from_text("forged.example.", 300, "IN", "A", "203.0.113.66"))
+                self._udp.sendto(forged_response.to_wire(), peer)
+                time.sleep(self.forged_delay)
+            elif mode == "wrong-port":
+                forged = dns.message.make_response(query)
+                forged.answer.append(dns.rrset.from_text(query.question[0].name, 300, "IN", "A", "203.0.113.66"))
+                self._other.sendto(forged.to_wire(), peer)
+                time.sleep(self.forged_delay)
+            self._udp.sendto(wire, peer)
+        except OSError:
+            return
+
+    def _serve_tcp(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._tcp.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._reply_tcp, args=(conn,), daemon=True).start()
+
+    def _reply_tcp(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                length = struct.unpack("!H", _read(conn, 2))[0]
+                query = dns.message.from_wire(_read(conn, length))
+            except (OSError, ConnectionError, struct.error):
+                return
+            self.tcp_queries += 1
+            self.names.append(query.question[0].name.to_text())
+            if self.mode == "silent":
+                time.sleep(10)
+                return
+            wire = self._answer(query, tcp=True).to_wire()
+            conn.sendall(struct.pack("!H", len(wire)) + wire)
+
+
+def _read(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
