@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 import signal
 import socket
 import time
@@ -15,6 +16,7 @@ import trio
 from kdns.config import ServeConfig
 from kdns.core.handler import Handler, HandlerOptions
 from kdns.core.model import IPAddress
+from kdns.core.names import to_wire
 from kdns.core.store import ClusterStore, PodMode
 from kdns.core.upstream import ForwardCache
 from kdns.errors import KdnsError
@@ -72,8 +74,7 @@ def run(config: ServeConfig) -> int:
             handler.synced = True
 
         follower = ClusterFollower(store, api_client, config.watch, synced)
-    trio.run(_main, listeners, handler, config, follower, health, forwarder)
-    return 0
+    return trio.run(_main, listeners, handler, config, follower, health, forwarder)
 
 
 def _forwarding(config: ServeConfig, listeners: list[BoundListener]) -> tuple[Forwarder | None, ForwardCache | None]:
@@ -122,12 +123,30 @@ async def _main(
     follower: ClusterFollower | None,
     health: socket.socket | None,
     forwarder: Forwarder | None,
-) -> None:
+) -> int:
+    status = 0
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
+
+            def loop_detected(upstream: str) -> None:
+                nonlocal status
+                log.error(
+                    "forwarding loop: the probe sent to upstream %s came back to kdns, so that upstream "
+                    "forwards to kdns (often the node's resolv.conf naming the cluster DNS). Exiting.",
+                    upstream,
+                )
+                status = 2
+                nursery.cancel_scope.cancel()
+
             if forwarder is not None:
                 await nursery.start(forwarder.run)
             await nursery.start(serve, listeners, handler, config.tcp, forwarder)
+            if forwarder is not None:
+                handler.loop_detected = loop_detected
+                for upstream in forwarder.upstreams:
+                    name = f"{secrets.token_hex(8)}.{secrets.token_hex(8)}.kdns-loop-probe"
+                    handler.loop_probes[to_wire(name)] = str(upstream.address)
+                    nursery.start_soon(forwarder.probe, upstream, name)
             for listener in listeners:
                 log.info("listening on %s (udp, tcp)", listener.address)
             if health is not None:
@@ -145,3 +164,4 @@ async def _main(
     for listener in listeners:
         listener.udp.close()
         listener.tcp.close()
+    return status

@@ -215,6 +215,16 @@ class Forwarder:
         finally:
             self.in_flight -= 1
 
+    async def probe(self, upstream: Upstream, name: str) -> None:
+        """Send `name` HINFO to one upstream and forget the answer: the loop probe."""
+        wire_name = to_wire(name)
+        question = wire_name + b"\x00\x0d\x00\x01"  # HINFO, IN, as CoreDNS's loop plugin asks
+        with trio.move_on_after(self.options.timeout):
+            try:
+                await self._udp(upstream, Query(0, 0x0100, question, wire_name, 13, 1, None))
+            except OSError as error:
+                log.debug("loop probe to %s: %s", upstream.address, error)
+
     async def _udp(self, upstream: Upstream, query: Query) -> ForwardedAnswer:
         index = random.randrange(len(upstream.sockets))
         while True:

@@ -9,7 +9,8 @@ otherwise through `mode`:
 - "wrong-id", "wrong-question", "wrong-port": first a forged answer (another ID; another
   question; the right answer sent from another socket), then, after `forged_delay`, the real one;
 - "slow": answer after `delay` seconds.
-It counts queries per transport and keeps the names asked.
+It counts queries per transport and keeps the names asked; kdns's loop probe at start is kept
+apart (`probes`), so that counts are those of the queries a test made.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FakeUpstream:
         self.udp_queries = 0
         self.tcp_queries = 0
         self.names: list[str] = []
+        self.probes: list[str] = []
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._udp.bind(("127.0.0.1", 0))
         self.port = self._udp.getsockname()[1]
@@ -79,12 +81,16 @@ class FakeUpstream:
                 data, peer = self._udp.recvfrom(65535)
             except OSError:
                 return
-            self.udp_queries += 1
             threading.Thread(target=self._reply_udp, args=(data, peer), daemon=True).start()
 
     def _reply_udp(self, data: bytes, peer: tuple[str, int]) -> None:
         query = dns.message.from_wire(data)
-        self.names.append(query.question[0].name.to_text())
+        name = query.question[0].name.to_text()
+        if name.endswith(".kdns-loop-probe."):
+            self.probes.append(name)
+        else:
+            self.udp_queries += 1
+            self.names.append(name)
         mode = self.mode
         if mode == "silent":
             return

@@ -326,3 +326,44 @@ def _wait_for(check, timeout: float) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_forwarding_loop_through_an_upstream_is_detected_and_kdns_exits_2(tmp_path):
+    kdns_port, unbound_port = _free_port(), _free_port()
+    config = tmp_path / "unbound.conf"
+    config.write_text(  # an upstream that forwards everything back to kdns: a loop
+        "server:\n"
+        f"  interface: 127.0.0.1\n  port: {unbound_port}\n  num-threads: 1\n  do-daemonize: no\n"
+        '  username: ""\n  chroot: ""\n  pidfile: ""\n  use-syslog: no\n  verbosity: 0\n'
+        f'  directory: "{tmp_path}"\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n'
+        "  do-not-query-localhost: no\n"
+        f'forward-zone:\n  name: "."\n  forward-addr: 127.0.0.1@{kdns_port}\n'
+    )
+    unbound = subprocess.Popen(["unbound", "-d", "-c", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        result = run_kdns(
+            "serve", "--snapshot", str(EXAMPLE), "--listen", f"127.0.0.1:{kdns_port}",
+            "--upstream", f"127.0.0.1:{unbound_port}", timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert f"forwarding loop: the probe sent to upstream 127.0.0.1:{unbound_port} came back" in result.stderr
+    finally:
+        unbound.terminate()
+        unbound.wait(10)
+
+
+def test_healthy_upstreams_pass_the_loop_probe(upstream):
+    server = _serve("--upstream", upstream.spec)
+    try:
+        _wait_for(lambda: len(upstream.probes) == 1, 5)
+        time.sleep(0.3)
+        assert server.alive() and "forwarding loop" not in server.log_text()
+    finally:
+        assert server.stop() == 0

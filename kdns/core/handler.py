@@ -6,6 +6,7 @@ the zone index, and a reply assembled from prepared bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kdns.core import rdata, wire
@@ -39,6 +40,10 @@ class Handler:
         self.cache = cache  # None: nothing is forwarded, and what is not ours is refused
         self._prepared = zone.prepared  # read directly on the hot path: one dict lookup a query
         self.synced = True  # False while a live source has not listed everything once
+        # Loop probes sent upstream (name -> upstream): one coming back to us means that upstream
+        # forwards to kdns (CoreDNS's `loop`); `loop_detected` is called with the upstream.
+        self.loop_probes: dict[bytes, str] = {}
+        self.loop_detected: Callable[[str], None] = lambda upstream: None
 
     def handle(self, packet: bytes, tcp: bool) -> bytes | Forward | None:
         """The reply to one query; a `Forward` when it is to be asked upstream; None when it must be
@@ -63,6 +68,9 @@ class Handler:
             return wire.error_reply(error, options.max_udp, options.recursion_available)
         if answer is None:
             if self.cache is None:
+                return wire.status_reply(query, REFUSED, options.max_udp, options.recursion_available)
+            if self.loop_probes and query.key in self.loop_probes:
+                self.loop_detected(self.loop_probes[query.key])
                 return wire.status_reply(query, REFUSED, options.max_udp, options.recursion_available)
             answer = self.cache.get(ForwardCache.key(query))
             if answer is None:
