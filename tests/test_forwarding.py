@@ -367,3 +367,21 @@ def test_healthy_upstreams_pass_the_loop_probe(upstream):
         assert server.alive() and "forwarding loop" not in server.log_text()
     finally:
         assert server.stop() == 0
+
+
+def test_external_name_service_is_chased_to_its_upstream_target(unbound, tmp_path):
+    snapshot = tmp_path / "ext.yaml"
+    snapshot.write_text(
+        "kind: Service\napiVersion: v1\nmetadata: {name: ext, namespace: prod}\n"
+        "spec: {type: ExternalName, externalName: www.test}\n"
+    )
+    server = KdnsServer("--snapshot", str(snapshot), "--upstream", f"127.0.0.1:{unbound}", listen=("127.0.0.1:0",))
+    try:
+        out = dig(server, "ext.prod.svc.cluster.local", "+noall", "+answer").split("\n")
+        fields = [line.split() for line in out if line]
+        assert [(f[0], f[3], f[4]) for f in fields] == [
+            ("ext.prod.svc.cluster.local.", "CNAME", "www.test."),
+            ("www.test.", "A", "192.0.2.10"),
+        ]
+    finally:
+        assert server.stop() == 0

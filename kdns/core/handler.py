@@ -9,17 +9,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kdns.core import rdata, wire
+from kdns.core import chase, rdata, wire
 from kdns.core.upstream import ForwardCache, ForwardedAnswer
 from kdns.core.zone import REFUSED, SERVFAIL, Answer, Zone
 
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """The decision to ask upstream: the I/O side forwards `query` and calls `finish_forward`."""
+    """The decision to ask upstream: the I/O side forwards `query` and calls `finish_forward`.
+
+    With `chased_from`, `query` asks for the target of an ExternalName service's CNAME, and the
+    reply answers `chased_from` with the CNAME followed by what upstream said of the target.
+    """
 
     query: wire.Query
     tcp: bool
+    chased_from: wire.Query | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,11 @@ class Handler:
                 answer = self._prepared.get((query.key, query.qtype))
                 if answer is None:
                     wire.check_name(packet, query)
+                    target = self.zone.cname_target(query.key)
+                    if target is not None and query.qtype not in (rdata.CNAME, rdata.ANY):
+                        chased = self._chase(query, tcp, target)
+                        if chased is not None:
+                            return chased
                     answer = self._slow_answer(query)
                     if answer is not None and not answer.answer_count and not self.synced:
                         # Not every watcher has listed yet: a missing name may only be missing
@@ -84,20 +94,43 @@ class Handler:
         options = self.options
         query = forward.query
         if forwarded is None:
-            return wire.status_reply(query, SERVFAIL, options.max_udp, options.recursion_available)
+            return wire.status_reply(
+                forward.chased_from or query, SERVFAIL, options.max_udp, options.recursion_available
+            )
         if self.cache is not None:
             self.cache.put(ForwardCache.key(query), forwarded)
+        if forward.chased_from is not None:
+            return chase.compose(forward.chased_from, query, self.zone.ttl, forwarded.answer(), forward.tcp, options)
         limit = wire.TCP_LIMIT if forward.tcp else wire.udp_limit(query.edns, options.max_udp)
         return wire.reply(query, forwarded.answer(), limit, options.max_udp, options.recursion_available)
 
     def refuse(self, forward: Forward) -> bytes:
         """REFUSED for a query that cannot be forwarded now (too many already in flight)."""
-        return wire.status_reply(forward.query, REFUSED, self.options.max_udp, self.options.recursion_available)
+        original = forward.chased_from or forward.query
+        return wire.status_reply(original, REFUSED, self.options.max_udp, self.options.recursion_available)
 
     def _slow_answer(self, query: wire.Query) -> Answer | None:
         if query.qtype in (rdata.AXFR, rdata.IXFR):
             return None  # zone transfers are not offered: CoreDNS needs its `transfer` plugin
         return self.zone.answer(query.key, query.qtype)
+
+    def _chase(self, query: wire.Query, tcp: bool, target: bytes) -> bytes | Forward | None:
+        """An ExternalName's CNAME and its target's records (as CoreDNS answers): from the zone
+        when the target is in it, else from the cache or upstream; the bare CNAME without either."""
+        target_query = wire.Query(
+            query.id, query.flags, target + query.question[-4:], target, query.qtype, query.qclass, query.edns
+        )
+        if self.zone.in_zones(target):
+            inner = self.zone.answer(target, query.qtype)
+            if inner is None or self.zone.cname_target(target) is not None:
+                return None  # no chains of CNAMEs inside the cluster: the CNAME alone
+            return chase.compose(query, target_query, self.zone.ttl, inner, tcp, self.options)
+        if self.cache is None:
+            return None
+        cached = self.cache.get(ForwardCache.key(target_query))
+        if cached is None:
+            return Forward(target_query, tcp, chased_from=query)
+        return chase.compose(query, target_query, self.zone.ttl, cached, tcp, self.options)
 
     def failure_reply(self, packet: bytes) -> bytes | None:
         """SERVFAIL for a query whose handling raised: the server logs it and keeps serving."""

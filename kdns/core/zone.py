@@ -188,6 +188,17 @@ class Zone:
         # forwarder (`fallthrough in-addr.arpa ip6.arpa`), so it is not ours to answer.
         return None
 
+    def cname_target(self, key: bytes) -> bytes | None:
+        """The wire-form target of the CNAME at `key` (an ExternalName service), if there is one."""
+        if key not in self._cname:
+            return None
+        node = self._nodes[key]
+        return next(record.rdata for records in node.record_sets() for record in records if record.rtype == rdata.CNAME)
+
+    def in_zones(self, key: bytes) -> bool:
+        """Whether a name lies in the cluster domain or a reverse zone."""
+        return self._apex_of(key) is not None
+
     def _apex_of(self, key: bytes) -> bytes | None:
         for apex in self.apexes:
             if key.endswith(apex) and at_label_boundary(key, len(key) - len(apex)):

@@ -220,3 +220,48 @@ def test_forwarded_answer_too_large_for_the_client_sets_tc():
     answer = read_response(response, query_id, decision.query.question, 0, 3600)
     reply = dns.message.from_wire(handler.finish_forward(decision, answer))
     assert reply.flags & dns.flags.TC
+
+
+# -- ExternalName chasing ----------------------------------------------------------------------
+
+
+def test_external_name_pointing_into_the_cluster_is_chased_in_the_zone():
+    from tests.builders import ask, records, service
+
+    store = store_of(
+        service("prod", "web", ["10.96.0.5"]),
+        service("prod", "alias", type_="ExternalName", external_name="web.prod.svc.cluster.local"),
+    )
+    reply = ask(store, "Alias.prod.svc.cluster.local", "A")
+    assert records(reply) == [
+        "alias.prod.svc.cluster.local. CNAME web.prod.svc.cluster.local.",
+        "web.prod.svc.cluster.local. A 10.96.0.5",
+    ]
+    assert reply.question[0].name.to_text() == "Alias.prod.svc.cluster.local."
+    assert reply.flags & dns.flags.AA
+    assert records(ask(store, "alias.prod.svc.cluster.local", "CNAME")) == [
+        "alias.prod.svc.cluster.local. CNAME web.prod.svc.cluster.local."
+    ]
+
+
+def test_external_name_pointing_outside_is_chased_upstream_and_cached():
+    from tests.builders import service
+
+    clock = Clock()
+    store = store_of(service("prod", "pay", type_="ExternalName", external_name="www.example.com"))
+    handler = Handler(store.zone, HandlerOptions(recursion_available=True), ForwardCache(100, clock))
+    query = dns.message.make_query("pay.prod.svc.cluster.local", "A", use_edns=True)
+    decision = handler.handle(query.to_wire(), False)
+    assert isinstance(decision, Forward) and decision.chased_from is not None
+    assert decision.query.key == b"\x03www\x07example\x03com\x00"
+    query_id, response = _upstream_answer(decision.query, answer=[_a(60)])
+    answer = read_response(response, query_id, decision.query.question, 0, 3600)
+    reply = dns.message.from_wire(handler.finish_forward(decision, answer))
+    assert reply.id == query.id and reply.edns == 0
+    assert [(rrset.name.to_text(), dns.rdatatype.to_text(rrset.rdtype)) for rrset in reply.answer] == [
+        ("pay.prod.svc.cluster.local.", "CNAME"),
+        ("www.example.com.", "A"),
+    ]
+    again = handler.handle(query.to_wire(), False)  # the target's answer is now cached
+    assert isinstance(again, bytes)
+    assert len(dns.message.from_wire(again).answer) == 2

@@ -1,0 +1,54 @@
+"""ExternalName chasing: one reply with the service's CNAME followed by its target's records.
+
+CoreDNS answers a query for an ExternalName service with the CNAME and what its target resolves
+to (the spec's example does the same). Off the hot path, so assembled with dnslib: the target's
+records come from another message, whose compression does not carry over byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from dnslib import CNAME, EDNS0, QTYPE, RR, DNSHeader, DNSQuestion, DNSRecord
+
+from kdns.core import wire
+from kdns.core.names import from_wire
+from kdns.core.zone import Answer
+
+
+class ReplyOptions(Protocol):
+    max_udp: int
+    recursion_available: bool
+
+
+def compose(
+    query: wire.Query, target_query: wire.Query, ttl: int, target: Answer, tcp: bool, options: ReplyOptions
+) -> bytes:
+    """The reply to `query` (for an ExternalName service): its CNAME to `target_query`'s name,
+    then the records of `target`, the answer to `target_query`, under the target's rcode."""
+    target_message = DNSRecord.parse(wire.reply(target_query, target, wire.TCP_LIMIT, options.max_udp, False))
+    qname = from_wire(query.question[:-4]) + "."
+    header = DNSHeader(
+        id=query.id,
+        qr=1,
+        aa=1,  # the CNAME, at the name asked, is ours
+        rd=int(bool(query.flags & wire.RD)),
+        ra=int(options.recursion_available),
+        rcode=target_message.header.rcode,
+    )
+    reply = DNSRecord(header, q=DNSQuestion(qname, query.qtype, query.qclass))
+    reply.add_answer(RR(qname, QTYPE.CNAME, ttl=ttl, rdata=CNAME(from_wire(target_query.key) + ".")))
+    reply.add_answer(*target_message.rr)
+    reply.add_auth(*target_message.auth)
+    reply.add_ar(*(rr for rr in target_message.ar if rr.rtype != QTYPE.OPT))
+    if query.edns is not None:
+        reply.add_ar(EDNS0(udp_len=options.max_udp, flags="do" if query.edns.dnssec_ok else ""))
+    data = bytes(reply.pack())  # bytes, as every reply: the server tells replies from decisions by type
+    limit = wire.TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
+    if len(data) <= limit:
+        return data
+    header.tc = 1  # too large for this client: TC and no records, so that it retries over TCP
+    truncated = DNSRecord(header, q=DNSQuestion(qname, query.qtype, query.qclass))
+    if query.edns is not None:
+        truncated.add_ar(EDNS0(udp_len=options.max_udp, flags="do" if query.edns.dnssec_ok else ""))
+    return bytes(truncated.pack())
