@@ -96,7 +96,8 @@ def _forwarding(config: ServeConfig, listeners: list[BoundListener]) -> tuple[Fo
         )
         return None, None
     log.info("forwarding to %s", ", ".join(str(u) for u in forward.upstreams) or "stub domains only")
-    return Forwarder(forward.upstreams, stubs, forward.options), ForwardCache(forward.cache_size, time.monotonic)
+    cache = ForwardCache(forward.cache_size, time.monotonic, stale_for=forward.serve_stale, prefetch=forward.prefetch)
+    return Forwarder(forward.upstreams, stubs, forward.options), cache
 
 
 def _is_self(upstream: UpstreamAddress, host: str, port: int) -> bool:

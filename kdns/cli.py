@@ -109,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-min-ttl", type=int, default=0, help="shortest time a forwarded answer is cached")
     serve.add_argument("--cache-max-ttl", type=int, default=3600, help="longest time a forwarded answer is cached")
     serve.add_argument(
+        "--serve-stale",
+        metavar="DURATION",
+        default="0",
+        help="when every upstream fails, serve an answer expired less than this long ago, TTL 30 (RFC 8767)",
+    )
+    serve.add_argument("--prefetch", action="store_true", help="refresh an answer asked for often before it expires")
+    serve.add_argument(
         "--health-listen",
         metavar="ADDR:PORT",
         help="serve HTTP /health and /ready (503 until the cluster is listed once) here (default: off)",
@@ -194,6 +201,8 @@ def _forward_config(args: argparse.Namespace) -> config.ForwardConfig:
             max_ttl=args.cache_max_ttl,
         ),
         cache_size=args.cache_size,
+        serve_stale=config.duration("--serve-stale", args.serve_stale),
+        prefetch=args.prefetch,
     )
 
 

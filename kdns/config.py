@@ -24,6 +24,8 @@ class ForwardConfig:
     stubs: tuple[tuple[str, tuple[UpstreamAddress, ...]], ...]  # (domain, its upstreams)
     options: ForwardOptions
     cache_size: int
+    serve_stale: float  # seconds an expired answer may still be served when upstreams fail; 0: never
+    prefetch: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +101,16 @@ def stub_domain(text: str) -> tuple[str, tuple[UpstreamAddress, ...]]:
     except (InvalidName, UnicodeEncodeError):
         raise KdnsError(f"--stub-domain {text!r}: {domain!r} is not a domain name") from None
     return name, tuple(UpstreamAddress.parse(part, "--stub-domain") for part in addresses.split(",") if part.strip())
+
+
+def duration(flag: str, text: str) -> float:
+    """`90`, `90s`, `30m` or `1h`, in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise KdnsError(f"{flag} {text!r}: expected a duration such as 90s, 30m or 1h") from None
+    if seconds < 0:
+        raise KdnsError(f"{flag} {text!r}: must not be negative")
+    return seconds

@@ -26,8 +26,16 @@ from dataclasses import dataclass, field
 import trio
 
 from kdns.core.names import at_label_boundary, to_wire
-from kdns.core.upstream import BadResponse, ForwardedAnswer, read_response, upstream_query
-from kdns.core.wire import Query
+from kdns.core.upstream import (
+    UPSTREAM_UDP_SIZE,
+    BadResponse,
+    CacheKey,
+    ForwardCache,
+    ForwardedAnswer,
+    read_response,
+    upstream_query,
+)
+from kdns.core.wire import RD, Edns, Query
 from kdns.errors import KdnsError
 
 log = logging.getLogger(__name__)
@@ -288,3 +296,17 @@ class Forwarder:
                 except OSError:
                     continue
                 upstream.succeeded()
+
+
+async def refresh(forwarder: Forwarder, cache: ForwardCache, key: CacheKey) -> None:
+    """Ask upstream again for a cached answer close to expiry (prefetch) and cache the new one."""
+    name, qtype, qclass, dnssec_ok = key
+    question = name + struct.pack("!HH", qtype, qclass)
+    query = Query(0, RD, question, name, qtype, qclass, Edns(UPSTREAM_UDP_SIZE, 0, True) if dnssec_ok else None)
+    try:
+        answer = await forwarder.forward(query, False)
+    except Exception:
+        log.exception("error refreshing a cached answer")
+        return
+    if answer is not None:
+        cache.put(key, answer)

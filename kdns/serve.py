@@ -21,7 +21,7 @@ import trio
 
 from kdns.core.handler import Forward, Handler
 from kdns.errors import KdnsError
-from kdns.forward import Forwarder
+from kdns.forward import Forwarder, refresh
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ async def serve_udp(sock: socket.socket, handler: Handler, forwarder: Forwarder 
     recvfrom_into = sock.recvfrom_into
     sendto = sock.sendto
     handle = handler.handle
+    prefetch_due = handler.cache.prefetch_due if handler.cache is not None and forwarder is not None else None
     async with trio.open_nursery() as nursery:
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -180,8 +181,20 @@ async def serve_udp(sock: socket.socket, handler: Handler, forwarder: Forwarder 
                     sendto(reply, peer)
                 except OSError as error:  # a full send buffer or an unreachable peer: drop it
                     log.debug("udp send to %s failed: %s", peer[0], error)
+                if prefetch_due:
+                    _start_refreshes(nursery, handler, forwarder)
             else:
                 await trio.lowlevel.checkpoint()  # a full burst: let TCP and the rest run
+
+
+def _start_refreshes(nursery: trio.Nursery, handler: Handler, forwarder: Forwarder | None) -> None:
+    """Refresh, in the background, the cached answers the cache found close to expiry."""
+    cache = handler.cache
+    if cache is None or forwarder is None:
+        return
+    for key in cache.prefetch_due:
+        nursery.start_soon(refresh, forwarder, cache, key)
+    cache.prefetch_due.clear()
 
 
 async def _forward_udp(
@@ -216,18 +229,19 @@ async def serve_tcp(
             return
         open_connections += 1
         try:
-            await _serve_connection(stream, handler, limits, forwarder)
+            await _serve_connection(stream, handler, limits, forwarder, refreshes)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away
         finally:
             open_connections -= 1
             await trio.aclose_forcefully(stream)
 
-    await trio.serve_listeners(connection, [listener])
+    async with trio.open_nursery() as refreshes:  # prefetches started by TCP queries
+        await trio.serve_listeners(connection, [listener])
 
 
 async def _serve_connection(
-    stream: trio.SocketStream, handler: Handler, limits: TcpLimits, forwarder: Forwarder | None
+    stream: trio.SocketStream, handler: Handler, limits: TcpLimits, forwarder: Forwarder | None, nursery: trio.Nursery
 ) -> None:
     """Answer length-prefixed queries in the order they arrive, until the client closes the
     connection or goes `limits.idle_timeout` without completing a query (a client that drips
@@ -248,6 +262,8 @@ async def _serve_connection(
                 reply = handler.failure_reply(packet)
             if reply is None:
                 return  # nothing sensible to say on this stream: close it
+            if handler.cache is not None and handler.cache.prefetch_due:
+                _start_refreshes(nursery, handler, forwarder)
             if isinstance(reply, Forward):
                 if forwarder is not None and forwarder.in_flight < forwarder.options.max_concurrent:
                     reply = await _forwarded_reply(reply, handler, forwarder)

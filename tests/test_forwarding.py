@@ -385,3 +385,35 @@ def test_external_name_service_is_chased_to_its_upstream_target(unbound, tmp_pat
         ]
     finally:
         assert server.stop() == 0
+
+
+def test_serve_stale_answers_from_an_expired_entry_when_every_upstream_fails(upstream):
+    upstream.ttl = 1
+    server = _serve("--upstream", upstream.spec, "--serve-stale", "1m", "--upstream-timeout", "0.3")
+    plain = _serve("--upstream", upstream.spec, "--upstream-timeout", "0.3")
+    try:
+        _ask(server, "stale.example")
+        _ask(plain, "stale.example")
+        upstream.mode = "silent"
+        time.sleep(1.3)
+        stale = _ask(server, "stale.example")
+        assert _addresses(stale) == ["192.0.2.1"] and stale.answer[0].ttl == 30
+        assert _ask(plain, "stale.example").rcode() == dns.rcode.SERVFAIL
+    finally:
+        assert server.stop() == 0 and plain.stop() == 0
+
+
+def test_prefetch_refreshes_a_popular_answer_before_it_expires(upstream):
+    upstream.ttl = 5
+    server = _serve("--upstream", upstream.spec, "--prefetch")
+    try:
+        started = time.monotonic()
+        for at in (0, 0.5, 4.65):  # the third ask falls in the last tenth of the TTL
+            time.sleep(max(0, started + at - time.monotonic()))
+            assert _addresses(_ask(server, "hot.example")) == ["192.0.2.1"]
+        _wait_for(lambda: upstream.queries == 2, 2)  # refreshed in the background
+        time.sleep(max(0, started + 5.5 - time.monotonic()))
+        fresh = _ask(server, "hot.example")  # past the first answer's expiry: still a cache hit
+        assert upstream.queries == 2 and fresh.answer[0].ttl >= 4
+    finally:
+        assert server.stop() == 0

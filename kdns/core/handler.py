@@ -89,20 +89,25 @@ class Handler:
         return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
 
     def finish_forward(self, forward: Forward, forwarded: ForwardedAnswer | None) -> bytes:
-        """The reply to a forwarded query: the upstream's answer (cached for the next asker), or
-        SERVFAIL when no upstream answered."""
+        """The reply to a forwarded query: the upstream's answer (cached for the next asker); with
+        none, an expired one where serve-stale allows (RFC 8767), else SERVFAIL."""
         options = self.options
         query = forward.query
-        if forwarded is None:
-            return wire.status_reply(
-                forward.chased_from or query, SERVFAIL, options.max_udp, options.recursion_available
-            )
-        if self.cache is not None:
-            self.cache.put(ForwardCache.key(query), forwarded)
+        key = ForwardCache.key(query)
+        if forwarded is not None:
+            if self.cache is not None:
+                self.cache.put(key, forwarded)
+            answer = forwarded.answer()
+        else:
+            stale = self.cache.get_stale(key) if self.cache is not None else None
+            if stale is None:
+                original = forward.chased_from or query
+                return wire.status_reply(original, SERVFAIL, options.max_udp, options.recursion_available)
+            answer = stale
         if forward.chased_from is not None:
-            return chase.compose(forward.chased_from, query, self.zone.ttl, forwarded.answer(), forward.tcp, options)
+            return chase.compose(forward.chased_from, query, self.zone.ttl, answer, forward.tcp, options)
         limit = wire.TCP_LIMIT if forward.tcp else wire.udp_limit(query.edns, options.max_udp)
-        return wire.reply(query, forwarded.answer(), limit, options.max_udp, options.recursion_available)
+        return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
 
     def refuse(self, forward: Forward) -> bytes:
         """REFUSED for a query that cannot be forwarded now (too many already in flight)."""

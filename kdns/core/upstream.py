@@ -71,13 +71,14 @@ class ForwardedAnswer:
     def rcode(self) -> int:
         return self.flags & 0xF
 
-    def answer(self, elapsed: int = 0) -> Answer:
-        """As an `Answer` for `wire.reply`, its TTLs `elapsed` seconds lower (never below 0)."""
+    def answer(self, elapsed: int = 0, fixed_ttl: int | None = None) -> Answer:
+        """As an `Answer` for `wire.reply`, its TTLs `elapsed` seconds lower (never below 0), or
+        all set to `fixed_ttl`."""
         records = self.records
-        if elapsed and self.ttl_offsets:
+        if (elapsed or fixed_ttl is not None) and self.ttl_offsets:
             patched = bytearray(records)
             for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
-                _TTL.pack_into(patched, offset, max(0, ttl - elapsed))
+                _TTL.pack_into(patched, offset, fixed_ttl if fixed_ttl is not None else max(0, ttl - elapsed))
             records = bytes(patched)
         answer = Answer(
             self.rcode, self.answer_count, self.authority_count, self.additional_count, records, self.required_length
@@ -183,8 +184,13 @@ class CacheStats:
     inserts: int = 0
 
 
+STALE_TTL = 30  # RFC 8767 4: the TTL of an answer served stale
+PREFETCH_HITS = 2  # an entry asked for this often is refreshed before it expires (CoreDNS: 1 by default)
+PREFETCH_FRACTION = 0.1  # ... once no more than this part of its TTL is left (CoreDNS's 10%)
+
+
 class _Entry:
-    __slots__ = ("answer", "expires", "served", "served_at", "stored")
+    __slots__ = ("answer", "expires", "hits", "prefetching", "served", "served_at", "stored")
 
     def __init__(self, answer: ForwardedAnswer, stored: float) -> None:
         self.answer = answer
@@ -192,17 +198,27 @@ class _Entry:
         self.expires = stored + answer.cache_ttl
         self.served_at = -1
         self.served: Answer | None = None
+        self.hits = 0
+        self.prefetching = False
 
 
 class ForwardCache:
     """Forwarded answers by (lowercased name, type, class, DO bit), LRU beyond `size` entries,
-    each kept for its `cache_ttl` and served with TTLs lowered by the time it has been held."""
+    each kept for its `cache_ttl` and served with TTLs lowered by the time it has been held.
 
-    def __init__(self, size: int, clock: Callable[[], float]) -> None:
+    With `stale_for` (RFC 8767), an expired answer is kept that much longer, for `get_stale` to
+    serve when no upstream answers. With `prefetch`, `get` reports a popular entry close to expiry
+    through `prefetch_due`, for the forwarder to refresh while it is still being served.
+    """
+
+    def __init__(self, size: int, clock: Callable[[], float], stale_for: float = 0, prefetch: bool = False) -> None:
         self.clock = clock
         self.stats = CacheStats()
+        self.stale_for = stale_for
+        self.prefetch = prefetch
+        self.prefetch_due: list[CacheKey] = []
         self._entries: TLRUCache[CacheKey, _Entry] = TLRUCache(
-            maxsize=max(size, 1), ttu=lambda _key, entry, _now: entry.expires, timer=clock
+            maxsize=max(size, 1), ttu=lambda _key, entry, _now: entry.expires + stale_for, timer=clock
         )
         self.enabled = size > 0
 
@@ -212,16 +228,33 @@ class ForwardCache:
 
     def get(self, key: CacheKey) -> Answer | None:
         entry = self._entries.get(key) if self.enabled else None
-        if entry is None:
+        now = self.clock()
+        if entry is None or now >= entry.expires:  # absent, or only there to be served stale
             self.stats.misses += 1
             return None
         self.stats.hits += 1
-        elapsed = int(self.clock() - entry.stored)
+        entry.hits += 1
+        if (
+            self.prefetch
+            and not entry.prefetching
+            and entry.hits >= PREFETCH_HITS
+            and entry.expires - now <= entry.answer.cache_ttl * PREFETCH_FRACTION
+        ):
+            entry.prefetching = True
+            self.prefetch_due.append(key)
+        elapsed = int(now - entry.stored)
         if elapsed != entry.served_at:  # TTLs change once a second: patch them once a second
             entry.served = entry.answer.answer(elapsed)
             entry.served_at = elapsed
         assert entry.served is not None
         return entry.served
+
+    def get_stale(self, key: CacheKey) -> Answer | None:
+        """An expired answer still within `stale_for`, its TTLs set to 30 s (RFC 8767 4)."""
+        entry = self._entries.get(key) if self.enabled and self.stale_for else None
+        if entry is None or self.clock() < entry.expires:
+            return None
+        return entry.answer.answer(fixed_ttl=STALE_TTL)
 
     def put(self, key: CacheKey, answer: ForwardedAnswer) -> None:
         if self.enabled and answer.cache_ttl > 0:

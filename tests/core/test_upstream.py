@@ -265,3 +265,40 @@ def test_external_name_pointing_outside_is_chased_upstream_and_cached():
     again = handler.handle(query.to_wire(), False)  # the target's answer is now cached
     assert isinstance(again, bytes)
     assert len(dns.message.from_wire(again).answer) == 2
+
+
+# -- serve-stale (RFC 8767) and prefetch --------------------------------------------------------
+
+
+def test_expired_answer_is_served_stale_with_ttl_30_only_within_the_window():
+    clock = Clock()
+    cache = ForwardCache(100, clock, stale_for=60)
+    query = _query()
+    _cached(cache, query, ttl=10)
+    key = ForwardCache.key(query)
+    assert cache.get_stale(key) is None  # still fresh: not stale
+    clock.now += 11
+    assert cache.get(key) is None  # expired: asked upstream again ...
+    assert _ttls(cache.get_stale(key), query) == [30]  # ... and served stale if that fails
+    clock.now += 60
+    assert cache.get_stale(key) is None
+    no_stale = ForwardCache(100, clock)
+    _cached(no_stale, query, ttl=10)
+    clock.now += 11
+    assert no_stale.get_stale(key) is None
+
+
+def test_popular_entry_is_due_for_prefetch_once_in_its_last_tenth():
+    clock = Clock()
+    cache = ForwardCache(100, clock, prefetch=True)
+    query = _query()
+    key = ForwardCache.key(query)
+    _cached(cache, query, ttl=100)
+    cache.get(key)
+    clock.now += 85
+    cache.get(key)
+    assert cache.prefetch_due == []  # 15 s of 100 left: not yet
+    clock.now += 6
+    cache.get(key)
+    cache.get(key)
+    assert cache.prefetch_due == [key]  # once, however often it is asked meanwhile
