@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import dns.exception
+import dns.message
+import dns.query
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,18 +58,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wait_until_answering(port: int, name: str) -> None:
+    """Wait until a DNS server on 127.0.0.1:`port` answers `name` with an address."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        result = subprocess.run(
-            ["dig", "@127.0.0.1", "-p", str(port), name, "+short", "+time=1", "+tries=1"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.stdout.strip():
+        try:
+            reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.5)
+        except (dns.exception.Timeout, OSError):
+            time.sleep(0.2)
+            continue
+        if reply.answer:
             return
         time.sleep(0.2)
-    raise RuntimeError(f"no answer on port {port}")
+    raise RuntimeError(f"no answer for {name} on port {port}")
 
 
 def dnsperf(port: int, queries: Path, seconds: int, pid: int) -> tuple[float, float]:

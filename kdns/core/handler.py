@@ -44,6 +44,7 @@ class Handler:
         self.options = options
         self.cache = cache  # None: nothing is forwarded, and what is not ours is refused
         self._prepared = zone.prepared  # read directly on the hot path: one dict lookup a query
+        self._domain_key = zone.apexes[0]
         self.synced = True  # False while a live source has not listed everything once
         # Loop probes sent upstream (name -> upstream): one coming back to us means that upstream
         # forwards to kdns (CoreDNS's `loop`); `loop_detected` is called with the upstream.
@@ -56,37 +57,66 @@ class Handler:
         options = self.options
         try:
             query = wire.parse_query(packet)
-            if query.qclass == rdata.CLASS_IN:
-                answer = self._prepared.get((query.key, query.qtype))
-                if answer is None:
-                    wire.check_name(packet, query)
-                    target = self.zone.cname_target(query.key)
-                    if target is not None and query.qtype not in (rdata.CNAME, rdata.ANY):
-                        chased = self._chase(query, tcp, target)
-                        if chased is not None:
-                            return chased
-                    answer = self._slow_answer(query)
-                    if answer is not None and not answer.answer_count and not self.synced:
-                        # Not every watcher has listed yet: a missing name may only be missing
-                        # from us. SERVFAIL, which resolvers retry, rather than an NXDOMAIN or
-                        # NODATA that they would cache (SPEC-NOTES 5.1).
-                        return wire.status_reply(query, SERVFAIL, options.max_udp, options.recursion_available)
-            else:
+            if query.qclass != rdata.CLASS_IN:
                 wire.check_name(packet, query)
-                answer = None  # only class IN is served
+                return self._status(query, REFUSED)  # only class IN is served
+            answer = self._prepared.get((query.key, query.qtype))
+            if answer is None:
+                if query.qtype in (rdata.AXFR, rdata.IXFR):
+                    wire.check_name(packet, query)
+                    return self._status(query, REFUSED)  # no transfers: CoreDNS needs its `transfer` plugin
+                if self.cache is not None and not self._maybe_ours(query.key):
+                    # Outside every zone: the forward cache at once. A hit needs no name check:
+                    # a cached name was checked when it was first asked.
+                    answer = self.cache.get(ForwardCache.key(query))
+                    if answer is None:
+                        wire.check_name(packet, query)
+                        return self._forward(query, tcp)
+                else:
+                    wire.check_name(packet, query)
+                    decided = self._answer_slow(query, tcp)
+                    if not isinstance(decided, Answer):
+                        return decided
+                    answer = decided
         except wire.QueryError as error:
             return wire.error_reply(error, options.max_udp, options.recursion_available)
-        if answer is None:
-            if self.cache is None:
-                return wire.status_reply(query, REFUSED, options.max_udp, options.recursion_available)
-            if self.loop_probes and query.key in self.loop_probes:
-                self.loop_detected(self.loop_probes[query.key])
-                return wire.status_reply(query, REFUSED, options.max_udp, options.recursion_available)
-            answer = self.cache.get(ForwardCache.key(query))
-            if answer is None:
-                return Forward(query, tcp)
         limit = wire.TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
         return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
+
+    def _answer_slow(self, query: wire.Query, tcp: bool) -> Answer | bytes | Forward:
+        """A name that may be ours but has no prepared answer of this type: an ExternalName to
+        chase, a negative or dynamic answer from the zone, or, for a name the zone does not hold
+        (a reverse name CoreDNS falls through for), the cache or upstream."""
+        target = self.zone.cname_target(query.key)
+        if target is not None and query.qtype not in (rdata.CNAME, rdata.ANY):
+            chased = self._chase(query, tcp, target)
+            if chased is not None:
+                return chased
+        answer = self.zone.answer(query.key, query.qtype)
+        if answer is not None:
+            if not answer.answer_count and not self.synced:
+                # Not every watcher has listed yet: a missing name may only be missing from us.
+                # SERVFAIL, which resolvers retry, rather than an NXDOMAIN or NODATA that they
+                # would cache (SPEC-NOTES 5.1).
+                return self._status(query, SERVFAIL)
+            return answer
+        if self.cache is None:
+            return self._status(query, REFUSED)  # not ours, and nowhere to forward it
+        cached = self.cache.get(ForwardCache.key(query))
+        return cached if cached is not None else self._forward(query, tcp)
+
+    def _forward(self, query: wire.Query, tcp: bool) -> bytes | Forward:
+        if self.loop_probes and query.key in self.loop_probes:
+            self.loop_detected(self.loop_probes[query.key])
+            return self._status(query, REFUSED)
+        return Forward(query, tcp)
+
+    def _status(self, query: wire.Query, rcode: int) -> bytes:
+        return wire.status_reply(query, rcode, self.options.max_udp, self.options.recursion_available)
+
+    def _maybe_ours(self, key: bytes) -> bool:
+        """A quick, conservative test: False only for names outside every zone kdns holds."""
+        return key.endswith(self._domain_key) or key.endswith(b"\x04arpa\x00")
 
     def finish_forward(self, forward: Forward, forwarded: ForwardedAnswer | None) -> bytes:
         """The reply to a forwarded query: the upstream's answer (cached for the next asker); with
@@ -113,11 +143,6 @@ class Handler:
         """REFUSED for a query that cannot be forwarded now (too many already in flight)."""
         original = forward.chased_from or forward.query
         return wire.status_reply(original, REFUSED, self.options.max_udp, self.options.recursion_available)
-
-    def _slow_answer(self, query: wire.Query) -> Answer | None:
-        if query.qtype in (rdata.AXFR, rdata.IXFR):
-            return None  # zone transfers are not offered: CoreDNS needs its `transfer` plugin
-        return self.zone.answer(query.key, query.qtype)
 
     def _chase(self, query: wire.Query, tcp: bool, target: bytes) -> bytes | Forward | None:
         """An ExternalName's CNAME and its target's records (as CoreDNS answers): from the zone

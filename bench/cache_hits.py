@@ -1,0 +1,87 @@
+"""Cache hits against in-zone answers: dnsperf against one kdns, same run, same number of names.
+
+kdns serves 1,000 cluster names from a snapshot and forwards 1,000 other names to Unbound (one
+thread, `local-data`), whose answers it caches. After one pass fills the cache, dnsperf sends the
+in-zone names, then the cached names, for the same time each. The issue's target: a cache hit
+costs no more than 1.5 times an in-zone answer. Figures are printed, never asserted.
+
+    apt-get install -y dnsperf unbound
+    .venv/bin/python bench/cache_hits.py [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import dns.message
+import dns.query
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from udp_throughput import cluster, dnsperf, free_port, wait_until_answering
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--names", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kdns-bench-") as tmp:
+        work = Path(tmp)
+        items, cluster_names = cluster(args.names)
+        snapshot = work / "cluster.yaml"
+        snapshot.write_text(yaml.safe_dump({"kind": "List", "items": items}))
+        external = [f"host-{i}.bench.test" for i in range(args.names)]
+        in_zone_file, cached_file = work / "in-zone.txt", work / "cached.txt"
+        in_zone_file.write_text("".join(f"{name} A\n" for name, _ in cluster_names))
+        cached_file.write_text("".join(f"{name} A\n" for name in external))
+
+        unbound_port, kdns_port = free_port(), free_port()
+        conf = work / "unbound.conf"
+        conf.write_text(
+            "server:\n"
+            f"  interface: 127.0.0.1\n  port: {unbound_port}\n  num-threads: 1\n  do-daemonize: no\n"
+            '  username: ""\n  chroot: ""\n  pidfile: ""\n  use-syslog: no\n  verbosity: 0\n'
+            f'  directory: "{work}"\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n'
+            '  local-zone: "test." static\n'
+            + "".join(f'  local-data: "{name}. 3600 IN A 192.0.2.{i % 250 + 1}"\n' for i, name in enumerate(external))
+        )
+        unbound = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stderr=subprocess.DEVNULL)
+        kdns = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "kdns", "serve", "--snapshot", str(snapshot)),
+                *("--listen", f"127.0.0.1:{kdns_port}", "--upstream", f"127.0.0.1:{unbound_port}"),
+            ],
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        try:
+            wait_until_answering(unbound_port, external[0])
+            wait_until_answering(kdns_port, cluster_names[0][0])
+            for name in external:  # fill the cache
+                dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=kdns_port, timeout=2)
+            print(f"{args.names} names each, {args.seconds} s per run, dnsperf -q 200, 127.0.0.1, one kdns process")
+            zone_qps, zone_cpu = dnsperf(kdns_port, in_zone_file, args.seconds, kdns.pid)
+            cache_qps, cache_cpu = dnsperf(kdns_port, cached_file, args.seconds, kdns.pid)
+            print(f"in-zone answers : {zone_qps:10.0f} q/s  {zone_cpu:6.1f} us CPU/query  (baseline)")
+            print(f"cache hits      : {cache_qps:10.0f} q/s  {cache_cpu:6.1f} us CPU/query")
+            print(f"cache / in-zone : {cache_qps / zone_qps:10.2f} x rate  {cache_cpu / zone_cpu:6.2f} x CPU per query")
+            print("target (issue 4): a cache hit costs no more than 1.5 x an in-zone answer")
+        finally:
+            for process in (kdns, unbound):
+                process.send_signal(signal.SIGTERM)
+                process.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
