@@ -1,0 +1,55 @@
+"""Upstream order per policy, and down upstreams last; stub-domain routing by longest suffix."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from kdns.core.names import to_wire
+from kdns.forward import Forwarder, ForwardOptions, Policy, UpstreamAddress
+
+A, B, C = (UpstreamAddress(f"127.0.0.{i}", 53) for i in (1, 2, 3))
+
+
+def _forwarder(policy: Policy, stubs=None) -> Forwarder:
+    return Forwarder([A, B, C], stubs or {}, ForwardOptions(policy=policy))
+
+
+def _first(forwarder: Forwarder) -> UpstreamAddress:
+    return forwarder._ordered(forwarder.default)[0].address
+
+
+def test_sequential_always_starts_with_the_first_upstream():
+    forwarder = _forwarder(Policy.SEQUENTIAL)
+    assert {_first(forwarder) for _ in range(20)} == {A}
+
+
+def test_round_robin_takes_turns():
+    forwarder = _forwarder(Policy.ROUND_ROBIN)
+    assert [_first(forwarder) for _ in range(6)] == [A, B, C, A, B, C]
+
+
+def test_random_spreads_over_every_upstream():
+    forwarder = _forwarder(Policy.RANDOM)
+    counts = Counter(_first(forwarder) for _ in range(3000))
+    assert set(counts) == {A, B, C} and min(counts.values()) > 800
+
+
+def test_down_upstreams_are_tried_last_but_still_tried():
+    forwarder = _forwarder(Policy.SEQUENTIAL)
+    forwarder.default[0].failed()
+    forwarder.default[0].failed()
+    assert forwarder.default[0].down
+    assert [u.address for u in forwarder._ordered(forwarder.default)] == [B, C, A]
+    forwarder.default[0].succeeded()
+    assert [u.address for u in forwarder._ordered(forwarder.default)] == [A, B, C]
+
+
+def test_stub_domains_route_by_longest_suffix_on_label_boundaries():
+    d, e = UpstreamAddress("127.0.0.4", 53), UpstreamAddress("127.0.0.5", 53)
+    forwarder = _forwarder(Policy.SEQUENTIAL, {"corp.example": [d], "eu.corp.example": [e]})
+    route = lambda name: [u.address for u in forwarder.route(to_wire(name))]  # noqa: E731
+    assert route("db.eu.corp.example") == [e]
+    assert route("db.corp.example") == [d]
+    assert route("corp.example") == [d]
+    assert route("notcorp.example") == [A, B, C]
+    assert route("example") == [A, B, C]
