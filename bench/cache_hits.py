@@ -24,7 +24,7 @@ import dns.query
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from udp_throughput import cluster, dnsperf, free_port, wait_until_answering
+from udp_throughput import cluster, dnsperf, free_port, unbound_config, wait_until_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,15 +45,8 @@ def main() -> int:
         cached_file.write_text("".join(f"{name} A\n" for name in external))
 
         unbound_port, kdns_port = free_port(), free_port()
-        conf = work / "unbound.conf"
-        conf.write_text(
-            "server:\n"
-            f"  interface: 127.0.0.1\n  port: {unbound_port}\n  num-threads: 1\n  do-daemonize: no\n"
-            '  username: ""\n  chroot: ""\n  pidfile: ""\n  use-syslog: no\n  verbosity: 0\n'
-            f'  directory: "{work}"\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n'
-            '  local-zone: "test." static\n'
-            + "".join(f'  local-data: "{name}. 3600 IN A 192.0.2.{i % 250 + 1}"\n' for i, name in enumerate(external))
-        )
+        records = [f"{name}. 3600 IN A 192.0.2.{i % 250 + 1}" for i, name in enumerate(external)]
+        conf = unbound_config(work, unbound_port, records)
         unbound = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stderr=subprocess.DEVNULL)
         kdns = subprocess.Popen(
             [

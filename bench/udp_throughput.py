@@ -52,6 +52,21 @@ def cluster(services: int) -> tuple[list[dict], list[tuple[str, str]]]:
     return items, names
 
 
+def unbound_config(work: Path, port: int, records: list[str]) -> Path:
+    """An Unbound configuration answering `records` (zone-file lines under `cluster.local.` or
+    `test.`) from memory, one thread, on 127.0.0.1:`port`."""
+    conf = work / f"unbound-{port}.conf"
+    conf.write_text(
+        "server:\n"
+        f"  interface: 127.0.0.1\n  port: {port}\n  num-threads: 1\n  do-daemonize: no\n"
+        '  username: ""\n  chroot: ""\n  pidfile: ""\n  use-syslog: no\n  verbosity: 0\n'
+        f'  directory: "{work}"\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n'
+        '  local-zone: "cluster.local." static\n  local-zone: "test." static\n'
+        + "".join(f'  local-data: "{record}"\n' for record in records)
+    )
+    return conf
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
@@ -105,15 +120,7 @@ def main() -> int:
         queries.write_text("".join(f"{name} A\n" for name, _ in names))
 
         unbound_port, kdns_port = free_port(), free_port()
-        conf = work / "unbound.conf"
-        local = "".join(f'  local-data: "{name}. 30 IN A {ip}"\n' for name, ip in names)
-        conf.write_text(
-            "server:\n"
-            f"  interface: 127.0.0.1\n  port: {unbound_port}\n  num-threads: 1\n  do-daemonize: no\n"
-            '  username: ""\n  chroot: ""\n  pidfile: ""\n  use-syslog: no\n  verbosity: 0\n'
-            f'  directory: "{work}"\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n'
-            '  local-zone: "cluster.local." static\n' + local
-        )
+        conf = unbound_config(work, unbound_port, [f"{name}. 30 IN A {ip}" for name, ip in names])
         kdns = subprocess.Popen(
             [
                 *(sys.executable, "-m", "kdns", "serve", "--snapshot", str(snapshot)),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import trio
 
+from kdns.address import SocketAddress
 from kdns.config import ServeConfig
 from kdns.core.handler import Handler, HandlerOptions
 from kdns.core.model import IPAddress
@@ -20,7 +21,7 @@ from kdns.core.names import to_wire
 from kdns.core.store import ClusterStore, PodMode
 from kdns.core.upstream import ForwardCache
 from kdns.errors import KdnsError
-from kdns.forward import Forwarder, UpstreamAddress
+from kdns.forward import Forwarder
 from kdns.ops import serve_health
 from kdns.serve import BoundListener, bind, bind_tcp, serve
 from kdns.sources import snapshot
@@ -100,7 +101,7 @@ def _forwarding(config: ServeConfig, listeners: list[BoundListener]) -> tuple[Fo
     return Forwarder(forward.upstreams, stubs, forward.options), cache
 
 
-def _is_self(upstream: UpstreamAddress, host: str, port: int) -> bool:
+def _is_self(upstream: SocketAddress, host: str, port: int) -> bool:
     """Whether `upstream` is this kdns: the same port, and the same address or, for a wildcard
     listener, an address of this machine."""
     if upstream.port != port:

@@ -17,11 +17,12 @@ import yaml
 from kubernetes.client.rest import ApiException
 
 from kdns import __version__, app, config
+from kdns.address import SocketAddress
 from kdns.core.store import ClusterStore, PodMode
 from kdns.core.zonefile import render
 from kdns.errors import KdnsError
-from kdns.forward import ForwardOptions, Policy, UpstreamAddress, resolv_conf_upstreams
-from kdns.serve import ListenAddress, TcpLimits
+from kdns.forward import ForwardOptions, Policy, resolv_conf_upstreams
+from kdns.serve import TcpLimits
 from kdns.sources import snapshot
 from kdns.sources.kube import WatchOptions, load_api_client, snapshot_items
 
@@ -32,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdns", description="A cluster DNS server for Kubernetes.")
     parser.add_argument("--version", action="version", version=f"kdns {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)  # options every command takes
+    common.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default info)"
+    )
 
     def zone_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--cluster-domain", default="cluster.local", help="the cluster domain (default cluster.local)")
@@ -43,9 +48,6 @@ def _parser() -> argparse.ArgumentParser:
             "Pods in that namespace) or disabled (default insecure)",
         )
         sub.add_argument("--ttl", type=int, default=config.DEFAULT_TTL, help="TTL of every zone record (default 30)")
-        sub.add_argument(
-            "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default info)"
-        )
 
     def api_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG, ~/.kube/config)")
@@ -56,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
             "--api-timeout", type=float, default=30.0, help="seconds to connect to and read from the API (default 30)"
         )
 
-    serve = commands.add_parser("serve", help="serve DNS for a cluster")
+    serve = commands.add_parser("serve", parents=[common], help="serve DNS for a cluster")
     serve.add_argument(
         "--snapshot", type=Path, help="serve the objects of this YAML or JSON file instead of following a cluster"
     )
@@ -122,20 +124,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     zone_options(serve)
 
-    check = commands.add_parser("check", help="validate a snapshot and summarise what would be served")
+    check = commands.add_parser(
+        "check", parents=[common], help="validate a snapshot and summarise what would be served"
+    )
     check.add_argument("--snapshot", type=Path, required=True)
     zone_options(check)
 
-    dump = commands.add_parser("dump", help="print the zone built from a snapshot as zone-file text")
+    dump = commands.add_parser("dump", parents=[common], help="print the zone built from a snapshot as zone-file text")
     dump.add_argument("--snapshot", type=Path, required=True)
     zone_options(dump)
 
-    take = commands.add_parser("snapshot", help="list the cluster once and write a snapshot file")
+    take = commands.add_parser("snapshot", parents=[common], help="list the cluster once and write a snapshot file")
     api_options(take)
     take.add_argument("--output", type=Path, help="file to write (default: standard output)")
-    take.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default info)"
-    )
     return parser
 
 
@@ -166,13 +167,15 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         kubeconfig=args.kubeconfig,
         context=args.context,
         watch=_watch_options(args, watch_pods=pod_mode is PodMode.VERIFIED),
-        listen=tuple(ListenAddress.parse(text) for text in (args.listen or ["0.0.0.0:53"])),
+        listen=tuple(SocketAddress.parse(text, "--listen", lowest_port=0) for text in (args.listen or ["0.0.0.0:53"])),
         cluster_domain=config.cluster_domain(args.cluster_domain),
         pod_mode=pod_mode,
         ttl=config.ttl(args.ttl),
         max_udp=config.max_udp(args.max_udp_size),
         tcp=TcpLimits(idle_timeout=args.tcp_idle_timeout, max_connections=args.max_tcp_connections),
-        health=ListenAddress.parse(args.health_listen) if args.health_listen else None,
+        health=SocketAddress.parse(args.health_listen, "--health-listen", lowest_port=0)
+        if args.health_listen
+        else None,
         forward=_forward_config(args),
     )
 
@@ -183,7 +186,7 @@ def _forward_config(args: argparse.Namespace) -> config.ForwardConfig:
     if not 0 <= args.cache_min_ttl <= args.cache_max_ttl:
         raise KdnsError("--cache-min-ttl and --cache-max-ttl: need 0 <= min <= max")
     if args.upstream:
-        upstreams = tuple(UpstreamAddress.parse(text) for text in args.upstream)
+        upstreams = tuple(SocketAddress.parse(text, "--upstream") for text in args.upstream)
         source = "--upstream"
     elif args.resolv_conf == "/etc/resolv.conf" and not Path(args.resolv_conf).exists():
         upstreams, source = (), args.resolv_conf  # the default file missing: no upstream, not an error

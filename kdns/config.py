@@ -6,11 +6,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdns.address import SocketAddress
 from kdns.core.names import InvalidName, to_wire
 from kdns.core.store import PodMode
 from kdns.errors import KdnsError
-from kdns.forward import ForwardOptions, UpstreamAddress
-from kdns.serve import ListenAddress, TcpLimits
+from kdns.forward import ForwardOptions
+from kdns.serve import TcpLimits
 from kdns.sources.kube import WatchOptions
 
 DEFAULT_TTL = 30  # kubeadm's Corefile (`ttl 30`); CoreDNS's own default is 5
@@ -19,9 +20,9 @@ MAX_TTL = 3600  # CoreDNS's kubernetes plugin accepts 0-3600
 
 @dataclass(frozen=True, slots=True)
 class ForwardConfig:
-    upstreams: tuple[UpstreamAddress, ...]
+    upstreams: tuple[SocketAddress, ...]
     upstreams_from: str  # where they came from, for messages: "--upstream" or the resolv.conf path
-    stubs: tuple[tuple[str, tuple[UpstreamAddress, ...]], ...]  # (domain, its upstreams)
+    stubs: tuple[tuple[str, tuple[SocketAddress, ...]], ...]  # (domain, its upstreams)
     options: ForwardOptions
     cache_size: int
     serve_stale: float  # seconds an expired answer may still be served when upstreams fail; 0: never
@@ -34,13 +35,13 @@ class ServeConfig:
     kubeconfig: str | None
     context: str | None
     watch: WatchOptions
-    listen: tuple[ListenAddress, ...]
+    listen: tuple[SocketAddress, ...]
     cluster_domain: str
     pod_mode: PodMode
     ttl: int
     max_udp: int
     tcp: TcpLimits
-    health: ListenAddress | None  # where /health and /ready are served; None: not at all
+    health: SocketAddress | None  # where /health and /ready are served; None: not at all
     forward: ForwardConfig
 
 
@@ -90,7 +91,7 @@ def positive(flag: str, value: float) -> float:
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-def stub_domain(text: str) -> tuple[str, tuple[UpstreamAddress, ...]]:
+def stub_domain(text: str) -> tuple[str, tuple[SocketAddress, ...]]:
     """`--stub-domain DOMAIN=ADDR[:PORT][,ADDR...]` (kube-dns's stubDomains)."""
     domain, sep, addresses = text.partition("=")
     if not sep or not addresses.strip():
@@ -100,7 +101,7 @@ def stub_domain(text: str) -> tuple[str, tuple[UpstreamAddress, ...]]:
         to_wire(name)
     except (InvalidName, UnicodeEncodeError):
         raise KdnsError(f"--stub-domain {text!r}: {domain!r} is not a domain name") from None
-    return name, tuple(UpstreamAddress.parse(part, "--stub-domain") for part in addresses.split(",") if part.strip())
+    return name, tuple(SocketAddress.parse(part, "--stub-domain") for part in addresses.split(",") if part.strip())
 
 
 def duration(flag: str, text: str) -> float:

@@ -14,7 +14,6 @@ dropped and counted.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import itertools
 import logging
 import random
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from kdns.address import SocketAddress
 from kdns.core.names import at_label_boundary, to_wire
 from kdns.core.upstream import (
     UPSTREAM_UDP_SIZE,
@@ -52,40 +52,7 @@ class Policy(enum.Enum):
     SEQUENTIAL = "sequential"
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamAddress:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def family(self) -> socket.AddressFamily:
-        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
-
-    @classmethod
-    def parse(cls, text: str, what: str = "--upstream") -> UpstreamAddress:
-        """`ADDR`, `ADDR:PORT` or `[V6ADDR]:PORT` (port 53 by default)."""
-        host, port_text = text.strip(), "53"
-        if host.startswith("["):
-            host, sep, rest = host[1:].partition("]")
-            if not sep or (rest and not rest.startswith(":")):
-                raise KdnsError(f"{what} {text!r}: expected [ADDRESS]:PORT")
-            port_text = rest[1:] or "53"
-        elif host.count(":") == 1:
-            host, port_text = host.split(":")
-        try:
-            address = ipaddress.ip_address(host.split("%")[0])
-            port = int(port_text)
-        except ValueError:
-            raise KdnsError(f"{what} {text!r}: expected an IP address and an optional port") from None
-        if not 1 <= port <= 65535:
-            raise KdnsError(f"{what} {text!r}: port {port} is out of range")
-        return cls(str(address), port)
-
-
-def resolv_conf_upstreams(path: str) -> list[UpstreamAddress]:
+def resolv_conf_upstreams(path: str) -> list[SocketAddress]:
     """The `nameserver` lines of a resolv.conf file."""
     try:
         lines = open(path, encoding="utf-8", errors="replace").read().splitlines()  # noqa: SIM115
@@ -96,7 +63,7 @@ def resolv_conf_upstreams(path: str) -> list[UpstreamAddress]:
         parts = line.split("#", 1)[0].split(";", 1)[0].split()
         if len(parts) >= 2 and parts[0] == "nameserver":
             try:
-                found.append(UpstreamAddress.parse(parts[1], f"{path}: line {number}: nameserver"))
+                found.append(SocketAddress.parse(parts[1], f"{path}: line {number}: nameserver"))
             except KdnsError as error:
                 log.warning("%s", error)
     return found
@@ -111,7 +78,7 @@ class UpstreamStats:
 
 @dataclass
 class Upstream:
-    address: UpstreamAddress
+    address: SocketAddress
     stats: UpstreamStats = field(default_factory=UpstreamStats)
     fails: int = 0
     down: bool = False
@@ -146,12 +113,12 @@ class Forwarder:
 
     def __init__(
         self,
-        default: Sequence[UpstreamAddress],
-        stubs: dict[str, Sequence[UpstreamAddress]],
+        default: Sequence[SocketAddress],
+        stubs: dict[str, Sequence[SocketAddress]],
         options: ForwardOptions,
     ) -> None:
         self.options = options
-        known: dict[UpstreamAddress, Upstream] = {}
+        known: dict[SocketAddress, Upstream] = {}
         self.default = [known.setdefault(address, Upstream(address)) for address in default]
         self.stubs = {
             to_wire(domain): [known.setdefault(address, Upstream(address)) for address in addresses]

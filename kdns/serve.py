@@ -10,7 +10,6 @@ packet costs a scheduler pass and an `epoll_wait` per call (and an address resol
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import socket
 import struct
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 
 import trio
 
+from kdns.address import SocketAddress
 from kdns.core.handler import Forward, Handler
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder, refresh
@@ -34,39 +34,6 @@ BIND_ATTEMPTS = 20  # for port 0: UDP and TCP must end up on the same free port
 
 
 @dataclass(frozen=True, slots=True)
-class ListenAddress:
-    host: str
-    port: int
-
-    @property
-    def family(self) -> socket.AddressFamily:
-        return socket.AF_INET6 if ipaddress.ip_address(self.host).version == 6 else socket.AF_INET
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @classmethod
-    def parse(cls, text: str) -> ListenAddress:
-        """`ADDR:PORT`, `[V6ADDR]:PORT`, or a bare address (port 53)."""
-        host, port_text = text, "53"
-        if text.startswith("["):
-            host, sep, rest = text[1:].partition("]")
-            if not sep or (rest and not rest.startswith(":")):
-                raise KdnsError(f"--listen {text!r}: expected [ADDRESS]:PORT")
-            port_text = rest[1:] or "53"
-        elif text.count(":") == 1:
-            host, port_text = text.split(":")
-        try:
-            ipaddress.ip_address(host)
-            port = int(port_text)
-        except ValueError:
-            raise KdnsError(f"--listen {text!r}: expected ADDRESS:PORT with an IP address") from None
-        if not 0 <= port <= 65535:
-            raise KdnsError(f"--listen {text!r}: port {port} is out of range")
-        return cls(host, port)
-
-
-@dataclass(frozen=True, slots=True)
 class TcpLimits:
     idle_timeout: float = 10.0  # seconds a connection may sit without a complete query
     max_connections: int = 1000  # beyond it, new connections are closed at once
@@ -74,12 +41,12 @@ class TcpLimits:
 
 @dataclass
 class BoundListener:
-    address: ListenAddress  # with the port actually bound
+    address: SocketAddress  # with the port actually bound
     udp: socket.socket
     tcp: socket.socket
 
 
-def bind(address: ListenAddress) -> BoundListener:
+def bind(address: SocketAddress) -> BoundListener:
     """Bind the UDP and TCP sockets of one listen address (the same port for both)."""
     last_error: OSError | None = None
     for _ in range(BIND_ATTEMPTS if address.port == 0 else 1):
@@ -98,11 +65,11 @@ def bind(address: ListenAddress) -> BoundListener:
                 continue
             break
         _grow_receive_buffer(udp)
-        return BoundListener(ListenAddress(address.host, port), udp, tcp)
+        return BoundListener(SocketAddress(address.host, port), udp, tcp)
     raise KdnsError(f"cannot listen on {address}: {last_error}")
 
 
-def bind_tcp(address: ListenAddress) -> socket.socket:
+def bind_tcp(address: SocketAddress) -> socket.socket:
     """A listening TCP socket (for the health endpoint)."""
     sock = _socket(address.family, socket.SOCK_STREAM)
     try:

@@ -37,13 +37,8 @@ class FakeUpstream:
         self.tcp_queries = 0
         self.names: list[str] = []
         self.probes: list[str] = []
-        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._udp.bind(("127.0.0.1", 0))
+        self._udp, self._tcp = _bind_pair()
         self.port = self._udp.getsockname()[1]
-        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._tcp.bind(("127.0.0.1", self.port))
-        self._tcp.listen(16)
         self._other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # for "wrong-port"
         self._other.bind(("127.0.0.1", 0))
         self._closed = False
@@ -131,8 +126,8 @@ class FakeUpstream:
     def _reply_tcp(self, conn: socket.socket) -> None:
         with conn:
             try:
-                length = struct.unpack("!H", _read(conn, 2))[0]
-                query = dns.message.from_wire(_read(conn, length))
+                length = struct.unpack("!H", read_exactly(conn, 2))[0]
+                query = dns.message.from_wire(read_exactly(conn, length))
             except (OSError, ConnectionError, struct.error):
                 return
             self.tcp_queries += 1
@@ -144,7 +139,27 @@ class FakeUpstream:
             conn.sendall(struct.pack("!H", len(wire)) + wire)
 
 
-def _read(conn: socket.socket, size: int) -> bytes:
+def _bind_pair() -> tuple[socket.socket, socket.socket]:
+    """A UDP and a listening TCP socket on the same free loopback port (a port free for UDP may
+    be taken for TCP: try another)."""
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        tcp.listen(16)
+        return udp, tcp
+    raise OSError("no free port for both UDP and TCP")
+
+
+def read_exactly(conn: socket.socket, size: int) -> bytes:
+    """`size` bytes from a stream socket, or ConnectionError if it closes first."""
     data = b""
     while len(data) < size:
         chunk = conn.recv(size - len(data))

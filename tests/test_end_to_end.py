@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.builders import endpoint, endpoint_slice, headless, service
+from tests.fakeupstream import read_exactly
 from tests.process import KdnsServer, dig, run_kdns
 
 pytestmark = pytest.mark.usefixtures("dig_installed")
@@ -93,18 +94,8 @@ def test_tcp_answers_several_queries_on_one_connection_in_order(example_server):
 
 
 def _read_framed(conn: socket.socket) -> bytes:
-    header = _read_exactly(conn, 2)
-    return _read_exactly(conn, struct.unpack("!H", header)[0])
-
-
-def _read_exactly(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
+    header = read_exactly(conn, 2)
+    return read_exactly(conn, struct.unpack("!H", header)[0])
 
 
 def test_garbage_on_the_wire_never_stops_the_server(example_server):

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+from kdns.address import SocketAddress
 from kdns.core.names import to_wire
-from kdns.forward import Forwarder, ForwardOptions, Policy, UpstreamAddress
+from kdns.forward import Forwarder, ForwardOptions, Policy
 
-A, B, C = (UpstreamAddress(f"127.0.0.{i}", 53) for i in (1, 2, 3))
+A, B, C = (SocketAddress(f"127.0.0.{i}", 53) for i in (1, 2, 3))
 
 
 def _forwarder(policy: Policy, stubs=None) -> Forwarder:
     return Forwarder([A, B, C], stubs or {}, ForwardOptions(policy=policy))
 
 
-def _first(forwarder: Forwarder) -> UpstreamAddress:
+def _first(forwarder: Forwarder) -> SocketAddress:
     return forwarder._ordered(forwarder.default)[0].address
 
 
@@ -45,7 +46,7 @@ def test_down_upstreams_are_tried_last_but_still_tried():
 
 
 def test_stub_domains_route_by_longest_suffix_on_label_boundaries():
-    d, e = UpstreamAddress("127.0.0.4", 53), UpstreamAddress("127.0.0.5", 53)
+    d, e = SocketAddress("127.0.0.4", 53), SocketAddress("127.0.0.5", 53)
     forwarder = _forwarder(Policy.SEQUENTIAL, {"corp.example": [d], "eu.corp.example": [e]})
     route = lambda name: [u.address for u in forwarder.route(to_wire(name))]  # noqa: E731
     assert route("db.eu.corp.example") == [e]

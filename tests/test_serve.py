@@ -10,8 +10,9 @@ import dns.message
 import dns.rcode
 import trio
 
+from kdns.address import SocketAddress
 from kdns.core.handler import Handler
-from kdns.serve import ListenAddress, TcpLimits, bind, serve
+from kdns.serve import TcpLimits, bind, serve
 from tests.builders import service, store_of
 
 BOOM = "boom.prod.svc.cluster.local"
@@ -27,7 +28,7 @@ class ExplodingHandler(Handler):
 
 
 async def _start(nursery: trio.Nursery) -> tuple[str, int]:
-    listener = bind(ListenAddress("127.0.0.1", 0))
+    listener = bind(SocketAddress("127.0.0.1", 0))
     handler = ExplodingHandler(store_of(service("prod", "web", ["10.96.0.5"])).zone)
     await nursery.start(serve, [listener], handler, TcpLimits())
     return listener.address.host, listener.address.port

@@ -1,0 +1,43 @@
+"""An IP address and port as given on the command line: `ADDR`, `ADDR:PORT` or `[V6ADDR]:PORT`."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from kdns.errors import KdnsError
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @classmethod
+    def parse(cls, text: str, flag: str, lowest_port: int = 1) -> SocketAddress:
+        """Parse `text` given for `flag` (named in errors); port 53 when none is given. Port 0
+        (any free port) is allowed only where `lowest_port` is 0."""
+        host, port_text = text.strip(), "53"
+        if host.startswith("["):
+            host, sep, rest = host[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise KdnsError(f"{flag} {text!r}: expected [ADDRESS]:PORT")
+            port_text = rest[1:] or "53"
+        elif host.count(":") == 1:
+            host, port_text = host.split(":")
+        try:
+            address = ipaddress.ip_address(host)
+            port = int(port_text)
+        except ValueError:
+            raise KdnsError(f"{flag} {text!r}: expected an IP address and an optional port") from None
+        if not lowest_port <= port <= 65535:
+            raise KdnsError(f"{flag} {text!r}: port {port} is out of range")
+        return cls(str(address), port)
