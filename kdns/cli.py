@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--api-timeout", type=float, default=30.0, help="seconds to connect to and read from the API (default 30)"
         )
+        sub.add_argument(
+            "--api-page-size", type=int, default=500, help="objects per page of a list (default 500, as client-go)"
+        )
 
     serve = commands.add_parser("serve", parents=[common], help="serve DNS for a cluster")
     serve.add_argument(
@@ -220,6 +223,7 @@ def _watch_options(args: argparse.Namespace, watch_pods: bool) -> WatchOptions:
         watch_timeout=watch_timeout,
         request_timeout=config.positive("--api-timeout", args.api_timeout),
         backoff_max=config.positive("--api-backoff-max", getattr(args, "api_backoff_max", 30.0)),
+        page_size=int(config.positive("--api-page-size", args.api_page_size)),
     )
 
 

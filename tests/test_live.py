@@ -223,6 +223,22 @@ def test_relist_answered_500_keeps_the_zone_until_a_list_succeeds(api, tmp_path)
         assert server.stop() == 0
 
 
+def test_lists_are_read_page_by_page(api, tmp_path):
+    for i in range(30):
+        api.apply(service("prod", f"paged-{i}", [f"10.96.9.{i + 1}"]))
+    server = _start(api, tmp_path, "--api-page-size", "7")
+    try:
+        _synced(server)
+        for i in (0, 13, 29):
+            assert _ask(server, f"paged-{i}.prod.svc.cluster.local")[1] == [f"10.96.9.{i + 1}"]
+        pages = [
+            request for request in api.requests if request.startswith("/api/v1/services?") and "watch" not in request
+        ]
+        assert len(pages) == 5 and sum("continue=" in page for page in pages) == 4  # 31 services, 7 a page
+    finally:
+        assert server.stop() == 0
+
+
 def test_watch_ending_normally_is_resumed_from_the_last_version(api, tmp_path):
     server = _start(api, tmp_path)
     try:
