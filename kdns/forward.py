@@ -128,9 +128,6 @@ class Forwarder:
         self.in_flight = 0
         self._turn = itertools.count()
 
-    def has_upstreams(self) -> bool:
-        return bool(self.upstreams)
-
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the upstream sockets and keep receiving on them until cancelled."""
         async with trio.open_nursery() as nursery:

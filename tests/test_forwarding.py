@@ -417,3 +417,19 @@ def test_prefetch_refreshes_a_popular_answer_before_it_expires(upstream):
         assert upstream.queries == 2 and fresh.answer[0].ttl >= 4
     finally:
         assert server.stop() == 0
+
+
+def test_an_upstream_outage_never_slows_cluster_names(upstream):
+    upstream.mode = "silent"
+    server = _serve("--upstream", upstream.spec, "--upstream-timeout", "2")
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            stuck = [pool.submit(_ask, server, f"lost{i}.example") for i in range(20)]  # all waiting upstream
+            time.sleep(0.2)
+            for _ in range(50):
+                started = time.monotonic()
+                reply = _ask(server, "web.prod.svc.cluster.local")
+                assert _addresses(reply) == ["10.96.12.34"] and time.monotonic() - started < 0.5
+            assert all(future.result().rcode() == dns.rcode.SERVFAIL for future in stuck)
+    finally:
+        assert server.stop() == 0
