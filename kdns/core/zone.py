@@ -272,7 +272,8 @@ class Zone:
             return
         # SRV and NS answers carry their targets' addresses: rebuild them when any name of the
         # same contribution changed (targets always belong to the contributor of the SRV).
-        dependants = [key for key in new if key not in changed and _has_targets(self._nodes[key])]
+        # (A new contribution has none: its SRV and NS names are all in `changed`.)
+        dependants = [key for key in new if key not in changed and _has_targets(self._nodes[key])] if old_keys else []
         for key in changed:
             self._rebuild(key)
         for key in dependants:
