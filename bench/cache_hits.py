@@ -21,10 +21,9 @@ from pathlib import Path
 
 import dns.message
 import dns.query
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from udp_throughput import cluster, dnsperf, free_port, unbound_config, wait_until_answering
+from udp_throughput import dnsperf, free_port, unbound_config, wait_until_answering, write_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,12 +35,9 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kdns-bench-") as tmp:
         work = Path(tmp)
-        items, cluster_names = cluster(args.names)
-        snapshot = work / "cluster.yaml"
-        snapshot.write_text(yaml.safe_dump({"kind": "List", "items": items}))
+        snapshot, cluster_names, in_zone_file = write_cluster(work, args.names)
         external = [f"host-{i}.bench.test" for i in range(args.names)]
-        in_zone_file, cached_file = work / "in-zone.txt", work / "cached.txt"
-        in_zone_file.write_text("".join(f"{name} A\n" for name, _ in cluster_names))
+        cached_file = work / "cached.txt"
         cached_file.write_text("".join(f"{name} A\n" for name in external))
 
         unbound_port, kdns_port = free_port(), free_port()

@@ -67,6 +67,17 @@ def unbound_config(work: Path, port: int, records: list[str]) -> Path:
     return conf
 
 
+def write_cluster(work: Path, services: int) -> tuple[Path, list[tuple[str, str]], Path]:
+    """A snapshot of `services` ClusterIP Services in `work`, their (name, address) pairs, and a
+    dnsperf file asking each name's A record."""
+    items, names = cluster(services)
+    snapshot = work / "cluster.yaml"
+    snapshot.write_text(yaml.safe_dump({"kind": "List", "items": items}))
+    queries = work / "queries.txt"
+    queries.write_text("".join(f"{name} A\n" for name, _ in names))
+    return snapshot, names, queries
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
@@ -113,11 +124,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="kdns-bench-") as tmp:
         work = Path(tmp)
-        items, names = cluster(args.services)
-        snapshot = work / "cluster.yaml"
-        snapshot.write_text(yaml.safe_dump({"kind": "List", "items": items}))
-        queries = work / "queries.txt"
-        queries.write_text("".join(f"{name} A\n" for name, _ in names))
+        snapshot, names, queries = write_cluster(work, args.services)
 
         unbound_port, kdns_port = free_port(), free_port()
         conf = unbound_config(work, unbound_port, [f"{name}. 30 IN A {ip}" for name, ip in names])
