@@ -26,7 +26,17 @@ def kdns_command() -> list[str]:
     return [str(script)]
 
 
+def local_only(args: tuple[str, ...]) -> tuple[str, ...]:
+    """`serve` arguments with no upstream unless a test gives one: test traffic stays on this
+    machine, whatever its /etc/resolv.conf names."""
+    if any(arg in args for arg in ("--upstream", "--resolv-conf")):
+        return args
+    return (*args, "--resolv-conf", os.devnull)
+
+
 def run_kdns(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    if args[:1] == ("serve",):
+        args = local_only(args)
     return subprocess.run([*kdns_command(), *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -34,10 +44,7 @@ class KdnsServer:
     """`kdns serve` on ephemeral loopback ports; `addresses` holds where it listens."""
 
     def __init__(self, *args: str, listen: tuple[str, ...] = ("127.0.0.1:0", "[::1]:0")) -> None:
-        if not any(arg in args for arg in ("--upstream", "--resolv-conf")):
-            # No upstream unless a test asks for one: test traffic stays on this machine.
-            args = (*args, "--resolv-conf", os.devnull)
-        command = [*kdns_command(), "serve", *args]
+        command = [*kdns_command(), "serve", *local_only(args)]
         for address in listen:
             command += ["--listen", address]
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
