@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,9 +21,16 @@ import dns.message
 import dns.query
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from udp_throughput import dnsperf, free_port, unbound_config, wait_until_answering, write_cluster
-
-ROOT = Path(__file__).resolve().parent.parent
+from udp_throughput import (
+    dnsperf,
+    free_port,
+    kdns_command,
+    running,
+    unbound_command,
+    unbound_config,
+    wait_until_answering,
+    write_cluster,
+)
 
 
 def main() -> int:
@@ -43,16 +48,8 @@ def main() -> int:
         unbound_port, kdns_port = free_port(), free_port()
         records = [f"{name}. 3600 IN A 192.0.2.{i % 250 + 1}" for i, name in enumerate(external)]
         conf = unbound_config(work, unbound_port, records)
-        unbound = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stderr=subprocess.DEVNULL)
-        kdns = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "kdns", "serve", "--snapshot", str(snapshot)),
-                *("--listen", f"127.0.0.1:{kdns_port}", "--upstream", f"127.0.0.1:{unbound_port}"),
-            ],
-            stderr=subprocess.DEVNULL,
-            cwd=ROOT,
-        )
-        try:
+        upstream = ("--upstream", f"127.0.0.1:{unbound_port}")
+        with running(unbound_command(conf), kdns_command(snapshot, kdns_port, *upstream)) as (_, kdns):
             wait_until_answering(unbound_port, external[0])
             wait_until_answering(kdns_port, cluster_names[0][0])
             for name in external:  # fill the cache
@@ -64,10 +61,6 @@ def main() -> int:
             print(f"cache hits      : {cache_qps:10.0f} q/s  {cache_cpu:6.1f} us CPU/query")
             print(f"cache / in-zone : {cache_qps / zone_qps:10.2f} x rate  {cache_cpu / zone_cpu:6.2f} x CPU per query")
             print("target (issue 4): a cache hit costs no more than 1.5 x an in-zone answer")
-        finally:
-            for process in (kdns, unbound):
-                process.send_signal(signal.SIGTERM)
-                process.wait(10)
     return 0
 
 

@@ -12,6 +12,7 @@ absolute rates vary from run to run. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.exception
@@ -78,6 +80,37 @@ def write_cluster(work: Path, services: int) -> tuple[Path, list[tuple[str, str]
     return snapshot, names, queries
 
 
+def kdns_command(snapshot: Path, port: int, *options: str) -> list[str]:
+    """`kdns serve` on a snapshot, listening on 127.0.0.1:`port`."""
+    return [
+        sys.executable,
+        "-m",
+        "kdns",
+        "serve",
+        "--snapshot",
+        str(snapshot),
+        "--listen",
+        f"127.0.0.1:{port}",
+        *options,
+    ]
+
+
+def unbound_command(conf: Path) -> list[str]:
+    return ["unbound", "-d", "-c", str(conf)]
+
+
+@contextlib.contextmanager
+def running(*commands: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The commands as processes (run from the repository root), stopped with SIGTERM after."""
+    processes = [subprocess.Popen(command, stderr=subprocess.DEVNULL, cwd=ROOT) for command in commands]
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+            process.wait(10)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
@@ -128,16 +161,10 @@ def main() -> int:
 
         unbound_port, kdns_port = free_port(), free_port()
         conf = unbound_config(work, unbound_port, [f"{name}. 30 IN A {ip}" for name, ip in names])
-        kdns = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "kdns", "serve", "--snapshot", str(snapshot)),
-                *("--listen", f"127.0.0.1:{kdns_port}", "--resolv-conf", os.devnull),
-            ],
-            stderr=subprocess.DEVNULL,
-            cwd=ROOT,
-        )
-        unbound = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stderr=subprocess.DEVNULL)
-        try:
+        with running(kdns_command(snapshot, kdns_port, "--resolv-conf", os.devnull), unbound_command(conf)) as (
+            kdns,
+            unbound,
+        ):
             wait_until_answering(kdns_port, names[0][0])
             wait_until_answering(unbound_port, names[0][0])
             print(f"{args.services} names, {args.seconds} s per server, dnsperf -q 200, 127.0.0.1")
@@ -146,10 +173,6 @@ def main() -> int:
             print(f"unbound (1 thread): {base_qps:10.0f} q/s  {base_cpu:6.1f} us CPU/query  (baseline)")
             print(f"kdns              : {kdns_qps:10.0f} q/s  {kdns_cpu:6.1f} us CPU/query")
             print(f"kdns / unbound    : {kdns_qps / base_qps:10.2f} x rate  {kdns_cpu / base_cpu:6.2f} x CPU per query")
-        finally:
-            for process in (kdns, unbound):
-                process.send_signal(signal.SIGTERM)
-                process.wait(10)
     return 0
 
 

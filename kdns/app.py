@@ -55,20 +55,19 @@ def run(config: ServeConfig) -> int:
     health = bind_tcp(config.health) if config.health is not None else None
     forwarder, cache = _forwarding(config, listeners)
     options = HandlerOptions(max_udp=config.max_udp, recursion_available=forwarder is not None)
-    follower = None
     if config.snapshot is not None:
         loaded, store = build_store(
             config.snapshot, config.cluster_domain, config.ttl, config.pod_mode, ns_addresses(listeners)
         )
         snapshot.report(loaded)
         log.info("loaded %s: %s", loaded.path, ", ".join(f"{count} {what}" for what, count in store.counts().items()))
-        handler = Handler(store.zone, options, cache)
     else:
-        assert api_client is not None
         store = ClusterStore(
             config.cluster_domain, config.ttl, config.pod_mode, fallback_ns_addresses=ns_addresses(listeners)
         )
-        handler = Handler(store.zone, options, cache)
+    handler = Handler(store.zone, options, cache)
+    follower = None
+    if api_client is not None:
         handler.synced = False
 
         def synced() -> None:
