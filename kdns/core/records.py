@@ -1,49 +1,45 @@
 """What each cluster object publishes: owner names and their records.
 
 Every rule that decides whether a name exists lives here; the zone only indexes what these
-functions return. A name mapped to an empty list exists with no records (an empty non-terminal),
+functions return. A name mapped to no records exists with no records (an empty non-terminal),
 which the zone answers NODATA rather than NXDOMAIN.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 
 from kdns.core import rdata
 from kdns.core.model import EndpointSlice, IPAddress, Service, ServicePort, ServiceType
 from kdns.core.names import endpoint_label, label_wire, reverse_wire, service_name, to_wire
 from kdns.core.rdata import Record
+from kdns.core.zone import OnDemandRecords
 
-RecordSets = dict[bytes, list[Record]]  # owner name in lowercased wire form -> its records
+RecordTuples = dict[bytes, tuple[Record, ...]]  # lowercased wire owner -> its records
+RecordSets = Mapping[bytes, "tuple[Record, ...] | OnDemandRecords"]  # ... or who gives them on demand
 
 SCHEMA_VERSION = "1.1.0"  # spec 2.2: the `dns-version` TXT record
 
 
-@dataclass(frozen=True, slots=True)
-class _ReadyAddress:
-    label: str
-    address: IPAddress
-    slice_: EndpointSlice
-
-
-def _ready_addresses(service: Service, slices: Iterable[EndpointSlice]) -> list[_ReadyAddress]:
-    """Addresses that DNS publishes, each once even if two slices briefly hold it (SPEC-NOTES 4).
+def _ready_addresses(service: Service, slices: Iterable[EndpointSlice]) -> list[tuple[str, IPAddress, EndpointSlice]]:
+    """(label, address, slice) of each address DNS publishes, each once even if two slices briefly
+    hold it (SPEC-NOTES 4).
 
     Spec 2.4.1: only ready endpoints. `publishNotReadyAddresses` publishes all of them, as the
     endpoint controller then marks them ready anyway (CoreDNS reads only `ready`).
     """
     seen: set[tuple[str, IPAddress]] = set()
     out = []
+    publish_all = service.publish_not_ready_addresses
     for slice_ in slices:
         for endpoint in slice_.endpoints:
-            if not (endpoint.ready or service.publish_not_ready_addresses):
+            if not (endpoint.ready or publish_all):
                 continue
             for address in endpoint.addresses:
                 label = endpoint_label(endpoint, address)
                 if (label, address) not in seen:
                     seen.add((label, address))
-                    out.append(_ReadyAddress(label, address, slice_))
+                    out.append((label, address, slice_))
     return out
 
 
@@ -61,21 +57,78 @@ class _Builder:
         self.sets.setdefault(owner, {})
         self.srv_targets.setdefault(owner, {})[(port, target)] = None
 
-    def result(self) -> RecordSets:
+    def result(self) -> RecordTuples:
         for owner, targets in self.srv_targets.items():
             # CoreDNS: priority 0 and weight floor(100 / records in the set), so the weights of
             # an answer add up to (about) 100.
             weight = 100 // len(targets)
             for port, target in targets:
                 self.add(owner, rdata.srv(0, weight, port, target))
-        return {owner: list(records) for owner, records in self.sets.items()}
+        return {owner: tuple(records) for owner, records in self.sets.items()}
 
 
-def service_records(service: Service, slices: Iterable[EndpointSlice], domain: str) -> RecordSets:
+def _endpoint_records(base: bytes, ready: Iterable[tuple[str, IPAddress, EndpointSlice]], out: _Builder) -> list[bytes]:
+    """Each published address's name below the service and its PTR record; returns the names."""
+    owners = []
+    for label, address, _ in ready:
+        owner = label_wire(label) + base
+        owners.append(owner)
+        out.add(owner, rdata.address(address))
+        out.add(reverse_wire(address), rdata.Record(rdata.PTR, owner))
+    return owners
+
+
+class EndpointNames(OnDemandRecords):
+    """The endpoint names of a ClusterIP Service and their PTR records, built when first asked for.
+
+    CoreDNS answers `<endpoint>.<service>.<ns>.svc.<zone>` and the endpoints' PTR records for the
+    endpoints of every Service; the spec names them only for headless Services, so we follow
+    CoreDNS. They are seldom asked for, yet at 10k Services they are two thirds of the zone's
+    names, and preparing them on every change doubled the build time and the memory. So the zone
+    holds only their reverse names (which decide NXDOMAIN against NODATA below in-addr.arpa) and
+    asks this object when a query comes. The records are built on the first question, from the
+    Service and slices that the store holds anyway, and kept until the Service changes.
+    """
+
+    __slots__ = ("_service", "_sets", "_slices", "parent")
+
+    def __init__(self, base: bytes, service: Service, slices: Sequence[EndpointSlice]) -> None:
+        self.parent = base
+        self._service = service
+        self._slices = slices
+        self._sets: RecordTuples | None = None
+
+    def records_at(self, key: bytes) -> tuple[Record, ...]:
+        if self._sets is None:
+            out = _Builder()
+            _endpoint_records(self.parent, _ready_addresses(self._service, self._slices), out)
+            self._sets = out.result()
+        return self._sets.get(key, ())
+
+    def children(self) -> list[bytes]:
+        self.records_at(self.parent)
+        assert self._sets is not None
+        return [key for key in self._sets if key.endswith(self.parent) and len(key) > len(self.parent)]
+
+
+def _published_addresses(service: Service, slices: Iterable[EndpointSlice]) -> dict[IPAddress, None]:
+    """The addresses DNS publishes for a Service, each once (the rule of `_ready_addresses`)."""
+    publish_all = service.publish_not_ready_addresses
+    return {
+        address: None
+        for slice_ in slices
+        for endpoint in slice_.endpoints
+        if endpoint.ready or publish_all
+        for address in endpoint.addresses
+    }
+
+
+def service_records(service: Service, slices: Sequence[EndpointSlice], domain: str) -> RecordSets:
     """Every record a Service publishes, from the Service and its EndpointSlices (spec 2.3, 2.4).
 
     Spec 2.4 defines endpoint names for headless services; CoreDNS publishes them (and their PTR
-    records) for the endpoints of every service, which we follow where the spec is silent.
+    records) for the endpoints of every service, which we follow where the spec is silent. For a
+    ClusterIP Service they are given on demand (`EndpointNames`).
     A headless service with no ready endpoint publishes nothing, so its name is NXDOMAIN.
 
     Names are built in wire form: the service's name is encoded once, and each endpoint's name is
@@ -83,32 +136,41 @@ def service_records(service: Service, slices: Iterable[EndpointSlice], domain: s
     """
     base = to_wire(service_name(service.namespace, service.name, domain))
     if service.type is ServiceType.EXTERNAL_NAME:  # spec 2.5
-        return {base: [rdata.pointer(rdata.CNAME, service.external_name)]}
+        return {base: (rdata.pointer(rdata.CNAME, service.external_name),)}
 
     out = _Builder()
-    ready = _ready_addresses(service, slices)
-    owners = [label_wire(item.label) + base for item in ready]
-    for item, owner in zip(ready, owners, strict=True):
-        out.add(owner, rdata.address(item.address))
-        out.add(reverse_wire(item.address), rdata.Record(rdata.PTR, owner))
-
     if service.type is ServiceType.CLUSTER_IP:  # spec 2.3
         for ip in service.cluster_ips:
             out.add(base, rdata.address(ip))
             out.add(reverse_wire(ip), rdata.Record(rdata.PTR, base))
-        if service.cluster_ips:
-            for port in service.ports:
-                if port.name:
-                    out.add_srv(_srv_owner(port, base), port.port, base)
-                # CoreDNS: an SRV query for the bare service name lists every port.
-                out.add_srv(base, port.port, base)
-    else:  # headless, spec 2.4: the EndpointSlice's ports, one SRV per ready endpoint
-        for item, target in zip(ready, owners, strict=True):
-            out.add(base, rdata.address(item.address))
-            for port in item.slice_.ports:
-                if port.name:
-                    out.add_srv(_srv_owner(port, base), port.port, target)
-                out.add_srv(base, port.port, target)
+        if not service.cluster_ips:  # endpoint names alone make the service's name exist
+            _endpoint_records(base, _ready_addresses(service, slices), out)
+            return out.result()
+        for port in service.ports:
+            if port.name:
+                out.add_srv(_srv_owner(port, base), port.port, base)
+            # CoreDNS: an SRV query for the bare service name lists every port.
+            out.add_srv(base, port.port, base)
+        sets: dict[bytes, tuple[Record, ...] | OnDemandRecords] = dict(out.result())  # a few names
+        addresses = _published_addresses(service, slices)
+        if addresses:
+            names = EndpointNames(base, service, slices)
+            for address in addresses:
+                reverse = reverse_wire(address)
+                held = sets.get(reverse)
+                # An endpoint at one of the Service's own cluster IPs: both PTRs, given up front.
+                sets[reverse] = names if held is None else (*held, *names.records_at(reverse))
+        return sets
+
+    # headless, spec 2.4: the EndpointSlice's ports, one SRV per ready endpoint
+    ready = _ready_addresses(service, slices)
+    owners = _endpoint_records(base, ready, out)
+    for (_, address, slice_), target in zip(ready, owners, strict=True):
+        out.add(base, rdata.address(address))
+        for port in slice_.ports:
+            if port.name:
+                out.add_srv(_srv_owner(port, base), port.port, target)
+            out.add_srv(base, port.port, target)
     return out.result()
 
 
@@ -119,9 +181,9 @@ def _srv_owner(port: ServicePort, base: bytes) -> bytes:
 
 def namespace_records(namespace: str, domain: str, pods_enabled: bool) -> RecordSets:
     """The empty non-terminals an existing namespace makes: `<ns>.svc` and `<ns>.pod` NODATA."""
-    sets: RecordSets = {to_wire(f"{namespace}.svc.{domain}"): []}
+    sets: RecordTuples = {to_wire(f"{namespace}.svc.{domain}"): ()}
     if pods_enabled:
-        sets[to_wire(f"{namespace}.pod.{domain}")] = []
+        sets[to_wire(f"{namespace}.pod.{domain}")] = ()
     return sets
 
 
@@ -132,12 +194,12 @@ def apex_records(domain: str, ns_addresses: Iterable[IPAddress], pods_enabled: b
     the cluster DNS Service. `svc` and `pod` exist as empty non-terminals (NODATA).
     """
     ns_name = f"ns.dns.{domain}"
-    sets: RecordSets = {
-        to_wire(domain): [rdata.pointer(rdata.NS, ns_name)],
-        to_wire(ns_name): [rdata.address(ip) for ip in dict.fromkeys(ns_addresses)],
-        to_wire(f"dns-version.{domain}"): [rdata.txt(SCHEMA_VERSION)],
-        to_wire(f"svc.{domain}"): [],
+    sets: RecordTuples = {
+        to_wire(domain): (rdata.pointer(rdata.NS, ns_name),),
+        to_wire(ns_name): tuple(rdata.address(ip) for ip in dict.fromkeys(ns_addresses)),
+        to_wire(f"dns-version.{domain}"): (rdata.txt(SCHEMA_VERSION),),
+        to_wire(f"svc.{domain}"): (),
     }
     if pods_enabled:
-        sets[to_wire(f"pod.{domain}")] = []
+        sets[to_wire(f"pod.{domain}")] = ()
     return sets

@@ -3,8 +3,11 @@
 Every object of the cluster contributes a set of owner names with their records (see
 `kdns.core.records`). `Zone.replace(contributor, record_sets)` swaps one contributor's records
 and rebuilds the prepared answers of the names that changed, so that a query is a dictionary
-lookup. The zone is a plain synchronous object: in the trio program a change is applied between
-two awaits, so readers see the zone before or after a change, never in between.
+lookup. A contributor may instead give some names' records on demand (`OnDemandRecords`): those
+names exist in the index, but their answers are made when asked.
+
+The zone is a plain synchronous object: in the trio program a change is applied between two
+awaits, so readers see the zone before or after a change, never in between.
 
 An answer holds everything after the question section, ready to send: the records with the owner
 name compressed to a pointer at the question (offset 12), so it is valid whatever case the
@@ -81,6 +84,29 @@ def _counts(answers: int, authority: int, additional: int) -> bytes:
     return struct.pack("!HHHH", 1, answers, authority, additional)
 
 
+class OnDemandRecords:
+    """Records a contributor gives when a query asks for them rather than up front.
+
+    Mapped to a name in a contribution, it stands for that name's records. Names directly below
+    `parent` that are in no contribution are asked of it too: a contributor may hold such names
+    (an endpoint's below its Service) without listing them. They must be names under `parent`
+    that no other contributor can have.
+    """
+
+    __slots__ = ()
+    parent: bytes
+
+    def records_at(self, key: bytes) -> tuple[Record, ...]:
+        """The records at `key` (empty when it holds none)."""
+        raise NotImplementedError
+
+    def children(self) -> list[bytes]:
+        """Every name directly below `parent` it answers for (for dumps)."""
+        raise NotImplementedError
+
+
+Contribution = tuple[Record, ...] | OnDemandRecords
+
 _NOBODY: Hashable = object()  # the contributor of a name nobody contributes records to
 
 
@@ -96,17 +122,17 @@ class _Node:
 
     def __init__(self) -> None:
         self.contributor: Hashable = _NOBODY
-        self.records: Sequence[Record] = ()
-        self.others: dict[Hashable, Sequence[Record]] | None = None
+        self.records: Contribution = ()
+        self.others: dict[Hashable, Contribution] | None = None
         self.below = 0  # names below this one that exist: while non-zero, this one exists too
         self.types: tuple[int, ...] = ()  # types with a prepared answer in the positive index
 
-    def get(self, contributor: Hashable) -> Sequence[Record] | None:
+    def get(self, contributor: Hashable) -> Contribution | None:
         if self.contributor == contributor:
             return self.records
         return self.others.get(contributor) if self.others else None
 
-    def set(self, contributor: Hashable, records: Sequence[Record]) -> None:
+    def set(self, contributor: Hashable, records: Contribution) -> None:
         if self.contributor is _NOBODY or self.contributor == contributor:
             self.contributor, self.records = contributor, records
         else:
@@ -128,12 +154,18 @@ class _Node:
     def contributed(self) -> bool:
         return self.contributor is not _NOBODY
 
-    def record_sets(self) -> list[Sequence[Record]]:
+    def record_sets(self) -> list[Contribution]:
         """Each contributor's records, in an order that does not depend on history."""
         if self.others is None:
             return [self.records] if self.contributed() else []
         every = {self.contributor: self.records, **self.others}
         return [every[key] for key in sorted(every, key=repr)]
+
+    def on_demand(self) -> bool:
+        """Whether some contributor gives this name's records only when asked."""
+        if isinstance(self.records, OnDemandRecords):
+            return True
+        return self.others is not None and any(isinstance(item, OnDemandRecords) for item in self.others.values())
 
 
 class Zone:
@@ -152,6 +184,9 @@ class Zone:
         self._cname: dict[bytes, Answer] = {}
         self._nodes: dict[bytes, _Node] = {}
         self._contributors: dict[Hashable, tuple[bytes, ...]] = {}
+        # parent name -> who answers the names below it on demand, and by whose contribution
+        self._on_demand_children: dict[bytes, OnDemandRecords] = {}
+        self._children_parent: dict[Hashable, bytes] = {}
         self._nxdomain: dict[bytes, Answer] = {}
         self._nodata: dict[bytes, Answer] = {}
         self._soa_answer: Answer | None = None
@@ -178,9 +213,14 @@ class Zone:
             return self._soa_answer
         node = self._nodes.get(key)
         if node is not None:
-            if qtype == rdata.ANY:
-                return self._any_answer(key, node)
+            if qtype == rdata.ANY or node.on_demand():
+                return self._answer_from(key, _merged(key, node), qtype, apex)
             return self._nodata[apex]
+        on_demand = self._on_demand_children.get(key[key[0] + 1 :])
+        if on_demand is not None:
+            records = on_demand.records_at(key)
+            if records:
+                return self._answer_from(key, records, qtype, apex)
         if apex == self._domain_key:
             pod = self._pod_answer(key, qtype)
             return pod if pod is not None else self._nxdomain[apex]
@@ -192,8 +232,7 @@ class Zone:
         """The wire-form target of the CNAME at `key` (an ExternalName service), if there is one."""
         if key not in self._cname:
             return None
-        node = self._nodes[key]
-        return next(record.rdata for records in node.record_sets() for record in records if record.rtype == rdata.CNAME)
+        return next(record.rdata for record in _merged(key, self._nodes[key]) if record.rtype == rdata.CNAME)
 
     def in_zones(self, key: bytes) -> bool:
         """Whether a name lies in the cluster domain or a reverse zone."""
@@ -225,17 +264,20 @@ class Zone:
             return self._prepare(key, records)
         return self._nodata[self._domain_key]
 
-    def _any_answer(self, key: bytes, node: _Node) -> Answer:
-        records = _merged(node)
-        return self._prepare(key, records) if records else self._nodata[self._apex_of(key) or self._domain_key]
+    def _answer_from(self, key: bytes, records: Sequence[Record], qtype: int, apex: bytes) -> Answer:
+        """An answer made at query time: for ANY, or from records given on demand."""
+        if qtype != rdata.ANY:
+            records = [record for record in records if record.rtype == qtype]
+        return self._prepare(key, records) if records else self._nodata[apex]
 
     # -- writing ---------------------------------------------------------------------------
 
-    def replace(self, contributor: Hashable, record_sets: Mapping[bytes, Sequence[Record]]) -> None:
+    def replace(self, contributor: Hashable, record_sets: Mapping[bytes, Contribution]) -> None:
         """Make `record_sets` (owner names in lowercased wire form) the whole contribution of
         `contributor`; empty withdraws it."""
-        new = {owner: tuple(records) for owner, records in record_sets.items()}
+        new = record_sets
         old_keys = self._contributors.pop(contributor, ())
+        self._replace_children(contributor, new)
         changed: dict[bytes, None] = {}  # an ordered set: membership is tested below
         for key in old_keys:
             if key not in new:
@@ -249,6 +291,8 @@ class Zone:
                 node.set(contributor, records)
                 self._link(key)
                 any_change = True
+                if isinstance(records, OnDemandRecords):
+                    continue  # nothing to prepare
                 if len(records) == 1 and records[0].rtype not in _NEEDS_REBUILD:
                     # The common new name (an endpoint's address, a PTR): prepared right here.
                     rtype = records[0].rtype
@@ -279,6 +323,17 @@ class Zone:
         for key in dependants:
             self._rebuild(key)
 
+    def _replace_children(self, contributor: Hashable, new: Mapping[bytes, Contribution]) -> None:
+        """Note who answers the names below a parent on demand, for this contribution."""
+        parent = self._children_parent.pop(contributor, None)
+        if parent is not None:
+            del self._on_demand_children[parent]
+        for records in new.values():
+            if isinstance(records, OnDemandRecords):
+                self._on_demand_children[records.parent] = records
+                self._children_parent[contributor] = records.parent
+                return
+
     def soa(self) -> Record:
         """CoreDNS's SOA: `ns.dns.<zone>. hostmaster.<zone>.`, negative TTL equal to the TTL."""
         return rdata.SOAFields(
@@ -301,12 +356,15 @@ class Zone:
 
     def names(self) -> Iterable[tuple[str, int, Sequence[Record]]]:
         """Every (owner, type, records) held, for `kdns dump`; not for the query path."""
-        for key, node in self._nodes.items():
+        held = [(key, _merged(key, node)) for key, node in self._nodes.items()]
+        for on_demand in self._on_demand_children.values():
+            held += [(key, on_demand.records_at(key)) for key in on_demand.children()]
+        for key, records in held:
             by_type: dict[int, list[Record]] = {}
-            for record in _merged(node):
+            for record in records:
                 by_type.setdefault(record.rtype, []).append(record)
-            for rtype, records in by_type.items():
-                yield from_wire(key), rtype, records
+            for rtype, group in by_type.items():
+                yield from_wire(key), rtype, group
 
     def _link(self, key: bytes) -> None:
         """`key` has come to exist: count it in its parent, which then exists too."""
@@ -356,7 +414,9 @@ class Zone:
         if not _exists(node):
             self._unlink(key)
             return
-        records = _merged(node)
+        if isinstance(node.records, OnDemandRecords) and node.others is None:
+            return  # answered when asked
+        records = _merged(key, node)
         first_type = records[0].rtype if records else 0
         if all(record.rtype == first_type for record in records):  # the usual name: one type
             by_type = {first_type: records} if records else {}
@@ -392,7 +452,7 @@ class Zone:
                 node = self._nodes.get(target)
                 if node is None:
                     continue
-                for record in _merged(node):
+                for record in _merged(target, node):
                     if record.rtype in (rdata.A, rdata.AAAA):
                         additional.append(encode_rr(target, record, ttl))
         required = b"".join(answer)
@@ -406,10 +466,12 @@ def _exists(node: _Node) -> bool:
     return node.contributed() or node.below > 0
 
 
-def _merged(node: _Node) -> list[Record]:
+def _merged(key: bytes, node: _Node) -> list[Record]:
     """All records at a name, each once, across contributors (two Services' endpoints can share an
-    address, giving two PTR records for it, as CoreDNS answers)."""
-    sets = node.record_sets()
+    address, giving two PTR records for it, as CoreDNS answers), those given on demand included."""
+    sets = [
+        records.records_at(key) if isinstance(records, OnDemandRecords) else records for records in node.record_sets()
+    ]
     if len(sets) == 1:
         return list(sets[0])
     return list(dict.fromkeys(record for records in sets for record in records))
@@ -426,4 +488,9 @@ def _target(record: Record) -> bytes:
 
 
 def _has_targets(node: _Node) -> bool:
-    return any(record.rtype in (rdata.SRV, rdata.NS) for records in node.record_sets() for record in records)
+    return any(
+        record.rtype in (rdata.SRV, rdata.NS)
+        for records in node.record_sets()
+        if not isinstance(records, OnDemandRecords)
+        for record in records
+    )

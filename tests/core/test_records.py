@@ -151,6 +151,51 @@ def test_endpoint_names_under_a_cluster_ip_service_resolve_as_coredns():
     assert records(ask(store, "web.prod.svc.cluster.local")) == ["web.prod.svc.cluster.local. A 10.96.0.5"]
 
 
+def test_endpoint_ptr_under_a_cluster_ip_service_names_the_endpoint_as_coredns():
+    store = store_of(
+        service("prod", "web", ["10.96.0.5"]),
+        endpoint_slice("prod", "web-1", "web", [endpoint("10.244.1.5")]),
+        endpoint_slice("prod", "web-2", "web", [endpoint("fd00::5")], family="IPv6"),
+    )
+    assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == [
+        "5.1.244.10.in-addr.arpa. PTR 10-244-1-5.web.prod.svc.cluster.local."
+    ]
+    v6 = dns.reversename.from_address("fd00::5").to_text(omit_final_dot=True)
+    assert records(ask(store, v6, "PTR")) == [f"{v6}. PTR fd00--5.web.prod.svc.cluster.local."]
+    assert records(ask(store, "fd00--5.web.prod.svc.cluster.local", "AAAA")) == [
+        "fd00--5.web.prod.svc.cluster.local. AAAA fd00::5"
+    ]
+
+
+def test_cluster_ip_service_endpoint_names_keep_nxdomain_and_nodata_exact():
+    store = store_of(
+        service("prod", "web", ["10.96.0.5"]),
+        endpoint_slice("prod", "web-1", "web", [endpoint("10.244.1.5", hostname="web-0")]),
+    )
+    name = "web-0.web.prod.svc.cluster.local"
+    assert records(ask(store, name)) == [f"{name}. A 10.244.1.5"]
+    assert is_authoritative(ask(store, name))
+    assert rcode(ask(store, name, "AAAA")) == "NOERROR" and records(ask(store, name, "AAAA")) == []
+    assert records(ask(store, name, "ANY")) == [f"{name}. A 10.244.1.5"]
+    assert rcode(ask(store, f"x.{name}")) == "NXDOMAIN"
+    assert rcode(ask(store, "web-1.web.prod.svc.cluster.local")) == "NXDOMAIN"
+    assert records(ask(store, "1.244.10.in-addr.arpa", "PTR")) == []  # an empty non-terminal
+    assert rcode(ask(store, "1.244.10.in-addr.arpa", "PTR")) == "NOERROR"
+    assert records(ask(store, "5.1.244.10.in-addr.arpa", "A")) == []
+    assert rcode(ask(store, "5.1.244.10.in-addr.arpa", "A")) == "NOERROR"
+
+
+def test_endpoint_at_its_own_services_cluster_ip_gets_both_ptrs():
+    store = store_of(
+        service("prod", "web", ["10.96.0.5"]),
+        endpoint_slice("prod", "web-1", "web", [endpoint("10.96.0.5")]),
+    )
+    assert records(ask(store, "5.0.96.10.in-addr.arpa", "PTR")) == [
+        "5.0.96.10.in-addr.arpa. PTR 10-96-0-5.web.prod.svc.cluster.local.",
+        "5.0.96.10.in-addr.arpa. PTR web.prod.svc.cluster.local.",
+    ]
+
+
 def test_service_without_an_allocated_cluster_ip_publishes_no_address():
     store = store_of(service("prod", "pending", []))
     reply = ask(store, "pending.prod.svc.cluster.local")

@@ -104,6 +104,44 @@ def test_address_in_two_services_has_a_ptr_for_each_until_one_goes():
     ]
 
 
+def test_address_behind_a_headless_and_a_cluster_ip_service_has_both_ptrs_as_they_change():
+    store = store_of(
+        headless("prod", "db"),
+        service("prod", "web", ["10.96.0.5"]),
+        endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", hostname="db-0")]),
+        endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.5")]),
+    )
+    both = [
+        "5.1.244.10.in-addr.arpa. PTR 10-244-1-5.web.prod.svc.cluster.local.",
+        "5.1.244.10.in-addr.arpa. PTR db-0.db.prod.svc.cluster.local.",
+    ]
+    assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == both
+    _upsert(store, endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.5", ready=False)]))
+    assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == both[1:]
+    assert rcode(ask(store, "10-244-1-5.web.prod.svc.cluster.local")) == "NXDOMAIN"
+    _upsert(store, endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.5")]))
+    assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == both
+    store.delete("Service", ("prod", "db"))
+    assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == both[:1]
+
+
+def test_cluster_ip_service_endpoint_names_follow_their_slices():
+    store = store_of(
+        service("prod", "web", ["10.96.0.5"]),
+        endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.5")]),
+    )
+    assert records(ask(store, "10-244-1-5.web.prod.svc.cluster.local")) != []
+    _upsert(store, endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.6")]))
+    assert rcode(ask(store, "10-244-1-5.web.prod.svc.cluster.local")) == "NXDOMAIN"
+    assert rcode(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == "REFUSED"  # not ours: forwarded when serving
+    assert records(ask(store, "6.1.244.10.in-addr.arpa", "PTR")) == [
+        "6.1.244.10.in-addr.arpa. PTR 10-244-1-6.web.prod.svc.cluster.local."
+    ]
+    store.delete("Service", ("prod", "web"))
+    assert rcode(ask(store, "10-244-1-6.web.prod.svc.cluster.local")) == "NXDOMAIN"
+    assert rcode(ask(store, "6.1.244.10.in-addr.arpa", "PTR")) == "REFUSED"
+
+
 def test_service_changing_type_replaces_its_records():
     store = store_of(service("prod", "web", ["10.96.0.5"]))
     _upsert(store, service("prod", "web", type_="ExternalName", external_name="example.com"))
@@ -126,6 +164,7 @@ def test_removing_everything_leaves_the_zone_as_new():
     objects = [
         namespace("prod"),
         service("prod", "web", ["10.96.0.5", "fd00::5"]),
+        endpoint_slice("prod", "web-a", "web", [endpoint("10.244.2.5"), endpoint("10.244.2.6", hostname="w")]),
         headless("prod", "db"),
         endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", hostname="db-0"), endpoint("10.244.1.6")]),
         endpoint_slice("prod", "db-b", "db", [endpoint("fd00::9")], family="IPv6"),
@@ -139,16 +178,19 @@ def test_removing_everything_leaves_the_zone_as_new():
     assert render(store.zone) == render(empty.zone)
     assert len(store.zone._nodes) == len(empty.zone._nodes)
     assert len(store.zone.prepared) == len(empty.zone.prepared)
+    assert store.zone._on_demand_children == {}
 
 
 def test_incremental_changes_end_where_a_fresh_build_does():
     final = [
         service("prod", "web", ["10.96.0.7"]),
+        endpoint_slice("prod", "web-a", "web", [endpoint("10.244.2.5"), endpoint("10.244.2.7", hostname="w")]),
         headless("prod", "db"),
         endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", hostname="db-0"), endpoint("10.244.1.8")]),
     ]
     store = store_of(
         service("prod", "web", ["10.96.0.5"]),
+        endpoint_slice("prod", "web-a", "web", [endpoint("10.244.2.5"), endpoint("10.244.2.6")]),
         headless("prod", "db"),
         endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", hostname="db-0")]),
         endpoint_slice("prod", "db-old", "db", [endpoint("10.244.1.9")]),
