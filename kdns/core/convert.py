@@ -11,7 +11,6 @@ import ipaddress
 import re
 import socket
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 from kdns.core.model import (
@@ -142,6 +141,22 @@ def parse_address(text: str) -> IPAddress | None:
         return None
 
 
+def parse_ipv4(text: Any) -> IPAddress | None:
+    """An IPv4 address, or None (the fast path of `parse_address`)."""
+    try:
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, TypeError):
+        return None
+
+
+def parse_ipv6(text: Any) -> IPAddress | None:
+    """An IPv6 address, or None."""
+    try:
+        return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+    except (OSError, TypeError):
+        return None
+
+
 def _type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
@@ -221,31 +236,35 @@ def convert_endpoint_slice(obj: Any) -> EndpointSlice | None:
         return None
     service_name = r.label(f"metadata.labels[{SERVICE_NAME_LABEL}]", service_name, "service name")
     version = 4 if address_type == "IPv4" else 6
+    parse = parse_ipv4 if version == 4 else parse_ipv6
     endpoints = []
+    # The loop below runs for every endpoint of the cluster: field paths for messages are made
+    # only when a field is at fault.
     for i, item in enumerate(r.get("endpoints", list, [])):
-        path = f"endpoints[{i}]"
         if not isinstance(item, dict):
-            raise r.fail(path, f"expected a mapping, got {_type(item)}")
+            raise r.fail(f"endpoints[{i}]", f"expected a mapping, got {_type(item)}")
         addresses_raw = item.get("addresses")
         if not isinstance(addresses_raw, list) or not addresses_raw:
-            raise r.fail(f"{path}.addresses", "expected a non-empty list of addresses")
-        addresses = tuple(r.ip(f"{path}.addresses[{j}]", a, version) for j, a in enumerate(addresses_raw))
+            raise r.fail(f"endpoints[{i}].addresses", "expected a non-empty list of addresses")
+        addresses = tuple([parse(text) or _address(r, i, j, text, version) for j, text in enumerate(addresses_raw)])
         conditions = item.get("conditions") or {}
         if not isinstance(conditions, dict):
-            raise r.fail(f"{path}.conditions", f"expected a mapping, got {_type(conditions)}")
-        ready, serving, terminating = (
-            _condition(r, f"{path}.conditions", conditions, name) for name in ("ready", "serving", "terminating")
-        )
+            raise r.fail(f"endpoints[{i}].conditions", f"expected a mapping, got {_type(conditions)}")
+        ready = conditions.get("ready")
+        serving = conditions.get("serving")
+        terminating = conditions.get("terminating")
+        if not (ready.__class__ in _FLAG and serving.__class__ in _FLAG and terminating.__class__ in _FLAG):
+            raise _condition_error(r, i, conditions)
         hostname = item.get("hostname") or ""
         if hostname:
-            hostname = r.label(f"{path}.hostname", hostname, "hostname")
+            hostname = r.label(f"endpoints[{i}].hostname", hostname, "hostname")
         target = item.get("targetRef") or {}
         target_pod = ""
         if isinstance(target, dict) and target.get("kind") == "Pod":
             target_pod = str(target.get("name") or "")
         node_name = item.get("nodeName") or ""
         if not isinstance(node_name, str):
-            raise r.fail(f"{path}.nodeName", f"expected a string, got {_type(node_name)}")
+            raise r.fail(f"endpoints[{i}].nodeName", f"expected a string, got {_type(node_name)}")
         is_ready = ready is not False
         endpoints.append(
             Endpoint(
@@ -266,11 +285,21 @@ def convert_endpoint_slice(obj: Any) -> EndpointSlice | None:
     return EndpointSlice(namespace, name, service_name, version, tuple(endpoints), ports)
 
 
-def _condition(r: _Reader, path: str, conditions: Mapping[str, Any], name: str) -> bool | None:
-    value = conditions.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise r.fail(f"{path}.{name}", f"expected a boolean, got {_type(value)}")
-    return value
+_FLAG = (bool, type(None))  # what a condition may hold
+
+
+def _address(r: _Reader, i: int, j: int, text: Any, version: int) -> IPAddress:
+    """An endpoint address the fast parse refused: the reader names the problem (or it parses)."""
+    return r.ip(f"endpoints[{i}].addresses[{j}]", text, version)
+
+
+def _condition_error(r: _Reader, i: int, conditions: dict[str, Any]) -> ConversionError:
+    name, value = next(
+        (name, conditions[name])
+        for name in ("ready", "serving", "terminating")
+        if conditions.get(name).__class__ not in _FLAG
+    )
+    return r.fail(f"endpoints[{i}].conditions.{name}", f"expected a boolean, got {_type(value)}")
 
 
 def convert_pod(obj: Any) -> Pod:
