@@ -7,6 +7,7 @@ and go on with the other objects.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -48,6 +49,12 @@ class ConversionError(ValueError):
         super().__init__(f"{kind} {ref}: field {field}: {problem}")
 
 
+@functools.cache
+def _parts(path: str) -> tuple[str, ...]:
+    """A field path's parts (paths are the constants of this module)."""
+    return tuple(path.split("."))
+
+
 class _Reader:
     """Typed access to one object's fields, raising `ConversionError` that names the field.
 
@@ -66,14 +73,12 @@ class _Reader:
 
     def get(self, path: str, expected: type | tuple[type, ...], default: Any = None) -> Any:
         node: Any = self.obj
-        walked: list[str] = []
-        for part in path.split("."):
+        for depth, part in enumerate(_parts(path)):
             if node is None:
                 return default
             if not isinstance(node, dict):
-                raise self.fail(".".join(walked), f"expected a mapping, got {_type(node)}")
+                raise self.fail(".".join(_parts(path)[:depth]), f"expected a mapping, got {_type(node)}")
             node = node.get(part)
-            walked.append(part)
         if node is None:
             return default
         if expected is int and isinstance(node, bool):
@@ -108,23 +113,36 @@ class _Reader:
             raise self.fail(path, f"{value!r} is not an IPv{version} address")
         return address
 
-    def port(self, path: str, item: Any, allow_missing_port: bool) -> ServicePort | None:
-        if not isinstance(item, dict):
-            raise self.fail(path, f"expected a mapping, got {_type(item)}")
-        name = item.get("name") or ""
-        if not isinstance(name, str):
-            raise self.fail(f"{path}.name", f"expected a string, got {_type(name)}")
-        protocol_text = item.get("protocol") or "TCP"  # the API's default
-        try:
-            protocol = Protocol(protocol_text)
-        except ValueError:
-            raise self.fail(f"{path}.protocol", f"{protocol_text!r} is not TCP, UDP or SCTP") from None
-        number = item.get("port")
-        if number is None and allow_missing_port:
-            return None  # an EndpointSlice port with no number means "all ports": no SRV record
-        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
-            raise self.fail(f"{path}.port", f"{number!r} is not a port number (1-65535)")
-        return ServicePort(name.lower(), protocol, number)
+    def ports(self, path: str, allow_missing_port: bool) -> tuple[ServicePort, ...]:
+        """The ports listed at `path` (an EndpointSlice port without a number means "all ports",
+        which no SRV record can say: it is left out when `allow_missing_port`)."""
+        out = []
+        for i, item in enumerate(self.get(path, list, [])):
+            if not isinstance(item, dict):
+                raise self.fail(f"{path}[{i}]", f"expected a mapping, got {_type(item)}")
+            name = item.get("name") or ""
+            if not isinstance(name, str):
+                raise self.fail(f"{path}[{i}].name", f"expected a string, got {_type(name)}")
+            protocol_text = item.get("protocol") or "TCP"  # the API's default
+            number = item.get("port")
+            if number is None and allow_missing_port:
+                continue
+            protocol = _PROTOCOLS.get(protocol_text) if isinstance(protocol_text, str) else None
+            if protocol is None:
+                raise self.fail(f"{path}[{i}].protocol", f"{protocol_text!r} is not TCP, UDP or SCTP")
+            if number.__class__ is not int or not 1 <= number <= 65535:
+                raise self.fail(f"{path}[{i}].port", f"{number!r} is not a port number (1-65535)")
+            out.append(_service_port(name.lower(), protocol, number))
+        return tuple(out)
+
+
+_PROTOCOLS = {protocol.value: protocol for protocol in Protocol}
+
+
+@functools.lru_cache(maxsize=4096)
+def _service_port(name: str, protocol: Protocol, number: int) -> ServicePort:
+    """One shared object per distinct port: most Services use a few (`http` 80, `metrics` ...)."""
+    return ServicePort(name, protocol, number)
 
 
 def parse_address(text: str) -> IPAddress | None:
@@ -196,12 +214,7 @@ def convert_service(obj: Any) -> Service:
         cluster_ips = tuple(r.ip(f"spec.clusterIPs[{i}]", t) for i, t in enumerate(texts))
         if len({ip.version for ip in cluster_ips}) != len(cluster_ips):
             raise r.fail("spec.clusterIPs", "holds two addresses of the same family")
-    ports_raw = r.get("spec.ports", list, [])
-    ports = tuple(
-        port
-        for i, item in enumerate(ports_raw)
-        if (port := r.port(f"spec.ports[{i}]", item, allow_missing_port=False)) is not None
-    )
+    ports = r.ports("spec.ports", allow_missing_port=False)
     publish = r.get("spec.publishNotReadyAddresses", bool, False)
     has_selector = bool(r.get("spec.selector", dict, {}))
     return Service(namespace, name, service_type, cluster_ips, ports, external_name, publish, has_selector)
@@ -277,11 +290,7 @@ def convert_endpoint_slice(obj: Any) -> EndpointSlice | None:
                 target_pod,
             )
         )
-    ports = tuple(
-        port
-        for i, item in enumerate(r.get("ports", list, []))
-        if (port := r.port(f"ports[{i}]", item, allow_missing_port=True)) is not None
-    )
+    ports = r.ports("ports", allow_missing_port=True)
     return EndpointSlice(namespace, name, service_name, version, tuple(endpoints), ports)
 
 

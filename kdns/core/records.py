@@ -165,12 +165,16 @@ def service_records(service: Service, slices: Sequence[EndpointSlice], domain: s
     # headless, spec 2.4: the EndpointSlice's ports, one SRV per ready endpoint
     ready = _ready_addresses(service, slices)
     owners = _endpoint_records(base, ready, out)
+    srv_owners = {
+        id(slice_): [(_srv_owner(port, base) if port.name else None, port.port) for port in slice_.ports]
+        for slice_ in slices
+    }
     for (_, address, slice_), target in zip(ready, owners, strict=True):
         out.add(base, rdata.address(address))
-        for port in slice_.ports:
-            if port.name:
-                out.add_srv(_srv_owner(port, base), port.port, target)
-            out.add_srv(base, port.port, target)
+        for owner, port_number in srv_owners[id(slice_)]:
+            if owner is not None:
+                out.add_srv(owner, port_number, target)
+            out.add_srv(base, port_number, target)
     return out.result()
 
 

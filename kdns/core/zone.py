@@ -120,9 +120,9 @@ class _Node:
 
     __slots__ = ("below", "contributor", "others", "records", "types")
 
-    def __init__(self) -> None:
-        self.contributor: Hashable = _NOBODY
-        self.records: Contribution = ()
+    def __init__(self, contributor: Hashable = _NOBODY, records: Contribution = ()) -> None:
+        self.contributor = contributor
+        self.records = records
         self.others: dict[Hashable, Contribution] | None = None
         self.below = 0  # names below this one that exist: while non-zero, this one exists too
         self.types: tuple[int, ...] = ()  # types with a prepared answer in the positive index
@@ -287,8 +287,7 @@ class Zone:
         for key, records in new.items():
             node = self._nodes.get(key)
             if node is None:
-                node = self._nodes[key] = _Node()
-                node.set(contributor, records)
+                node = self._nodes[key] = _Node(contributor, records)
                 self._link(key)
                 any_change = True
                 if isinstance(records, OnDemandRecords):

@@ -44,6 +44,10 @@ def test_service_errors_name_kind_object_and_field():
     assert bad_port.field == "spec.ports[0].port"
     bad_protocol = _error("Service", service("prod", "web", ports=[{"name": "x", "port": 1, "protocol": "ICMP"}]))
     assert bad_protocol.field == "spec.ports[0].protocol"
+    for odd in ({"port": [80]}, {"port": True}, {"port": 1, "protocol": ["TCP"]}, {"port": "80"}):
+        assert _error("Service", service("prod", "web", ports=[{"name": "x", **odd}])).field.startswith("spec.ports[0]")
+    bad_slice = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1")], ports=[{"port": -1}]))
+    assert bad_slice.field == "ports[0].port"
     bad_name = _error("Service", service("prod", "Web_Site"))
     assert bad_name.field == "metadata.name"
     no_name = _error("Service", {"metadata": {}, "spec": {}})
