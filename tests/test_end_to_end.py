@@ -60,6 +60,20 @@ def test_dig_reverse_lookup_and_external_name(example_server):
     assert dig(example_server, "payments.prod.svc.cluster.local", "+short").split() == ["payments.example.com."]
 
 
+def test_dig_endpoint_names_and_ptrs_of_a_cluster_ip_service_as_coredns(example_server):
+    # Answered on demand (not prepared at load): the first and a repeated question agree.
+    for _ in range(2):
+        assert dig(example_server, "-x", "10.244.2.11", "+short").split() == ["10-244-2-11.web.prod.svc.cluster.local."]
+        assert dig(example_server, "-x", "fd00:10:244:1::a", "+short").split() == [
+            "fd00-10-244-1--a.web.prod.svc.cluster.local."
+        ]
+    assert dig(example_server, "10-244-2-11.web.prod.svc.cluster.local", "+short").split() == ["10.244.2.11"]
+    out = dig(example_server, "10-244-2-11.web.prod.svc.cluster.local", "AAAA", "+noall", "+comments")
+    assert "status: NOERROR" in out and "ANSWER: 0" in out
+    out = dig(example_server, "10-244-2-99.web.prod.svc.cluster.local", "+noall", "+comments")
+    assert "status: NXDOMAIN" in out
+
+
 def test_dig_nxdomain_carries_the_soa(example_server):
     out = dig(example_server, "nothere.prod.svc.cluster.local", "+noall", "+comments", "+authority")
     assert "status: NXDOMAIN" in out

@@ -351,6 +351,8 @@ QUESTIONS = [
     ("v6only.staging.svc.cluster.local", "AAAA"),
     ("34.12.96.10.in-addr.arpa", "PTR"),
     ("20.1.244.10.in-addr.arpa", "PTR"),
+    ("11.2.244.10.in-addr.arpa", "PTR"),  # an endpoint of a ClusterIP service: answered on demand
+    ("10-244-2-11.web.prod.svc.cluster.local", "A"),
     ("10-244-1-10.prod.pod.cluster.local", "A"),
     ("ns.dns.cluster.local", "A"),
     ("staging.svc.cluster.local", "A"),
