@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import re
 import socket
+import sys
 from typing import Any
 
 from kdns.core.model import (
@@ -263,12 +264,32 @@ def convert_endpoint_slice(obj: Any) -> EndpointSlice | None:
         if not isinstance(conditions, dict):
             raise r.fail(f"endpoints[{i}].conditions", f"expected a mapping, got {_type(conditions)}")
         ready = conditions.get("ready")
-        if ready.__class__ not in _FLAG:
-            raise r.fail(f"endpoints[{i}].conditions.ready", f"expected a boolean, got {_type(ready)}")
+        serving = conditions.get("serving")
+        terminating = conditions.get("terminating")
+        if not (ready.__class__ in _FLAG and serving.__class__ in _FLAG and terminating.__class__ in _FLAG):
+            raise _condition_error(r, i, conditions)
         hostname = item.get("hostname") or ""
         if hostname:
             hostname = r.label(f"endpoints[{i}].hostname", hostname, "hostname")
-        endpoints.append(Endpoint(addresses, ready is not False, hostname))
+        target = item.get("targetRef") or {}
+        target_pod = ""
+        if isinstance(target, dict) and target.get("kind") == "Pod":
+            target_pod = str(target.get("name") or "")
+        node_name = item.get("nodeName") or ""
+        if not isinstance(node_name, str):
+            raise r.fail(f"endpoints[{i}].nodeName", f"expected a string, got {_type(node_name)}")
+        is_ready = ready is not False
+        endpoints.append(
+            Endpoint(
+                addresses,
+                is_ready,
+                is_ready if serving is None else serving,
+                terminating is True,
+                hostname,
+                sys.intern(node_name),
+                target_pod,
+            )
+        )
     ports = r.ports("ports", allow_missing_port=True)
     return EndpointSlice(namespace, name, service_name, version, tuple(endpoints), ports)
 
@@ -279,6 +300,15 @@ _FLAG = (bool, type(None))  # what a condition may hold
 def _address(r: _Reader, i: int, j: int, text: Any, version: int) -> IPAddress:
     """An endpoint address the fast parse refused: the reader names the problem (or it parses)."""
     return r.ip(f"endpoints[{i}].addresses[{j}]", text, version)
+
+
+def _condition_error(r: _Reader, i: int, conditions: dict[str, Any]) -> ConversionError:
+    name, value = next(
+        (name, conditions[name])
+        for name in ("ready", "serving", "terminating")
+        if conditions.get(name).__class__ not in _FLAG
+    )
+    return r.fail(f"endpoints[{i}].conditions.{name}", f"expected a boolean, got {_type(value)}")
 
 
 def convert_pod(obj: Any) -> Pod:

@@ -64,14 +64,13 @@ class Service:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """What DNS reads of an endpoint. CoreDNS reads only `ready` of the conditions (serving and
-    terminating do not change an answer), and its trimmed objects keep the node and target Pod
-    only for options kdns does not offer; they are left out, as every byte here is paid per
-    endpoint of the cluster."""
-
     addresses: tuple[IPAddress, ...]
     ready: bool  # conditions.ready, with a missing value counted as ready (API convention)
+    serving: bool  # conditions.serving, missing counted as equal to ready
+    terminating: bool  # conditions.terminating, missing counted as False
     hostname: str  # "" when unset
+    node_name: str  # "" when unset; interned, as thousands of endpoints share a few nodes
+    target_pod: str  # name of the Pod in targetRef, "" when the target is not a Pod
 
 
 @dataclass(frozen=True, slots=True)

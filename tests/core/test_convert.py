@@ -111,22 +111,20 @@ def test_pod_ips_from_pod_ips_or_pod_ip():
     assert _error("Pod", pod("a", "p", "nope")).field == "status.podIPs[0].ip"
 
 
-def test_endpoint_keeps_what_dns_reads_and_no_other_field_can_lose_it():
+def test_endpoint_conditions_node_and_selector_are_kept():
     item = {
         "addresses": ["10.0.0.1"],
-        "conditions": {"ready": False, "serving": "not a boolean", "terminating": True},
-        "nodeName": ["not", "a", "string"],
+        "conditions": {"ready": False, "serving": True, "terminating": True},
+        "nodeName": "node-1",
         "targetRef": {"kind": "Pod", "name": "web-0"},
-        "hostname": "web-0",
     }
     converted = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [item])).endpoints[0]
-    assert (converted.addresses, converted.ready, converted.hostname) == (
-        (ipaddress.ip_address("10.0.0.1"),),
-        False,
-        "web-0",
-    )
-    bare = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", ready=None)])).endpoints[0]
-    assert (bare.ready, bare.hostname) == (True, "")
+    assert (converted.ready, converted.serving, converted.terminating) == (False, True, True)
+    assert converted.node_name == "node-1" and converted.target_pod == "web-0"
+    bare = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1")])).endpoints[0]
+    assert (bare.ready, bare.serving, bare.terminating, bare.node_name) == (True, True, False, "")
+    bad = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [{**item, "conditions": {"serving": "no"}}]))
+    assert bad.field == "endpoints[0].conditions.serving"
 
 
 def test_selector_less_service_is_marked():
