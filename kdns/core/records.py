@@ -99,16 +99,17 @@ class EndpointNames(OnDemandRecords):
         self._sets: RecordTuples | None = None
 
     def records_at(self, key: bytes) -> tuple[Record, ...]:
+        return self._built().get(key, ())
+
+    def children(self) -> list[bytes]:
+        return [key for key in self._built() if key.endswith(self.parent) and len(key) > len(self.parent)]
+
+    def _built(self) -> RecordTuples:
         if self._sets is None:
             out = _Builder()
             _endpoint_records(self.parent, _ready_addresses(self._service, self._slices), out)
             self._sets = out.result()
-        return self._sets.get(key, ())
-
-    def children(self) -> list[bytes]:
-        self.records_at(self.parent)
-        assert self._sets is not None
-        return [key for key in self._sets if key.endswith(self.parent) and len(key) > len(self.parent)]
+        return self._sets
 
 
 def _published_addresses(service: Service, slices: Iterable[EndpointSlice]) -> dict[IPAddress, None]:

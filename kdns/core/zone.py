@@ -184,7 +184,7 @@ class Zone:
         self._cname: dict[bytes, Answer] = {}
         self._nodes: dict[bytes, _Node] = {}
         self._contributors: dict[Hashable, tuple[bytes, ...]] = {}
-        # parent name -> who answers the names below it on demand, and by whose contribution
+        # parent name -> who answers the names below it on demand; contributor -> that parent
         self._on_demand_children: dict[bytes, OnDemandRecords] = {}
         self._children_parent: dict[Hashable, bytes] = {}
         self._nxdomain: dict[bytes, Answer] = {}
