@@ -3,9 +3,12 @@ after any sequence of changes answers as a zone built fresh from the final objec
 
 from __future__ import annotations
 
+import random
+
 from kdns.core.convert import convert
 from kdns.core.zonefile import render
 from tests.builders import (
+    Obj,
     ask,
     endpoint,
     endpoint_slice,
@@ -232,3 +235,52 @@ def test_srv_protocol_label_stays_while_one_named_port_remains():
     assert rcode(ask(store, "_https._tcp.web.prod.svc.cluster.local", "SRV")) == "NXDOMAIN"
     _upsert(store, service("prod", "web", ["10.96.0.5"], []))
     assert rcode(ask(store, "_tcp.web.prod.svc.cluster.local", "SRV")) == "NXDOMAIN"
+
+
+def _random_cluster_change(rng: random.Random) -> tuple[str, Obj]:
+    """One upsert from a small pool of names and addresses, so that services share addresses,
+    slices move between services and kinds change: the cases where incremental updates go wrong."""
+    name = rng.choice(["a", "b", "c"])
+    if rng.random() < 0.4:
+        kind = rng.choice(["cluster", "headless", "headless", "external", "pending"])
+        obj = {
+            "cluster": lambda: service("prod", name, [f"10.96.0.{rng.randrange(1, 4)}"]),
+            "headless": lambda: headless("prod", name, publish_not_ready=rng.random() < 0.3),
+            "external": lambda: service("prod", name, type_="ExternalName", external_name="example.com"),
+            "pending": lambda: service("prod", name, []),
+        }[kind]()
+        return "Service", obj
+    endpoints = [
+        endpoint(
+            f"10.96.0.{rng.randrange(1, 6)}",
+            ready=rng.random() < 0.7,
+            hostname=rng.choice([None, None, "x", "y"]),
+        )
+        for _ in range(rng.randrange(0, 4))
+    ]
+    return "EndpointSlice", endpoint_slice("prod", f"{name}-{rng.randrange(2)}", rng.choice(["a", "b", "c"]), endpoints)
+
+
+def test_random_change_sequences_end_where_a_fresh_build_does():
+    questions = [f"{i}.0.96.10.in-addr.arpa" for i in range(1, 6)] + [
+        f"{label}.{svc}.prod.svc.cluster.local" for svc in "abc" for label in ("x", "y", "10-96-0-1", "10-96-0-4")
+    ]
+    for seed in range(60):
+        rng = random.Random(seed)
+        store = store_of()
+        final: dict[tuple[str, str], Obj] = {}
+        for _ in range(25):
+            kind, obj = _random_cluster_change(rng)
+            key = (kind, obj["metadata"]["name"])
+            if key in final and rng.random() < 0.25:
+                store.delete(kind, ("prod", key[1]))
+                del final[key]
+            else:
+                _upsert(store, obj)
+                final[key] = obj
+        fresh = store_of(*final.values())
+        assert render(store.zone) == render(fresh.zone), seed
+        for name in questions:
+            for rdtype in ("A", "PTR", "ANY"):
+                incremental, built = ask(store, name, rdtype), ask(fresh, name, rdtype)
+                assert (rcode(incremental), records(incremental)) == (rcode(built), records(built)), (seed, name)
