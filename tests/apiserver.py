@@ -8,9 +8,13 @@ asked for a version older than the retained history, and the stream closed after
 A single resourceVersion counter spans every kind, as etcd's does. `labelSelector` is honoured
 for equality (`a=b`, `a!=b`) and existence (`a`, `!a`) terms.
 
+Like kube-apiserver, it answers 401 to a request without the bearer token (`TOKEN`), and it can
+serve HTTPS with a certificate made by `make_tls_files`, as a pod's in-cluster configuration
+expects.
+
 What a test can do: add, modify and delete objects; drop every open connection; stop the server
 (connections refused) and start it again on the same port; answer 500; stall (accept and never
-answer); compact history; count requests.
+answer); compact history; forbid a kind (403); count requests.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import contextlib
 import copy
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -38,12 +44,26 @@ _KINDS = {
 }
 _API_VERSION = {"Namespace": "v1", "Service": "v1", "Pod": "v1", "EndpointSlice": "discovery.k8s.io/v1"}
 BOOKMARK_INTERVAL = 0.5  # seconds of quiet before a watch gets a BOOKMARK
+TOKEN = "test-token"  # the bearer token every request must carry
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by the openssl command."""
+    cert, key = directory / "api.crt", directory / "api.key"
+    command = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1"
+    names = ["-subj", "/CN=kdns-test-apiserver", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run([*command.split(), "-keyout", str(key), "-out", str(cert), *names], check=True, capture_output=True)
+    return cert, key
 
 
 class FakeApiServer:
     """The server and its state; every method is safe to call from the test's thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate, key) to serve HTTPS; plain HTTP without."""
+        self.tls = tls
+        self.unauthorized = 0  # requests answered 401
+        self.forbidden: set[str] = set()  # kinds answered 403, as for an account without RBAC for them
         self._lock = threading.Condition()
         self._version = 100
         self._objects: dict[tuple[str, str, str], Obj] = {}  # (kind, namespace, name) -> object
@@ -65,6 +85,11 @@ class FakeApiServer:
         """Listen (again) on the same port."""
         server = _Server(("127.0.0.1", self.port), _Handler)
         server.api = self
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            # The handshake happens on the first read, in the request's own thread.
+            server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         self.port = server.server_address[1]
         self._httpd = server
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -112,14 +137,19 @@ class FakeApiServer:
                 {
                     "apiVersion": "v1",
                     "kind": "Config",
-                    "clusters": [{"name": "test", "cluster": {"server": f"http://127.0.0.1:{self.port}"}}],
-                    "users": [{"name": "test", "user": {"token": "test-token"}}],
+                    "clusters": [{"name": "test", "cluster": self._cluster()}],
+                    "users": [{"name": "test", "user": {"token": TOKEN}}],
                     "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
                     "current-context": "test",
                 }
             )
         )
         return path
+
+    def _cluster(self) -> Obj:
+        if self.tls is None:
+            return {"server": f"http://127.0.0.1:{self.port}"}
+        return {"server": f"https://127.0.0.1:{self.port}", "certificate-authority": str(self.tls[0])}
 
     # -- objects ---------------------------------------------------------------------------
 
@@ -294,6 +324,12 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
         api.requests.append(self.path)
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or token != TOKEN:
+            with api._lock:
+                api.unauthorized += 1
+            self._json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return
         status = api.gate(watch=query.get("watch") in ("true", "1"))
         if status is not None:
             self._json(status, _status(status, "InternalError", "the test made the server fail"))
@@ -303,6 +339,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, _status(404, "NotFound", f"no route {url.path}"))
             return
         kind, namespace = route
+        if kind in api.forbidden:
+            self._json(403, _status(403, "Forbidden", f"cannot list resource of kind {kind}"))
+            return
         selector = query.get("labelSelector", "")
         if query.get("watch") in ("true", "1"):
             self._watch(api, kind, namespace, selector, query)

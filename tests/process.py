@@ -43,11 +43,18 @@ def run_kdns(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
 class KdnsServer:
     """`kdns serve` on ephemeral loopback ports; `addresses` holds where it listens."""
 
-    def __init__(self, *args: str, listen: tuple[str, ...] = ("127.0.0.1:0", "[::1]:0")) -> None:
-        command = [*kdns_command(), "serve", *local_only(args)]
+    def __init__(
+        self,
+        *args: str,
+        listen: tuple[str, ...] = ("127.0.0.1:0", "[::1]:0"),
+        prefix: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`prefix` runs kdns through another command (one that ends by exec-ing its arguments)."""
+        command = [*prefix, *kdns_command(), "serve", *local_only(args)]
         for address in listen:
             command += ["--listen", address]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.log: list[str] = []
         self.addresses: list[tuple[str, int]] = []
         self._ready = threading.Event()

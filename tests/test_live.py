@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
 import threading
 import time
@@ -16,7 +18,7 @@ import dns.rcode
 import pytest
 import yaml
 
-from tests.apiserver import FakeApiServer
+from tests.apiserver import TOKEN, FakeApiServer, make_tls_files
 from tests.builders import endpoint, endpoint_slice, headless, namespace, pod, service
 from tests.process import EXAMPLE, KdnsServer, run_kdns
 
@@ -381,6 +383,22 @@ def test_serving_from_the_api_answers_as_serving_from_a_snapshot_of_the_same_obj
         api.stop()
 
 
+def test_rbac_refusing_one_resource_keeps_cluster_names_servfail_and_says_why(api, tmp_path):
+    api.forbidden.add("EndpointSlice")
+    server = _start(api, tmp_path)
+    try:
+        _wait(lambda: "403" in server.log_text(), 5, "the refusal logged")
+        assert _ask(server, "nothing.prod.svc.cluster.local")[0] == "SERVFAIL"
+        assert "EndpointSlice: cannot reach the API (API answered 403 Forbidden: kdns's account may not list" in (
+            server.log_text()
+        )
+        api.forbidden.clear()  # the grant is added: kdns lists and serves
+        _synced(server)
+        assert _ask(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
+    finally:
+        assert server.stop() == 0
+
+
 def test_kdns_snapshot_writes_a_file_that_serve_accepts(tmp_path):
     api = FakeApiServer()
     _load_example(api)
@@ -444,5 +462,59 @@ def test_snapshot_server_is_ready_at_once():
     server = KdnsServer("--snapshot", str(EXAMPLE), "--health-listen", "127.0.0.1:0", listen=("127.0.0.1:0",))
     try:
         assert _http_get(_health_port(server), "/ready")[0] == 200
+    finally:
+        assert server.stop() == 0
+
+
+# Inside a pod: the service account's token and CA at their fixed paths, the API's address in the
+# environment. The tests run kdns in a mount namespace of its own, with a tmpfs over /run, so the
+# files sit where the official client reads them without touching this machine's /run.
+_IN_POD = (
+    'mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io/serviceaccount && cp "$0/token" "$0/ca.crt" '
+    '/run/secrets/kubernetes.io/serviceaccount/ && exec "$@"'
+)
+
+
+def _in_pod(api: FakeApiServer, tmp_path: Path, token: str, *args: str) -> KdnsServer:
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(token)
+    assert api.tls is not None
+    shutil.copy(api.tls[0], account / "ca.crt")
+    env = {key: value for key, value in os.environ.items() if key != "KUBECONFIG"}
+    env.update(KUBERNETES_SERVICE_HOST="127.0.0.1", KUBERNETES_SERVICE_PORT=str(api.port), HOME=str(tmp_path))
+    prefix = ("unshare", "--mount", "sh", "-c", _IN_POD, str(account))
+    return KdnsServer(*FAST, *args, listen=("127.0.0.1:0",), prefix=prefix, env=env)
+
+
+@pytest.fixture
+def tls_api(tmp_path: Path) -> Iterator[FakeApiServer]:
+    server = FakeApiServer(tls=make_tls_files(tmp_path))
+    server.apply(namespace("prod"))
+    server.apply(service("prod", "web", ["10.96.0.5"]))
+    yield server
+    server.stop()
+
+
+def test_in_cluster_configuration_follows_the_api_over_tls_with_the_service_account_token(tls_api, tmp_path):
+    server = _in_pod(tls_api, tmp_path, TOKEN)
+    try:
+        _synced(server)
+        assert _ask(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
+        tls_api.apply(service("prod", "new", ["10.96.0.9"]))
+        _wait(lambda: _ask(server, "new.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.9"]), 2, "a watched change")
+        assert tls_api.unauthorized == 0
+        assert "in-cluster" not in server.log_text()  # no configuration error
+    finally:
+        assert server.stop() == 0
+
+
+def test_service_account_token_the_api_refuses_keeps_cluster_names_servfail(tls_api, tmp_path):
+    server = _in_pod(tls_api, tmp_path, "expired-token")
+    try:
+        _wait(lambda: tls_api.unauthorized >= 3, 10, "kdns retrying with backoff")
+        assert _ask(server, "web.prod.svc.cluster.local")[0] == "SERVFAIL"
+        assert _ask(server, "nothing.prod.svc.cluster.local")[0] == "SERVFAIL"
+        assert "API answered 401 Unauthorized: it refuses kdns's credentials" in server.log_text()
     finally:
         assert server.stop() == 0

@@ -269,7 +269,7 @@ class ResourceWatcher:
                     log.info("%s: resourceVersion %s is too old (410 Gone): listing again", self.name, self._version)
                     self._version = None
                     continue
-                self._failed(f"API answered {error.status} {error.reason}")
+                self._failed(f"API answered {error.status} {error.reason}{_ADVICE.get(error.status, '')}")
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
                 self._failed(f"{type(error).__name__}: {error}")
             except trio.RunFinishedError:
@@ -372,6 +372,13 @@ class ResourceWatcher:
         if self.applier.event(self.resource.kind, event_type, raw):
             self.stats.events_applied += 1
         self.stats.last_sync = time.time()
+
+
+# What an operator should look at when the API refuses kdns, by HTTP status.
+_ADVICE = {
+    401: ": it refuses kdns's credentials (the service account token, or the kubeconfig's user)",
+    403: ": kdns's account may not list and watch this resource (its RBAC: see manifests/)",
+}
 
 
 def _check_status(response: Any) -> None:
