@@ -16,8 +16,9 @@ import trio
 from kdns.address import SocketAddress
 from kdns.config import ServeConfig
 from kdns.core.handler import Handler, HandlerOptions
-from kdns.core.model import IPAddress
+from kdns.core.model import ClusterObject, IPAddress
 from kdns.core.names import to_wire
+from kdns.core.records import Omission
 from kdns.core.store import ClusterStore, PodMode
 from kdns.core.upstream import ForwardCache
 from kdns.errors import KdnsError
@@ -35,10 +36,20 @@ def build_store(
 ) -> tuple[snapshot.Snapshot, ClusterStore]:
     """A store filled from a snapshot file, its serial set to now, and what the file held."""
     loaded = snapshot.load(path)
-    store = ClusterStore(domain, ttl, pod_mode, fallback_ns_addresses=fallback_ns_addresses)
-    store.load(loaded.objects)
+    store = ClusterStore(domain, ttl, pod_mode, fallback_ns_addresses=fallback_ns_addresses, report=report_omission)
+    store.load(loaded.objects, on_error=_object_failed)
     store.zone.bump_serial(int(time.time()))
     return loaded, store
+
+
+def report_omission(omission: Omission) -> None:
+    """Log, once, a part of an object that DNS cannot carry (the rest of it is served)."""
+    log.warning("left out of DNS: %s", omission)
+
+
+def _object_failed(obj: ClusterObject, error: Exception) -> None:
+    """An object the store could not apply: logged; it never stops the others."""
+    log.error("could not apply %s %s: %s: %s", type(obj).__name__, obj.key, type(error).__name__, error)
 
 
 def ns_addresses(listeners: list[BoundListener]) -> tuple[IPAddress, ...]:
@@ -63,7 +74,11 @@ def run(config: ServeConfig) -> int:
         log.info("loaded %s: %s", loaded.path, ", ".join(f"{count} {what}" for what, count in store.counts().items()))
     else:
         store = ClusterStore(
-            config.cluster_domain, config.ttl, config.pod_mode, fallback_ns_addresses=ns_addresses(listeners)
+            config.cluster_domain,
+            config.ttl,
+            config.pod_mode,
+            fallback_ns_addresses=ns_addresses(listeners),
+            report=report_omission,
         )
     handler = Handler(store.zone, options, cache)
     follower = None

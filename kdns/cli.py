@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-tcp-connections", type=int, default=1000, help="open TCP connections at most")
     serve.add_argument(
+        "--tcp-write-timeout",
+        type=float,
+        default=2.0,
+        help="seconds a TCP reply may take to be written before the connection is closed (default 2)",
+    )
+    serve.add_argument(
         "--upstream",
         action="append",
         metavar="ADDR[:PORT]",
@@ -162,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
-    if args.tcp_idle_timeout <= 0 or args.max_tcp_connections < 1:
-        raise KdnsError("--tcp-idle-timeout and --max-tcp-connections must be positive")
+    if args.tcp_idle_timeout <= 0 or args.max_tcp_connections < 1 or args.tcp_write_timeout <= 0:
+        raise KdnsError("--tcp-idle-timeout, --tcp-write-timeout and --max-tcp-connections must be positive")
     pod_mode = PodMode(args.pods)
     return config.ServeConfig(
         snapshot=args.snapshot,
@@ -175,7 +181,11 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         pod_mode=pod_mode,
         ttl=config.ttl(args.ttl),
         max_udp=config.max_udp(args.max_udp_size),
-        tcp=TcpLimits(idle_timeout=args.tcp_idle_timeout, max_connections=args.max_tcp_connections),
+        tcp=TcpLimits(
+            idle_timeout=args.tcp_idle_timeout,
+            max_connections=args.max_tcp_connections,
+            write_timeout=args.tcp_write_timeout,
+        ),
         health=SocketAddress.parse(args.health_listen, "--health-listen", lowest_port=0)
         if args.health_listen
         else None,
@@ -235,7 +245,8 @@ def _snapshot(args: argparse.Namespace) -> int:
         raise KdnsError(f"listing the cluster failed: API answered {error.status} {error.reason}") from None
     except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
         raise KdnsError(f"listing the cluster failed: {error}") from None
-    text = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}, sort_keys=False)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's, where PyYAML has it: many times faster
+    text = yaml.dump({"apiVersion": "v1", "kind": "List", "items": items}, Dumper=dumper, sort_keys=False)
     if args.output is None:
         sys.stdout.write(text)
     else:
@@ -256,6 +267,11 @@ def _check(args: argparse.Namespace) -> int:
     loaded, store = _store_from(args)
     for error in loaded.errors:
         print(f"{loaded.path}: error: {error}")
+    omissions = [omission for omitted in store.omissions.values() for omission in omitted]
+    for omission in omissions:
+        print(f"{loaded.path}: error: {omission}")
+    for duplicate in loaded.duplicates:
+        print(f"{loaded.path}: warning: {duplicate}")
     for kind, count in sorted(loaded.ignored_kinds.items()):
         print(f"{loaded.path}: ignored {count} object(s) of kind {kind}")
     counts = store.counts()
@@ -267,8 +283,9 @@ def _check(args: argparse.Namespace) -> int:
     )
     if loaded.errors:
         print(f"{loaded.path}: {len(loaded.errors)} object(s) would be skipped")
-        return 2
-    return 0
+    if omissions:
+        print(f"{loaded.path}: {len(omissions)} part(s) of objects would be left out of DNS")
+    return 2 if loaded.errors or omissions else 0
 
 
 def _dump(args: argparse.Namespace) -> int:

@@ -54,6 +54,11 @@ def cluster_domain(text: str) -> str:
         to_wire(domain)
     except (InvalidName, UnicodeEncodeError) as error:
         raise KdnsError(f"--cluster-domain {text!r}: not a valid domain name ({error})") from None
+    try:
+        # The longest name kdns publishes whatever the cluster holds (spec 2.2).
+        to_wire(f"dns-version.{domain}")
+    except InvalidName:
+        raise KdnsError(f"--cluster-domain {text!r}: too long: dns-version.{domain} would be over 255 bytes") from None
     return domain
 
 

@@ -32,10 +32,11 @@ from kdns.core.upstream import (
     CacheKey,
     ForwardCache,
     ForwardedAnswer,
+    MalformedResponse,
     read_response,
     upstream_query,
 )
-from kdns.core.wire import RD, Edns, Query
+from kdns.core.wire import CD, RD, Edns, Query
 from kdns.errors import KdnsError
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ SOCKETS_PER_UPSTREAM = 4  # source ports a query may leave from, per upstream
 MAX_FAILS = 2  # consecutive failures that mark an upstream down (CoreDNS's max_fails)
 HEALTH_INTERVAL = 0.5  # seconds between probes of an upstream that is down (CoreDNS)
 _ROOT_NS_QUERY = b"\x00\x00\x02\x00\x01"  # `. IN NS`, CoreDNS's health check
+
+
+# What a query waiting on a UDP socket receives: the answer, or the malformed answer it got.
+Received = ForwardedAnswer | MalformedResponse
 
 
 class Policy(enum.Enum):
@@ -74,6 +79,7 @@ class UpstreamStats:
     queries: int = 0
     failures: int = 0
     dropped: int = 0  # datagrams that were not an answer we waited for
+    malformed: int = 0  # answers to our question that did not parse: never relayed or cached
 
 
 @dataclass
@@ -83,7 +89,7 @@ class Upstream:
     fails: int = 0
     down: bool = False
     sockets: list[trio.socket.SocketType] = field(default_factory=list)
-    pending: dict[tuple[int, int], tuple[bytes, trio.MemorySendChannel[ForwardedAnswer]]] = field(default_factory=dict)
+    pending: dict[tuple[int, int], tuple[bytes, trio.MemorySendChannel[Received]]] = field(default_factory=dict)
 
     def succeeded(self) -> None:
         self.fails = 0
@@ -193,8 +199,8 @@ class Forwarder:
         question = wire_name + b"\x00\x0d\x00\x01"  # HINFO, IN, as CoreDNS's loop plugin asks
         with trio.move_on_after(self.options.timeout):
             try:
-                await self._udp(upstream, Query(0, 0x0100, question, wire_name, 13, 1, None))
-            except OSError as error:
+                await self._udp(upstream, Query(0, RD, question, wire_name, 13, 1, None))
+            except (OSError, BadResponse) as error:
                 log.debug("loop probe to %s: %s", upstream.address, error)
 
     async def _udp(self, upstream: Upstream, query: Query) -> ForwardedAnswer:
@@ -203,11 +209,14 @@ class Forwarder:
             query_id, packet = upstream_query(query)
             if (index, query_id) not in upstream.pending:
                 break
-        send, receive = trio.open_memory_channel[ForwardedAnswer](1)
+        send, receive = trio.open_memory_channel[Received](1)
         upstream.pending[(index, query_id)] = (query.question, send)
         try:
             await upstream.sockets[index].send(packet)
-            return await receive.receive()
+            received = await receive.receive()
+            if isinstance(received, MalformedResponse):
+                raise received
+            return received
         finally:
             upstream.pending.pop((index, query_id), None)
 
@@ -224,8 +233,15 @@ class Forwarder:
             if waiting is None:
                 upstream.stats.dropped += 1
                 continue
+            answer: Received
             try:
                 answer = read_response(data, query_id, waiting[0], options.min_ttl, options.max_ttl)
+            except MalformedResponse as error:
+                # The answer to our question, but not one we can relay: this try has failed
+                # (SERVFAIL unless another upstream answers), and nothing is cached.
+                upstream.stats.malformed += 1
+                log.debug("upstream %s: malformed answer: %s", upstream.address, error)
+                answer = error
             except BadResponse as error:
                 upstream.stats.dropped += 1
                 log.debug("upstream %s: dropped a datagram: %s", upstream.address, error)
@@ -253,20 +269,21 @@ class Forwarder:
             await trio.sleep(HEALTH_INTERVAL)
             if not upstream.down or not upstream.sockets:
                 continue
-            probe = Query(0, 0x0100, _ROOT_NS_QUERY, b"\x00", 2, 1, None)
+            probe = Query(0, RD, _ROOT_NS_QUERY, b"\x00", 2, 1, None)
             with trio.move_on_after(self.options.timeout):
                 try:
                     await self._udp(upstream, probe)
-                except OSError:
+                except (OSError, BadResponse):
                     continue
                 upstream.succeeded()
 
 
 async def refresh(forwarder: Forwarder, cache: ForwardCache, key: CacheKey) -> None:
     """Ask upstream again for a cached answer close to expiry (prefetch) and cache the new one."""
-    name, qtype, qclass, dnssec_ok = key
+    name, qtype, qclass, dnssec_ok, checking_disabled = key
     question = name + struct.pack("!HH", qtype, qclass)
-    query = Query(0, RD, question, name, qtype, qclass, Edns(UPSTREAM_UDP_SIZE, 0, True) if dnssec_ok else None)
+    flags = RD | (CD if checking_disabled else 0)
+    query = Query(0, flags, question, name, qtype, qclass, Edns(UPSTREAM_UDP_SIZE, 0, True) if dnssec_ok else None)
     try:
         answer = await forwarder.forward(query, False)
     except Exception:

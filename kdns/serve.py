@@ -37,6 +37,9 @@ BIND_ATTEMPTS = 20  # for port 0: UDP and TCP must end up on the same free port
 class TcpLimits:
     idle_timeout: float = 10.0  # seconds a connection may sit without a complete query
     max_connections: int = 1000  # beyond it, new connections are closed at once
+    # Seconds a reply may take to be written: a client that stops reading cannot hold its
+    # connection (RFC 7766 6.2.3 and 10); miekg/dns, and so CoreDNS, use 2 s.
+    write_timeout: float = 2.0
 
 
 @dataclass
@@ -236,7 +239,10 @@ async def _serve_connection(
                     reply = await _forwarded_reply(reply, handler, forwarder)
                 else:
                     reply = handler.refuse(reply)
-            await stream.send_all(struct.pack("!H", len(reply)) + reply)
+            with trio.move_on_after(limits.write_timeout) as writing:
+                await stream.send_all(struct.pack("!H", len(reply)) + reply)
+            if writing.cancelled_caught:
+                return  # the client does not read what it asked for: close the connection
             deadline = trio.current_time() + limits.idle_timeout
         with trio.CancelScope(deadline=deadline):
             data = await stream.receive_some(MAX_DATAGRAM)

@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from tests.builders import service
+from tests.builders import endpoint, endpoint_slice, service
 from tests.process import EXAMPLE, run_kdns
 
 
@@ -83,3 +83,76 @@ def test_in_cluster_configuration_without_a_service_account_exits_2(monkeypatch)
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     result = run_kdns("serve", "--listen", "127.0.0.1:0")
     assert result.returncode == 2 and "in-cluster configuration" in result.stderr
+
+
+def test_check_reports_a_service_published_only_in_part_and_exits_2(tmp_path):
+    """Issue 8 D1: a 63-character port name is valid in Kubernetes but cannot be an SRV label;
+    `kdns check` names it and exits 2 (it used to end in a traceback with exit 1)."""
+    path = tmp_path / "c.yaml"
+    items = [service("a", "bad", ports=[{"name": "p" * 63, "port": 81}])] + [service("a", f"s{i}") for i in range(3)]
+    path.write_text(yaml.safe_dump({"kind": "List", "items": items}))
+    result = run_kdns("check", "--snapshot", str(path))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{path}: error: Service a/bad: field spec.ports[0].name: the SRV label" in result.stdout
+    assert "4 services" in result.stdout and "1 part(s) of objects would be left out of DNS" in result.stdout
+
+
+def test_check_with_a_long_cluster_domain_reports_names_that_would_not_fit(tmp_path):
+    path = tmp_path / "c.yaml"
+    ns, svc = "n" * 63, "s" * 63
+    items = [
+        {"kind": "Service", "metadata": {"name": svc, "namespace": ns}, "spec": {"clusterIP": "None"}},
+        endpoint_slice(ns, "e", svc, [endpoint("10.244.0.1", hostname="h" * 63)]),
+    ]
+    path.write_text(yaml.safe_dump({"kind": "List", "items": items}))
+    domain = ".".join(["d" * 22, "e" * 22, "f" * 23])  # 69 characters
+    result = run_kdns("check", "--snapshot", str(path), "--cluster-domain", domain)
+    assert result.returncode == 2, result.stderr
+    assert f"EndpointSlice {ns}/e: field endpoints[0].hostname" in result.stdout
+    dump = run_kdns("dump", "--snapshot", str(path), "--cluster-domain", domain)
+    assert dump.returncode == 0 and "h" * 63 not in dump.stdout
+
+
+def test_a_cluster_domain_with_no_room_for_the_names_kdns_must_publish_is_refused():
+    domain = ".".join(["d" * 60] * 4)[:243]
+    result = run_kdns("check", "--snapshot", str(EXAMPLE), "--cluster-domain", domain)
+    assert result.returncode == 2 and "dns-version" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_of_objects_whose_kind_is_not_a_name_exits_2_naming_each(tmp_path):
+    """Issue 8 D10: these used to end in a traceback (exit 1)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "kind: List\nitems:\n- {kind: [Service], metadata: {name: a}}\n- {kind: {a: 1}}\n- {kind: 5}\n"
+        "- {kind: ConfigMap, metadata: {name: c}}\n- {kind: Service, metadata: {name: ok, namespace: x}}\n"
+    )
+    result = run_kdns("check", "--snapshot", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    for position, shown in ((0, "list"), (1, "dict"), (2, "int 5")):
+        assert f"error: object List.items[{position}]: field kind: expected the name of a kind, got {shown}" in (
+            result.stdout
+        )
+    assert "1 services" in result.stdout
+
+
+def test_check_of_a_document_nested_too_deeply_exits_2(tmp_path):
+    for name, text in (
+        ("deep.yaml", "kind: List\nitems:\n- " + "[" * 100_000 + "]" * 100_000 + "\n"),
+        ("deep.json", '{"kind": "List", "items": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+    ):
+        path = tmp_path / name
+        path.write_text(text)
+        result = run_kdns("check", "--snapshot", str(path))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert str(path) in result.stderr
+
+
+def test_duplicate_objects_are_warned_about_and_the_later_one_is_served(tmp_path):
+    path = tmp_path / "c.yaml"
+    items = [service("a", "web", ["10.96.0.1"]), service("a", "web", ["10.96.0.2"])]
+    path.write_text(yaml.safe_dump({"kind": "List", "items": items}))
+    result = run_kdns("check", "--snapshot", str(path))
+    assert result.returncode == 0
+    assert "warning: Service a/web at List.items[1] repeats the one at List.items[0]" in result.stdout
+    assert "10.96.0.2" in run_kdns("dump", "--snapshot", str(path)).stdout

@@ -88,3 +88,43 @@ def test_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half():
     for delay, ceiling in zip(delays, ceilings, strict=True):
         assert ceiling / 2 <= delay <= ceiling
     assert len(set(delays)) == len(delays)  # jittered, not in step
+
+
+def test_one_service_that_cannot_be_published_in_full_never_stops_the_rest_of_its_page():
+    """Issue 8 D1: a 63-character port name used to raise in the middle of a list page, so that
+    the rest of the page was never applied and then deleted as unlisted."""
+    store, applier = _applier()
+    ports = [{"name": "p" * 63, "port": 81}]
+    page = [service("a", "bad", ["10.96.0.9"], ports=ports)] + [
+        service("a", f"s{i}", [f"10.96.0.{i}"]) for i in range(1, 4)
+    ]
+    applier.reconcile("Service", None, page)
+    for i in range(1, 4):
+        assert _address(store, f"s{i}.a.svc.cluster.local") == [f"10.96.0.{i}"]
+    assert _address(store, "bad.a.svc.cluster.local") == ["10.96.0.9"]
+    applier.reconcile("Service", None, page)  # a relist after compaction keeps serving them all
+    for i in range(1, 4):
+        assert _address(store, f"s{i}.a.svc.cluster.local") == [f"10.96.0.{i}"]
+    assert applier.event("Service", "MODIFIED", service("a", "bad", ["10.96.0.8"], ports=ports))
+    assert _address(store, "bad.a.svc.cluster.local") == ["10.96.0.8"]
+
+
+class _FailingStore(ClusterStore):
+    """A store that fails on one object, standing for any fault the applier did not foresee."""
+
+    def upsert(self, obj) -> None:
+        if getattr(obj, "name", "") == "boom":
+            raise RuntimeError("an unforeseen fault")
+        super().upsert(obj)
+
+
+def test_an_unforeseen_fault_on_one_object_is_contained_to_it():
+    store = _FailingStore("cluster.local", 30)
+    applier = Applier(store, WatchOptions(), clock=lambda: 1_000_000)
+    applier.reconcile("Service", None, [service("a", "s1", ["10.96.0.1"]), service("a", "s2", ["10.96.0.2"])])
+    page = [service("a", "s1", ["10.96.0.1"]), service("a", "boom", ["10.96.0.3"]), service("a", "s2", ["10.96.0.2"])]
+    applier.reconcile("Service", None, page)
+    assert _address(store, "s1.a.svc.cluster.local") == ["10.96.0.1"]
+    assert _address(store, "s2.a.svc.cluster.local") == ["10.96.0.2"]
+    assert not applier.event("Service", "ADDED", service("a", "boom", ["10.96.0.3"]))
+    assert applier.errors == 2

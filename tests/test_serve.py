@@ -101,3 +101,42 @@ async def _read_framed(stream: trio.SocketStream) -> bytes:
             assert chunk, "connection closed"
             data += chunk
     return data[2:]
+
+
+async def test_a_tcp_client_that_never_reads_loses_its_connection_after_the_write_timeout(autojump_clock):
+    """Issue 8 D3: `send_all` had no deadline, so 20 clients that pipelined queries and never
+    read held every TCP slot. The mock clock makes the 2 s write timeout pass at once."""
+    async with trio.open_nursery() as nursery:
+        listener = bind(SocketAddress("127.0.0.1", 0))
+        handler = Handler(store_of(service("prod", "web", ["10.96.0.5"])).zone)
+        await nursery.start(serve, [listener], handler, TcpLimits(idle_timeout=600, max_connections=1))
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect((listener.address.host, listener.address.port))
+        client.setblocking(False)
+        wire = dns.message.make_query("web.prod.svc.cluster.local", "SRV").to_wire()
+        framed = (struct.pack("!H", len(wire)) + wire) * 5000
+        sock = trio.socket.from_stdlib_socket(client)
+        sent = 0
+        with trio.move_on_after(5):
+            while sent < len(framed):
+                sent += await sock.send(framed[sent : sent + 65536])
+        await trio.sleep(10)  # virtual: long past the write timeout, well within the idle timeout
+        closed = False
+        with trio.move_on_after(30):
+            while True:  # drain what was written before the server gave up
+                try:
+                    if not await sock.recv(65536):
+                        closed = True
+                        break
+                except ConnectionResetError:
+                    closed = True
+                    break
+        assert closed, "the server still holds a connection whose client never reads"
+        # Its slot is free again: a new client is served.
+        stream = await trio.open_tcp_stream(listener.address.host, listener.address.port)
+        await stream.send_all(struct.pack("!H", len(wire)) + wire)
+        assert dns.message.from_wire(await _read_framed(stream)).rcode() == dns.rcode.NOERROR
+        await stream.aclose()
+        sock.close()
+        nursery.cancel_scope.cancel()

@@ -57,31 +57,37 @@ class Handler:
         options = self.options
         try:
             query = wire.parse_query(packet)
-            if query.qclass != rdata.CLASS_IN:
-                wire.check_name(packet, query)
-                return self._status(query, REFUSED)  # only class IN is served
-            answer = self._prepared.get((query.key, query.qtype))
+            # The index holds class IN only; other classes are refused below.
+            answer = self._prepared.get((query.key, query.qtype)) if query.qclass == rdata.CLASS_IN else None
             if answer is None:
-                if query.qtype in (rdata.AXFR, rdata.IXFR):
-                    wire.check_name(packet, query)
-                    return self._status(query, REFUSED)  # no transfers: CoreDNS needs its `transfer` plugin
-                if self.cache is not None and not self._maybe_ours(query.key):
+                cache_missed = False
+                if self.cache is not None and query.qclass == rdata.CLASS_IN and not self._maybe_ours(query.key):
                     # Outside every zone: the forward cache at once. A hit needs no name check:
                     # a cached name was checked when it was first asked.
                     answer = self.cache.get(ForwardCache.key(query))
-                    if answer is None:
-                        wire.check_name(packet, query)
-                        return self._forward(query, tcp)
-                else:
-                    wire.check_name(packet, query)
-                    decided = self._answer_slow(query, tcp)
+                    cache_missed = answer is None
+                if answer is None:
+                    checked = wire.checked(packet, query)
+                    decided = self._answer_checked(checked, tcp, cache_missed and checked is query)
                     if not isinstance(decided, Answer):
                         return decided
-                    answer = decided
+                    query, answer = checked, decided
         except wire.QueryError as error:
             return wire.error_reply(error, options.max_udp, options.recursion_available)
         limit = wire.TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
         return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
+
+    def _answer_checked(self, query: wire.Query, tcp: bool, cache_missed: bool) -> Answer | bytes | Forward:
+        """A well-formed query with no prepared answer: refused, answered from the zone, or from
+        the cache (unless `cache_missed` says it was just asked) or upstream."""
+        if query.qclass != rdata.CLASS_IN:
+            return self._status(query, REFUSED)  # only class IN is served
+        if query.qtype in (rdata.AXFR, rdata.IXFR):
+            return self._status(query, REFUSED)  # no transfers: CoreDNS needs its `transfer` plugin
+        if self.cache is not None and not self._maybe_ours(query.key):
+            cached = None if cache_missed else self.cache.get(ForwardCache.key(query))
+            return cached if cached is not None else self._forward(query, tcp)
+        return self._answer_slow(query, tcp)
 
     def _answer_slow(self, query: wire.Query, tcp: bool) -> Answer | bytes | Forward:
         """A name that may be ours but has no prepared answer of this type: an ExternalName to
@@ -166,6 +172,7 @@ class Handler:
         """SERVFAIL for a query whose handling raised: the server logs it and keeps serving."""
         try:
             query = wire.parse_query(packet)
+            query = wire.checked(packet, query)
         except wire.QueryError:
             return None
         return wire.status_reply(query, SERVFAIL, self.options.max_udp, self.options.recursion_available)

@@ -8,10 +8,20 @@ which the zone answers NODATA rather than NXDOMAIN.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 from kdns.core import rdata
 from kdns.core.model import EndpointSlice, IPAddress, Service, ServicePort, ServiceType
-from kdns.core.names import endpoint_label, label_wire, reverse_wire, service_name, to_wire
+from kdns.core.names import (
+    MAX_LABEL,
+    MAX_NAME_WIRE,
+    InvalidName,
+    endpoint_label,
+    label_wire,
+    reverse_wire,
+    service_name,
+    to_wire,
+)
 from kdns.core.rdata import Record
 from kdns.core.zone import OnDemandRecords
 
@@ -19,11 +29,32 @@ RecordTuples = dict[bytes, tuple[Record, ...]]  # lowercased wire owner -> its r
 RecordSets = Mapping[bytes, "tuple[Record, ...] | OnDemandRecords"]  # ... or who gives them on demand
 
 SCHEMA_VERSION = "1.1.0"  # spec 2.2: the `dns-version` TXT record
+# Below a base name longer than this, a label (at most 63 bytes) could push a name past 255 bytes:
+# only then are endpoint names measured one by one.
+_ROOM_FOR_ANY_LABEL = MAX_NAME_WIRE - 1 - MAX_LABEL
 
 
-def _ready_addresses(service: Service, slices: Iterable[EndpointSlice]) -> list[tuple[str, IPAddress, EndpointSlice]]:
-    """(label, address, slice) of each address DNS publishes, each once even if two slices briefly
-    hold it (SPEC-NOTES 4).
+class Omission(NamedTuple):
+    """A part of a valid object that DNS cannot carry: a name it would make is longer than a label
+    (63 bytes) or a name (255 bytes) may be (RFC 1035 2.3.4). The rest of the object is published;
+    this part is left out and reported once, naming the object and the field.
+    """
+
+    kind: str
+    ref: str  # namespace/name
+    field: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.ref}: field {self.field}: {self.problem}"
+
+
+ReadyAddress = tuple[str, IPAddress, EndpointSlice, int]  # (label, address, its slice, endpoint index)
+
+
+def _ready_addresses(service: Service, slices: Iterable[EndpointSlice]) -> list[ReadyAddress]:
+    """(label, address, slice, endpoint index) of each address DNS publishes, each once even if
+    two slices briefly hold it (SPEC-NOTES 4).
 
     Spec 2.4.1: only ready endpoints. `publishNotReadyAddresses` publishes all of them, as the
     endpoint controller then marks them ready anyway (CoreDNS reads only `ready`).
@@ -32,15 +63,40 @@ def _ready_addresses(service: Service, slices: Iterable[EndpointSlice]) -> list[
     out = []
     publish_all = service.publish_not_ready_addresses
     for slice_ in slices:
-        for endpoint in slice_.endpoints:
+        for index, endpoint in enumerate(slice_.endpoints):
             if not (endpoint.ready or publish_all):
                 continue
             for address in endpoint.addresses:
                 label = endpoint_label(endpoint, address)
                 if (label, address) not in seen:
                     seen.add((label, address))
-                    out.append((label, address, slice_))
+                    out.append((label, address, slice_, index))
     return out
+
+
+def _fitting(base: bytes, ready: list[ReadyAddress], omitted: list[Omission]) -> list[ReadyAddress]:
+    """The ready addresses whose name below `base` fits in 255 bytes; the others are omitted.
+
+    Only a long cluster domain with long namespace and service names leaves too little room."""
+    if len(base) <= _ROOM_FOR_ANY_LABEL:
+        return ready
+    fitting = []
+    for item in ready:
+        label, _, slice_, index = item
+        if len(base) + 1 + len(label) <= MAX_NAME_WIRE:
+            fitting.append(item)
+            continue
+        field = f"endpoints[{index}].hostname" if slice_.endpoints[index].hostname else f"endpoints[{index}].addresses"
+        omitted.append(
+            Omission(
+                "EndpointSlice",
+                f"{slice_.namespace}/{slice_.name}",
+                field,
+                f"the endpoint name {label!r} under its Service would be longer than {MAX_NAME_WIRE} bytes: "
+                "it is left out of DNS",
+            )
+        )
+    return fitting
 
 
 class _Builder:
@@ -67,10 +123,11 @@ class _Builder:
         return {owner: tuple(records) for owner, records in self.sets.items()}
 
 
-def _endpoint_records(base: bytes, ready: Iterable[tuple[str, IPAddress, EndpointSlice]], out: _Builder) -> list[bytes]:
-    """Each published address's name below the service and its PTR record; returns the names."""
+def _endpoint_records(base: bytes, ready: Iterable[ReadyAddress], out: _Builder) -> list[bytes]:
+    """Each published address's name below the service and its PTR record; returns the names.
+    Every name must fit (`_fitting`)."""
     owners = []
-    for label, address, _ in ready:
+    for label, address, _, _ in ready:
         owner = label_wire(label) + base
         owners.append(owner)
         out.add(owner, rdata.address(address))
@@ -107,7 +164,8 @@ class EndpointNames(OnDemandRecords):
     def _built(self) -> RecordTuples:
         if self._sets is None:
             out = _Builder()
-            _endpoint_records(self.parent, _ready_addresses(self._service, self._slices), out)
+            ready = _fitting(self.parent, _ready_addresses(self._service, self._slices), [])  # reported when published
+            _endpoint_records(self.parent, ready, out)
             self._sets = out.result()
         return self._sets
 
@@ -124,7 +182,9 @@ def _published_addresses(service: Service, slices: Iterable[EndpointSlice]) -> d
     }
 
 
-def service_records(service: Service, slices: Sequence[EndpointSlice], domain: str) -> RecordSets:
+def service_records(
+    service: Service, slices: Sequence[EndpointSlice], domain: str, omitted: list[Omission]
+) -> RecordSets:
     """Every record a Service publishes, from the Service and its EndpointSlices (spec 2.3, 2.4).
 
     Spec 2.4 defines endpoint names for headless services; CoreDNS publishes them (and their PTR
@@ -134,8 +194,17 @@ def service_records(service: Service, slices: Sequence[EndpointSlice], domain: s
 
     Names are built in wire form: the service's name is encoded once, and each endpoint's name is
     one label in front of it, used as owner, PTR target and SRV target alike.
+
+    A part that would make a name too long for DNS is left out and noted in `omitted`; the rest
+    is published (a port name of 63 characters is valid in Kubernetes, but `_` and it are not a
+    valid label).
     """
-    base = to_wire(service_name(service.namespace, service.name, domain))
+    try:
+        base = to_wire(service_name(service.namespace, service.name, domain))
+    except InvalidName:
+        problem = f"the Service's name would be longer than {MAX_NAME_WIRE} bytes: it is left out of DNS"
+        omitted.append(Omission("Service", _ref(service), "metadata.name", problem))
+        return {}
     if service.type is ServiceType.EXTERNAL_NAME:  # spec 2.5
         return {base: (rdata.pointer(rdata.CNAME, service.external_name),)}
 
@@ -145,16 +214,20 @@ def service_records(service: Service, slices: Sequence[EndpointSlice], domain: s
             out.add(base, rdata.address(ip))
             out.add(reverse_wire(ip), rdata.Record(rdata.PTR, base))
         if not service.cluster_ips:  # endpoint names alone make the service's name exist
-            _endpoint_records(base, _ready_addresses(service, slices), out)
+            _endpoint_records(base, _fitting(base, _ready_addresses(service, slices), omitted), out)
             return out.result()
-        for port in service.ports:
+        for index, port in enumerate(service.ports):
             if port.name:
-                out.add_srv(_srv_owner(port, base), port.port, base)
+                owner = _srv_owner(port, base, service, f"spec.ports[{index}].name", omitted)
+                if owner is not None:
+                    out.add_srv(owner, port.port, base)
             # CoreDNS: an SRV query for the bare service name lists every port.
             out.add_srv(base, port.port, base)
         sets: dict[bytes, tuple[Record, ...] | OnDemandRecords] = dict(out.result())  # a few names
         addresses = _published_addresses(service, slices)
         if addresses:
+            if len(base) > _ROOM_FOR_ANY_LABEL:
+                _fitting(base, _ready_addresses(service, slices), omitted)  # to report them now, not when asked
             names = EndpointNames(base, service, slices)
             for address in addresses:
                 reverse = reverse_wire(address)
@@ -164,13 +237,16 @@ def service_records(service: Service, slices: Sequence[EndpointSlice], domain: s
         return sets
 
     # headless, spec 2.4: the EndpointSlice's ports, one SRV per ready endpoint
-    ready = _ready_addresses(service, slices)
+    ready = _fitting(base, _ready_addresses(service, slices), omitted)
     owners = _endpoint_records(base, ready, out)
     srv_owners = {
-        id(slice_): [(_srv_owner(port, base) if port.name else None, port.port) for port in slice_.ports]
+        id(slice_): [
+            (_srv_owner(port, base, slice_, f"ports[{index}].name", omitted) if port.name else None, port.port)
+            for index, port in enumerate(slice_.ports)
+        ]
         for slice_ in slices
     }
-    for (_, address, slice_), target in zip(ready, owners, strict=True):
+    for (_, address, slice_, _), target in zip(ready, owners, strict=True):
         out.add(base, rdata.address(address))
         for owner, port_number in srv_owners[id(slice_)]:
             if owner is not None:
@@ -179,16 +255,36 @@ def service_records(service: Service, slices: Sequence[EndpointSlice], domain: s
     return out.result()
 
 
-def _srv_owner(port: ServicePort, base: bytes) -> bytes:
-    """`_<port>._<proto>.<service name>` (spec 2.3.2)."""
-    return label_wire("_" + port.name) + label_wire(port.protocol.label) + base
+def _srv_owner(
+    port: ServicePort, base: bytes, owner_object: Service | EndpointSlice, field: str, omitted: list[Omission]
+) -> bytes | None:
+    """`_<port>._<proto>.<service name>` (spec 2.3.2), or None when it cannot be a DNS name."""
+    label = "_" + port.name
+    if len(label) <= MAX_LABEL and len(base) + 2 + len(label) + len(port.protocol.label) <= MAX_NAME_WIRE:
+        return label_wire(label) + label_wire(port.protocol.label) + base
+    problem = (
+        f"the SRV label {label!r} is longer than {MAX_LABEL} bytes"
+        if len(label) > MAX_LABEL
+        else f"the SRV name for port {port.name!r} would be longer than {MAX_NAME_WIRE} bytes"
+    )
+    kind = "Service" if isinstance(owner_object, Service) else "EndpointSlice"
+    omitted.append(Omission(kind, _ref(owner_object), field, problem + ": this port has no SRV name"))
+    return None
 
 
-def namespace_records(namespace: str, domain: str, pods_enabled: bool) -> RecordSets:
+def _ref(obj: Service | EndpointSlice) -> str:
+    return f"{obj.namespace}/{obj.name}"
+
+
+def namespace_records(namespace: str, domain: str, pods_enabled: bool, omitted: list[Omission]) -> RecordSets:
     """The empty non-terminals an existing namespace makes: `<ns>.svc` and `<ns>.pod` NODATA."""
-    sets: RecordTuples = {to_wire(f"{namespace}.svc.{domain}"): ()}
-    if pods_enabled:
-        sets[to_wire(f"{namespace}.pod.{domain}")] = ()
+    sets: RecordTuples = {}
+    for zone in ("svc", "pod") if pods_enabled else ("svc",):
+        try:
+            sets[to_wire(f"{namespace}.{zone}.{domain}")] = ()
+        except InvalidName:
+            problem = f"{namespace}.{zone}.{domain} would be longer than {MAX_NAME_WIRE} bytes"
+            omitted.append(Omission("Namespace", namespace, "metadata.name", problem))
     return sets
 
 

@@ -10,11 +10,12 @@ import contextlib
 import enum
 import gc
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
 from kdns.core import records
 from kdns.core.model import ClusterObject, EndpointSlice, IPAddress, Namespace, Pod, Service
+from kdns.core.records import Omission
 from kdns.core.zone import Zone
 
 _APEX = ("apex",)
@@ -58,8 +59,14 @@ class ClusterStore:
         pod_mode: PodMode = PodMode.INSECURE,
         dns_service: tuple[str, str] = ("kube-system", "kube-dns"),
         fallback_ns_addresses: Iterable[IPAddress] = (),
+        report: Callable[[Omission], None] = lambda omission: None,
     ) -> None:
+        """`report` is told once of each part of an object left out of DNS (`Omission`)."""
         self.domain = domain.rstrip(".").lower()
+        self.report = report
+        # What is left out of DNS now, by the contributor whose records it would be part of.
+        self.omissions: dict[Hashable, tuple[Omission, ...]] = {}
+        self.omissions_reported = 0  # every omission reported so far: a counter for metrics
         self.pod_mode = pod_mode
         self.dns_service = dns_service
         self.fallback_ns_addresses = tuple(fallback_ns_addresses)
@@ -82,13 +89,22 @@ class ClusterStore:
 
     # -- changes ---------------------------------------------------------------------------
 
-    def load(self, objects: Iterable[ClusterObject]) -> None:
+    def load(
+        self, objects: Iterable[ClusterObject], on_error: Callable[[ClusterObject, Exception], None] | None = None
+    ) -> None:
         """Apply many objects at once, slices before their Services so that each Service's
-        records are built once rather than once per slice."""
+        records are built once rather than once per slice. With `on_error`, an object that
+        cannot be applied is handed to it and the others are still applied."""
         order = {Namespace: 0, Pod: 1, EndpointSlice: 2, Service: 3}
         with bulk_change():
             for obj in sorted(objects, key=lambda obj: order[type(obj)]):
-                self.upsert(obj)
+                if on_error is None:
+                    self.upsert(obj)
+                    continue
+                try:
+                    self.upsert(obj)
+                except Exception as error:  # one object never stops the others
+                    on_error(obj, error)
 
     def upsert(self, obj: ClusterObject) -> None:
         """Add or replace one object and republish what it feeds."""
@@ -164,12 +180,15 @@ class ClusterStore:
 
     def _publish_service(self, key: tuple[str, str]) -> None:
         service = self.services.get(key)
+        contributor = ("svc", key)
+        omitted: list[Omission] = []
         if service is None:
-            self.zone.replace(("svc", key), {})
+            self.zone.replace(contributor, {})
         else:
             slices = self._slices_by_service.get(key, {})
             ordered = [slices[name] for name in sorted(slices)]
-            self.zone.replace(("svc", key), records.service_records(service, ordered, self.domain))
+            self.zone.replace(contributor, records.service_records(service, ordered, self.domain, omitted))
+        self._note_omissions(contributor, omitted)
         if key == self.dns_service:
             self._publish_apex()
 
@@ -182,12 +201,28 @@ class ClusterStore:
     def _ref_namespace(self, namespace: str, delta: int) -> None:
         self._namespace_refs[namespace] += delta
         count = self._namespace_refs[namespace]
+        contributor = ("ns", namespace)
         if count == 0:
             del self._namespace_refs[namespace]
-            self.zone.replace(("ns", namespace), {})
+            self.zone.replace(contributor, {})
+            self._note_omissions(contributor, [])
         elif count == delta:  # it has just come to exist
             pods_enabled = self.pod_mode is not PodMode.DISABLED
-            self.zone.replace(("ns", namespace), records.namespace_records(namespace, self.domain, pods_enabled))
+            omitted: list[Omission] = []
+            self.zone.replace(contributor, records.namespace_records(namespace, self.domain, pods_enabled, omitted))
+            self._note_omissions(contributor, omitted)
+
+    def _note_omissions(self, contributor: Hashable, omitted: list[Omission]) -> None:
+        """Keep what a contributor leaves out, and report each omission once (not again on every
+        republish of the same object)."""
+        before = self.omissions.pop(contributor, ())
+        if not omitted:
+            return
+        self.omissions[contributor] = tuple(omitted)
+        for omission in omitted:
+            if omission not in before:
+                self.omissions_reported += 1
+                self.report(omission)
 
     def _pod_has_address(self, namespace: str, address: IPAddress) -> bool:
         return self._pod_addresses[(namespace, address)] > 0

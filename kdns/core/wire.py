@@ -8,6 +8,7 @@ the rcode to answer with and whatever of the query could be read (its ID at leas
 
 from __future__ import annotations
 
+import bisect
 import functools
 import struct
 from typing import NamedTuple
@@ -81,16 +82,16 @@ def parse_query(packet: bytes) -> Query:
 
     The question's name is taken to end at the first zero byte, without walking its labels: if
     that name is in the zone's index, its bytes are those of a well-formed name and the walk would
-    find the same end. Any other name must pass `check_name` before it is answered.
+    find the same end. Any other name must pass `checked` before it is answered. A zero byte may
+    also sit inside a label (RFC 2181 11: `a\\000b.example` is a legal name); if reading on from
+    the first zero byte fails, the name is walked label by label and read from its real end.
     """
     size = len(packet)
     if size < HEADER_LENGTH:
-        # A header we cannot read: answer FORMERR when at least the ID is there (RFC 1035 4.1.1),
-        # unless what there is of the flags says it is a response.
-        if size < 2 or (size >= 3 and packet[2] & 0x80):
-            raise QueryError(FORMERR, None)
-        raise QueryError(FORMERR, packet[0] << 8 | packet[1])
-    query_id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(packet)
+        # A fragment of a header gets no reply at all: any reply to it would be larger than the
+        # packet, which is what an amplification attack looks for (miekg/dns drops them too).
+        raise QueryError(FORMERR, None)
+    query_id, flags, qdcount, _ancount, _nscount, _arcount = _HEADER.unpack_from(packet)
     if flags & QR:
         raise QueryError(FORMERR, None)  # a response, not a query: never answer it (no loops)
     if flags & OPCODE_MASK:
@@ -98,7 +99,20 @@ def parse_query(packet: bytes) -> Query:
     if qdcount != 1:
         raise QueryError(FORMERR, query_id, flags)
     end = packet.find(0, HEADER_LENGTH) + 1
-    if end == 0 or end + 4 > size:
+    try:
+        return _parse_from(packet, end)
+    except QueryError:
+        real_end = name_end(packet, HEADER_LENGTH)
+        if real_end < 0 or real_end == end:
+            raise
+        return _parse_from(packet, real_end)
+
+
+def _parse_from(packet: bytes, end: int) -> Query:
+    """The query whose question name ends at `end` (just after its root label)."""
+    query_id, flags, _, ancount, nscount, arcount = _HEADER.unpack_from(packet)
+    size = len(packet)
+    if end <= HEADER_LENGTH or end + 4 > size:
         raise QueryError(FORMERR, query_id, flags)
     question_end = end + 4
     question = packet[HEADER_LENGTH:question_end]
@@ -123,22 +137,38 @@ def parse_query(packet: bytes) -> Query:
     return Query(query_id, flags, question, key, qtype, qclass, edns)
 
 
-def check_name(packet: bytes, query: Query) -> None:
-    """Raise FORMERR unless the question's name is made of plain labels (RFC 1035 4.1.2) ending
-    where `parse_query` took it to end, within 255 bytes.
+def checked(packet: bytes, query: Query) -> Query:
+    """The query with a well-formed question name (RFC 1035 4.1.2: plain labels, within 255
+    bytes); FORMERR for any other.
 
-    A compression pointer could only point back into the header, so one in the question is
-    malformed (and so cannot loop).
+    Usually `query` itself. When the name holds a zero byte inside a label, `parse_query` took the
+    name to end early; the query is then read again from the name's real end. A compression
+    pointer could only point back into the header, so one in the question is malformed (and so
+    cannot loop).
     """
-    end = HEADER_LENGTH
-    name_end = HEADER_LENGTH + len(query.key)
-    while end < name_end:
-        length = packet[end]
-        if length == 0 or length > 63:  # 0b01/0b10 prefixes are not labels; 0b11 is a pointer
-            break
-        end += length + 1
-    if end != name_end - 1 or name_end - HEADER_LENGTH > MAX_NAME_WIRE:
+    end = name_end(packet, HEADER_LENGTH)
+    if end < 0:
         raise QueryError(FORMERR, query.id, query.flags)
+    if end == HEADER_LENGTH + len(query.key):
+        return query
+    return _parse_from(packet, end)
+
+
+def name_end(message: bytes, offset: int) -> int:
+    """The offset just past the uncompressed name at `offset`, or -1 when there is no such name
+    (a label type other than a plain length, a label past the message, over 255 bytes)."""
+    start = offset
+    size = len(message)
+    while offset < size:
+        length = message[offset]
+        if length > 63:  # 0b01/0b10 prefixes are not labels; 0b11 is a pointer
+            return -1
+        offset += length + 1
+        if offset - start > MAX_NAME_WIRE:
+            return -1
+        if length == 0:
+            return offset
+    return -1
 
 
 def _find_opt(
@@ -197,11 +227,7 @@ def _opt_record(dnssec_ok: bool, rcode: int, max_udp: int) -> bytes:
 
 
 def reply(query: Query, answer: Answer, limit: int, max_udp: int, recursion_available: bool) -> bytes:
-    """Assemble the reply to `query` from a prepared answer, fitted to `limit` bytes.
-
-    Over the limit, the additional section goes first (no TC: RFC 2181 9); if the answer still
-    does not fit, the reply carries no records and sets TC so that the client retries over TCP.
-    """
+    """Assemble the reply to `query` from a prepared answer, fitted to `limit` bytes."""
     flags = answer.flags | (query.flags & (RD | CD))
     if recursion_available:
         flags |= RA
@@ -215,27 +241,48 @@ def reply(query: Query, answer: Answer, limit: int, max_udp: int, recursion_avai
         counts = answer.counts_with_opt
     if HEADER_LENGTH + len(question) + len(records) + len(tail) <= limit:
         return _ID_FLAGS.pack(query.id, flags) + counts + question + records + tail
+    return _truncated(query.id, flags, question, answer, tail, limit)
+
+
+def _truncated(query_id: int, flags: int, question: bytes, answer: Answer, tail: bytes, limit: int) -> bytes:
+    """As many whole records as fit in `limit`, answer section first, then authority, then
+    additional, with TC set (CoreDNS, through miekg/dns `Msg.Truncate`).
+
+    The records that fit are kept rather than none, because some stub resolvers never retry over
+    TCP (musl before 1.2.4): with TC and an empty answer they get nothing, with TC and what fits
+    they get usable addresses. TC is set even when only additional records are left out, as
+    CoreDNS does, so that a client that wants everything knows to ask over TCP.
+    """
+    room = limit - HEADER_LENGTH - len(question) - len(tail)
+    ends = answer.ends or (len(answer.records),)
+    kept = bisect.bisect_right(ends, room)
+    answers = min(kept, answer.answer_count)
+    authority = min(kept - answers, answer.authority_count)
+    additional = kept - answers - authority
+    records = answer.records[: ends[kept - 1]] if kept else b""
     opt_count = 1 if tail else 0
-    records = records[: answer.required_length]
-    if HEADER_LENGTH + len(question) + len(records) + len(tail) <= limit:
-        header = _HEADER.pack(query.id, flags, 1, answer.answer_count, answer.authority_count, opt_count)
-        return header + question + records + tail
-    return _HEADER.pack(query.id, flags | TC, 1, 0, 0, opt_count) + question + tail
+    header = _HEADER.pack(query_id, flags | TC, 1, answers, authority, additional + opt_count)
+    return header + question + records + tail
 
 
 def error_reply(error: QueryError, max_udp: int, recursion_available: bool) -> bytes | None:
-    """The reply to a query that failed to parse or is refused; None when it gets no reply."""
+    """The reply to a query that failed to parse or is refused; None when it gets no reply.
+
+    The question is echoed only when it is well-formed: a question that failed to parse may hold
+    compression pointers or reserved label types, and every reply kdns sends must parse."""
     if error.query_id is None:
         return None
     rcode = error.rcode
     flags = QR | (error.flags & (OPCODE_MASK | RD | CD)) | (rcode & 0xF)
     if recursion_available:
         flags |= RA
-    qdcount = 1 if error.question else 0
+    question = error.question
+    if question and name_end(question, 0) != len(question) - 4:
+        question = b""
     tail = b""
     if error.edns is not None:
         tail = _opt_record(error.edns.dnssec_ok, rcode, max_udp)
-    return _HEADER.pack(error.query_id, flags, qdcount, 0, 0, 1 if tail else 0) + error.question + tail
+    return _HEADER.pack(error.query_id, flags, 1 if question else 0, 0, 0, 1 if tail else 0) + question + tail
 
 
 def status_reply(query: Query, rcode: int, max_udp: int, recursion_available: bool) -> bytes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from itertools import accumulate
 
 from kdns.core import rdata
 from kdns.core.model import IPAddress
@@ -45,21 +46,29 @@ PodPolicy = Callable[[str, IPAddress], bool]
 class Answer:
     """A prepared reply, less its ID, question and any OPT record.
 
-    `required_length` is the length of the answer and authority sections: the additional section
-    after it can be dropped to fit a small UDP limit without setting TC (RFC 2181 9). The header's
-    flags and section counts are worked out here, once, rather than for every reply.
+    `ends` holds where each record ends in `records` when there is more than one, so that a reply
+    too large for a client can be cut at a record boundary; None for a single record (most
+    answers: a tuple each would cost memory for nothing). The header's flags and section counts
+    are worked out here, once, rather than for every reply.
     """
 
-    __slots__ = ("counts", "counts_with_opt", "flags", "records", "required_length")
+    __slots__ = ("counts", "counts_with_opt", "ends", "flags", "records")
 
     def __init__(
-        self, rcode: int, answer_count: int, authority_count: int, additional_count: int, records: bytes, required: int
+        self,
+        rcode: int,
+        answer_count: int,
+        authority_count: int,
+        additional_count: int,
+        records: bytes,
+        ends: tuple[int, ...] | None = None,
+        flags: int = 0x8400,  # QR and AA: authoritative, as for every name of our zones
     ) -> None:
-        self.flags = 0x8400 | rcode  # QR and AA
+        self.flags = flags | rcode
         self.counts = _counts(answer_count, authority_count, additional_count)
         self.counts_with_opt = _counts(answer_count, authority_count, additional_count + 1)
         self.records = records
-        self.required_length = required
+        self.ends = ends
 
     @property
     def rcode(self) -> int:
@@ -190,6 +199,7 @@ class Zone:
         self._nxdomain: dict[bytes, Answer] = {}
         self._nodata: dict[bytes, Answer] = {}
         self._soa_answer: Answer | None = None
+        self._addresses_memo: dict[bytes, list[bytes]] | None = None  # set only inside `replace`
         self.serial = 0
         self.set_serial(1)
 
@@ -266,8 +276,11 @@ class Zone:
 
     def _answer_from(self, key: bytes, records: Sequence[Record], qtype: int, apex: bytes) -> Answer:
         """An answer made at query time: for ANY, or from records given on demand."""
-        if qtype != rdata.ANY:
-            records = [record for record in records if record.rtype == qtype]
+        if qtype == rdata.ANY and records:
+            # RFC 8482 4.1: one RRset rather than every record at the name, so that ANY is no
+            # better an amplifier than any other query (the first type held, for a stable answer).
+            qtype = records[0].rtype
+        records = [record for record in records if record.rtype == qtype]
         return self._prepare(key, records) if records else self._nodata[apex]
 
     # -- writing ---------------------------------------------------------------------------
@@ -296,7 +309,7 @@ class Zone:
                     # The common new name (an endpoint's address, a PTR): prepared right here.
                     rtype = records[0].rtype
                     single = encode_rr(QUESTION_POINTER, records[0], self.ttl)
-                    self.prepared[(key, rtype)] = Answer(NOERROR, 1, 0, 0, single, len(single))
+                    self.prepared[(key, rtype)] = Answer(NOERROR, 1, 0, 0, single)
                     node.types = _TYPE_TUPLES.setdefault((rtype,), (rtype,))
                 else:
                     changed[key] = None
@@ -317,10 +330,14 @@ class Zone:
         # same contribution changed (targets always belong to the contributor of the SRV).
         # (A new contribution has none: its SRV and NS names are all in `changed`.)
         dependants = [key for key in new if key not in changed and _has_targets(self._nodes[key])] if old_keys else []
-        for key in changed:
-            self._rebuild(key)
-        for key in dependants:
-            self._rebuild(key)
+        self._addresses_memo = {}
+        try:
+            for key in changed:
+                self._rebuild(key)
+            for key in dependants:
+                self._rebuild(key)
+        finally:
+            self._addresses_memo = None
 
     def _replace_children(self, contributor: Hashable, new: Mapping[bytes, Contribution]) -> None:
         """Note who answers the names below a parent on demand, for this contribution."""
@@ -348,10 +365,10 @@ class Zone:
             # same bytes serve every question below the apex (RFC 2308 3: the negative TTL is
             # the lesser of the SOA's TTL and its minimum, which are equal here).
             authority = encode_rr(apex, soa, self.ttl)
-            self._nxdomain[apex] = Answer(NXDOMAIN, 0, 1, 0, authority, len(authority))
-            self._nodata[apex] = Answer(NOERROR, 0, 1, 0, authority, len(authority))
+            self._nxdomain[apex] = Answer(NXDOMAIN, 0, 1, 0, authority)
+            self._nodata[apex] = Answer(NOERROR, 0, 1, 0, authority)
         answer = encode_rr(QUESTION_POINTER, soa, self.ttl)
-        self._soa_answer = Answer(NOERROR, 1, 0, 0, answer, len(answer))
+        self._soa_answer = Answer(NOERROR, 1, 0, 0, answer)
 
     def names(self) -> Iterable[tuple[str, int, Sequence[Record]]]:
         """Every (owner, type, records) held, for `kdns dump`; not for the query path."""
@@ -436,7 +453,7 @@ class Zone:
         ttl = self.ttl
         if len(records) == 1 and records[0].rtype not in (rdata.SRV, rdata.NS):  # most names
             single = encode_rr(QUESTION_POINTER, records[0], ttl)
-            return Answer(NOERROR, 1, 0, 0, single, len(single))
+            return Answer(NOERROR, 1, 0, 0, single)
         answer = [encode_rr(QUESTION_POINTER, record, ttl) for record in records]
         if len(records) > 1000:
             total = 0
@@ -445,20 +462,40 @@ class Zone:
                 if total > MAX_RECORDS_LENGTH:  # thousands of endpoints: serve what a message holds
                     answer = answer[:count]
                     break
-        additional = []
+        additional: list[bytes] = []
         if records[0].rtype in (rdata.SRV, rdata.NS):  # a set holds one type
             for target in dict.fromkeys(_target(record) for record in records):
-                node = self._nodes.get(target)
-                if node is None:
-                    continue
-                for record in _merged(target, node):
-                    if record.rtype in (rdata.A, rdata.AAAA):
-                        additional.append(encode_rr(target, record, ttl))
-        required = b"".join(answer)
-        extra = b"".join(additional)
-        if len(required) + len(extra) > MAX_RECORDS_LENGTH:
-            additional, extra = [], b""
-        return Answer(NOERROR, len(answer), 0, len(additional), required + extra, len(required))
+                additional += self._addresses_of(target)
+        if sum(map(len, answer)) + sum(map(len, additional)) > MAX_RECORDS_LENGTH:
+            additional = []
+        parts = answer + additional
+        return Answer(NOERROR, len(answer), 0, len(additional), b"".join(parts), tuple(accumulate(map(len, parts))))
+
+    def _addresses_of(self, target: bytes) -> list[bytes]:
+        """The A and AAAA records at an SRV or NS target, encoded for the additional section.
+
+        Within one `replace` they are encoded once per target: a Service's SRV names all point at
+        the Service's own name, and walking its records again for each of thousands of ports
+        made an edit of such a Service quadratic in its ports.
+        """
+        memo = self._addresses_memo
+        if memo is not None:
+            found = memo.get(target)
+            if found is not None:
+                return found
+        node = self._nodes.get(target)
+        encoded = (
+            [
+                encode_rr(target, record, self.ttl)
+                for record in _merged(target, node)
+                if record.rtype in (rdata.A, rdata.AAAA)
+            ]
+            if node is not None
+            else []
+        )
+        if memo is not None:
+            memo[target] = encoded
+        return encoded
 
 
 def _exists(node: _Node) -> bool:

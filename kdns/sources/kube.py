@@ -148,6 +148,7 @@ class Applier:
         self.store = store
         self.allowed = set(options.namespaces)
         self.clock = clock
+        self.errors = 0  # objects that could not be applied (beyond conversion errors)
 
     def _in_scope(self, kind: str, key: tuple[str, str]) -> bool:
         namespace = key[1] if kind == "Namespace" else key[0]
@@ -163,7 +164,7 @@ class Applier:
             return False
         if event_type == "DELETED":
             self.store.delete(kind, key)
-        elif not self._upsert(kind, key, raw):
+        elif not self._guarded_upsert(kind, key, raw):
             return False
         self.store.zone.bump_serial(int(self.clock()))
         return True
@@ -185,8 +186,8 @@ class Applier:
                 key = object_key(kind, raw)
                 if key is None or not self._in_scope(kind, key):
                     continue
-                listed.add(key)
-                self._upsert(kind, key, raw)
+                listed.add(key)  # listed even if it cannot be applied: what was served stays
+                self._guarded_upsert(kind, key, raw)
 
     def remove_unlisted(self, kind: str, namespace: str | None, listed: set[tuple[str, str]]) -> None:
         """After a list's last page: delete what the list did not hold."""
@@ -195,6 +196,16 @@ class Applier:
                 if key not in listed:
                     self.store.delete(kind, key)
         self.store.zone.bump_serial(int(self.clock()))
+
+    def _guarded_upsert(self, kind: str, key: tuple[str, str], raw: Any) -> bool:
+        """`_upsert`, with any failure logged and contained: nothing about one object may stop
+        the rest of a list page, or leave the others to be deleted as unlisted."""
+        try:
+            return self._upsert(kind, key, raw)
+        except Exception as error:
+            self.errors += 1
+            log.exception("could not apply %s %s/%s (%s): keeping what was served for it", kind, *key, error)
+            return False
 
     def _upsert(self, kind: str, key: tuple[str, str], raw: Any) -> bool:
         try:

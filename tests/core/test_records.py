@@ -489,13 +489,21 @@ def test_custom_cluster_domain():
     ]
 
 
-def test_any_query_answers_every_record_at_the_name():
+def test_any_query_gets_one_rrset_as_rfc_8482_asks():
     store = store_of(service("prod", "web", ["10.96.0.5", "fd00::5"]))
-    assert records(ask(store, "web.prod.svc.cluster.local", "ANY")) == [
-        "web.prod.svc.cluster.local. A 10.96.0.5",
-        "web.prod.svc.cluster.local. AAAA fd00::5",
-        "web.prod.svc.cluster.local. SRV 0 100 80 web.prod.svc.cluster.local.",
-    ]
+    reply = ask(store, "web.prod.svc.cluster.local", "ANY")
+    assert rcode(reply) == "NOERROR" and is_authoritative(reply)
+    assert records(reply) == ["web.prod.svc.cluster.local. A 10.96.0.5"]
+    assert records(reply, "additional") == []
+
+
+def test_any_query_for_a_headless_service_is_no_larger_than_its_a_query():
+    endpoints = [endpoint(f"10.244.0.{i}", hostname=f"db-{i}") for i in range(1, 21)]
+    store = store_of(headless("prod", "db"), endpoint_slice("prod", "db-a", "db", endpoints))
+    any_reply = ask(store, "db.prod.svc.cluster.local", "ANY", tcp=True)
+    a_reply = ask(store, "db.prod.svc.cluster.local", "A", tcp=True)
+    assert records(any_reply) == records(a_reply) and len(records(a_reply)) == 20
+    assert rcode(ask(store, "nope.prod.svc.cluster.local", "ANY")) == "NXDOMAIN"
 
 
 def test_zone_transfers_are_refused():

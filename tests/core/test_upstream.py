@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import dns.flags
 import dns.message
 import dns.rcode
@@ -11,7 +13,7 @@ import pytest
 
 from kdns.core import wire
 from kdns.core.handler import Forward, Handler, HandlerOptions
-from kdns.core.upstream import BadResponse, ForwardCache, read_response, upstream_query
+from kdns.core.upstream import BadResponse, ForwardCache, MalformedResponse, read_response, upstream_query
 from tests.builders import store_of
 
 NAME = "www.example.com."
@@ -302,3 +304,90 @@ def test_popular_entry_is_due_for_prefetch_once_in_its_last_tenth():
     cache.get(key)
     cache.get(key)
     assert cache.prefetch_due == [key]  # once, however often it is asked meanwhile
+
+
+# -- hostile or broken upstream answers (issue 8: D4, D5, D9) -----------------------------------
+
+
+def test_cache_keys_on_the_cd_bit_so_unvalidated_data_never_answers_a_validating_client():
+    """RFC 4035 3.2.2 and 4.7; CoreDNS's cache keys on CD for the same reason."""
+    cache = ForwardCache(100, Clock())
+    checking_disabled = _query()._replace(flags=_query().flags | wire.CD)
+    _cached(cache, checking_disabled)
+    assert cache.get(ForwardCache.key(checking_disabled)) is not None
+    assert cache.get(ForwardCache.key(_query())) is None
+
+
+def test_cd_bit_is_passed_upstream():
+    query = _query()._replace(flags=_query().flags | wire.CD)
+    assert dns.message.from_wire(upstream_query(query)[1]).flags & dns.flags.CD
+
+
+def test_served_ttls_never_exceed_the_time_left_in_the_cache():
+    clock = Clock()
+    cache = ForwardCache(100, clock)
+    query = _query()
+    query_id, response = _upstream_answer(query, answer=[_a(299)], authority=[_soa(299, 299)])
+    answer = read_response(response, query_id, query.question, 0, 10)  # --cache-max-ttl 10
+    assert answer.cache_ttl == 10
+    cache.put(ForwardCache.key(query), answer)
+    reply = dns.message.from_wire(wire.reply(query, cache.get(ForwardCache.key(query)), 65535, 1232, True))
+    assert [rrset.ttl for rrset in reply.answer + reply.authority] == [10, 10]
+    clock.now += 4
+    assert _ttls(cache.get(ForwardCache.key(query)), query) == [6]
+    # The first client, answered straight from upstream, gets the capped TTL too.
+    first = dns.message.from_wire(wire.reply(query, answer.answer(), 65535, 1232, True))
+    assert first.answer[0].ttl == 10
+
+
+def test_ttl_with_the_top_bit_set_is_read_as_zero():
+    """RFC 2181 8."""
+    query = _query()
+    query_id, response = _upstream_answer(query, answer=[_a(60)])
+    raw = bytearray(response)
+    ttl_at = 12 + len(query.question) + 6  # the answer's TTL, after its owner pointer, type and class
+    raw[ttl_at : ttl_at + 4] = (2**31).to_bytes(4, "big")
+    answer = read_response(bytes(raw), query_id, query.question, 0, 3600)
+    assert answer.cache_ttl == 0  # not cached
+    reply = dns.message.from_wire(wire.reply(query, answer.answer(), 65535, 1232, True))
+    assert reply.answer[0].ttl == 0
+
+
+def _a_record_response(query: wire.Query, rdata: bytes, owner: bytes = b"\xc0\x0c") -> tuple[int, bytes]:
+    query_id, _packet = upstream_query(query)
+    header = struct.pack("!HHHHHH", query_id, 0x8180, 1, 1, 0, 0)
+    record = owner + struct.pack("!HHIH", 1, 1, 60, len(rdata)) + rdata
+    return query_id, header + query.question + record
+
+
+def test_malformed_upstream_answers_are_refused_not_relayed():
+    """CoreDNS answers SERVFAIL for an upstream answer it cannot parse, and caches nothing."""
+    query = _query()
+    itself = 0xC000 | (12 + len(query.question))
+    cases = [
+        _a_record_response(query, b"\xc0\x00\x02"),  # A with 3 bytes of data
+        _a_record_response(query, b"\xc0\x00\x02\x01\x05"),  # A with 5
+        _a_record_response(query, b"\xc0\x00\x02\x01", owner=itself.to_bytes(2, "big")),  # points at itself
+        _a_record_response(query, b"\xc0\x00\x02\x01", owner=b"\xc0\xff"),  # points past the message
+        _a_record_response(query, b"\xc0\x00\x02\x01", owner=b"\x41abc\x00"),  # reserved label type
+    ]
+    for query_id, response in cases:
+        with pytest.raises(MalformedResponse):
+            read_response(response, query_id, query.question, 0, 3600)
+    query_id, good = _a_record_response(query, b"\xc0\x00\x02\x01")
+    assert read_response(good, query_id, query.question, 0, 3600).answer_count == 1
+    query_id, response = cases[0]
+    with pytest.raises(MalformedResponse):
+        read_response(response + b"\x00", query_id, query.question, 0, 3600)
+
+
+def test_names_inside_record_data_are_checked_too():
+    query = _query()
+    query_id, _packet = upstream_query(query)
+    header = struct.pack("!HHHHHH", query_id, 0x8180, 1, 1, 0, 0)
+    for rtype, data in ((5, b"\xc0\x40"), (12, b"\x03abc"), (33, b"\x00\x01"), (2, b"\x03www\x00\x00")):
+        record = b"\xc0\x0c" + struct.pack("!HHIH", rtype, 1, 60, len(data)) + data
+        with pytest.raises(MalformedResponse):
+            read_response(header + query.question + record, query_id, query.question, 0, 3600)
+    cname = b"\xc0\x0c" + struct.pack("!HHIH", 5, 1, 60, 2) + b"\xc0\x0c"
+    assert read_response(header + query.question + cname, query_id, query.question, 0, 3600).answer_count == 1

@@ -11,7 +11,8 @@ import dns.message
 import dns.opcode
 import dns.rcode
 
-from kdns.core.handler import Handler, HandlerOptions
+from kdns.core.handler import Forward, Handler, HandlerOptions
+from kdns.core.upstream import ForwardCache
 from tests.builders import ask, endpoint, endpoint_slice, headless, rcode, records, service, store_of
 
 WEB = "web.prod.svc.cluster.local"
@@ -46,10 +47,11 @@ def _id_of(reply: bytes) -> int:
 # -- malformed queries ---------------------------------------------------------------------------
 
 
-def test_truncated_header_gets_formerr_keeping_the_id():
-    reply = _handler().handle(b"\xab\xcd\x01\x00\x00", False)
-    assert reply is not None and _id_of(reply) == 0xABCD and _rcode_of(reply) == 1
-    assert reply[2] & 0x80  # QR
+def test_fragments_of_a_header_get_no_reply_which_would_only_amplify_them():
+    handler = _handler()
+    for size in range(2, 12):  # miekg/dns drops these too
+        assert handler.handle(_header()[:size], False) is None
+        assert handler.handle(_header()[:size], True) is None
 
 
 def test_packet_too_short_for_an_id_is_dropped():
@@ -93,6 +95,44 @@ def test_question_cut_short_is_formerr():
     for packet in (_header() + _question()[:-2], _header() + b"\x03web", _header() + b"\x03web\x00"):
         reply = handler.handle(packet, False)
         assert reply is not None and _rcode_of(reply) == 1, packet
+
+
+def test_zero_byte_inside_a_label_is_a_name_like_any_other():
+    """RFC 2181 11: any octet may appear in a label; `a\\000b.example` is forwarded, and under
+    the cluster domain it is an ordinary missing name."""
+    cache = ForwardCache(10, lambda: 0.0)
+    handler = Handler(store_of(service("prod", "web")).zone, HandlerOptions(recursion_available=True), cache)
+    outside = b"\x03a\x00b\x07example\x00"
+    decided = handler.handle(_header() + _question(outside, qtype=16), False)
+    assert isinstance(decided, Forward)
+    assert decided.query.key == outside and decided.query.qtype == 16
+    assert decided.query.question == outside + b"\x00\x10\x00\x01"
+    inside = b"\x03a\x00b\x04prod\x03svc\x07cluster\x05local\x00"
+    for extra in (b"", b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"):
+        wire = handler.handle(_header(ar=1 if extra else 0) + _question(inside) + extra, False)
+        reply = _parse(wire)
+        assert reply.rcode() == dns.rcode.NXDOMAIN
+        assert reply.question[0].name.labels[0] == b"a\x00b"
+
+
+def test_error_replies_echo_only_a_question_that_parses():
+    """A FORMERR or BADVERS reply to a question holding a pointer or a reserved label type
+    carries no question rather than the malformed one (every reply must parse)."""
+    handler = _handler()
+    bad_names = [b"\xc0\x0c", b"\x01a\xc0\x0c", b"\x41abc\x00", b"\x03web\xc0\x05"]
+    opts = [
+        b"\x00\x00\x29\x04\xd0\x00\x01\x00\x00\x00\x00",  # EDNS version 1: BADVERS
+        b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x10\x00",  # runs past the packet: FORMERR
+        b"\x01x\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00",  # owner not root: FORMERR
+    ]
+    for name in bad_names:
+        for opt in opts:
+            packet = _header(ar=1) + name + b"\x00\x00\x01\x00\x01"[-4:] + opt
+            wire = handler.handle(packet, False)
+            assert wire is not None
+            reply = dns.message.from_wire(wire)  # raises if it does not parse
+            assert reply.id == 0x1234 and reply.rcode() in (dns.rcode.FORMERR, dns.rcode.BADVERS)
+            assert len(reply.question) <= 1
 
 
 def test_reserved_label_types_are_formerr():
@@ -209,13 +249,18 @@ def _big_headless(count: int):
     return headless("prod", "big", ports=ports), endpoint_slice("prod", "big-a", "big", endpoints, ports=ports)
 
 
-def test_answer_over_512_bytes_without_edns_sets_tc_and_carries_no_records():
+def test_answer_over_512_bytes_without_edns_sets_tc_and_carries_the_whole_records_that_fit():
+    """CoreDNS (miekg/dns Truncate): whole records, as many as fit, and TC. A client that never
+    retries over TCP (musl before 1.2.4) still gets addresses."""
     handler = _handler(*_big_headless(60))  # 60 A records: 16 bytes each, over 512
     query = dns.message.make_query("big.prod.svc.cluster.local", "A", use_edns=False)
     wire = handler.handle(query.to_wire(), False)
     assert wire is not None and len(wire) <= 512
     reply = _parse(wire)
-    assert reply.flags & dns.flags.TC and reply.answer == []
+    assert reply.flags & dns.flags.TC
+    kept = records(reply)
+    assert 20 < len(kept) < 60 and len(wire) > 512 - 16
+    assert set(kept) <= set(records(ask(handler, "big.prod.svc.cluster.local", "A", tcp=True)))
 
 
 def test_the_same_answer_comes_whole_over_tcp():
@@ -246,14 +291,30 @@ def test_advertised_size_below_512_is_read_as_512():
     assert not reply.flags & dns.flags.TC and len(records(reply)) == 25
 
 
-def test_additional_section_is_dropped_before_setting_tc():
+def test_answer_section_is_kept_whole_before_the_additional_records_that_fit():
     handler = _handler(*_big_headless(12))  # 12 SRV (~60 B) fit in 1232, their addresses do not all
-    reply = ask(handler, "_pg._tcp.big.prod.svc.cluster.local", "SRV", payload=1232)
-    assert not reply.flags & dns.flags.TC
-    assert len(records(reply)) == 12
     whole = ask(handler, "_pg._tcp.big.prod.svc.cluster.local", "SRV", tcp=True)
-    assert len(records(whole, "additional")) == 12
-    assert len(records(reply, "additional")) in (0, 12)
+    assert len(records(whole)) == 12 and len(records(whole, "additional")) == 12
+    wire = handler.handle(
+        dns.message.make_query("_pg._tcp.big.prod.svc.cluster.local", "SRV", payload=1232).to_wire(), False
+    )
+    assert wire is not None and len(wire) <= 1232
+    reply = _parse(wire)
+    assert len(records(reply)) == 12
+    assert 0 < len(records(reply, "additional")) < 12  # whole records, as many as fit
+    assert reply.flags & dns.flags.TC  # something was left out (CoreDNS sets TC then too)
+    assert reply.edns == 0
+
+
+def test_a_reply_cut_to_fit_keeps_its_header_consistent():
+    handler = _handler(*_big_headless(60))
+    for payload in (512, 600, 1000, 1232):
+        wire = handler.handle(
+            dns.message.make_query("big.prod.svc.cluster.local", "A", payload=payload).to_wire(), False
+        )
+        assert wire is not None and len(wire) <= payload
+        reply = _parse(wire)
+        assert reply.edns == 0 and len(reply.answer[0]) == struct.unpack("!H", wire[6:8])[0]
 
 
 def test_negative_answers_fit_and_keep_their_rcode_under_edns():
