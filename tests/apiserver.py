@@ -74,6 +74,7 @@ class FakeApiServer:
         self._fail_lists_only = False
         self._stalled = False
         self._generation = 0  # bumped to end every open watch and stalled request
+        self._cut_next = False
         self.requests: list[str] = []
         self.port = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -101,6 +102,25 @@ class FakeApiServer:
             self._httpd.server_close()
             self._httpd = None
         self.drop_connections()
+
+    def inject(self, kind: str, line: bytes) -> None:
+        """Send `line` as it is to every watch of `kind`, in order with the other events: an event
+        of an unknown type, an object of a foreign kind, a malformed object."""
+        with self._lock:
+            self._version += 1
+            self._history.append((self._version, "RAW", {"kind": kind, "line": line}, None))
+            self._lock.notify_all()
+
+    def cut_next_event(self) -> None:
+        """Write only the first half of the next watch event, then cut the connection (a reset
+        mid-stream): the client sees truncated JSON, and on watching again, the whole event."""
+        with self._lock:
+            self._cut_next = True
+
+    def take_cut(self) -> bool:
+        with self._lock:
+            cut, self._cut_next = self._cut_next, False
+            return cut
 
     def drop_connections(self) -> None:
         with self._lock:
@@ -214,8 +234,9 @@ class FakeApiServer:
 
     def events(
         self, kind: str, namespace: str | None, selector: str, since: int, timeout: float, bookmarks: bool
-    ) -> Iterator[Obj]:
-        """Watch events after `since` until `timeout` passes or the connection is dropped."""
+    ) -> Iterator[Obj | bytes]:
+        """Watch events after `since` until `timeout` passes or the connection is dropped (raw
+        lines from `inject` as bytes)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             generation = self._generation
@@ -234,6 +255,10 @@ class FakeApiServer:
                 current = self._version
             for version, event_type, obj, previous in pending:
                 last_sent = version
+                if event_type == "RAW":
+                    if obj["kind"] == kind:
+                        yield obj["line"]
+                    continue
                 event = _as_seen(
                     event_type,
                     self._matching(kind, namespace, selector, obj),
@@ -369,7 +394,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for event in api.events(kind, namespace, selector, since, timeout, bookmarks):
-                line = json.dumps(event).encode() + b"\n"
+                line = event if isinstance(event, bytes) else json.dumps(event).encode() + b"\n"
+                if not isinstance(event, bytes) and event["type"] != "BOOKMARK" and api.take_cut():
+                    half = line[: len(line) // 2]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(half), half))
+                    self.wfile.flush()
+                    return  # the connection is cut mid-event (closed in `finally`)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")

@@ -8,7 +8,9 @@ otherwise through `mode`:
 - "truncate": over UDP, an empty answer with TC set; over TCP, the full answer;
 - "wrong-id", "wrong-question", "wrong-port": first a forged answer (another ID; another
   question; the right answer sent from another socket), then, after `forged_delay`, the real one;
-- "slow": answer after `delay` seconds.
+- "slow": answer after `delay` seconds;
+- "script": `script(query, answer)` returns the datagrams to send, each after its delay in seconds:
+  garbage, malformed answers, answers to other questions, late answers, whatever a test needs.
 It counts queries per transport and keeps the names asked; kdns's loop probe at start is kept
 apart (`probes`), so that counts are those of the queries a test made.
 """
@@ -19,6 +21,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 import dns.flags
 import dns.message
@@ -31,6 +34,7 @@ class FakeUpstream:
         self.address = address
         self.ttl = ttl
         self.mode = "answer"
+        self.script: Callable[[dns.message.Message, bytes], list[tuple[bytes, float]]] | None = None
         self.delay = 1.0
         self.forged_delay = 0.2
         self.udp_queries = 0
@@ -94,6 +98,11 @@ class FakeUpstream:
         response = self._answer(query, tcp=False)
         wire = response.to_wire()
         try:
+            if mode == "script" and self.script is not None:
+                for datagram, delay in self.script(query, wire):
+                    time.sleep(delay)
+                    self._udp.sendto(datagram, peer)
+                return
             if mode == "wrong-id":
                 forged = bytearray(wire)
                 struct.pack_into("!H", forged, 0, (response.id + 1) % 65536)

@@ -47,8 +47,13 @@ def compose(
     limit = wire.TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
     if len(data) <= limit:
         return data
-    header.tc = 1  # too large for this client: TC and no records, so that it retries over TCP
-    truncated = DNSRecord(header, q=DNSQuestion(qname, query.qtype, query.qclass))
-    if query.edns is not None:
-        truncated.add_ar(EDNS0(udp_len=options.max_udp, flags="do" if query.edns.dnssec_ok else ""))
-    return bytes(truncated.pack())
+    # Too large for this client: TC, with the whole records that fit, answer section first (as
+    # `wire.reply` cuts prepared answers, and CoreDNS does).
+    header.tc = 1
+    opt = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
+    extra = [rr for rr in reply.ar if rr.rtype != QTYPE.OPT]
+    while len(data) > limit and (extra or reply.auth or reply.rr):
+        (extra or reply.auth or reply.rr).pop()
+        reply.ar = extra + opt
+        data = bytes(reply.pack())
+    return data

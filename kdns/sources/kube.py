@@ -160,6 +160,14 @@ class Applier:
         if key is None:
             log.warning("%s %s event without a readable name: ignored", kind, event_type)
             return False
+        declared = raw.get("kind")
+        if declared is not None and declared != kind:
+            # The API server never sends another kind on a watch: whatever this is, it is not
+            # one of the objects this watch follows.
+            log.warning(
+                "%s watch: %s event for an object of kind %r (%s/%s): ignored", kind, event_type, declared, *key
+            )
+            return False
         if not self._in_scope(kind, key):
             return False
         if event_type == "DELETED":
@@ -223,6 +231,10 @@ class Applier:
         return True
 
 
+class MalformedEvent(ValueError):
+    """A watch stream line that is not a watch event: the stream cannot be trusted past it."""
+
+
 def backoff(initial: float, maximum: float, rng: random.Random) -> Iterator[float]:
     """Waits between retries: doubling from `initial` up to `maximum`, each with equal jitter (half
     fixed, half random) so that watchers that failed together do not retry in step."""
@@ -265,6 +277,7 @@ class ResourceWatcher:
             self._scope["label_selector"] = options.label_selector
         self._version: str | None = None
         self._failing_since: float | None = None
+        self._malformed_at: str | None = None  # the version a watch last broke at with a malformed line
 
     def run(self) -> None:
         """Follow the resource until `stop` is set."""
@@ -275,6 +288,15 @@ class ResourceWatcher:
                     self._list()
                 self._watch()
                 delays = backoff(self.options.backoff_initial, self.options.backoff_max, random.Random())
+            except MalformedEvent as error:
+                # Watching again resumes at the same version; if the stream breaks there again,
+                # the line would come back forever: list afresh instead, past it.
+                if self._malformed_at == self._version:
+                    log.warning("%s: %s, again at resourceVersion %s: listing again", self.name, error, self._version)
+                    self._version = None
+                    continue
+                self._malformed_at = self._version
+                self._failed(str(error))
             except ApiException as error:
                 if error.status == GONE:
                     log.info("%s: resourceVersion %s is too old (410 Gone): listing again", self.name, self._version)
@@ -358,7 +380,12 @@ class ResourceWatcher:
             for line in iter_resp_lines(response):
                 if not line:
                     continue
-                event = json.loads(line)
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    event = None
+                if not isinstance(event, Mapping):
+                    raise MalformedEvent(f"a watch event that is not a JSON object: {line[:80]!r}")
                 event_type, raw = event.get("type"), event.get("object")
                 if event_type == "ERROR":
                     status = raw if isinstance(raw, Mapping) else {}

@@ -38,7 +38,7 @@ def _upstream_answer(query: wire.Query, rcode: int = dns.rcode.NOERROR, answer=(
     response.set_rcode(rcode)
     response.answer.extend(answer)
     response.authority.extend(authority)
-    return query_id, response.to_wire()
+    return query_id, response.to_wire(max_size=65535)
 
 
 def _a(ttl: int, name: str = NAME, address: str = "192.0.2.1") -> dns.rrset.RRset:
@@ -267,6 +267,25 @@ def test_external_name_pointing_outside_is_chased_upstream_and_cached():
     again = handler.handle(query.to_wire(), False)  # the target's answer is now cached
     assert isinstance(again, bytes)
     assert len(dns.message.from_wire(again).answer) == 2
+
+
+def test_external_name_chase_too_large_for_udp_keeps_the_whole_records_that_fit():
+    from tests.builders import service
+
+    store = store_of(service("prod", "pay", type_="ExternalName", external_name="www.example.com"))
+    for use_edns in (False, True):
+        handler = Handler(store.zone, HandlerOptions(recursion_available=True), ForwardCache(100, Clock()))
+        query = dns.message.make_query("pay.prod.svc.cluster.local", "A", use_edns=use_edns, payload=512)
+        decision = handler.handle(query.to_wire(), False)
+        many = [_a(60, NAME, f"192.0.2.{i}") for i in range(1, 80)]
+        query_id, response = _upstream_answer(decision.query, answer=many)
+        answer = read_response(response, query_id, decision.query.question, 0, 3600)
+        wire_reply = handler.finish_forward(decision, answer)
+        assert len(wire_reply) <= 512
+        reply = dns.message.from_wire(wire_reply)
+        assert reply.flags & dns.flags.TC and reply.answer[0].rdtype == dns.rdatatype.CNAME
+        assert 10 < len(reply.answer[1]) < 79
+        assert (reply.edns == 0) == use_edns
 
 
 # -- serve-stale (RFC 8767) and prefetch --------------------------------------------------------

@@ -1,0 +1,154 @@
+"""API faults a real kube-apiserver will not produce on demand (issue 8, point 5), against the
+real `kdns serve` following `tests/apiserver.py`: connections cut mid-event (truncated JSON),
+events of unknown types, objects of foreign kinds, objects with missing or wrong-typed fields, a
+flood of 10,000 events, and a relist of 50,000 objects. Names that exist keep answering
+throughout, and the zone ends where a fresh build of the final objects does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kdns.core.handler import Handler
+from tests.apiserver import FakeApiServer
+from tests.builders import ask, namespace, records, service, store_of
+from tests.process import KdnsServer
+from tests.test_live import FAST, QueryLoop, _ask, _synced, _wait
+
+STEADY = {"web.prod.svc.cluster.local": ["10.96.0.5"], "db.prod.svc.cluster.local": ["10.96.0.6"]}
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    server = FakeApiServer()
+    server.apply(namespace("prod"))
+    server.apply(service("prod", "web", ["10.96.0.5"]))
+    server.apply(service("prod", "db", ["10.96.0.6"]))
+    yield server
+    server.stop()
+
+
+def _start(api: FakeApiServer, tmp_path: Path, *args: str) -> KdnsServer:
+    return KdnsServer("--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, *args, listen=("127.0.0.1:0",))
+
+
+def test_garbled_streams_and_hostile_events_never_disturb_the_names_that_exist(api, tmp_path):
+    server = _start(api, tmp_path)
+    loop = None
+    try:
+        _synced(server)
+        loop = QueryLoop(server, STEADY)
+        # A connection cut in the middle of an event: truncated JSON, then the whole event again.
+        api.cut_next_event()
+        api.apply(service("prod", "cut", ["10.96.0.7"]))
+        _wait(lambda: _ask(server, "cut.prod.svc.cluster.local")[1] == ["10.96.0.7"], 10, "the cut event, resent")
+        # Events of an unknown type, foreign kinds, and objects kdns cannot read.
+        version = {"resourceVersion": "1"}
+        hostile = [
+            {"type": "WEIRD", "object": service("prod", "weird", ["10.96.0.66"])},
+            {
+                "type": "ADDED",
+                "object": {"kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "prod", **version}},
+            },
+            {"type": "ADDED", "object": {"metadata": {"namespace": "prod"}}},
+            {"type": "ADDED", "object": "not an object"},
+            {"type": "ADDED", "object": {"metadata": {"name": 5, "namespace": ["prod"]}}},
+            {"type": "MODIFIED", "object": {**service("prod", "web", ["10.96.0.5"]), "spec": {"clusterIP": 7}}},
+            {"type": "MODIFIED", "object": {**service("prod", "db", ["10.96.0.6"]), "spec": "nonsense"}},
+            {"type": "ADDED", "object": {**service("prod", "huge", ["10.96.0.8"]), "spec": {"ports": [{}] * 5000}}},
+        ]
+        for event in hostile:
+            api.inject("Service", json.dumps(event).encode() + b"\n")
+        api.inject("Service", b"[1, 2, 3]\n")
+        api.inject("Service", b'{"type": "ADDED", "object": {"metadata": {"name": "x\xff\xfe"}}}\n')
+        api.apply(service("prod", "after", ["10.96.0.9"]))  # the watch still follows the cluster
+        _wait(lambda: _ask(server, "after.prod.svc.cluster.local")[1] == ["10.96.0.9"], 10, "a change after them")
+        assert _ask(server, "weird.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        assert _ask(server, "cm.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        assert _ask(server, "huge.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        time.sleep(0.3)
+        loop.stop()
+        assert loop.asked > 20 and loop.wrong == []
+        log = server.log_text()
+        assert "Traceback" not in log and "unexpected error" not in log
+        assert "field spec.clusterIP" in log and "ConfigMap" in log
+    finally:
+        if loop is not None:
+            loop.stop()
+        assert server.stop() == 0
+
+
+def test_a_flood_of_10000_events_is_followed_to_the_last_with_no_failed_query(api, tmp_path):
+    server = _start(api, tmp_path)
+    loop = None
+    try:
+        _synced(server)
+        loop = QueryLoop(server, STEADY)
+        final: dict[str, dict] = {}
+        started = time.monotonic()
+        for i in range(10_000):
+            name = f"f{i % 500}"
+            obj = service("prod", name, [f"10.97.{i % 250}.{i % 200 + 1}"])
+            if i % 7 == 3 and name in final:
+                api.delete("Service", "prod", name)
+                del final[name]
+            else:
+                api.apply(obj)
+                final[name] = obj
+        flood_seconds = time.monotonic() - started
+        api.apply(service("prod", "sentinel", ["10.96.0.100"]))  # events arrive in order: the last one
+        expected = store_of(namespace("prod"), service("prod", "web", ["10.96.0.5"]), *final.values())
+        handler = Handler(expected.zone)
+        _wait(lambda: _ask(server, "sentinel.prod.svc.cluster.local")[1] == ["10.96.0.100"], 30, "the flood's end")
+        time.sleep(1)
+        loop.stop()
+        assert loop.asked > 20 and loop.wrong == [], loop.wrong[:5]
+        for i in range(500):  # every name ends where a fresh build of the final objects is
+            name = f"f{i}.prod.svc.cluster.local"
+            want = ask(handler, name)
+            got = _ask(server, name)
+            assert got == (_rcode_text(want), [line.split()[-1] for line in records(want)]), name
+        print(f"10,000 events written in {flood_seconds:.1f} s")
+    finally:
+        if loop is not None:
+            loop.stop()
+        assert server.stop() == 0
+
+
+def _rcode_text(message) -> str:
+    import dns.rcode
+
+    return dns.rcode.to_text(message.rcode())
+
+
+def test_a_relist_of_50000_objects_loses_no_name_and_ends_where_a_fresh_build_does(api, tmp_path):
+    for i in range(50_000):
+        api.apply(service("prod", f"bulk{i}", [f"10.{98 + i // 65000}.{i // 250 % 256}.{i % 250 + 1}"]))
+    server = _start(api, tmp_path, "--api-timeout", "30")
+    loop = None
+    try:
+        _wait(lambda: _ask(server, "kdns-sync-check.nowhere.svc.cluster.local")[0] == "NXDOMAIN", 120, "the first list")
+        assert _ask(server, "bulk49999.prod.svc.cluster.local")[0] == "NOERROR"
+        loop = QueryLoop(server, {**STEADY, "bulk12345.prod.svc.cluster.local": ["10.98.49.96"]})
+        for i in range(0, 50_000, 1000):  # while kdns is away, a fiftieth of the cluster changes
+            api.delete("Service", "prod", f"bulk{i}")
+        api.apply(service("prod", "relisted", ["10.96.0.44"]))
+        api.compact()
+        api.drop_connections()  # its watch resumes from a compacted version: 410, and a relist
+        _wait(lambda: _ask(server, "relisted.prod.svc.cluster.local")[1] == ["10.96.0.44"], 120, "the relist")
+        # What the relist did not hold goes once its last page is in.
+        _wait(lambda: _ask(server, "bulk1000.prod.svc.cluster.local")[0] == "NXDOMAIN", 30, "the deletions")
+        assert _ask(server, "bulk49000.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        assert _ask(server, "bulk1001.prod.svc.cluster.local")[1] == ["10.98.4.2"]
+        loop.stop()
+        assert loop.asked > 10 and loop.wrong == [], loop.wrong[:5]
+        assert "410" in server.log_text()
+    finally:
+        if loop is not None:
+            loop.stop()
+        assert server.stop() == 0
