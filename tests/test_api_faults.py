@@ -152,3 +152,31 @@ def test_a_relist_of_50000_objects_loses_no_name_and_ends_where_a_fresh_build_do
         if loop is not None:
             loop.stop()
         assert server.stop() == 0
+
+
+def test_a_service_published_in_part_never_blanks_its_page_at_start_or_after_a_relist(api, tmp_path):
+    """Issue 8 D1, as reported: Services bad, s1, s2, s3 in one namespace, where bad has a
+    63-character port name. s1-s3 used to answer NXDOMAIN at start, and again after an outage,
+    a compaction and a relist."""
+    api.apply(service("prod", "bad", ["10.96.1.9"], ports=[{"name": "p" * 63, "port": 81, "protocol": "TCP"}]))
+    for i in range(1, 4):
+        api.apply(service("prod", f"s{i}", [f"10.96.1.{i}"]))
+    server = _start(api, tmp_path, "--api-page-size", "2")
+    try:
+        _synced(server)
+        expected = {f"s{i}.prod.svc.cluster.local": [f"10.96.1.{i}"] for i in range(1, 4)}
+        for name, addresses in expected.items():
+            assert _ask(server, name) == ("NOERROR", addresses)
+        loop = QueryLoop(server, {**expected, "bad.prod.svc.cluster.local": ["10.96.1.9"]})
+        try:
+            api.stop()
+            time.sleep(1)
+            api.apply(service("prod", "s4", ["10.96.1.4"]))
+            api.compact()
+            api.start()
+            _wait(lambda: _ask(server, "s4.prod.svc.cluster.local")[1] == ["10.96.1.4"], 20, "the relist")
+        finally:
+            loop.stop()
+        assert loop.wrong == [] and loop.asked > 10
+    finally:
+        assert server.stop() == 0

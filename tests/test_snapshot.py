@@ -106,3 +106,18 @@ def test_example_cluster_loads_without_errors():
     assert loaded.errors == []
     kinds = {type(obj) for obj in loaded.objects}
     assert kinds == {Namespace, Service, EndpointSlice, Pod}
+
+
+def test_snapshots_are_parsed_by_libyaml_where_pyyaml_has_it(tmp_path, monkeypatch):
+    """Issue 8 D11: the pure-Python loader took 3 min 17 s and 3.8 GB for a 50 MB snapshot."""
+    assert yaml.__with_libyaml__, "PyYAML without libyaml: the wheel from PyPI has it"
+    used = []
+    real = yaml.load_all
+
+    def spy(stream, Loader):
+        used.append(Loader)
+        return real(stream, Loader=Loader)
+
+    monkeypatch.setattr(yaml, "load_all", spy)
+    snapshot.load(_write(tmp_path, "c.yaml", yaml.safe_dump({"kind": "List", "items": [service("a", "b")]})))
+    assert used == [yaml.CSafeLoader]
