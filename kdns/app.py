@@ -15,12 +15,12 @@ import trio
 
 from kdns.address import SocketAddress
 from kdns.config import ServeConfig
+from kdns.core.cache import ForwardCache
 from kdns.core.handler import Handler, HandlerOptions
 from kdns.core.model import ClusterObject, IPAddress
 from kdns.core.names import to_wire
 from kdns.core.records import Omission
 from kdns.core.store import ClusterStore, PodMode
-from kdns.core.upstream import ForwardCache
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder
 from kdns.ops import serve_health

@@ -25,18 +25,18 @@ from dataclasses import dataclass, field
 import trio
 
 from kdns.address import SocketAddress
+from kdns.core.cache import CacheKey, ForwardCache
+from kdns.core.message import CD, RD, TCP_LIMIT, frame, framed_length
 from kdns.core.names import at_label_boundary, to_wire
 from kdns.core.upstream import (
     UPSTREAM_UDP_SIZE,
     BadResponse,
-    CacheKey,
-    ForwardCache,
     ForwardedAnswer,
     MalformedResponse,
     read_response,
     upstream_query,
 )
-from kdns.core.wire import CD, RD, Edns, Query
+from kdns.core.wire import Edns, Query
 from kdns.errors import KdnsError
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ class Forwarder:
         options = self.options
         while True:
             try:
-                data = await sock.recv(65535)
+                data = await sock.recv(TCP_LIMIT)
             except OSError as error:  # ECONNREFUSED from an ICMP port-unreachable: nobody there
                 log.debug("upstream %s: %s", upstream.address, error)
                 continue
@@ -253,14 +253,13 @@ class Forwarder:
         query_id, packet = upstream_query(query)
         stream = await trio.open_tcp_stream(upstream.address.host, upstream.address.port)
         async with stream:
-            await stream.send_all(struct.pack("!H", len(packet)) + packet)
+            await stream.send_all(frame(packet))
             data = b""
-            while len(data) < 2 or len(data) < 2 + (data[0] << 8 | data[1]):
-                chunk = await stream.receive_some(65535)
+            while (length := framed_length(data)) is None or len(data) < 2 + length:
+                chunk = await stream.receive_some(TCP_LIMIT)
                 if not chunk:
                     raise BadResponse("connection closed before the answer")
                 data += chunk
-        length = data[0] << 8 | data[1]
         return read_response(data[2 : 2 + length], query_id, query.question, self.options.min_ttl, self.options.max_ttl)
 
     async def _probe_while_down(self, upstream: Upstream) -> None:

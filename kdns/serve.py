@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import trio
 
 from kdns.address import SocketAddress
 from kdns.core.handler import Forward, Handler
+from kdns.core.message import frame, framed_length
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder, refresh
 
@@ -219,8 +219,7 @@ async def _serve_connection(
     buffer = bytearray()
     deadline = trio.current_time() + limits.idle_timeout
     while True:
-        while len(buffer) >= 2:
-            length = buffer[0] << 8 | buffer[1]
+        while (length := framed_length(buffer)) is not None:
             if len(buffer) < 2 + length:
                 break
             packet = bytes(buffer[2 : 2 + length])
@@ -240,7 +239,7 @@ async def _serve_connection(
                 else:
                     reply = handler.refuse(reply)
             with trio.move_on_after(limits.write_timeout) as writing:
-                await stream.send_all(struct.pack("!H", len(reply)) + reply)
+                await stream.send_all(frame(reply))
             if writing.cancelled_caught:
                 return  # the client does not read what it asked for: close the connection
             deadline = trio.current_time() + limits.idle_timeout

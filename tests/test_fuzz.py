@@ -19,11 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdns.core import wire
+from kdns.core.cache import ForwardCache
 from kdns.core.convert import KINDS, ConversionError, convert
 from kdns.core.handler import Forward, Handler, HandlerOptions
+from kdns.core.message import CLASSIC_UDP_LIMIT
 from kdns.core.model import Namespace
 from kdns.core.store import ClusterStore, PodMode
-from kdns.core.upstream import ForwardCache, read_response, upstream_query
+from kdns.core.upstream import read_response, upstream_query
 from kdns.core.zonefile import render
 from tests.builders import endpoint, endpoint_slice, headless, pod, service
 from tests.fuzz import EXAMPLES, hostile_objects, mutated_messages, valid_objects
@@ -89,7 +91,7 @@ def check_reply(packet: bytes, reply: bytes, tcp: bool) -> None:
         echoed = reply[12 : 12 + len(message.question[0].name.to_wire()) + 4]
         assert sent.startswith(echoed) or echoed.lower() == sent[: len(echoed)].lower(), "question not echoed"
     if not tcp:
-        limit = MAX_UDP if message.edns >= 0 else wire.CLASSIC_UDP_LIMIT
+        limit = MAX_UDP if message.edns >= 0 else CLASSIC_UDP_LIMIT
         assert len(reply) <= limit, f"{len(reply)} bytes to a UDP client that takes {limit}"
 
 

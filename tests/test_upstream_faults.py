@@ -22,8 +22,8 @@ import pytest
 import trio
 
 from kdns.address import SocketAddress
+from kdns.core.cache import ForwardCache
 from kdns.core.handler import Handler, HandlerOptions
-from kdns.core.upstream import ForwardCache
 from kdns.forward import Forwarder, ForwardOptions, Upstream
 from kdns.serve import TcpLimits, bind, serve
 from tests.builders import service, store_of

@@ -12,6 +12,7 @@ from typing import Protocol
 from dnslib import CNAME, EDNS0, QTYPE, RR, DNSHeader, DNSQuestion, DNSRecord
 
 from kdns.core import wire
+from kdns.core.message import RD, TCP_LIMIT
 from kdns.core.names import from_wire
 from kdns.core.zone import Answer
 
@@ -26,13 +27,13 @@ def compose(
 ) -> bytes:
     """The reply to `query` (for an ExternalName service): its CNAME to `target_query`'s name,
     then the records of `target`, the answer to `target_query`, under the target's rcode."""
-    target_message = DNSRecord.parse(wire.reply(target_query, target, wire.TCP_LIMIT, options.max_udp, False))
+    target_message = DNSRecord.parse(wire.reply(target_query, target, TCP_LIMIT, options.max_udp, False))
     qname = from_wire(query.question[:-4]) + "."
     header = DNSHeader(
         id=query.id,
         qr=1,
         aa=1,  # the CNAME, at the name asked, is ours
-        rd=int(bool(query.flags & wire.RD)),
+        rd=int(bool(query.flags & RD)),
         ra=int(options.recursion_available),
         rcode=target_message.header.rcode,
     )
@@ -44,7 +45,7 @@ def compose(
     if query.edns is not None:
         reply.add_ar(EDNS0(udp_len=options.max_udp, flags="do" if query.edns.dnssec_ok else ""))
     data = bytes(reply.pack())  # bytes, as every reply: the server tells replies from decisions by type
-    limit = wire.TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
+    limit = TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
     if len(data) <= limit:
         return data
     # Too large for this client: TC, with the whole records that fit, answer section first (as

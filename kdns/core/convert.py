@@ -19,6 +19,7 @@ from kdns.core.model import (
     Endpoint,
     EndpointSlice,
     IPAddress,
+    Kind,
     Namespace,
     Pod,
     Protocol,
@@ -35,7 +36,8 @@ _LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # A label of an ExternalName target: any LDH label, underscores allowed as in real-world names.
 _EXTERNAL_LABEL_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
-KINDS = ("Namespace", "Service", "EndpointSlice", "Pod")
+KINDS = tuple(Kind)
+ObjectKey = tuple[str, str]  # (namespace, name); ("", name) for a Namespace
 
 
 class ConversionError(ValueError):
@@ -98,7 +100,7 @@ class _Reader:
             raise self.fail("metadata.name", "missing")
         namespace = ""
         if namespaced:
-            namespace = self.get("metadata.namespace", str, DEFAULT_NAMESPACE)
+            namespace = self.get("metadata.namespace", str, None) or DEFAULT_NAMESPACE
             self.ref = f"{namespace}/{name}"
             namespace = self.label("metadata.namespace", namespace, "namespace name")
         else:
@@ -323,13 +325,32 @@ def convert_pod(obj: Any) -> Pod:
 
 
 _CONVERTERS = {
-    "Namespace": convert_namespace,
-    "Service": convert_service,
-    "EndpointSlice": convert_endpoint_slice,
-    "Pod": convert_pod,
+    Kind.NAMESPACE: convert_namespace,
+    Kind.SERVICE: convert_service,
+    Kind.ENDPOINT_SLICE: convert_endpoint_slice,
+    Kind.POD: convert_pod,
 }
 
 
 def convert(kind: str, obj: Any) -> ClusterObject | None:
     """Convert one API object of a kind in `KINDS`; None when DNS has no use for it."""
-    return _CONVERTERS[kind](obj)
+    return _CONVERTERS[Kind(kind)](obj)
+
+
+def object_key(kind: str, raw: Any) -> ObjectKey | None:
+    """(namespace, name) of an API object as sent, even a malformed one (so that a bad update can
+    be told apart from others, and deleted by key); None when it has no readable name. The
+    namespace is defaulted as `convert` does, and both are folded to lower case as DNS names are."""
+    metadata = raw.get("metadata") if isinstance(raw, dict) else None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+        return None
+    name = metadata["name"].lower()
+    if kind == Kind.NAMESPACE:
+        return ("", name)
+    namespace = metadata.get("namespace")
+    return ((namespace if isinstance(namespace, str) and namespace else DEFAULT_NAMESPACE).lower(), name)
+
+
+def key_of(obj: ClusterObject) -> ObjectKey:
+    """The key of a converted object, as `object_key` gives it for the API object."""
+    return ("", obj.name) if isinstance(obj, Namespace) else obj.key

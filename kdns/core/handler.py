@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kdns.core import chase, rdata, wire
-from kdns.core.upstream import ForwardCache, ForwardedAnswer
-from kdns.core.zone import REFUSED, SERVFAIL, Answer, Zone
+from kdns.core.cache import ForwardCache
+from kdns.core.message import DEFAULT_MAX_UDP, REFUSED, SERVFAIL, TCP_LIMIT
+from kdns.core.upstream import ForwardedAnswer
+from kdns.core.zone import Answer, Zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +31,7 @@ class Forward:
 
 @dataclass(frozen=True, slots=True)
 class HandlerOptions:
-    max_udp: int = wire.DEFAULT_MAX_UDP  # the largest UDP reply we send and advertise in OPT
+    max_udp: int = DEFAULT_MAX_UDP  # the largest UDP reply we send and advertise in OPT
     recursion_available: bool = False  # set once queries outside the zones can be forwarded
 
 
@@ -74,7 +76,7 @@ class Handler:
                     query, answer = checked, decided
         except wire.QueryError as error:
             return wire.error_reply(error, options.max_udp, options.recursion_available)
-        limit = wire.TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
+        limit = TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
         return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
 
     def _answer_checked(self, query: wire.Query, tcp: bool, cache_missed: bool) -> Answer | bytes | Forward:
@@ -142,7 +144,7 @@ class Handler:
             answer = stale
         if forward.chased_from is not None:
             return chase.compose(forward.chased_from, query, self.zone.ttl, answer, forward.tcp, options)
-        limit = wire.TCP_LIMIT if forward.tcp else wire.udp_limit(query.edns, options.max_udp)
+        limit = TCP_LIMIT if forward.tcp else wire.udp_limit(query.edns, options.max_udp)
         return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
 
     def refuse(self, forward: Forward) -> bytes:

@@ -14,6 +14,15 @@ from dataclasses import dataclass
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+class Kind(enum.StrEnum):
+    """The API kinds kdns serves from. A `StrEnum`, so a kind compares equal to its API name."""
+
+    NAMESPACE = "Namespace"
+    SERVICE = "Service"
+    ENDPOINT_SLICE = "EndpointSlice"
+    POD = "Pod"
+
+
 class ServiceType(enum.Enum):
     """How a Service is published in DNS (spec 2.3 and 2.4)."""
 

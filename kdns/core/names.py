@@ -11,10 +11,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 
+from kdns.core.message import MAX_LABEL, MAX_NAME_WIRE
 from kdns.core.model import Endpoint, IPAddress
-
-MAX_LABEL = 63  # RFC 1035 2.3.4
-MAX_NAME_WIRE = 255  # RFC 1035 2.3.4, counting length bytes and the root
 
 
 class InvalidName(ValueError):

@@ -11,10 +11,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from kdns.core import rdata
-from kdns.core.model import EndpointSlice, IPAddress, Service, ServicePort, ServiceType
+from kdns.core.message import MAX_LABEL, MAX_NAME_WIRE
+from kdns.core.model import EndpointSlice, IPAddress, Kind, Service, ServicePort, ServiceType
 from kdns.core.names import (
-    MAX_LABEL,
-    MAX_NAME_WIRE,
     InvalidName,
     endpoint_label,
     label_wire,
@@ -89,7 +88,7 @@ def _fitting(base: bytes, ready: list[ReadyAddress], omitted: list[Omission]) ->
         field = f"endpoints[{index}].hostname" if slice_.endpoints[index].hostname else f"endpoints[{index}].addresses"
         omitted.append(
             Omission(
-                "EndpointSlice",
+                Kind.ENDPOINT_SLICE,
                 f"{slice_.namespace}/{slice_.name}",
                 field,
                 f"the endpoint name {label!r} under its Service would be longer than {MAX_NAME_WIRE} bytes: "
@@ -203,7 +202,7 @@ def service_records(
         base = to_wire(service_name(service.namespace, service.name, domain))
     except InvalidName:
         problem = f"the Service's name would be longer than {MAX_NAME_WIRE} bytes: it is left out of DNS"
-        omitted.append(Omission("Service", _ref(service), "metadata.name", problem))
+        omitted.append(Omission(Kind.SERVICE, _ref(service), "metadata.name", problem))
         return {}
     if service.type is ServiceType.EXTERNAL_NAME:  # spec 2.5
         return {base: (rdata.pointer(rdata.CNAME, service.external_name),)}
@@ -267,7 +266,7 @@ def _srv_owner(
         if len(label) > MAX_LABEL
         else f"the SRV name for port {port.name!r} would be longer than {MAX_NAME_WIRE} bytes"
     )
-    kind = "Service" if isinstance(owner_object, Service) else "EndpointSlice"
+    kind = Kind.SERVICE if isinstance(owner_object, Service) else Kind.ENDPOINT_SLICE
     omitted.append(Omission(kind, _ref(owner_object), field, problem + ": this port has no SRV name"))
     return None
 
@@ -284,7 +283,7 @@ def namespace_records(namespace: str, domain: str, pods_enabled: bool, omitted: 
             sets[to_wire(f"{namespace}.{zone}.{domain}")] = ()
         except InvalidName:
             problem = f"{namespace}.{zone}.{domain} would be longer than {MAX_NAME_WIRE} bytes"
-            omitted.append(Omission("Namespace", namespace, "metadata.name", problem))
+            omitted.append(Omission(Kind.NAMESPACE, namespace, "metadata.name", problem))
     return sets
 
 

@@ -10,11 +10,10 @@ import contextlib
 import enum
 import gc
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 
 from kdns.core import records
-from kdns.core.model import ClusterObject, EndpointSlice, IPAddress, Namespace, Pod, Service
+from kdns.core.model import ClusterObject, EndpointSlice, IPAddress, Kind, Namespace, Pod, Service
 from kdns.core.records import Omission
 from kdns.core.zone import Zone
 
@@ -134,40 +133,45 @@ class ClusterStore:
             self._pod_addresses.update((obj.namespace, ip) for ip in obj.ips)
             self._pod_addresses += Counter()  # drop entries that fell to zero
 
-    def delete(self, kind: str, key: tuple[str, str]) -> None:
-        """Remove the object of `kind` ("Namespace", "Service", ...) at (namespace, name)."""
-        if kind == "Service":
+    def delete(self, kind: Kind, key: tuple[str, str]) -> None:
+        """Remove the object of `kind` at (namespace, name); a Namespace's key is ("", name)."""
+        if kind == Kind.SERVICE:
             if self.services.pop(key, None) is not None:
                 self._ref_namespace(key[0], -1)
                 self._publish_service(key)
-        elif kind == "EndpointSlice":
+        elif kind == Kind.ENDPOINT_SLICE:
             old = self.slices.pop(key, None)
             if old is not None:
                 self._detach_slice(old)
-        elif kind == "Namespace":
+        elif kind == Kind.NAMESPACE:
             if self.namespaces.pop(key[1], None) is not None:
                 self._ref_namespace(key[1], -1)
-        elif kind == "Pod":
+        elif kind == Kind.POD:
             old_pod = self.pods.pop(key, None)
             if old_pod is not None:
                 self._ref_namespace(old_pod.namespace, -1)
                 self._pod_addresses.subtract((old_pod.namespace, ip) for ip in old_pod.ips)
                 self._pod_addresses += Counter()
 
-    def get(self, kind: str, key: tuple[str, str]) -> ClusterObject | None:
+    def get(self, kind: Kind, key: tuple[str, str]) -> ClusterObject | None:
         """The object of `kind` at (namespace, name); a Namespace's key is ("", name)."""
-        if kind == "Namespace":
+        if kind == Kind.NAMESPACE:
             return self.namespaces.get(key[1])
         return self._by_kind(kind).get(key)
 
-    def keys(self, kind: str, namespace: str | None = None) -> list[tuple[str, str]]:
+    def keys(self, kind: Kind, namespace: str | None = None) -> list[tuple[str, str]]:
         """Keys of every object of `kind`, or of those in `namespace`."""
-        if kind == "Namespace":
+        if kind == Kind.NAMESPACE:
             return [("", name) for name in self.namespaces]
         return [key for key in self._by_kind(kind) if namespace is None or key[0] == namespace]
 
-    def _by_kind(self, kind: str) -> dict[tuple[str, str], Any]:
-        return {"Service": self.services, "EndpointSlice": self.slices, "Pod": self.pods}[kind]
+    def _by_kind(self, kind: Kind) -> Mapping[tuple[str, str], ClusterObject]:
+        by_kind: dict[Kind, Mapping[tuple[str, str], ClusterObject]] = {
+            Kind.SERVICE: self.services,
+            Kind.ENDPOINT_SLICE: self.slices,
+            Kind.POD: self.pods,
+        }
+        return by_kind[kind]
 
     # -- publishing ------------------------------------------------------------------------
 

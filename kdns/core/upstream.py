@@ -1,5 +1,5 @@
-"""Answers from upstream resolvers, made into answers of ours: checked, stripped of the upstream's
-OPT record, and held in a bounded cache whose TTLs count down.
+"""Answers from upstream resolvers, made into answers of ours: checked, and stripped of the
+upstream's OPT record (`kdns.core.cache` holds them).
 
 Pure: the clock is injected, and the bytes come in and go out. The forwarder (`kdns.forward`)
 owns the sockets.
@@ -8,30 +8,36 @@ owns the sockets.
 from __future__ import annotations
 
 import secrets
-import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from cachetools import LRUCache
-
 from kdns.core import rdata
-from kdns.core.wire import CD, DO_BIT, HEADER_LENGTH, MAX_NAME_WIRE, QR, RA, RD, TC, TYPE_OPT, Query
-from kdns.core.zone import NOERROR, NXDOMAIN, SERVFAIL, Answer
+from kdns.core.message import (
+    AD,
+    CD,
+    DO_BIT,
+    FIXED_RR,
+    HEADER,
+    HEADER_LENGTH,
+    NOERROR,
+    NXDOMAIN,
+    QR,
+    RA,
+    RCODE_MASK,
+    RD,
+    SERVFAIL,
+    TC,
+    TTL,
+    MalformedName,
+)
+from kdns.core.message import read_name as _read_name
+from kdns.core.rdata import OPT
+from kdns.core.wire import Query
+from kdns.core.zone import Answer
 
-_HEADER = struct.Struct("!HHHHHH")
-_FIXED_RR = struct.Struct("!HHIH")
-_TTL = struct.Struct("!I")
-
-AD = 0x0020  # RFC 4035 3.2.3: authentic data, passed on from a validating upstream
 MX = 15
 DNAME = 39
 SERVFAIL_TTL = 5  # CoreDNS's cache keeps a SERVFAIL 5 s: long enough to stop a retry storm
 UPSTREAM_UDP_SIZE = 1232  # what we advertise upstream (DNS Flag Day 2020)
-
-# (lowercased name, type, class, DNSSEC OK, checking disabled). CD is part of the key because a
-# validating upstream answers it differently: SERVFAIL for a bogus name without it, the data
-# with it (RFC 4035 3.2.2 and 4.7); CoreDNS's cache keys on it for that reason.
-CacheKey = tuple[bytes, int, int, bool, bool]
 
 
 class BadResponse(ValueError):
@@ -49,8 +55,8 @@ def upstream_query(query: Query) -> tuple[int, bytes]:
     query_id = secrets.randbits(16)
     flags = query.flags & (RD | CD)
     do = bool(query.edns and query.edns.dnssec_ok)
-    opt = b"\x00" + _FIXED_RR.pack(TYPE_OPT, UPSTREAM_UDP_SIZE, DO_BIT if do else 0, 0)
-    return query_id, _HEADER.pack(query_id, flags, 1, 0, 0, 1) + query.question + opt
+    opt = b"\x00" + FIXED_RR.pack(OPT, UPSTREAM_UDP_SIZE, DO_BIT if do else 0, 0)
+    return query_id, HEADER.pack(query_id, flags, 1, 0, 0, 1) + query.question + opt
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +86,7 @@ class ForwardedAnswer:
 
     @property
     def rcode(self) -> int:
-        return self.flags & 0xF
+        return self.flags & RCODE_MASK
 
     def answer(self, elapsed: int = 0, fixed_ttl: int | None = None) -> Answer:
         """As an `Answer` for `wire.reply`, its TTLs `elapsed` seconds lower (never below 0), or
@@ -89,7 +95,7 @@ class ForwardedAnswer:
         if (elapsed or fixed_ttl is not None) and self.ttl_offsets:
             patched = bytearray(records)
             for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
-                _TTL.pack_into(patched, offset, fixed_ttl if fixed_ttl is not None else max(0, ttl - elapsed))
+                TTL.pack_into(patched, offset, fixed_ttl if fixed_ttl is not None else max(0, ttl - elapsed))
             records = bytes(patched)
         return Answer(
             self.rcode,
@@ -98,7 +104,7 @@ class ForwardedAnswer:
             self.additional_count,
             records,
             self.ends,
-            flags=self.flags & ~0xF,
+            flags=self.flags & ~RCODE_MASK,
         )
 
 
@@ -113,7 +119,7 @@ def read_response(response: bytes, expected_id: int, question: bytes, min_ttl: i
     """
     if len(response) < HEADER_LENGTH:
         raise BadResponse("shorter than a header")
-    response_id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(response)
+    response_id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(response)
     if response_id != expected_id or not flags & QR or qdcount != 1:
         raise BadResponse("not a response to our query ID")
     end = HEADER_LENGTH + len(question)
@@ -136,14 +142,14 @@ def read_response(response: bytes, expected_id: int, question: bytes, min_ttl: i
             offset = read_name(response, offset)
             if offset + 10 > len(response):
                 raise MalformedResponse("record runs past the message")
-            rtype, _class, ttl, rdlength = _FIXED_RR.unpack_from(response, offset)
+            rtype, _class, ttl, rdlength = FIXED_RR.unpack_from(response, offset)
             ttl_at = offset + 4
             offset += 10
             if offset + rdlength > len(response):
                 raise MalformedResponse("record data runs past the message")
             check_rdata(response, offset, rtype, rdlength)
             offset += rdlength
-            if rtype == TYPE_OPT:
+            if rtype == OPT:
                 seen_opt = True  # the upstream's EDNS is between it and us; the client gets ours
                 continue
             if seen_opt:
@@ -160,11 +166,11 @@ def read_response(response: bytes, expected_id: int, question: bytes, min_ttl: i
             if section == 0:
                 answer_ttls.append(ttl)
             elif section == 1 and rtype == rdata.SOA:
-                minimum = _TTL.unpack_from(response, offset - 4)[0]
+                minimum = TTL.unpack_from(response, offset - 4)[0]
                 negative_ttl = min(ttl, minimum)  # RFC 2308 5
     if offset != len(response):
         raise MalformedResponse("bytes after the last record")
-    rcode = flags & 0xF
+    rcode = flags & RCODE_MASK
     answer_flags = QR | RA | (flags & AD) | rcode  # authoritative only for our own zones
     if flags & TC:
         cache_ttl = 0  # a truncated answer is never cached
@@ -185,7 +191,7 @@ def read_response(response: bytes, expected_id: int, question: bytes, min_ttl: i
     if rewrite:
         patched = bytearray(records)
         for at, ttl in zip(ttl_offsets, ttls, strict=True):
-            _TTL.pack_into(patched, at, ttl)
+            TTL.pack_into(patched, at, ttl)
         records = bytes(patched)
     return ForwardedAnswer(
         answer_flags,
@@ -206,39 +212,11 @@ def _clamp(ttl: int, low: int, high: int) -> int:
 
 
 def read_name(message: bytes, offset: int) -> int:
-    """Check the (possibly compressed) name at `offset` and return the offset after it.
-
-    RFC 1035 4.1.4: a pointer points at an earlier name in the message. Each pointer must point
-    strictly before the one that led to it, which rules out loops, and the name it makes must be
-    made of plain labels and fit in 255 bytes.
-    """
-    size = len(message)
-    after = -1  # the offset after the name as written here, known at its first pointer
-    total = 0
-    limit = offset  # a pointer must point before this
-    while True:
-        if offset >= size:
-            raise MalformedResponse("name runs past the message")
-        length = message[offset]
-        if length >= 0xC0:
-            if offset + 2 > size:
-                raise MalformedResponse("pointer runs past the message")
-            target = (length & 0x3F) << 8 | message[offset + 1]
-            if after < 0:
-                after = offset + 2
-            if target >= limit:
-                raise MalformedResponse("compression pointer does not point backwards")
-            limit = target
-            offset = target
-            continue
-        if length > 63:
-            raise MalformedResponse("reserved label type")
-        total += length + 1
-        if total > MAX_NAME_WIRE:
-            raise MalformedResponse("name longer than 255 bytes")
-        if length == 0:
-            return after if after >= 0 else offset + 1
-        offset += length + 1
+    """`message.read_name`, its failure an upstream's malformed answer."""
+    try:
+        return _read_name(message, offset)
+    except MalformedName as error:
+        raise MalformedResponse(str(error)) from None
 
 
 # Record types whose data is, or holds, one domain name that may be compressed (RFC 3597 4: the
@@ -272,97 +250,3 @@ def check_rdata(message: bytes, offset: int, rtype: int, rdlength: int) -> None:
             at += message[at] + 1
         if at != end or not rdlength:
             raise MalformedResponse("TXT record data is malformed")
-
-
-@dataclass
-class CacheStats:
-    hits: int = 0
-    misses: int = 0
-    inserts: int = 0
-
-
-STALE_TTL = 30  # RFC 8767 4: the TTL of an answer served stale
-PREFETCH_HITS = 2  # an entry asked for this often is refreshed before it expires (CoreDNS: 1 by default)
-PREFETCH_FRACTION = 0.1  # ... once no more than this part of its TTL is left (CoreDNS's 10%)
-
-
-class _Entry:
-    __slots__ = ("answer", "expires", "hits", "prefetching", "served", "served_at", "stored")
-
-    def __init__(self, answer: ForwardedAnswer, stored: float) -> None:
-        self.answer = answer
-        self.stored = stored
-        self.expires = stored + answer.cache_ttl
-        self.served_at = -1
-        self.served: Answer | None = None
-        self.hits = 0
-        self.prefetching = False
-
-
-class ForwardCache:
-    """Forwarded answers by (lowercased name, type, class, DO bit), LRU beyond `size` entries,
-    each kept for its `cache_ttl` and served with TTLs lowered by the time it has been held.
-
-    With `stale_for` (RFC 8767), an expired answer is kept that much longer, for `get_stale` to
-    serve when no upstream answers. With `prefetch`, `get` reports a popular entry close to expiry
-    through `prefetch_due`, for the forwarder to refresh while it is still being served.
-    """
-
-    def __init__(self, size: int, clock: Callable[[], float], stale_for: float = 0, prefetch: bool = False) -> None:
-        self.clock = clock
-        self.stats = CacheStats()
-        self.stale_for = stale_for
-        self.prefetch = prefetch
-        self.prefetch_due: list[CacheKey] = []
-        # A plain LRU: each entry knows when it expires, which `get` checks anyway, and an
-        # expired one (kept for serve-stale) simply ages out. cachetools' TLRUCache would keep
-        # a timer heap too, at five times the cost of a lookup.
-        self._entries: LRUCache[CacheKey, _Entry] = LRUCache(maxsize=max(size, 1))
-        self.enabled = size > 0
-
-    @staticmethod
-    def key(query: Query) -> CacheKey:
-        dnssec_ok = bool(query.edns and query.edns.dnssec_ok)
-        return (query.key, query.qtype, query.qclass, dnssec_ok, bool(query.flags & CD))
-
-    def get(self, key: CacheKey) -> Answer | None:
-        entry = self._entries.get(key)
-        now = self.clock()
-        if entry is None or now >= entry.expires:  # absent, or only there to be served stale
-            self.stats.misses += 1
-            if entry is not None and now >= entry.expires + self.stale_for:
-                del self._entries[key]
-            return None
-        self.stats.hits += 1
-        entry.hits += 1
-        if (
-            self.prefetch
-            and not entry.prefetching
-            and entry.hits >= PREFETCH_HITS
-            and entry.expires - now <= entry.answer.cache_ttl * PREFETCH_FRACTION
-        ):
-            entry.prefetching = True
-            self.prefetch_due.append(key)
-        elapsed = int(now - entry.stored)
-        if elapsed != entry.served_at:  # TTLs change once a second: patch them once a second
-            entry.served = entry.answer.answer(elapsed)
-            entry.served_at = elapsed
-        assert entry.served is not None
-        return entry.served
-
-    def get_stale(self, key: CacheKey) -> Answer | None:
-        """An expired answer still within `stale_for`, its TTLs set to 30 s (RFC 8767 4)."""
-        entry = self._entries.get(key) if self.stale_for else None
-        now = self.clock()
-        if entry is None or now < entry.expires or now >= entry.expires + self.stale_for:
-            return None
-        return entry.answer.answer(fixed_ttl=STALE_TTL)
-
-    def put(self, key: CacheKey, answer: ForwardedAnswer) -> None:
-        if self.enabled and answer.cache_ttl > 0:
-            self._entries[key] = _Entry(answer, self.clock())
-            self.stats.inserts += 1
-
-    def __len__(self) -> int:
-        """Entries held, fresh or kept for serve-stale."""
-        return len(self._entries)

@@ -13,30 +13,30 @@ import functools
 import struct
 from typing import NamedTuple
 
-from kdns.core.zone import FORMERR, NOTIMP, Answer
+from kdns.core.message import (
+    BADVERS,
+    CD,
+    CLASSIC_UDP_LIMIT,
+    DO_BIT,
+    FIXED_RR,
+    FORMERR,
+    HEADER,
+    HEADER_LENGTH,
+    NOTIMP,
+    OPCODE_MASK,
+    QR,
+    RA,
+    RD,
+    TC,
+    name_end,
+    skip_name,
+)
+from kdns.core.rdata import OPT
+from kdns.core.zone import Answer
 
-_HEADER = struct.Struct("!HHHHHH")
-_FIXED_RR = struct.Struct("!HHIH")
 _TYPE_CLASS = struct.Struct("!HH")
 _OPT_FIXED = struct.Struct("!HI")  # an OPT record's CLASS (UDP size) and TTL (flags, version)
 _ID_FLAGS = struct.Struct("!HH")
-
-QR = 0x8000
-AA = 0x0400
-TC = 0x0200
-RD = 0x0100
-RA = 0x0080
-CD = 0x0010
-OPCODE_MASK = 0x7800
-
-HEADER_LENGTH = 12
-MAX_NAME_WIRE = 255
-CLASSIC_UDP_LIMIT = 512  # RFC 1035 2.3.4: the limit without EDNS
-TCP_LIMIT = 65535  # RFC 1035 4.2.2: the 2-byte length prefix
-DEFAULT_MAX_UDP = 1232  # DNS Flag Day 2020: the largest UDP payload that avoids fragmentation
-TYPE_OPT = 41
-BADVERS = 16  # RFC 6891 6.1.3: extended rcode for an EDNS version we do not speak
-DO_BIT = 0x8000  # RFC 3225, in the OPT record's TTL field
 
 
 class Edns(NamedTuple):
@@ -91,7 +91,7 @@ def parse_query(packet: bytes) -> Query:
         # A fragment of a header gets no reply at all: any reply to it would be larger than the
         # packet, which is what an amplification attack looks for (miekg/dns drops them too).
         raise QueryError(FORMERR, None)
-    query_id, flags, qdcount, _ancount, _nscount, _arcount = _HEADER.unpack_from(packet)
+    query_id, flags, qdcount, _ancount, _nscount, _arcount = HEADER.unpack_from(packet)
     if flags & QR:
         raise QueryError(FORMERR, None)  # a response, not a query: never answer it (no loops)
     if flags & OPCODE_MASK:
@@ -110,7 +110,7 @@ def parse_query(packet: bytes) -> Query:
 
 def _parse_from(packet: bytes, end: int) -> Query:
     """The query whose question name ends at `end` (just after its root label)."""
-    query_id, flags, _, ancount, nscount, arcount = _HEADER.unpack_from(packet)
+    query_id, flags, _, ancount, nscount, arcount = HEADER.unpack_from(packet)
     size = len(packet)
     if end <= HEADER_LENGTH or end + 4 > size:
         raise QueryError(FORMERR, query_id, flags)
@@ -154,23 +154,6 @@ def checked(packet: bytes, query: Query) -> Query:
     return _parse_from(packet, end)
 
 
-def name_end(message: bytes, offset: int) -> int:
-    """The offset just past the uncompressed name at `offset`, or -1 when there is no such name
-    (a label type other than a plain length, a label past the message, over 255 bytes)."""
-    start = offset
-    size = len(message)
-    while offset < size:
-        length = message[offset]
-        if length > 63:  # 0b01/0b10 prefixes are not labels; 0b11 is a pointer
-            return -1
-        offset += length + 1
-        if offset - start > MAX_NAME_WIRE:
-            return -1
-        if length == 0:
-            return offset
-    return -1
-
-
 def _find_opt(
     packet: bytes, offset: int, skip: int, arcount: int, query_id: int, flags: int, question: bytes
 ) -> Edns | None:
@@ -179,14 +162,14 @@ def _find_opt(
     edns = None
     for index in range(skip + arcount):
         name_start = offset
-        offset = _skip_name(packet, offset)
+        offset = skip_name(packet, offset)
         if offset < 0 or offset + 10 > size:
             raise QueryError(FORMERR, query_id, flags, question)
-        rtype, rclass, ttl, rdlength = _FIXED_RR.unpack_from(packet, offset)
+        rtype, rclass, ttl, rdlength = FIXED_RR.unpack_from(packet, offset)
         offset += 10 + rdlength
         if offset > size:
             raise QueryError(FORMERR, query_id, flags, question)
-        if index < skip or rtype != TYPE_OPT:
+        if index < skip or rtype != OPT:
             continue
         if edns is not None or packet[name_start] != 0:  # RFC 6891 6.1.1: one OPT, owner root
             raise QueryError(FORMERR, query_id, flags, question)
@@ -194,21 +177,6 @@ def _find_opt(
     if edns is not None and edns.version != 0:
         raise QueryError(BADVERS, query_id, flags, question, edns)
     return edns
-
-
-def _skip_name(packet: bytes, offset: int) -> int:
-    """The offset after a (possibly compressed) name, or -1 if it runs off the packet."""
-    size = len(packet)
-    while offset < size:
-        length = packet[offset]
-        if length == 0:
-            return offset + 1
-        if length >= 0xC0:
-            return offset + 2 if offset + 2 <= size else -1
-        if length > 63:
-            return -1
-        offset += length + 1
-    return -1
 
 
 def udp_limit(edns: Edns | None, max_udp: int) -> int:
@@ -223,7 +191,7 @@ def udp_limit(edns: Edns | None, max_udp: int) -> int:
 def _opt_record(dnssec_ok: bool, rcode: int, max_udp: int) -> bytes:
     """Our OPT record: version 0, our UDP size, the upper bits of the rcode, DO echoed (RFC 3225)."""
     ttl = (rcode >> 4) << 24 | (DO_BIT if dnssec_ok else 0)
-    return b"\x00" + _FIXED_RR.pack(TYPE_OPT, max_udp, ttl, 0)
+    return b"\x00" + FIXED_RR.pack(OPT, max_udp, ttl, 0)
 
 
 def reply(query: Query, answer: Answer, limit: int, max_udp: int, recursion_available: bool) -> bytes:
@@ -261,7 +229,7 @@ def _truncated(query_id: int, flags: int, question: bytes, answer: Answer, tail:
     additional = kept - answers - authority
     records = answer.records[: ends[kept - 1]] if kept else b""
     opt_count = 1 if tail else 0
-    header = _HEADER.pack(query_id, flags | TC, 1, answers, authority, additional + opt_count)
+    header = HEADER.pack(query_id, flags | TC, 1, answers, authority, additional + opt_count)
     return header + question + records + tail
 
 
@@ -282,7 +250,7 @@ def error_reply(error: QueryError, max_udp: int, recursion_available: bool) -> b
     tail = b""
     if error.edns is not None:
         tail = _opt_record(error.edns.dnssec_ok, rcode, max_udp)
-    return _HEADER.pack(error.query_id, flags, 1 if question else 0, 0, 0, 1 if tail else 0) + question + tail
+    return HEADER.pack(error.query_id, flags, 1 if question else 0, 0, 0, 1 if tail else 0) + question + tail
 
 
 def status_reply(query: Query, rcode: int, max_udp: int, recursion_available: bool) -> bytes:

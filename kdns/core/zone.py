@@ -22,16 +22,10 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from itertools import accumulate
 
 from kdns.core import rdata
+from kdns.core.message import AA, NOERROR, NXDOMAIN, QR, RCODE_MASK
 from kdns.core.model import IPAddress
 from kdns.core.names import at_label_boundary, from_wire, parse_pod_label, to_wire
 from kdns.core.rdata import Record, encode_rr
-
-NOERROR = 0
-FORMERR = 1
-SERVFAIL = 2
-NXDOMAIN = 3
-NOTIMP = 4
-REFUSED = 5
 
 QUESTION_POINTER = b"\xc0\x0c"  # the question's name always starts right after the header
 # The largest record data a message can carry over TCP (65535) less the header, the longest
@@ -62,7 +56,7 @@ class Answer:
         additional_count: int,
         records: bytes,
         ends: tuple[int, ...] | None = None,
-        flags: int = 0x8400,  # QR and AA: authoritative, as for every name of our zones
+        flags: int = QR | AA,  # authoritative, as for every name of our zones
     ) -> None:
         self.flags = flags | rcode
         self.counts = _counts(answer_count, authority_count, additional_count)
@@ -72,7 +66,7 @@ class Answer:
 
     @property
     def rcode(self) -> int:
-        return self.flags & 0xF
+        return self.flags & RCODE_MASK
 
     @property
     def answer_count(self) -> int:

@@ -32,7 +32,8 @@ from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
-from kdns.core.convert import DEFAULT_NAMESPACE, ConversionError, convert
+from kdns.core.convert import ConversionError, convert, object_key
+from kdns.core.model import Kind
 from kdns.core.store import ClusterStore, bulk_change
 from kdns.errors import KdnsError
 
@@ -46,7 +47,7 @@ GONE = 410
 class Resource:
     """How to list and watch one kind with the client."""
 
-    kind: str
+    kind: Kind
     api_version: str
     api: type
     all_namespaces: str
@@ -54,18 +55,18 @@ class Resource:
 
 
 RESOURCES = {
-    "Namespace": Resource("Namespace", "v1", client.CoreV1Api, "list_namespace", None),
-    "Service": Resource(
-        "Service", "v1", client.CoreV1Api, "list_service_for_all_namespaces", "list_namespaced_service"
+    Kind.NAMESPACE: Resource(Kind.NAMESPACE, "v1", client.CoreV1Api, "list_namespace", None),
+    Kind.SERVICE: Resource(
+        Kind.SERVICE, "v1", client.CoreV1Api, "list_service_for_all_namespaces", "list_namespaced_service"
     ),
-    "EndpointSlice": Resource(
-        "EndpointSlice",
+    Kind.ENDPOINT_SLICE: Resource(
+        Kind.ENDPOINT_SLICE,
         "discovery.k8s.io/v1",
         client.DiscoveryV1Api,
         "list_endpoint_slice_for_all_namespaces",
         "list_namespaced_endpoint_slice",
     ),
-    "Pod": Resource("Pod", "v1", client.CoreV1Api, "list_pod_for_all_namespaces", "list_namespaced_pod"),
+    Kind.POD: Resource(Kind.POD, "v1", client.CoreV1Api, "list_pod_for_all_namespaces", "list_namespaced_pod"),
 }
 
 
@@ -125,16 +126,6 @@ def load_api_client(kubeconfig: str | None, context: str | None) -> client.ApiCl
     return client.ApiClient(configuration)
 
 
-def object_key(kind: str, raw: Any) -> tuple[str, str] | None:
-    """(namespace, name) of an API object as sent, even a malformed one; None if unreadable."""
-    metadata = raw.get("metadata") if isinstance(raw, Mapping) else None
-    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
-        return None
-    if kind == "Namespace":
-        return ("", metadata["name"].lower())
-    return (str(metadata.get("namespace") or DEFAULT_NAMESPACE).lower(), metadata["name"].lower())
-
-
 def _resource_version(raw: Any) -> str | None:
     metadata = raw.get("metadata") if isinstance(raw, Mapping) else None
     version = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
@@ -150,11 +141,11 @@ class Applier:
         self.clock = clock
         self.errors = 0  # objects that could not be applied (beyond conversion errors)
 
-    def _in_scope(self, kind: str, key: tuple[str, str]) -> bool:
-        namespace = key[1] if kind == "Namespace" else key[0]
+    def _in_scope(self, kind: Kind, key: tuple[str, str]) -> bool:
+        namespace = key[1] if kind == Kind.NAMESPACE else key[0]
         return not self.allowed or namespace in self.allowed
 
-    def event(self, kind: str, event_type: str, raw: Any) -> bool:
+    def event(self, kind: Kind, event_type: str, raw: Any) -> bool:
         """Apply one watch event; False when it changed nothing (out of scope, unreadable)."""
         key = object_key(kind, raw)
         if key is None:
@@ -177,14 +168,14 @@ class Applier:
         self.store.zone.bump_serial(int(self.clock()))
         return True
 
-    def reconcile(self, kind: str, namespace: str | None, items: Sequence[Any]) -> None:
+    def reconcile(self, kind: Kind, namespace: str | None, items: Sequence[Any]) -> None:
         """Make the store's objects of `kind` (in `namespace`) those of a fresh list: adds, updates
         and deletes computed by difference, so no name that still exists ever goes missing."""
         listed: set[tuple[str, str]] = set()
         self.apply_listed(kind, items, listed)
         self.remove_unlisted(kind, namespace, listed)
 
-    def apply_listed(self, kind: str, items: Sequence[Any], listed: set[tuple[str, str]]) -> None:
+    def apply_listed(self, kind: Kind, items: Sequence[Any], listed: set[tuple[str, str]]) -> None:
         """Add or update the objects of one page of a list, and note their keys in `listed`.
 
         Pages are applied as they arrive, so a relist never holds the whole cluster twice (a
@@ -197,7 +188,7 @@ class Applier:
                 listed.add(key)  # listed even if it cannot be applied: what was served stays
                 self._guarded_upsert(kind, key, raw)
 
-    def remove_unlisted(self, kind: str, namespace: str | None, listed: set[tuple[str, str]]) -> None:
+    def remove_unlisted(self, kind: Kind, namespace: str | None, listed: set[tuple[str, str]]) -> None:
         """After a list's last page: delete what the list did not hold."""
         with bulk_change():
             for key in self.store.keys(kind, namespace):
@@ -205,7 +196,7 @@ class Applier:
                     self.store.delete(kind, key)
         self.store.zone.bump_serial(int(self.clock()))
 
-    def _guarded_upsert(self, kind: str, key: tuple[str, str], raw: Any) -> bool:
+    def _guarded_upsert(self, kind: Kind, key: tuple[str, str], raw: Any) -> bool:
         """`_upsert`, with any failure logged and contained: nothing about one object may stop
         the rest of a list page, or leave the others to be deleted as unlisted."""
         try:
@@ -215,7 +206,7 @@ class Applier:
             log.exception("could not apply %s %s/%s (%s): keeping what was served for it", kind, *key, error)
             return False
 
-    def _upsert(self, kind: str, key: tuple[str, str], raw: Any) -> bool:
+    def _upsert(self, kind: Kind, key: tuple[str, str], raw: Any) -> bool:
         try:
             converted = convert(kind, raw)
         except ConversionError as error:
@@ -268,13 +259,7 @@ class ResourceWatcher:
         self.stop = stop
         self.stats = WatchStats(resource.kind, namespace)
         self.name = resource.kind + (f" in {namespace}" if namespace else "")
-        api = resource.api(api_client)
-        method = resource.namespaced if namespace else resource.all_namespaces
-        assert method is not None
-        self._list_function = getattr(api, method)
-        self._scope: dict[str, Any] = {"namespace": namespace} if namespace else {}
-        if resource.kind == "Service" and options.label_selector:
-            self._scope["label_selector"] = options.label_selector
+        self._list_function, self._scope = list_call(api_client, resource, namespace, options)
         self._version: str | None = None
         self._failing_since: float | None = None
         self._malformed_at: str | None = None  # the version a watch last broke at with a malformed line
@@ -514,14 +499,10 @@ class ClusterFollower:
             stop.set()
 
     def _scopes(self) -> Iterator[tuple[Resource, str]]:
-        kinds = ["Namespace", "Service", "EndpointSlice"] + (["Pod"] if self.options.watch_pods else [])
+        kinds = [Kind.NAMESPACE, Kind.SERVICE, Kind.ENDPOINT_SLICE] + ([Kind.POD] if self.options.watch_pods else [])
         for kind in kinds:
-            resource = RESOURCES[kind]
-            if resource.namespaced is None or not self.options.namespaces:
-                yield resource, ""
-            else:
-                for namespace in self.options.namespaces:
-                    yield resource, namespace
+            for namespace in scopes(RESOURCES[kind], self.options):
+                yield RESOURCES[kind], namespace
 
     def _first_sync(self, waiting: set[tuple[str, str]], watcher_id: tuple[str, str]) -> None:
         waiting.discard(watcher_id)
@@ -533,24 +514,38 @@ class ClusterFollower:
 def snapshot_items(api_client: client.ApiClient, options: WatchOptions) -> list[dict[str, Any]]:
     """One list of every kind kdns serves, as `kind: List` items (with kind and apiVersion)."""
     items: list[dict[str, Any]] = []
-    for kind in ("Namespace", "Service", "EndpointSlice", "Pod"):
-        resource = RESOURCES[kind]
-        api = resource.api(api_client)
-        scopes: list[dict[str, Any]] = [{}]
-        method = resource.all_namespaces
-        if resource.namespaced is not None and options.namespaces:
-            method = resource.namespaced
-            scopes = [{"namespace": namespace} for namespace in options.namespaces]
-        for scope in scopes:
-            if kind == "Service" and options.label_selector:
-                scope = dict(scope, label_selector=options.label_selector)
-            listed = list_all(getattr(api, method), scope, options)
-            for raw in listed:
+    allowed = set(options.namespaces)
+    for resource in RESOURCES.values():
+        for namespace in scopes(resource, options):
+            function, scope = list_call(api_client, resource, namespace, options)
+            for raw in list_all(function, scope, options):
                 if (
-                    kind == "Namespace"
-                    and options.namespaces
-                    and object_key(kind, raw) not in {("", namespace) for namespace in options.namespaces}
+                    resource.kind == Kind.NAMESPACE
+                    and allowed
+                    and (object_key(Kind.NAMESPACE, raw) or ("", ""))[1] not in allowed
                 ):
                     continue
-                items.append({"apiVersion": resource.api_version, "kind": kind, **raw})
+                items.append({"apiVersion": resource.api_version, "kind": str(resource.kind), **raw})
     return items
+
+
+def scopes(resource: Resource, options: WatchOptions) -> list[str]:
+    """The namespaces to list a resource in, one call each: "" (all) unless `--namespaces` limits
+    a namespaced kind."""
+    if resource.namespaced is None or not options.namespaces:
+        return [""]
+    return list(options.namespaces)
+
+
+def list_call(
+    api_client: client.ApiClient, resource: Resource, namespace: str, options: WatchOptions
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The client method that lists (and watches) `resource` in `namespace` ("" for all), and the
+    arguments that scope it: the namespace, and for Services the label selector (CoreDNS's
+    `labels`)."""
+    method = resource.namespaced if namespace else resource.all_namespaces
+    assert method is not None
+    scope: dict[str, Any] = {"namespace": namespace} if namespace else {}
+    if resource.kind == Kind.SERVICE and options.label_selector:
+        scope["label_selector"] = options.label_selector
+    return getattr(resource.api(api_client), method), scope

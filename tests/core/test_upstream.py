@@ -11,9 +11,10 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from kdns.core import wire
+from kdns.core import message, wire
+from kdns.core.cache import ForwardCache
 from kdns.core.handler import Forward, Handler, HandlerOptions
-from kdns.core.upstream import BadResponse, ForwardCache, MalformedResponse, read_response, upstream_query
+from kdns.core.upstream import BadResponse, MalformedResponse, read_response, upstream_query
 from tests.builders import store_of
 
 NAME = "www.example.com."
@@ -331,14 +332,14 @@ def test_popular_entry_is_due_for_prefetch_once_in_its_last_tenth():
 def test_cache_keys_on_the_cd_bit_so_unvalidated_data_never_answers_a_validating_client():
     """RFC 4035 3.2.2 and 4.7; CoreDNS's cache keys on CD for the same reason."""
     cache = ForwardCache(100, Clock())
-    checking_disabled = _query()._replace(flags=_query().flags | wire.CD)
+    checking_disabled = _query()._replace(flags=_query().flags | message.CD)
     _cached(cache, checking_disabled)
     assert cache.get(ForwardCache.key(checking_disabled)) is not None
     assert cache.get(ForwardCache.key(_query())) is None
 
 
 def test_cd_bit_is_passed_upstream():
-    query = _query()._replace(flags=_query().flags | wire.CD)
+    query = _query()._replace(flags=_query().flags | message.CD)
     assert dns.message.from_wire(upstream_query(query)[1]).flags & dns.flags.CD
 
 

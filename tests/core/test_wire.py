@@ -11,8 +11,8 @@ import dns.message
 import dns.opcode
 import dns.rcode
 
+from kdns.core.cache import ForwardCache
 from kdns.core.handler import Forward, Handler, HandlerOptions
-from kdns.core.upstream import ForwardCache
 from tests.builders import ask, endpoint, endpoint_slice, headless, rcode, records, service, store_of
 
 WEB = "web.prod.svc.cluster.local"

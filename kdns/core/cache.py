@@ -1,0 +1,128 @@
+"""The forward cache: upstream answers held by question, their TTLs counting down (RFC 1035
+6.1.2), negative answers by RFC 2308, expired ones kept for serve-stale (RFC 8767), popular ones
+refreshed before they expire (prefetch, as CoreDNS's cache).
+
+Pure: the clock is injected. The forwarder (`kdns.forward`) fills it and refreshes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cachetools import LRUCache
+
+from kdns.core.message import CD
+from kdns.core.upstream import ForwardedAnswer
+from kdns.core.wire import Query
+from kdns.core.zone import Answer
+
+# (lowercased name, type, class, DNSSEC OK, checking disabled). CD is part of the key because a
+# validating upstream answers it differently: SERVFAIL for a bogus name without it, the data
+# with it (RFC 4035 3.2.2 and 4.7); CoreDNS's cache keys on it for that reason.
+CacheKey = tuple[bytes, int, int, bool, bool]
+
+
+class _CountingLRU(LRUCache[CacheKey, Any]):
+    """cachetools' LRU, counting what it evicts to stay within its size."""
+
+    evictions = 0
+
+    def popitem(self) -> tuple[CacheKey, Any]:
+        self.evictions += 1
+        return super().popitem()
+
+
+STALE_TTL = 30  # RFC 8767 4: the TTL of an answer served stale
+PREFETCH_HITS = 2  # an entry asked for this often is refreshed before it expires (CoreDNS: 1 by default)
+PREFETCH_FRACTION = 0.1  # ... once no more than this part of its TTL is left (CoreDNS's 10%)
+
+
+class _Entry:
+    __slots__ = ("answer", "expires", "hits", "prefetching", "served", "served_at", "stored")
+
+    def __init__(self, answer: ForwardedAnswer, stored: float) -> None:
+        self.answer = answer
+        self.stored = stored
+        self.expires = stored + answer.cache_ttl
+        self.served_at = -1
+        self.served: Answer | None = None
+        self.hits = 0
+        self.prefetching = False
+
+
+class ForwardCache:
+    """Forwarded answers by (lowercased name, type, class, DO bit), LRU beyond `size` entries,
+    each kept for its `cache_ttl` and served with TTLs lowered by the time it has been held.
+
+    With `stale_for` (RFC 8767), an expired answer is kept that much longer, for `get_stale` to
+    serve when no upstream answers. With `prefetch`, `get` reports a popular entry close to expiry
+    through `prefetch_due`, for the forwarder to refresh while it is still being served.
+    """
+
+    def __init__(self, size: int, clock: Callable[[], float], stale_for: float = 0, prefetch: bool = False) -> None:
+        self.clock = clock
+        # Plain counters, read by the state seam (`kdns.state`) for metrics.
+        self.hits = 0
+        self.misses = 0
+        self.inserts = 0
+        self.stale_for = stale_for
+        self.prefetch = prefetch
+        self.prefetch_due: list[CacheKey] = []
+        # A plain LRU: each entry knows when it expires, which `get` checks anyway, and an
+        # expired one (kept for serve-stale) simply ages out. cachetools' TLRUCache would keep
+        # a timer heap too, at five times the cost of a lookup.
+        self._entries = _CountingLRU(maxsize=max(size, 1))
+        self.enabled = size > 0
+
+    @staticmethod
+    def key(query: Query) -> CacheKey:
+        dnssec_ok = bool(query.edns and query.edns.dnssec_ok)
+        return (query.key, query.qtype, query.qclass, dnssec_ok, bool(query.flags & CD))
+
+    def get(self, key: CacheKey) -> Answer | None:
+        entry = self._entries.get(key)
+        now = self.clock()
+        if entry is None or now >= entry.expires:  # absent, or only there to be served stale
+            self.misses += 1
+            if entry is not None and now >= entry.expires + self.stale_for:
+                del self._entries[key]
+            return None
+        self.hits += 1
+        entry.hits += 1
+        if (
+            self.prefetch
+            and not entry.prefetching
+            and entry.hits >= PREFETCH_HITS
+            and entry.expires - now <= entry.answer.cache_ttl * PREFETCH_FRACTION
+        ):
+            entry.prefetching = True
+            self.prefetch_due.append(key)
+        elapsed = int(now - entry.stored)
+        if elapsed != entry.served_at:  # TTLs change once a second: patch them once a second
+            entry.served = entry.answer.answer(elapsed)
+            entry.served_at = elapsed
+        assert entry.served is not None
+        return entry.served
+
+    def get_stale(self, key: CacheKey) -> Answer | None:
+        """An expired answer still within `stale_for`, its TTLs set to 30 s (RFC 8767 4)."""
+        entry = self._entries.get(key) if self.stale_for else None
+        now = self.clock()
+        if entry is None or now < entry.expires or now >= entry.expires + self.stale_for:
+            return None
+        return entry.answer.answer(fixed_ttl=STALE_TTL)
+
+    def put(self, key: CacheKey, answer: ForwardedAnswer) -> None:
+        if self.enabled and answer.cache_ttl > 0:
+            self._entries[key] = _Entry(answer, self.clock())
+            self.inserts += 1
+
+    @property
+    def evictions(self) -> int:
+        """Entries dropped to stay within the size (expired ones age out the same way)."""
+        return self._entries.evictions
+
+    def __len__(self) -> int:
+        """Entries held, fresh or kept for serve-stale."""
+        return len(self._entries)
