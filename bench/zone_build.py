@@ -76,8 +76,9 @@ def measure(services: int, events: int) -> dict[str, float]:
     """Build one cluster the way the live source does: the lists arrive as JSON pages of
     `--api-page-size` objects, each parsed and applied as it comes, then what was not listed is
     removed; resident memory is read after the pages are dropped."""
+    from kdns.config import WatchOptions
     from kdns.core.store import ClusterStore
-    from kdns.sources.kube import Applier, WatchOptions
+    from kdns.sources.kube import Applier
 
     options = WatchOptions()
     rng = random.Random(services)

@@ -1,14 +1,15 @@
 """`kdns serve`: one trio program that loads or follows the cluster, binds the listeners and
-serves until a signal ends it."""
+serves. `run` is the program as a task (tests start it in-process with `nursery.start`); `main`
+runs it until a signal ends it."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import secrets
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -16,9 +17,9 @@ import trio
 from kdns.address import SocketAddress
 from kdns.config import ServeConfig
 from kdns.core.cache import ForwardCache
-from kdns.core.handler import Handler, HandlerOptions
+from kdns.core.convert import key_of
+from kdns.core.handler import Handler, HandlerOptions, LoopProbes
 from kdns.core.model import ClusterObject, IPAddress
-from kdns.core.names import to_wire
 from kdns.core.records import Omission
 from kdns.core.store import ClusterStore, PodMode
 from kdns.errors import KdnsError
@@ -27,6 +28,7 @@ from kdns.ops import serve_health
 from kdns.serve import BoundListener, bind, bind_tcp, serve
 from kdns.sources import snapshot
 from kdns.sources.kube import ClusterFollower, load_api_client
+from kdns.state import State
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def report_omission(omission: Omission) -> None:
 
 def _object_failed(obj: ClusterObject, error: Exception) -> None:
     """An object the store could not apply: logged; it never stops the others."""
-    log.error("could not apply %s %s: %s: %s", type(obj).__name__, obj.key, type(error).__name__, error)
+    log.error("could not apply %s %s: %s: %s", type(obj).__name__, key_of(obj), type(error).__name__, error)
 
 
 def ns_addresses(listeners: list[BoundListener]) -> tuple[IPAddress, ...]:
@@ -59,40 +61,9 @@ def ns_addresses(listeners: list[BoundListener]) -> tuple[IPAddress, ...]:
     return tuple(address for address in addresses if not address.is_unspecified)
 
 
-def run(config: ServeConfig) -> int:
-    """Serve until SIGTERM or SIGINT; the exit status."""
-    api_client = None if config.snapshot is not None else load_api_client(config.kubeconfig, config.context)
-    listeners = [bind(address) for address in config.listen]
-    health = bind_tcp(config.health) if config.health is not None else None
-    forwarder, cache = _forwarding(config, listeners)
-    options = HandlerOptions(max_udp=config.max_udp, recursion_available=forwarder is not None)
-    if config.snapshot is not None:
-        loaded, store = build_store(
-            config.snapshot, config.cluster_domain, config.ttl, config.pod_mode, ns_addresses(listeners)
-        )
-        snapshot.report(loaded)
-        log.info("loaded %s: %s", loaded.path, ", ".join(f"{count} {what}" for what, count in store.counts().items()))
-    else:
-        store = ClusterStore(
-            config.cluster_domain,
-            config.ttl,
-            config.pod_mode,
-            fallback_ns_addresses=ns_addresses(listeners),
-            report=report_omission,
-        )
-    handler = Handler(store.zone, options, cache)
-    follower = None
-    if api_client is not None:
-        handler.synced = False
-
-        def synced() -> None:
-            handler.synced = True
-
-        follower = ClusterFollower(store, api_client, config.watch, synced)
-    return trio.run(_main, listeners, handler, config, follower, health, forwarder)
-
-
-def _forwarding(config: ServeConfig, listeners: list[BoundListener]) -> tuple[Forwarder | None, ForwardCache | None]:
+def _forwarding(
+    config: ServeConfig, listeners: list[BoundListener], state: State, probes: LoopProbes
+) -> tuple[Forwarder | None, ForwardCache | None]:
     """The forwarder and its cache, or (None, None) with one warning when there is no upstream."""
     forward = config.forward
     stubs = dict(forward.stubs)
@@ -112,7 +83,7 @@ def _forwarding(config: ServeConfig, listeners: list[BoundListener]) -> tuple[Fo
         return None, None
     log.info("forwarding to %s", ", ".join(str(u) for u in forward.upstreams) or "stub domains only")
     cache = ForwardCache(forward.cache_size, time.monotonic, stale_for=forward.serve_stale, prefetch=forward.prefetch)
-    return Forwarder(forward.upstreams, stubs, forward.options), cache
+    return Forwarder(forward.upstreams, stubs, forward.options, state, cache, probes), cache
 
 
 def _is_self(upstream: SocketAddress, host: str, port: int) -> bool:
@@ -132,52 +103,126 @@ def _is_self(upstream: SocketAddress, host: str, port: int) -> bool:
     return True
 
 
-async def _main(
-    listeners: list[BoundListener],
-    handler: Handler,
-    config: ServeConfig,
-    follower: ClusterFollower | None,
-    health: socket.socket | None,
-    forwarder: Forwarder | None,
-) -> int:
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What a started kdns gives the one who started it: where it listens, and its state."""
+
+    addresses: tuple[SocketAddress, ...]  # each listen address, with the port actually bound
+    health: SocketAddress | None
+    state: State
+    store: ClusterStore
+
+
+async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> int:
+    """Serve `config` until cancelled, or until a forwarding loop is found (then the exit status
+    is 2). Everything runs in one nursery; `task_status` gets a `Running` once every socket is
+    bound and the listeners are serving. Setup errors (`KdnsError`) are raised before that."""
+    state = State()
+    api_client = None if config.snapshot is not None else load_api_client(config.kubeconfig, config.context)
+    listeners = [bind(address) for address in config.listen]
+    health = bind_tcp(config.health) if config.health is not None else None
+    loop_exit = _LoopExit()
+    try:
+        forwarder, cache = _forwarding(config, listeners, state, LoopProbes(loop_exit))
+        state.cache = cache
+        if config.snapshot is not None:
+            loaded, store = build_store(
+                config.snapshot, config.cluster_domain, config.ttl, config.pod_mode, ns_addresses(listeners)
+            )
+            snapshot.report(loaded)
+            counts = ", ".join(f"{count} {what}" for what, count in store.counts().items())
+            log.info("loaded %s: %s", loaded.path, counts)
+        else:
+            store = ClusterStore(
+                config.cluster_domain,
+                config.ttl,
+                config.pod_mode,
+                fallback_ns_addresses=ns_addresses(listeners),
+                report=report_omission,
+            )
+        follower = ClusterFollower(store, api_client, config.watch, state) if api_client is not None else None
+        async with trio.open_nursery() as nursery:
+            loop_exit.scope = nursery.cancel_scope
+            handler = Handler(
+                store.zone,
+                HandlerOptions(max_udp=config.max_udp, recursion_available=forwarder is not None),
+                cache,
+                counters=state.queries,
+                ready=state.ready,
+                loop_probes=forwarder.loop_probes if forwarder is not None else None,
+            )
+            if forwarder is not None:
+                await nursery.start(forwarder.run)
+            await nursery.start(serve, listeners, handler, config.tcp, forwarder, state)
+            for listener in listeners:
+                log.info("listening on %s (udp, tcp)", listener.address)
+            health_address = None
+            if health is not None:
+                nursery.start_soon(serve_health, health, state.ready)
+                host, port = health.getsockname()[:2]
+                health_address = SocketAddress(host, port)
+                log.info("health on http://%s/health and /ready", health_address)
+            if follower is not None:
+                await nursery.start(follower.run)
+            addresses = tuple(listener.address for listener in listeners)
+            task_status.started(Running(addresses, health_address, state, store))
+    finally:
+        for listener in listeners:
+            listener.udp.close()
+            listener.tcp.close()
+        if health is not None:
+            health.close()
+    return loop_exit.status
+
+
+class _LoopExit:
+    """What a forwarding loop does (CoreDNS's `loop`): log it and end kdns with status 2."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.scope: trio.CancelScope | None = None
+
+    def __call__(self, upstream: str) -> None:
+        log.error(
+            "forwarding loop: the probe sent to upstream %s came back to kdns, so that upstream "
+            "forwards to kdns (often the node's resolv.conf naming the cluster DNS). Exiting.",
+            upstream,
+        )
+        self.status = 2
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+def main(config: ServeConfig) -> int:
+    """`kdns serve`: run until SIGTERM or SIGINT; the exit status. A setup error is raised as the
+    `KdnsError` it is, for the command line to print."""
+    try:
+        return trio.run(_until_signalled, config)
+    except BaseExceptionGroup as group:
+        errors, rest = group.split(KdnsError)
+        if errors is not None and rest is None:
+            raise _leaf(errors) from None
+        raise
+
+
+async def _until_signalled(config: ServeConfig) -> int:
     status = 0
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
-            def loop_detected(upstream: str) -> None:
+            async def serving(task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
                 nonlocal status
-                log.error(
-                    "forwarding loop: the probe sent to upstream %s came back to kdns, so that upstream "
-                    "forwards to kdns (often the node's resolv.conf naming the cluster DNS). Exiting.",
-                    upstream,
-                )
-                status = 2
-                nursery.cancel_scope.cancel()
+                status = await run(config, task_status=task_status)
+                nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
 
-            if forwarder is not None:
-                await nursery.start(forwarder.run)
-            await nursery.start(serve, listeners, handler, config.tcp, forwarder)
-            if forwarder is not None:
-                handler.loop_detected = loop_detected
-                for upstream in forwarder.upstreams:
-                    name = f"{secrets.token_hex(8)}.{secrets.token_hex(8)}.kdns-loop-probe"
-                    handler.loop_probes[to_wire(name)] = str(upstream.address)
-                    nursery.start_soon(forwarder.probe, upstream, name)
-            for listener in listeners:
-                log.info("listening on %s (udp, tcp)", listener.address)
-            if health is not None:
-                nursery.start_soon(serve_health, health, lambda: handler.synced)
-                host, port = health.getsockname()[:2]
-                log.info(
-                    "health on http://%s/health and /ready", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                )
-            if follower is not None:
-                await nursery.start(follower.run)
+            await nursery.start(serving)
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
-    for listener in listeners:
-        listener.udp.close()
-        listener.tcp.close()
     return status
+
+
+def _leaf(group: BaseExceptionGroup[KdnsError]) -> KdnsError:
+    error = group.exceptions[0]
+    return _leaf(error) if isinstance(error, BaseExceptionGroup) else error

@@ -18,13 +18,12 @@ from kubernetes.client.rest import ApiException
 
 from kdns import __version__, app, config
 from kdns.address import SocketAddress
+from kdns.config import ForwardOptions, Policy, TcpLimits, WatchOptions, resolv_conf_upstreams
 from kdns.core.store import ClusterStore, PodMode
 from kdns.core.zonefile import render
 from kdns.errors import KdnsError
-from kdns.forward import ForwardOptions, Policy, resolv_conf_upstreams
-from kdns.serve import TcpLimits
 from kdns.sources import snapshot
-from kdns.sources.kube import WatchOptions, load_api_client, snapshot_items
+from kdns.sources.kube import load_api_client, snapshot_items
 
 log = logging.getLogger("kdns")
 
@@ -156,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            return app.run(_serve_config(args))
+            return app.main(_serve_config(args))
         if args.command == "check":
             return _check(args)
         if args.command == "snapshot":

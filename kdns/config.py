@@ -1,7 +1,15 @@
-"""The settings of `kdns serve`, validated once so that the rest of the program can trust them."""
+"""The settings of `kdns serve`, validated once so that the rest of the program can trust them.
+
+A leaf of the shell: every option record (serve, forward, cache, watch, TCP), their validation
+and resolv.conf parsing. It imports only the core, `address` and `errors`, so reading a
+configuration pulls in neither trio nor the kubernetes client, and the modules it configures
+import it, never the other way round.
+"""
 
 from __future__ import annotations
 
+import enum
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +18,47 @@ from kdns.address import SocketAddress
 from kdns.core.names import InvalidName, to_wire
 from kdns.core.store import PodMode
 from kdns.errors import KdnsError
-from kdns.forward import ForwardOptions
-from kdns.serve import TcpLimits
-from kdns.sources.kube import WatchOptions
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 30  # kubeadm's Corefile (`ttl 30`); CoreDNS's own default is 5
 MAX_TTL = 3600  # CoreDNS's kubernetes plugin accepts 0-3600
+
+
+class Policy(enum.Enum):
+    RANDOM = "random"
+    ROUND_ROBIN = "round_robin"
+    SEQUENTIAL = "sequential"
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardOptions:
+    policy: Policy = Policy.RANDOM
+    timeout: float = 2.0  # per try, CoreDNS's read timeout
+    max_concurrent: int = 1000
+    min_ttl: int = 0
+    max_ttl: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class TcpLimits:
+    idle_timeout: float = 10.0  # seconds a connection may sit without a complete query
+    max_connections: int = 1000  # beyond it, new connections are closed at once
+    # Seconds a reply may take to be written: a client that stops reading cannot hold its
+    # connection (RFC 7766 6.2.3 and 10); miekg/dns, and so CoreDNS, use 2 s.
+    write_timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOptions:
+    namespaces: tuple[str, ...] = ()  # only these namespaces; empty: all of them
+    label_selector: str = ""  # Services only, as CoreDNS's `labels`
+    watch_pods: bool = False  # only `--pods verified` needs Pods
+    watch_timeout: int = 300  # a watch asks the server to end it after [t, 2t) s (client-go: 5-10 min)
+    request_timeout: float = 30.0  # connect and read timeout of a list; a watch adds watch_timeout
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    page_size: int = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +163,20 @@ def duration(flag: str, text: str) -> float:
     if seconds < 0:
         raise KdnsError(f"{flag} {text!r}: must not be negative")
     return seconds
+
+
+def resolv_conf_upstreams(path: str) -> list[SocketAddress]:
+    """The `nameserver` lines of a resolv.conf file."""
+    try:
+        lines = open(path, encoding="utf-8", errors="replace").read().splitlines()  # noqa: SIM115
+    except OSError as error:
+        raise KdnsError(f"--resolv-conf {path}: cannot read it: {error}") from None
+    found = []
+    for number, line in enumerate(lines, 1):
+        parts = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                found.append(SocketAddress.parse(parts[1], f"{path}: line {number}: nameserver"))
+            except KdnsError as error:
+                log.warning("%s", error)
+    return found

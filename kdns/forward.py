@@ -13,19 +13,21 @@ dropped and counted.
 
 from __future__ import annotations
 
-import enum
 import itertools
 import logging
 import random
+import secrets
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from kdns.address import SocketAddress
+from kdns.config import ForwardOptions, Policy
 from kdns.core.cache import CacheKey, ForwardCache
+from kdns.core.handler import Forward, Handler, LoopProbes
 from kdns.core.message import CD, RD, TCP_LIMIT, frame, framed_length
 from kdns.core.names import at_label_boundary, to_wire
 from kdns.core.upstream import (
@@ -37,13 +39,14 @@ from kdns.core.upstream import (
     upstream_query,
 )
 from kdns.core.wire import Edns, Query
-from kdns.errors import KdnsError
+from kdns.state import State, UpstreamCounters
 
 log = logging.getLogger(__name__)
 
 SOCKETS_PER_UPSTREAM = 4  # source ports a query may leave from, per upstream
 MAX_FAILS = 2  # consecutive failures that mark an upstream down (CoreDNS's max_fails)
 HEALTH_INTERVAL = 0.5  # seconds between probes of an upstream that is down (CoreDNS)
+PREFETCH_POLL = 0.05  # seconds between looks at the cache's answers due for a refresh
 _ROOT_NS_QUERY = b"\x00\x00\x02\x00\x01"  # `. IN NS`, CoreDNS's health check
 
 
@@ -51,67 +54,30 @@ _ROOT_NS_QUERY = b"\x00\x00\x02\x00\x01"  # `. IN NS`, CoreDNS's health check
 Received = ForwardedAnswer | MalformedResponse
 
 
-class Policy(enum.Enum):
-    RANDOM = "random"
-    ROUND_ROBIN = "round_robin"
-    SEQUENTIAL = "sequential"
-
-
-def resolv_conf_upstreams(path: str) -> list[SocketAddress]:
-    """The `nameserver` lines of a resolv.conf file."""
-    try:
-        lines = open(path, encoding="utf-8", errors="replace").read().splitlines()  # noqa: SIM115
-    except OSError as error:
-        raise KdnsError(f"--resolv-conf {path}: cannot read it: {error}") from None
-    found = []
-    for number, line in enumerate(lines, 1):
-        parts = line.split("#", 1)[0].split(";", 1)[0].split()
-        if len(parts) >= 2 and parts[0] == "nameserver":
-            try:
-                found.append(SocketAddress.parse(parts[1], f"{path}: line {number}: nameserver"))
-            except KdnsError as error:
-                log.warning("%s", error)
-    return found
-
-
-@dataclass
-class UpstreamStats:
-    queries: int = 0
-    failures: int = 0
-    dropped: int = 0  # datagrams that were not an answer we waited for
-    malformed: int = 0  # answers to our question that did not parse: never relayed or cached
-
-
 @dataclass
 class Upstream:
     address: SocketAddress
-    stats: UpstreamStats = field(default_factory=UpstreamStats)
+    counters: UpstreamCounters = field(default_factory=UpstreamCounters)  # in the state seam
     fails: int = 0
-    down: bool = False
     sockets: list[trio.socket.SocketType] = field(default_factory=list)
     pending: dict[tuple[int, int], tuple[bytes, trio.MemorySendChannel[Received]]] = field(default_factory=dict)
 
+    @property
+    def down(self) -> bool:
+        return self.counters.down
+
     def succeeded(self) -> None:
         self.fails = 0
-        if self.down:
-            self.down = False
+        if self.counters.down:
+            self.counters.down = False
             log.warning("upstream %s answers again", self.address)
 
     def failed(self) -> None:
-        self.stats.failures += 1
+        self.counters.failures += 1
         self.fails += 1
-        if self.fails >= MAX_FAILS and not self.down:
-            self.down = True
+        if self.fails >= MAX_FAILS and not self.counters.down:
+            self.counters.down = True
             log.warning("upstream %s marked down after %d failures; probing it", self.address, self.fails)
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardOptions:
-    policy: Policy = Policy.RANDOM
-    timeout: float = 2.0  # per try, CoreDNS's read timeout
-    max_concurrent: int = 1000
-    min_ttl: int = 0
-    max_ttl: int = 3600
 
 
 class Forwarder:
@@ -120,22 +86,36 @@ class Forwarder:
     def __init__(
         self,
         default: Sequence[SocketAddress],
-        stubs: dict[str, Sequence[SocketAddress]],
+        stubs: Mapping[str, Sequence[SocketAddress]],
         options: ForwardOptions,
+        state: State | None = None,
+        cache: ForwardCache | None = None,
+        loop_probes: LoopProbes | None = None,
     ) -> None:
+        """`cache`, when given, is refreshed here (its prefetches); `loop_probes`, when given, get
+        one probe sent through each upstream at start (CoreDNS's `loop`)."""
         self.options = options
+        self.state = state if state is not None else State()
+        self.cache = cache
+        self.loop_probes = loop_probes
         known: dict[SocketAddress, Upstream] = {}
-        self.default = [known.setdefault(address, Upstream(address)) for address in default]
+
+        def upstream(address: SocketAddress) -> Upstream:
+            if address not in known:
+                known[address] = Upstream(address, self.state.upstream(str(address)))
+            return known[address]
+
+        self.default = [upstream(address) for address in default]
         self.stubs = {
-            to_wire(domain): [known.setdefault(address, Upstream(address)) for address in addresses]
-            for domain, addresses in stubs.items()
+            to_wire(domain): [upstream(address) for address in addresses] for domain, addresses in stubs.items()
         }
         self.upstreams = list(known.values())
         self.in_flight = 0
         self._turn = itertools.count()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the upstream sockets and keep receiving on them until cancelled."""
+        """Open the upstream sockets and keep receiving on them until cancelled; send the loop
+        probes; refresh the cache's popular answers before they expire."""
         async with trio.open_nursery() as nursery:
             for upstream in self.upstreams:
                 for index in range(SOCKETS_PER_UPSTREAM):
@@ -144,7 +124,53 @@ class Forwarder:
                     upstream.sockets.append(sock)
                     nursery.start_soon(self._receive, upstream, index, sock)
                 nursery.start_soon(self._probe_while_down, upstream)
+            if self.loop_probes is not None:
+                for upstream in self.upstreams:
+                    name = f"{secrets.token_hex(8)}.{secrets.token_hex(8)}.kdns-loop-probe"
+                    self.loop_probes.add(to_wire(name), str(upstream.address))
+                    nursery.start_soon(self.probe, upstream, name)
+            if self.cache is not None and self.cache.prefetch:
+                nursery.start_soon(self._prefetch, self.cache)
             task_status.started()
+
+    # -- what listeners call -----------------------------------------------------------------
+
+    def admit(self) -> bool:
+        """Take one more query in flight, or say no (CoreDNS's `max_concurrent`: the caller
+        answers REFUSED at once). Counted here, when the query is accepted, so that a burst can
+        never overshoot the limit; every admitted query must go through `reply`."""
+        if self.in_flight >= self.options.max_concurrent:
+            return False
+        self.in_flight += 1
+        return True
+
+    async def reply(self, forward: Forward, handler: Handler) -> bytes:
+        """The reply to an admitted `forward`: upstream's answer, or what the handler makes of
+        none (serve-stale, SERVFAIL)."""
+        try:
+            try:
+                forwarded = await self.forward(forward.query, forward.tcp)
+            except Exception:
+                log.exception("error forwarding a query")
+                forwarded = None
+            return handler.finish_forward(forward, forwarded)
+        finally:
+            self.in_flight -= 1
+
+    async def _prefetch(self, cache: ForwardCache) -> None:
+        """Refresh, in the background, the answers the cache finds popular and close to expiry."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(PREFETCH_POLL)
+                for key in cache.take_prefetch_due():
+                    if self.admit():  # refreshes count against max_concurrent like any query
+                        nursery.start_soon(self._refresh, cache, key)
+
+    async def _refresh(self, cache: ForwardCache, key: CacheKey) -> None:
+        try:
+            await refresh(self, cache, key)
+        finally:
+            self.in_flight -= 1
 
     def route(self, key: bytes) -> list[Upstream]:
         """The upstreams for a name: its longest stub domain's, else the default ones."""
@@ -171,27 +197,25 @@ class Forwarder:
         upstreams = self.route(query.key)
         if not upstreams:
             return None
-        self.in_flight += 1
-        try:
-            for upstream in self._ordered(upstreams):
-                upstream.stats.queries += 1
-                answer = None
-                with trio.move_on_after(self.options.timeout):
-                    try:
-                        answer = await (self._tcp(upstream, query) if tcp else self._udp(upstream, query))
-                        if answer.truncated and not tcp:
-                            answer = await self._tcp(upstream, query)
-                    except (OSError, BadResponse, trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                        log.debug("upstream %s: %s", upstream.address, error)
-                        answer = None
-                if answer is None:
-                    upstream.failed()
-                    continue
-                upstream.succeeded()
-                return answer
-            return None
-        finally:
-            self.in_flight -= 1
+        for upstream in self._ordered(upstreams):
+            upstream.counters.requests += 1
+            answer = None
+            started = trio.current_time()
+            with trio.move_on_after(self.options.timeout):
+                try:
+                    answer = await (self._tcp(upstream, query) if tcp else self._udp(upstream, query))
+                    if answer.truncated and not tcp:
+                        answer = await self._tcp(upstream, query)
+                except (OSError, BadResponse, trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                    log.debug("upstream %s: %s", upstream.address, error)
+                    answer = None
+            if answer is None:
+                upstream.failed()
+                continue
+            upstream.succeeded()
+            upstream.counters.answered(answer.rcode, trio.current_time() - started)
+            return answer
+        return None
 
     async def probe(self, upstream: Upstream, name: str) -> None:
         """Send `name` HINFO to one upstream and forget the answer: the loop probe."""
@@ -231,7 +255,7 @@ class Forwarder:
             query_id = data[0] << 8 | data[1] if len(data) >= 2 else -1
             waiting = upstream.pending.get((index, query_id))
             if waiting is None:
-                upstream.stats.dropped += 1
+                upstream.counters.dropped += 1
                 continue
             answer: Received
             try:
@@ -239,11 +263,11 @@ class Forwarder:
             except MalformedResponse as error:
                 # The answer to our question, but not one we can relay: this try has failed
                 # (SERVFAIL unless another upstream answers), and nothing is cached.
-                upstream.stats.malformed += 1
+                upstream.counters.malformed += 1
                 log.debug("upstream %s: malformed answer: %s", upstream.address, error)
                 answer = error
             except BadResponse as error:
-                upstream.stats.dropped += 1
+                upstream.counters.dropped += 1
                 log.debug("upstream %s: dropped a datagram: %s", upstream.address, error)
                 continue
             waiting[1].send_nowait(answer)
@@ -273,8 +297,11 @@ class Forwarder:
                 try:
                     await self._udp(upstream, probe)
                 except (OSError, BadResponse):
+                    upstream.counters.healthcheck_failures += 1
                     continue
                 upstream.succeeded()
+            if upstream.down:
+                upstream.counters.healthcheck_failures += 1  # no answer within the timeout
 
 
 async def refresh(forwarder: Forwarder, cache: ForwardCache, key: CacheKey) -> None:

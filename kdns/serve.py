@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import trio
 
 from kdns.address import SocketAddress
+from kdns.config import TcpLimits
 from kdns.core.handler import Forward, Handler
 from kdns.core.message import frame, framed_length
 from kdns.errors import KdnsError
-from kdns.forward import Forwarder, refresh
+from kdns.forward import Forwarder
+from kdns.state import State
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +33,6 @@ MAX_DATAGRAM = 65535
 # Not exported by Python's socket module; the value is Linux's (asm-generic/socket.h).
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 BIND_ATTEMPTS = 20  # for port 0: UDP and TCP must end up on the same free port
-
-
-@dataclass(frozen=True, slots=True)
-class TcpLimits:
-    idle_timeout: float = 10.0  # seconds a connection may sit without a complete query
-    max_connections: int = 1000  # beyond it, new connections are closed at once
-    # Seconds a reply may take to be written: a client that stops reading cannot hold its
-    # connection (RFC 7766 6.2.3 and 10); miekg/dns, and so CoreDNS, use 2 s.
-    write_timeout: float = 2.0
 
 
 @dataclass
@@ -112,7 +105,9 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
         )
 
 
-async def serve_udp(sock: socket.socket, handler: Handler, forwarder: Forwarder | None = None) -> None:
+async def serve_udp(
+    sock: socket.socket, handler: Handler, forwarder: Forwarder | None = None, state: State | None = None
+) -> None:
     """Answer datagrams on `sock` until cancelled; queries to forward go on in their own tasks."""
     # One buffer for every datagram: receiving into it and copying out what arrived costs less
     # than half of what `recvfrom(65535)` does, which allocates 64 KiB per packet.
@@ -121,7 +116,7 @@ async def serve_udp(sock: socket.socket, handler: Handler, forwarder: Forwarder 
     recvfrom_into = sock.recvfrom_into
     sendto = sock.sendto
     handle = handler.handle
-    prefetch_due = handler.cache.prefetch_due if handler.cache is not None and forwarder is not None else None
+    state = state if state is not None else State()
     async with trio.open_nursery() as nursery:
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -132,10 +127,11 @@ async def serve_udp(sock: socket.socket, handler: Handler, forwarder: Forwarder 
                     break
                 except OSError as error:  # e.g. ECONNREFUSED left by an ICMP error for an earlier reply
                     log.debug("udp receive error: %s", error)
+                    state.udp_receive_errors += 1
                     continue
                 packet = bytes(view[:size])
                 try:
-                    reply = handle(packet, False)
+                    reply = handle(packet, False, peer)
                 except Exception:
                     log.exception("error answering a UDP query from %s", peer[0])
                     reply = handler.failure_reply(packet)
@@ -143,7 +139,7 @@ async def serve_udp(sock: socket.socket, handler: Handler, forwarder: Forwarder 
                     if reply is None:
                         continue
                     assert isinstance(reply, Forward)
-                    if forwarder is not None and forwarder.in_flight < forwarder.options.max_concurrent:
+                    if forwarder is not None and forwarder.admit():
                         nursery.start_soon(_forward_udp, sock, peer, reply, handler, forwarder)
                         continue
                     reply = handler.refuse(reply)  # CoreDNS's max_concurrent: REFUSED at once
@@ -151,105 +147,109 @@ async def serve_udp(sock: socket.socket, handler: Handler, forwarder: Forwarder 
                     sendto(reply, peer)
                 except OSError as error:  # a full send buffer or an unreachable peer: drop it
                     log.debug("udp send to %s failed: %s", peer[0], error)
-                if prefetch_due:
-                    _start_refreshes(nursery, handler, forwarder)
             else:
                 await trio.lowlevel.checkpoint()  # a full burst: let TCP and the rest run
-
-
-def _start_refreshes(nursery: trio.Nursery, handler: Handler, forwarder: Forwarder | None) -> None:
-    """Refresh, in the background, the cached answers the cache found close to expiry."""
-    cache = handler.cache
-    if cache is None or forwarder is None:
-        return
-    for key in cache.prefetch_due:
-        nursery.start_soon(refresh, forwarder, cache, key)
-    cache.prefetch_due.clear()
 
 
 async def _forward_udp(
     sock: socket.socket, peer: tuple[str, int], forward: Forward, handler: Handler, forwarder: Forwarder
 ) -> None:
-    reply = await _forwarded_reply(forward, handler, forwarder)
+    reply = await forwarder.reply(forward, handler)
     try:
         sock.sendto(reply, peer)
     except OSError as error:
         log.debug("udp send to %s failed: %s", peer[0], error)
 
 
-async def _forwarded_reply(forward: Forward, handler: Handler, forwarder: Forwarder) -> bytes:
-    try:
-        return handler.finish_forward(forward, await forwarder.forward(forward.query, forward.tcp))
-    except Exception:
-        log.exception("error forwarding a query")
-        return handler.finish_forward(forward, None)
-
-
 async def serve_tcp(
-    sock: socket.socket, handler: Handler, limits: TcpLimits, forwarder: Forwarder | None = None
+    sock: socket.socket,
+    handler: Handler,
+    limits: TcpLimits,
+    forwarder: Forwarder | None = None,
+    state: State | None = None,
 ) -> None:
     """Accept TCP connections on `sock` until cancelled (RFC 7766)."""
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-    open_connections = 0
+    counts = state if state is not None else State()  # open connections: this listener's and others'
+    open_here = 0
 
     async def connection(stream: trio.SocketStream) -> None:
-        nonlocal open_connections
-        if open_connections >= limits.max_connections:
+        nonlocal open_here
+        if open_here >= limits.max_connections:
+            counts.tcp_refused += 1
             await stream.aclose()
             return
-        open_connections += 1
+        open_here += 1
+        counts.tcp_connections += 1
         try:
-            await _serve_connection(stream, handler, limits, forwarder, refreshes)
+            await _serve_connection(stream, handler, limits, forwarder)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away
         finally:
-            open_connections -= 1
+            open_here -= 1
+            counts.tcp_connections -= 1
             await trio.aclose_forcefully(stream)
 
-    async with trio.open_nursery() as refreshes:  # prefetches started by TCP queries
-        await trio.serve_listeners(connection, [listener])
+    await trio.serve_listeners(connection, [listener])
 
 
 async def _serve_connection(
-    stream: trio.SocketStream, handler: Handler, limits: TcpLimits, forwarder: Forwarder | None, nursery: trio.Nursery
+    stream: trio.SocketStream, handler: Handler, limits: TcpLimits, forwarder: Forwarder | None
 ) -> None:
-    """Answer length-prefixed queries in the order they arrive, until the client closes the
-    connection or goes `limits.idle_timeout` without completing a query (a client that drips
-    bytes does not keep a connection open)."""
+    """Answer length-prefixed queries until the client closes the connection, goes
+    `limits.idle_timeout` without completing a query (a client that drips bytes does not keep a
+    connection open), or does not take a reply within `limits.write_timeout`.
+
+    Queries are answered concurrently (RFC 7766 6.2.1.1): a zone answer is written at once, a
+    forwarded one when upstream answers, each with its own ID, so a slow upstream never holds
+    the answers behind it. Replies are written whole, one at a time.
+    """
     buffer = bytearray()
-    deadline = trio.current_time() + limits.idle_timeout
-    while True:
-        while (length := framed_length(buffer)) is not None:
-            if len(buffer) < 2 + length:
-                break
-            packet = bytes(buffer[2 : 2 + length])
-            del buffer[: 2 + length]
-            try:
-                reply = handler.handle(packet, True)
-            except Exception:
-                log.exception("error answering a TCP query")
-                reply = handler.failure_reply(packet)
-            if reply is None:
-                return  # nothing sensible to say on this stream: close it
-            if handler.cache is not None and handler.cache.prefetch_due:
-                _start_refreshes(nursery, handler, forwarder)
-            if isinstance(reply, Forward):
-                if forwarder is not None and forwarder.in_flight < forwarder.options.max_concurrent:
-                    reply = await _forwarded_reply(reply, handler, forwarder)
-                else:
-                    reply = handler.refuse(reply)
-            with trio.move_on_after(limits.write_timeout) as writing:
+    try:
+        client = stream.socket.getpeername()[:2]
+    except OSError:
+        return  # gone before it was served
+    writing = trio.Lock()
+
+    async def write(reply: bytes) -> None:
+        async with writing:
+            with trio.move_on_after(limits.write_timeout) as timer:
                 await stream.send_all(frame(reply))
-            if writing.cancelled_caught:
-                return  # the client does not read what it asked for: close the connection
-            deadline = trio.current_time() + limits.idle_timeout
-        with trio.CancelScope(deadline=deadline):
-            data = await stream.receive_some(MAX_DATAGRAM)
-            if not data:
-                return
-            buffer += data
-            continue
-        return  # idle for too long
+        if timer.cancelled_caught:
+            pending.cancel_scope.cancel()  # the client does not read what it asked for: close
+
+    async def forwarded(forward: Forward, forwarder: Forwarder) -> None:
+        await write(await forwarder.reply(forward, handler))
+
+    async with trio.open_nursery() as pending:
+        deadline = trio.current_time() + limits.idle_timeout
+        while True:
+            while (length := framed_length(buffer)) is not None and len(buffer) >= 2 + length:
+                packet = bytes(buffer[2 : 2 + length])
+                del buffer[: 2 + length]
+                try:
+                    reply = handler.handle(packet, True, client)
+                except Exception:
+                    log.exception("error answering a TCP query")
+                    reply = handler.failure_reply(packet)
+                if reply is None:
+                    pending.cancel_scope.cancel()  # nothing sensible to say on this stream: close it
+                    return
+                if isinstance(reply, Forward):
+                    if forwarder is not None and forwarder.admit():
+                        pending.start_soon(forwarded, reply, forwarder)
+                        deadline = trio.current_time() + limits.idle_timeout
+                        continue
+                    reply = handler.refuse(reply)
+                await write(reply)
+                deadline = trio.current_time() + limits.idle_timeout
+            with trio.CancelScope(deadline=deadline):
+                data = await stream.receive_some(MAX_DATAGRAM)
+                if not data:
+                    return  # the client is done sending: its pending answers are still written
+                buffer += data
+                continue
+            return  # idle for too long (answers in flight are still written)
 
 
 async def serve(
@@ -257,11 +257,13 @@ async def serve(
     handler: Handler,
     limits: TcpLimits,
     forwarder: Forwarder | None = None,
+    state: State | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve UDP and TCP on every bound listener until cancelled."""
+    state = state if state is not None else State()
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(serve_udp, listener.udp, handler, forwarder)
-            nursery.start_soon(serve_tcp, listener.tcp, handler, limits, forwarder)
+            nursery.start_soon(serve_udp, listener.udp, handler, forwarder, state)
+            nursery.start_soon(serve_tcp, listener.tcp, handler, limits, forwarder, state)
         task_status.started()

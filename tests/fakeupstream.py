@@ -144,6 +144,8 @@ class FakeUpstream:
             if self.mode == "silent":
                 time.sleep(10)
                 return
+            if self.mode == "slow":
+                time.sleep(self.delay)
             wire = self._answer(query, tcp=True).to_wire()
             conn.sendall(struct.pack("!H", len(wire)) + wire)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 from kdns.address import SocketAddress
+from kdns.config import ForwardOptions, Policy
 from kdns.core.names import to_wire
-from kdns.forward import Forwarder, ForwardOptions, Policy
+from kdns.forward import Forwarder
 
 A, B, C = (SocketAddress(f"127.0.0.{i}", 53) for i in (1, 2, 3))
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import itertools
 import random
 
+from kdns.config import WatchOptions
 from kdns.core.store import ClusterStore
-from kdns.sources.kube import Applier, WatchOptions, backoff
+from kdns.sources.kube import Applier, backoff
 from tests.builders import ask, endpoint, endpoint_slice, headless, namespace, rcode, records, service
 
 

@@ -11,8 +11,9 @@ import dns.rcode
 import trio
 
 from kdns.address import SocketAddress
-from kdns.core.handler import Handler
-from kdns.serve import TcpLimits, bind, serve
+from kdns.config import TcpLimits
+from kdns.core.handler import Forward, Handler
+from kdns.serve import bind, serve
 from tests.builders import service, store_of
 
 BOOM = "boom.prod.svc.cluster.local"
@@ -21,10 +22,10 @@ BOOM = "boom.prod.svc.cluster.local"
 class ExplodingHandler(Handler):
     """A handler with a bug: it raises for one name."""
 
-    def handle(self, packet: bytes, tcp: bool) -> bytes | None:
+    def handle(self, packet: bytes, tcp: bool, client: tuple[str, int] | None = None) -> bytes | Forward | None:
         if b"\x04boom" in packet:
             raise RuntimeError("a bug in the handler")
-        return super().handle(packet, tcp)
+        return super().handle(packet, tcp, client)
 
 
 async def _start(nursery: trio.Nursery) -> tuple[str, int]:

@@ -22,10 +22,11 @@ import pytest
 import trio
 
 from kdns.address import SocketAddress
+from kdns.config import ForwardOptions, TcpLimits
 from kdns.core.cache import ForwardCache
 from kdns.core.handler import Handler, HandlerOptions
-from kdns.forward import Forwarder, ForwardOptions, Upstream
-from kdns.serve import TcpLimits, bind, serve
+from kdns.forward import Forwarder, Upstream
+from kdns.serve import bind, serve
 from tests.builders import service, store_of
 from tests.fakeupstream import FakeUpstream
 
@@ -82,7 +83,7 @@ async def test_garbage_and_wrong_ids_are_dropped_and_counted_and_the_real_answer
     _script(kdns, build)
     reply = await kdns.ask("www.example.com")
     assert reply.rcode() == dns.rcode.NOERROR and _a(reply) == ["192.0.2.1"]
-    assert kdns.upstream.stats.dropped >= 3
+    assert kdns.upstream.counters.dropped >= 3
 
 
 async def test_a_late_answer_is_servfail_and_is_neither_served_later_nor_cached(kdns):
@@ -90,7 +91,7 @@ async def test_a_late_answer_is_servfail_and_is_neither_served_later_nor_cached(
     reply = await kdns.ask("late.example.com")
     assert reply.rcode() == dns.rcode.SERVFAIL
     await trio.sleep(0.5)  # the late answer arrives: nobody waits for it
-    assert kdns.upstream.stats.dropped >= 1
+    assert kdns.upstream.counters.dropped >= 1
     kdns.fake.mode = "answer"
     before = kdns.fake.udp_queries
     assert _a(await kdns.ask("late.example.com")) == ["192.0.2.1"]
@@ -106,7 +107,7 @@ async def test_an_answer_to_another_question_is_dropped_and_never_cached_for_tha
 
     _script(kdns, build)
     assert _a(await kdns.ask("asked.example.com")) == ["192.0.2.1"]
-    assert kdns.upstream.stats.dropped >= 1
+    assert kdns.upstream.counters.dropped >= 1
     kdns.fake.mode = "answer"
     before = kdns.fake.udp_queries
     assert _a(await kdns.ask("victim.example.com")) == ["192.0.2.1"]
@@ -138,7 +139,7 @@ async def test_malformed_answers_are_servfail_counted_and_never_cached(kdns, rec
     _script(kdns, lambda query, answer: [(_raw_answer(query, record), 0)])
     reply = await kdns.ask("broken.example.com")
     assert reply.rcode() == dns.rcode.SERVFAIL
-    assert kdns.upstream.stats.malformed >= 1
+    assert kdns.upstream.counters.malformed >= 1
     before = kdns.fake.udp_queries
     assert (await kdns.ask("broken.example.com")).rcode() == dns.rcode.SERVFAIL
     assert kdns.fake.udp_queries > before  # asked again: a malformed answer is never cached
@@ -182,4 +183,4 @@ async def test_a_flood_of_garbage_from_the_upstream_address_costs_nothing_but_co
     started = time.monotonic()
     assert _a(await kdns.ask("flood.example.com")) == ["192.0.2.1"]
     assert time.monotonic() - started < 5
-    assert kdns.upstream.stats.dropped >= 200
+    assert kdns.upstream.counters.dropped >= 200

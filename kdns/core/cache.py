@@ -8,7 +8,6 @@ Pure: the clock is injected. The forwarder (`kdns.forward`) fills it and refresh
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from cachetools import LRUCache
 
@@ -23,12 +22,12 @@ from kdns.core.zone import Answer
 CacheKey = tuple[bytes, int, int, bool, bool]
 
 
-class _CountingLRU(LRUCache[CacheKey, Any]):
+class _CountingLRU(LRUCache[CacheKey, "_Entry"]):
     """cachetools' LRU, counting what it evicts to stay within its size."""
 
     evictions = 0
 
-    def popitem(self) -> tuple[CacheKey, Any]:
+    def popitem(self) -> tuple[CacheKey, _Entry]:
         self.evictions += 1
         return super().popitem()
 
@@ -68,7 +67,7 @@ class ForwardCache:
         self.inserts = 0
         self.stale_for = stale_for
         self.prefetch = prefetch
-        self.prefetch_due: list[CacheKey] = []
+        self._due: list[CacheKey] = []  # popular entries close to expiry, for the forwarder
         # A plain LRU: each entry knows when it expires, which `get` checks anyway, and an
         # expired one (kept for serve-stale) simply ages out. cachetools' TLRUCache would keep
         # a timer heap too, at five times the cost of a lookup.
@@ -97,7 +96,7 @@ class ForwardCache:
             and entry.expires - now <= entry.answer.cache_ttl * PREFETCH_FRACTION
         ):
             entry.prefetching = True
-            self.prefetch_due.append(key)
+            self._due.append(key)
         elapsed = int(now - entry.stored)
         if elapsed != entry.served_at:  # TTLs change once a second: patch them once a second
             entry.served = entry.answer.answer(elapsed)
@@ -117,6 +116,16 @@ class ForwardCache:
         if self.enabled and answer.cache_ttl > 0:
             self._entries[key] = _Entry(answer, self.clock())
             self.inserts += 1
+
+    @property
+    def prefetch_due(self) -> list[CacheKey]:
+        """The entries found popular and close to expiry, not yet taken for a refresh."""
+        return list(self._due)
+
+    def take_prefetch_due(self) -> list[CacheKey]:
+        """Those entries, now handed to the forwarder to refresh (each is reported once)."""
+        due, self._due = self._due, []
+        return due
 
     @property
     def evictions(self) -> int:

@@ -18,8 +18,11 @@ from kdns.core.zone import Answer
 
 
 class ReplyOptions(Protocol):
-    max_udp: int
-    recursion_available: bool
+    @property
+    def max_udp(self) -> int: ...
+
+    @property
+    def recursion_available(self) -> bool: ...
 
 
 def compose(

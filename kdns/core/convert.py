@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-import socket
 import sys
+from collections.abc import Callable
+from socket import AF_INET, AF_INET6, inet_pton  # pure functions of the C library: no I/O
 from typing import Any
 
 from kdns.core.model import (
@@ -152,11 +153,11 @@ def parse_address(text: str) -> IPAddress | None:
     accepts exactly what `ipaddress` does for unscoped addresses at a quarter of the cost (a
     large cluster has hundreds of thousands of endpoint addresses)."""
     try:
-        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+        return ipaddress.IPv4Address(inet_pton(AF_INET, text))
     except OSError:
         pass
     try:
-        return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+        return ipaddress.IPv6Address(inet_pton(AF_INET6, text))
     except OSError:
         return None
 
@@ -164,7 +165,7 @@ def parse_address(text: str) -> IPAddress | None:
 def parse_ipv4(text: Any) -> IPAddress | None:
     """An IPv4 address, or None (the fast path of `parse_address`)."""
     try:
-        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+        return ipaddress.IPv4Address(inet_pton(AF_INET, text))
     except (OSError, TypeError):
         return None
 
@@ -172,7 +173,7 @@ def parse_ipv4(text: Any) -> IPAddress | None:
 def parse_ipv6(text: Any) -> IPAddress | None:
     """An IPv6 address, or None."""
     try:
-        return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+        return ipaddress.IPv6Address(inet_pton(AF_INET6, text))
     except (OSError, TypeError):
         return None
 
@@ -324,7 +325,7 @@ def convert_pod(obj: Any) -> Pod:
     return Pod(namespace, name, ips)
 
 
-_CONVERTERS = {
+_CONVERTERS: dict[Kind, Callable[[Any], ClusterObject | None]] = {
     Kind.NAMESPACE: convert_namespace,
     Kind.SERVICE: convert_service,
     Kind.ENDPOINT_SLICE: convert_endpoint_slice,

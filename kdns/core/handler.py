@@ -11,9 +11,12 @@ from dataclasses import dataclass
 
 from kdns.core import chase, rdata, wire
 from kdns.core.cache import ForwardCache
-from kdns.core.message import DEFAULT_MAX_UDP, REFUSED, SERVFAIL, TCP_LIMIT
+from kdns.core.counters import QueryCounters
+from kdns.core.message import DEFAULT_MAX_UDP, RCODE_MASK, REFUSED, SERVFAIL, TCP_LIMIT
 from kdns.core.upstream import ForwardedAnswer
 from kdns.core.zone import Answer, Zone
+
+ClientAddress = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,27 +38,64 @@ class HandlerOptions:
     recursion_available: bool = False  # set once queries outside the zones can be forwarded
 
 
+class LoopProbes:
+    """The loop probes sent upstream (CoreDNS's `loop`): a random name per upstream that only a
+    forwarding loop brings back to kdns. `on_loop` is told which upstream it came back through."""
+
+    def __init__(self, on_loop: Callable[[str], None]) -> None:
+        self._names: dict[bytes, str] = {}
+        self._on_loop = on_loop
+
+    def add(self, name_wire: bytes, upstream: str) -> None:
+        self._names[name_wire] = upstream
+
+    def came_back(self, key: bytes) -> bool:
+        """Whether `key` is a probe of ours; if so, `on_loop` has been told."""
+        upstream = self._names.get(key)
+        if upstream is None:
+            return False
+        self._on_loop(upstream)
+        return True
+
+
+def _always() -> bool:
+    return True
+
+
 class Handler:
     """Answers queries from a `Zone`, and from the forward cache for everything else, deciding to
-    forward what neither holds."""
+    forward what neither holds.
+
+    Everything it depends on is given when it is built: the zone (None for a forward-only
+    cache), the cache (None: nothing is forwarded, and what is not ours is refused), the counters
+    it keeps, whether the cluster has been listed (`ready`: until then a missing cluster name is
+    SERVFAIL), and the loop probes to watch for.
+    """
 
     def __init__(
-        self, zone: Zone, options: HandlerOptions = HandlerOptions(), cache: ForwardCache | None = None
+        self,
+        zone: Zone | None,
+        options: HandlerOptions = HandlerOptions(),
+        cache: ForwardCache | None = None,
+        *,
+        counters: QueryCounters | None = None,
+        ready: Callable[[], bool] = _always,
+        loop_probes: LoopProbes | None = None,
     ) -> None:
         self.zone = zone
         self.options = options
-        self.cache = cache  # None: nothing is forwarded, and what is not ours is refused
-        self._prepared = zone.prepared  # read directly on the hot path: one dict lookup a query
-        self._domain_key = zone.apexes[0]
-        self.synced = True  # False while a live source has not listed everything once
-        # Loop probes sent upstream (name -> upstream): one coming back to us means that upstream
-        # forwards to kdns (CoreDNS's `loop`); `loop_detected` is called with the upstream.
-        self.loop_probes: dict[bytes, str] = {}
-        self.loop_detected: Callable[[str], None] = lambda upstream: None
+        self.cache = cache
+        self.counters = counters if counters is not None else QueryCounters()
+        self._ready = ready
+        self._loop_probes = loop_probes
+        # Read directly on the hot path: one dict lookup a query.
+        self._prepared = zone.prepared if zone is not None else {}
+        self._domain_key = zone.apexes[0] if zone is not None else None
+        self._ttl = zone.ttl if zone is not None else 0
 
-    def handle(self, packet: bytes, tcp: bool) -> bytes | Forward | None:
-        """The reply to one query; a `Forward` when it is to be asked upstream; None when it must be
-        dropped (a response, a stub of a header)."""
+    def handle(self, packet: bytes, tcp: bool, client: ClientAddress | None = None) -> bytes | Forward | None:
+        """The reply to one query from `client`; a `Forward` when it is to be asked upstream;
+        None when it must be dropped (a response, a fragment of a header)."""
         options = self.options
         try:
             query = wire.parse_query(packet)
@@ -71,11 +111,20 @@ class Handler:
                 if answer is None:
                     checked = wire.checked(packet, query)
                     decided = self._answer_checked(checked, tcp, cache_missed and checked is query)
-                    if not isinstance(decided, Answer):
+                    if isinstance(decided, bytes):
+                        self.counters.count(tcp, checked.qtype, decided[3] & RCODE_MASK)
+                        return decided
+                    if isinstance(decided, Forward):
                         return decided
                     query, answer = checked, decided
         except wire.QueryError as error:
-            return wire.error_reply(error, options.max_udp, options.recursion_available)
+            reply = wire.error_reply(error, options.max_udp, options.recursion_available)
+            if reply is None:
+                self.counters.dropped += 1
+            else:
+                self.counters.count(tcp, 0, error.rcode & RCODE_MASK)  # type unknown: 0
+            return reply
+        self.counters.count(tcp, query.qtype, answer.flags & RCODE_MASK)
         limit = TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
         return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
 
@@ -95,14 +144,16 @@ class Handler:
         """A name that may be ours but has no prepared answer of this type: an ExternalName to
         chase, a negative or dynamic answer from the zone, or, for a name the zone does not hold
         (a reverse name CoreDNS falls through for), the cache or upstream."""
-        target = self.zone.cname_target(query.key)
+        zone = self.zone
+        assert zone is not None  # `_maybe_ours` is False without a zone
+        target = zone.cname_target(query.key)
         if target is not None and query.qtype not in (rdata.CNAME, rdata.ANY):
             chased = self._chase(query, tcp, target)
             if chased is not None:
                 return chased
-        answer = self.zone.answer(query.key, query.qtype)
+        answer = zone.answer(query.key, query.qtype)
         if answer is not None:
-            if not answer.answer_count and not self.synced:
+            if not answer.answer_count and not self._ready():
                 # Not every watcher has listed yet: a missing name may only be missing from us.
                 # SERVFAIL, which resolvers retry, rather than an NXDOMAIN or NODATA that they
                 # would cache (SPEC-NOTES 5.1).
@@ -114,8 +165,7 @@ class Handler:
         return cached if cached is not None else self._forward(query, tcp)
 
     def _forward(self, query: wire.Query, tcp: bool) -> bytes | Forward:
-        if self.loop_probes and query.key in self.loop_probes:
-            self.loop_detected(self.loop_probes[query.key])
+        if self._loop_probes is not None and self._loop_probes.came_back(query.key):
             return self._status(query, REFUSED)
         return Forward(query, tcp)
 
@@ -124,11 +174,17 @@ class Handler:
 
     def _maybe_ours(self, key: bytes) -> bool:
         """A quick, conservative test: False only for names outside every zone kdns holds."""
-        return key.endswith(self._domain_key) or key.endswith(b"\x04arpa\x00")
+        domain = self._domain_key
+        return domain is not None and (key.endswith(domain) or key.endswith(b"\x04arpa\x00"))
 
     def finish_forward(self, forward: Forward, forwarded: ForwardedAnswer | None) -> bytes:
         """The reply to a forwarded query: the upstream's answer (cached for the next asker); with
         none, an expired one where serve-stale allows (RFC 8767), else SERVFAIL."""
+        reply = self._finish_forward(forward, forwarded)
+        self.counters.count(forward.tcp, (forward.chased_from or forward.query).qtype, reply[3] & RCODE_MASK)
+        return reply
+
+    def _finish_forward(self, forward: Forward, forwarded: ForwardedAnswer | None) -> bytes:
         options = self.options
         query = forward.query
         key = ForwardCache.key(query)
@@ -143,13 +199,14 @@ class Handler:
                 return wire.status_reply(original, SERVFAIL, options.max_udp, options.recursion_available)
             answer = stale
         if forward.chased_from is not None:
-            return chase.compose(forward.chased_from, query, self.zone.ttl, answer, forward.tcp, options)
+            return chase.compose(forward.chased_from, query, self._ttl, answer, forward.tcp, options)
         limit = TCP_LIMIT if forward.tcp else wire.udp_limit(query.edns, options.max_udp)
         return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
 
     def refuse(self, forward: Forward) -> bytes:
         """REFUSED for a query that cannot be forwarded now (too many already in flight)."""
         original = forward.chased_from or forward.query
+        self.counters.count(forward.tcp, original.qtype, REFUSED)
         return wire.status_reply(original, REFUSED, self.options.max_udp, self.options.recursion_available)
 
     def _chase(self, query: wire.Query, tcp: bool, target: bytes) -> bytes | Forward | None:
@@ -158,17 +215,19 @@ class Handler:
         target_query = wire.Query(
             query.id, query.flags, target + query.question[-4:], target, query.qtype, query.qclass, query.edns
         )
-        if self.zone.in_zones(target):
-            inner = self.zone.answer(target, query.qtype)
-            if inner is None or self.zone.cname_target(target) is not None:
+        zone = self.zone
+        assert zone is not None
+        if zone.in_zones(target):
+            inner = zone.answer(target, query.qtype)
+            if inner is None or zone.cname_target(target) is not None:
                 return None  # no chains of CNAMEs inside the cluster: the CNAME alone
-            return chase.compose(query, target_query, self.zone.ttl, inner, tcp, self.options)
+            return chase.compose(query, target_query, self._ttl, inner, tcp, self.options)
         if self.cache is None:
             return None
         cached = self.cache.get(ForwardCache.key(target_query))
         if cached is None:
             return Forward(target_query, tcp, chased_from=query)
-        return chase.compose(query, target_query, self.zone.ttl, cached, tcp, self.options)
+        return chase.compose(query, target_query, self._ttl, cached, tcp, self.options)
 
     def failure_reply(self, packet: bytes) -> bytes | None:
         """SERVFAIL for a query whose handling raised: the server logs it and keeps serving."""

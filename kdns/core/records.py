@@ -232,7 +232,11 @@ def service_records(
                 reverse = reverse_wire(address)
                 held = sets.get(reverse)
                 # An endpoint at one of the Service's own cluster IPs: both PTRs, given up front.
-                sets[reverse] = names if held is None else (*held, *names.records_at(reverse))
+                if held is None:
+                    sets[reverse] = names
+                else:
+                    assert not isinstance(held, OnDemandRecords)  # one contributor's own PTR records
+                    sets[reverse] = (*held, *names.records_at(reverse))
         return sets
 
     # headless, spec 2.4: the EndpointSlice's ports, one SRV per ready endpoint

@@ -366,7 +366,7 @@ class Zone:
 
     def names(self) -> Iterable[tuple[str, int, Sequence[Record]]]:
         """Every (owner, type, records) held, for `kdns dump`; not for the query path."""
-        held = [(key, _merged(key, node)) for key, node in self._nodes.items()]
+        held: list[tuple[bytes, Sequence[Record]]] = [(key, _merged(key, node)) for key, node in self._nodes.items()]
         for on_demand in self._on_demand_children.values():
             held += [(key, on_demand.records_at(key)) for key in on_demand.children()]
         for key, records in held:

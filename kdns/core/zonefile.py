@@ -29,4 +29,4 @@ def _line(owner: str, record: rdata.Record, ttl: int) -> str:
     parser = RDMAP[QTYPE.get(record.rtype)]  # the zone holds only types dnslib knows
     parsed = parser.parse(DNSBuffer(record.rdata), len(record.rdata))
     rr = RR(rname=owner + ".", rtype=record.rtype, rclass=CLASS.IN, ttl=ttl, rdata=parsed)
-    return rr.toZone()
+    return str(rr.toZone())

@@ -32,10 +32,12 @@ from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
+from kdns.config import WatchOptions
 from kdns.core.convert import ConversionError, convert, object_key
 from kdns.core.model import Kind
 from kdns.core.store import ClusterStore, bulk_change
 from kdns.errors import KdnsError
+from kdns.state import State, WatchCounters
 
 log = logging.getLogger(__name__)
 logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # failures are reported here, once
@@ -68,31 +70,6 @@ RESOURCES = {
     ),
     Kind.POD: Resource(Kind.POD, "v1", client.CoreV1Api, "list_pod_for_all_namespaces", "list_namespaced_pod"),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class WatchOptions:
-    namespaces: tuple[str, ...] = ()  # only these namespaces; empty: all of them
-    label_selector: str = ""  # Services only, as CoreDNS's `labels`
-    watch_pods: bool = False  # only `--pods verified` needs Pods
-    watch_timeout: int = 300  # a watch asks the server to end it after [t, 2t) s (client-go: 5-10 min)
-    request_timeout: float = 30.0  # connect and read timeout of a list; a watch adds watch_timeout
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    page_size: int = 500
-
-
-@dataclass
-class WatchStats:
-    """Per watcher, for the metrics that will report them."""
-
-    kind: str
-    namespace: str  # "" for all namespaces
-    synced: bool = False
-    last_sync: float | None = None  # time.time() of the last list or event received
-    events_applied: int = 0
-    relists: int = 0
-    errors: int = 0
 
 
 def load_api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
@@ -247,7 +224,8 @@ class ResourceWatcher:
         options: WatchOptions,
         applier: Applier,
         deliver: Callable[[Callable[[], None]], None],
-        on_first_sync: Callable[[], None],
+        counters: WatchCounters,
+        on_listed: Callable[[], None],
         stop: threading.Event,
     ) -> None:
         self.resource = resource
@@ -255,10 +233,10 @@ class ResourceWatcher:
         self.options = options
         self.applier = applier
         self.deliver = deliver
-        self.on_first_sync = on_first_sync
+        self.counters = counters  # in the state seam
+        self.on_listed = on_listed
         self.stop = stop
-        self.stats = WatchStats(resource.kind, namespace)
-        self.name = resource.kind + (f" in {namespace}" if namespace else "")
+        self.name = watcher_name(resource, namespace)
         self._list_function, self._scope = list_call(api_client, resource, namespace, options)
         self._version: str | None = None
         self._failing_since: float | None = None
@@ -300,7 +278,7 @@ class ResourceWatcher:
             self.stop.wait(next(delays))
 
     def _failed(self, reason: str) -> None:
-        self.stats.errors += 1
+        self.counters.errors += 1  # only this watcher's thread writes it
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.warning(
@@ -328,16 +306,16 @@ class ResourceWatcher:
             count += len(page)
             self.deliver(partial(self.applier.apply_listed, kind, page, listed))
             version = last_version or version
-        first = not self.stats.synced
+        counters = self.counters
 
         def finish() -> None:
             self.applier.remove_unlisted(kind, namespace, listed)
-            self.stats.last_sync = time.time()
-            if first:
-                self.stats.synced = True
-                self.on_first_sync()
+            counters.last_list = time.time()
+            if not counters.listed:
+                counters.listed = True
+                self.on_listed()
             else:
-                self.stats.relists += 1
+                counters.relists += 1
 
         log.info("%s: listed %d object(s) at resourceVersion %s", self.name, count, version)
         self.deliver(finish)
@@ -393,8 +371,7 @@ class ResourceWatcher:
 
     def _apply_event(self, event_type: str, raw: Any) -> None:
         if self.applier.event(self.resource.kind, event_type, raw):
-            self.stats.events_applied += 1
-        self.stats.last_sync = time.time()
+            self.counters.events += 1
 
 
 # What an operator should look at when the API refuses kdns, by HTTP status.
@@ -454,14 +431,18 @@ class ClusterFollower:
     store: ClusterStore
     api_client: client.ApiClient
     options: WatchOptions
-    on_synced: Callable[[], None]
+    state: State
     watchers: list[ResourceWatcher] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Not ready until every watcher has listed: from now, before anything is served.
+        self.state.follow([watcher_name(resource, namespace) for resource, namespace in self._scopes()])
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         token = trio.lowlevel.current_trio_token()
         stop = threading.Event()
         applier = Applier(self.store, self.options)
-        waiting = set()
+        scoped = list(self._scopes())
 
         def guarded(change: Callable[[], None]) -> None:
             try:
@@ -472,9 +453,7 @@ class ClusterFollower:
         def deliver(change: Callable[[], None]) -> None:
             trio.from_thread.run_sync(guarded, change, trio_token=token)
 
-        for resource, namespace in self._scopes():
-            watcher_id = (resource.kind, namespace)
-            waiting.add(watcher_id)
+        for resource, namespace in scoped:
             self.watchers.append(
                 ResourceWatcher(
                     self.api_client,
@@ -483,7 +462,8 @@ class ClusterFollower:
                     self.options,
                     applier,
                     deliver,
-                    partial(self._first_sync, waiting, watcher_id),
+                    self.state.watch(watcher_name(resource, namespace)),
+                    self._listed,
                     stop,
                 )
             )
@@ -504,11 +484,15 @@ class ClusterFollower:
             for namespace in scopes(RESOURCES[kind], self.options):
                 yield RESOURCES[kind], namespace
 
-    def _first_sync(self, waiting: set[tuple[str, str]], watcher_id: tuple[str, str]) -> None:
-        waiting.discard(watcher_id)
-        if not waiting:
+    def _listed(self) -> None:
+        """A watcher has listed for the first time (on the trio side)."""
+        if self.state.ready():
             log.info("synced: every watcher has listed once; serving the cluster")
-            self.on_synced()
+
+
+def watcher_name(resource: Resource, namespace: str) -> str:
+    """How a watcher is named in logs and in the state seam: `Service`, `Pod in prod`."""
+    return resource.kind + (f" in {namespace}" if namespace else "")
 
 
 def snapshot_items(api_client: client.ApiClient, options: WatchOptions) -> list[dict[str, Any]]:

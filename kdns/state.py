@@ -1,0 +1,102 @@
+"""The state seam: readiness and the counters that metrics will publish, in one object.
+
+Everything that counts writes plain integers here (or, for the query path and the cache, into
+the core's own counters, which this object holds); health, readiness, metrics and tests read
+them. Nothing here does I/O or keeps time: times are given by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kdns.core.cache import ForwardCache
+from kdns.core.counters import QueryCounters
+
+# Upper bounds, in seconds, of the forward latency buckets: CoreDNS's (plugin/pkg/metrics).
+LATENCY_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.004,
+    0.008,
+    0.016,
+    0.032,
+    0.064,
+    0.128,
+    0.256,
+    0.512,
+    1.024,
+    2.048,
+    4.096,
+    8.192,
+)
+
+
+@dataclass(slots=True)
+class UpstreamCounters:
+    """One upstream resolver: what was asked of it and what came back."""
+
+    requests: int = 0
+    failures: int = 0  # tries that timed out, failed or came back malformed
+    dropped: int = 0  # datagrams that were not an answer anyone waited for
+    malformed: int = 0  # answers to our question that did not parse: never relayed or cached
+    responses: dict[int, int] = field(default_factory=dict)  # by rcode
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    healthcheck_failures: int = 0
+    down: bool = False
+
+    def answered(self, rcode: int, seconds: float) -> None:
+        self.responses[rcode] = self.responses.get(rcode, 0) + 1
+        self.latency_sum += seconds
+        index = 0
+        while index < len(LATENCY_BUCKETS) and seconds > LATENCY_BUCKETS[index]:
+            index += 1
+        self.latency_buckets[index] += 1
+
+
+@dataclass(slots=True)
+class WatchCounters:
+    """One watcher (a resource, in one namespace or all)."""
+
+    events: int = 0  # watch events that changed the zone
+    relists: int = 0  # lists after the first (410 Gone, a malformed stream)
+    errors: int = 0  # failed requests and objects that could not be applied
+    listed: bool = False  # listed once: its part of the cluster is known
+    last_list: float | None = None  # when (Unix time) a list last completed
+
+
+class State:
+    """Readiness and every counter of one kdns instance."""
+
+    def __init__(self) -> None:
+        self.queries = QueryCounters()
+        self.upstreams: dict[str, UpstreamCounters] = {}
+        self.watches: dict[str, WatchCounters] = {}
+        self.cache: ForwardCache | None = None  # its own counters: hits, misses, inserts, evictions
+        self.tcp_connections = 0  # open now
+        self.tcp_refused = 0  # closed at once: over --max-tcp-connections
+        self.udp_receive_errors = 0
+        self.objects_rejected = 0  # API objects that could not be converted or applied
+        self._following = False  # whether a live source must list before kdns is ready
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def follow(self, watchers: list[str]) -> None:
+        """A live source with these watchers: not ready until each has listed once."""
+        self._following = True
+        for name in watchers:
+            self.watches.setdefault(name, WatchCounters())
+
+    def ready(self) -> bool:
+        """Every watcher has listed once (always, for a snapshot)."""
+        return not self._following or all(watch.listed for watch in self.watches.values())
+
+    # -- registries ------------------------------------------------------------------------
+
+    def upstream(self, address: str) -> UpstreamCounters:
+        return self.upstreams.setdefault(address, UpstreamCounters())
+
+    def watch(self, name: str) -> WatchCounters:
+        return self.watches.setdefault(name, WatchCounters())

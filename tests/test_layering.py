@@ -1,0 +1,80 @@
+"""The import graph reads top-down (issue 9, point 7): the pure core imports nothing from the
+shell and no I/O library; `config` is a leaf of the shell, importing only the core, `address` and
+`errors`. Checked on the source, transitively, so a new import anywhere cannot slip past."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "kdns"
+IO_LIBRARIES = {"trio", "kubernetes", "urllib3", "socket", "selectors", "asyncio", "threading", "time", "ssl"}
+# Names of I/O modules that are pure functions, which the core may use: address parsing.
+PURE = {("socket", "inet_pton"), ("socket", "AF_INET"), ("socket", "AF_INET6")}
+CONFIG_MAY_IMPORT = {"kdns.address", "kdns.errors"}
+NEVER_IN_CONFIG = {"trio", "kubernetes", "urllib3"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Every kdns module and the modules it imports (absolute names)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [alias.name for alias in node.names]
+                if all((node.module, alias) in PURE for alias in names):
+                    continue
+                found.add(node.module)
+                found.update(f"{node.module}.{alias}" for alias in names)
+        graph[name] = found
+    return graph
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for imported in graph.get(todo.pop(), set()):
+            if imported not in seen:
+                seen.add(imported)
+                todo.append(imported)
+    return seen
+
+
+def test_the_core_imports_no_shell_module_and_no_io_library():
+    graph = _imports()
+    core = [name for name in graph if name.startswith("kdns.core")]
+    assert len(core) > 10
+    for name in core:
+        for imported in _reachable(graph, name):
+            top = imported.split(".")[0]
+            assert top not in IO_LIBRARIES, f"{name} reaches {imported}"
+            if top == "kdns":
+                assert imported.startswith("kdns.core"), f"{name} reaches the shell module {imported}"
+
+
+def test_config_is_a_leaf_of_the_shell():
+    graph = _imports()
+    for imported in _reachable(graph, "kdns.config"):
+        top = imported.split(".")[0]
+        assert top not in NEVER_IN_CONFIG, f"config reaches {imported}"
+        if top == "kdns" and imported in graph:
+            assert imported.startswith("kdns.core") or imported in CONFIG_MAY_IMPORT, f"config reaches {imported}"
+
+
+def test_nothing_imports_upwards_into_the_application():
+    graph = _imports()
+    for name, imported in graph.items():
+        if name in ("kdns.cli", "kdns.__main__"):
+            continue
+        assert "kdns.cli" not in imported, f"{name} imports the command line"
+        assert "kdns.app" not in imported, f"{name} imports the application"
