@@ -108,7 +108,7 @@ def measure(services: int, events: int) -> dict[str, float]:
     for kind, pages in lists.items():
         listed: set[tuple[str, str]] = set()
         for page in pages:
-            applier.apply_listed(kind, json.loads(page), listed)
+            applier.apply_listed(kind, [applier.prepare(kind, raw) for raw in json.loads(page)], listed)
         applier.remove_unlisted(kind, None, listed)
     build = time.perf_counter() - started
     lists_mb = sum(len(page) for pages in lists.values() for page in pages) / 2**20

@@ -33,8 +33,8 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
 from kdns.config import WatchOptions
-from kdns.core.convert import ConversionError, convert, object_key
-from kdns.core.model import Kind
+from kdns.core.convert import ConversionError, ObjectKey, convert, object_key
+from kdns.core.model import ClusterObject, Kind
 from kdns.core.store import ClusterStore, bulk_change
 from kdns.errors import KdnsError
 from kdns.state import State, WatchCounters
@@ -122,25 +122,42 @@ class Applier:
         namespace = key[1] if kind == Kind.NAMESPACE else key[0]
         return not self.allowed or namespace in self.allowed
 
-    def event(self, kind: Kind, event_type: str, raw: Any) -> bool:
-        """Apply one watch event; False when it changed nothing (out of scope, unreadable)."""
+    @staticmethod
+    def prepare(kind: Kind, raw: Any) -> Prepared:
+        """Convert one API object, touching nothing shared: done in the thread that read it, so
+        that a page of 500 objects is never converted on the event loop that answers queries."""
         key = object_key(kind, raw)
         if key is None:
-            log.warning("%s %s event without a readable name: ignored", kind, event_type)
-            return False
+            return Prepared(None, None, None)
         declared = raw.get("kind")
         if declared is not None and declared != kind:
             # The API server never sends another kind on a watch: whatever this is, it is not
             # one of the objects this watch follows.
-            log.warning(
-                "%s watch: %s event for an object of kind %r (%s/%s): ignored", kind, event_type, declared, *key
-            )
+            return Prepared(key, None, ConversionError(kind, "/".join(key), "kind", f"{declared!r} on a {kind} watch"))
+        try:
+            return Prepared(key, convert(kind, raw), None)
+        except ConversionError as error:
+            return Prepared(key, None, error)
+        except Exception as error:  # a converter bug: contained to this object
+            problem = f"could not be converted: {type(error).__name__}: {error}"
+            return Prepared(key, None, ConversionError(kind, "/".join(key), "(object)", problem))
+
+    def event(self, kind: Kind, event_type: str, raw: Any) -> bool:
+        """Convert and apply one watch event (`prepare`, then `apply_event`)."""
+        return self.apply_event(kind, event_type, self.prepare(kind, raw))
+
+    def apply_event(self, kind: Kind, event_type: str, prepared: Prepared) -> bool:
+        """Apply one converted watch event; False when it changed nothing (out of scope,
+        unreadable, or the same as what is served)."""
+        key = prepared.key
+        if key is None:
+            log.warning("%s %s event without a readable name: ignored", kind, event_type)
             return False
         if not self._in_scope(kind, key):
             return False
         if event_type == "DELETED":
             self.store.delete(kind, key)
-        elif not self._guarded_upsert(kind, key, raw):
+        elif not self._guarded_apply(kind, prepared):
             return False
         self.store.zone.bump_serial(int(self.clock()))
         return True
@@ -149,21 +166,22 @@ class Applier:
         """Make the store's objects of `kind` (in `namespace`) those of a fresh list: adds, updates
         and deletes computed by difference, so no name that still exists ever goes missing."""
         listed: set[tuple[str, str]] = set()
-        self.apply_listed(kind, items, listed)
+        self.apply_listed(kind, [self.prepare(kind, raw) for raw in items], listed)
         self.remove_unlisted(kind, namespace, listed)
 
-    def apply_listed(self, kind: Kind, items: Sequence[Any], listed: set[tuple[str, str]]) -> None:
-        """Add or update the objects of one page of a list, and note their keys in `listed`.
+    def apply_listed(self, kind: Kind, page: Sequence[Prepared], listed: set[tuple[str, str]]) -> None:
+        """Add or update the (converted) objects of one page of a list, and note their keys in
+        `listed`.
 
         Pages are applied as they arrive, so a relist never holds the whole cluster twice (a
         known cause of cluster DNS memory doubling after an API server restart)."""
         with bulk_change():
-            for raw in items:
-                key = object_key(kind, raw)
+            for prepared in page:
+                key = prepared.key
                 if key is None or not self._in_scope(kind, key):
                     continue
                 listed.add(key)  # listed even if it cannot be applied: what was served stays
-                self._guarded_upsert(kind, key, raw)
+                self._guarded_apply(kind, prepared)
 
     def remove_unlisted(self, kind: Kind, namespace: str | None, listed: set[tuple[str, str]]) -> None:
         """After a list's last page: delete what the list did not hold."""
@@ -173,30 +191,41 @@ class Applier:
                     self.store.delete(kind, key)
         self.store.zone.bump_serial(int(self.clock()))
 
-    def _guarded_upsert(self, kind: Kind, key: tuple[str, str], raw: Any) -> bool:
-        """`_upsert`, with any failure logged and contained: nothing about one object may stop
+    def _guarded_apply(self, kind: Kind, prepared: Prepared) -> bool:
+        """`_apply`, with any failure logged and contained: nothing about one object may stop
         the rest of a list page, or leave the others to be deleted as unlisted."""
         try:
-            return self._upsert(kind, key, raw)
+            return self._apply(kind, prepared)
         except Exception as error:
             self.errors += 1
-            log.exception("could not apply %s %s/%s (%s): keeping what was served for it", kind, *key, error)
+            log.exception("could not apply %s %s (%s): keeping what was served for it", kind, prepared.key, error)
             return False
 
-    def _upsert(self, kind: Kind, key: tuple[str, str], raw: Any) -> bool:
-        try:
-            converted = convert(kind, raw)
-        except ConversionError as error:
+    def _apply(self, kind: Kind, prepared: Prepared) -> bool:
+        assert prepared.key is not None
+        if prepared.error is not None:
             # Keep the last good version: bad input must not lose what was being served.
-            log.error("skipped %s (keeping what was served for it before)", error)
+            self.errors += 1
+            log.error("skipped %s (keeping what was served for it before)", prepared.error)
             return False
+        converted = prepared.converted
         if converted is None:
-            self.store.delete(kind, key)  # e.g. a slice that lost its service label
-        elif self.store.get(kind, key) != converted:
+            self.store.delete(kind, prepared.key)  # e.g. a slice that lost its service label
+        elif self.store.get(kind, prepared.key) != converted:
             self.store.upsert(converted)
         else:
             return False
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An API object converted off the event loop: its key (None if it has no readable name), and
+    the model object (None when DNS has no use for it) or why it could not be converted."""
+
+    key: ObjectKey | None
+    converted: ClusterObject | None
+    error: ConversionError | None
 
 
 class MalformedEvent(ValueError):
@@ -304,7 +333,8 @@ class ResourceWatcher:
         for page, last_version in list_pages(self._list_function, self._scope, self.options):
             self._recovered()
             count += len(page)
-            self.deliver(partial(self.applier.apply_listed, kind, page, listed))
+            prepared = [self.applier.prepare(kind, raw) for raw in page]  # here, in this thread
+            self.deliver(partial(self.applier.apply_listed, kind, prepared, listed))
             version = last_version or version
         counters = self.counters
 
@@ -358,7 +388,8 @@ class ResourceWatcher:
                 self._recovered()
                 version = _resource_version(raw)
                 if event_type in ("ADDED", "MODIFIED", "DELETED"):
-                    self.deliver(partial(self._apply_event, event_type, raw))
+                    prepared = self.applier.prepare(self.resource.kind, raw)  # here, in this thread
+                    self.deliver(partial(self._apply_event, event_type, prepared))
                 elif event_type != "BOOKMARK":
                     log.warning("%s: unexpected watch event %r: ignored", self.name, event_type)
                 if version is not None:
@@ -369,8 +400,8 @@ class ResourceWatcher:
             response.close()
             response.release_conn()
 
-    def _apply_event(self, event_type: str, raw: Any) -> None:
-        if self.applier.event(self.resource.kind, event_type, raw):
+    def _apply_event(self, event_type: str, prepared: Prepared) -> None:
+        if self.applier.apply_event(self.resource.kind, event_type, prepared):
             self.counters.events += 1
 
 
