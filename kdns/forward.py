@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 SOCKETS_PER_UPSTREAM = 4  # source ports a query may leave from, per upstream
 MAX_FAILS = 2  # consecutive failures that mark an upstream down (CoreDNS's max_fails)
 HEALTH_INTERVAL = 0.5  # seconds between probes of an upstream that is down (CoreDNS)
-PREFETCH_POLL = 0.05  # seconds between looks at the cache's answers due for a refresh
+# Seconds between looks at the cache's answers due for a refresh: the refresh window is the last
+# tenth of a TTL (3 s of kubeadm's 30), so half a second is soon enough, and costs nothing.
+PREFETCH_POLL = 0.5
 _ROOT_NS_QUERY = b"\x00\x00\x02\x00\x01"  # `. IN NS`, CoreDNS's health check
 
 

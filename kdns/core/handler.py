@@ -135,7 +135,9 @@ class Handler:
             return self._status(query, REFUSED)  # only class IN is served
         if query.qtype in (rdata.AXFR, rdata.IXFR):
             return self._status(query, REFUSED)  # no transfers: CoreDNS needs its `transfer` plugin
-        if self.cache is not None and not self._maybe_ours(query.key):
+        if not self._maybe_ours(query.key):
+            if self.cache is None:
+                return self._status(query, REFUSED)  # not ours, and nowhere to forward it
             cached = None if cache_missed else self.cache.get(ForwardCache.key(query))
             return cached if cached is not None else self._forward(query, tcp)
         return self._answer_slow(query, tcp)

@@ -1,0 +1,116 @@
+"""Failover, mark-down, health-probe recovery, serve-stale and prefetch of the forwarder on trio's
+virtual clock (issue 9, point 6): the upstream timeouts (2 s a try) and the 0.5 s health probes
+pass at once, with real UDP to fake upstreams on loopback. `autojump_threshold` lets a real
+answer arrive before virtual time jumps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dns.message
+import dns.rcode
+import pytest
+import trio
+import trio.testing
+
+from kdns.address import SocketAddress
+from kdns.config import ForwardOptions, Policy
+from kdns.core import wire
+from kdns.core.cache import ForwardCache
+from kdns.core.handler import Forward, Handler, HandlerOptions
+from kdns.forward import Forwarder
+from kdns.state import State
+from tests.builders import store_of
+from tests.fakeupstream import FakeUpstream
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0.05)  # real seconds of quiet before a jump
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
+    first, second = FakeUpstream("192.0.2.1"), FakeUpstream("192.0.2.2")
+    yield first, second
+    first.close()
+    second.close()
+
+
+def _query(name: str) -> wire.Query:
+    return wire.parse_query(dns.message.make_query(name, "A").to_wire())
+
+
+async def test_a_silent_upstream_fails_over_is_marked_down_and_comes_back_by_its_health_probe(
+    nursery, clock, upstreams
+):
+    first, second = upstreams
+    first.mode = "silent"
+    state = State()
+    forwarder = Forwarder(
+        [SocketAddress("127.0.0.1", first.port), SocketAddress("127.0.0.1", second.port)],
+        {},
+        ForwardOptions(policy=Policy.SEQUENTIAL, timeout=2.0),
+        state,
+    )
+    await nursery.start(forwarder.run)
+    started = trio.current_time()
+    for i in range(2):  # each tries the silent one first, waits out its timeout, then fails over
+        assert forwarder.admit()
+        handler = Handler(store_of().zone, HandlerOptions(recursion_available=True))
+        reply = dns.message.from_wire(await forwarder.reply(Forward(_query(f"q{i}.example.com"), False), handler))
+        assert reply.answer[0][0].address == "192.0.2.2"
+    assert trio.current_time() - started >= 4.0  # two 2-second timeouts, in virtual time
+    silent = state.upstreams[f"127.0.0.1:{first.port}"]
+    assert silent.down and silent.failures == 2
+    # Down: tried last, so the next query goes straight to the second upstream.
+    started = trio.current_time()
+    assert forwarder.admit()
+    reply = dns.message.from_wire(await forwarder.reply(Forward(_query("q2.example.com"), False), handler))
+    assert reply.answer[0][0].address == "192.0.2.2" and trio.current_time() - started < 1.0
+    # The health probe (`. NS` every 0.5 s) keeps failing while it is silent ...
+    await trio.sleep(3)  # a probe waits out the 2-second timeout too
+    assert silent.down and silent.healthcheck_failures >= 1
+    # ... and brings it back as soon as it answers again.
+    first.mode = "answer"
+    with trio.fail_after(5):
+        while silent.down:
+            await trio.sleep(0.5)
+    assert forwarder.admit()
+    reply = dns.message.from_wire(await forwarder.reply(Forward(_query("q3.example.com"), False), handler))
+    assert reply.answer[0][0].address == "192.0.2.1" and forwarder.in_flight == 0
+    nursery.cancel_scope.cancel()
+
+
+async def test_serve_stale_and_prefetch_on_virtual_time(nursery, clock, upstreams):
+    first, _ = upstreams
+    first.ttl = 10
+    cache = ForwardCache(100, trio.current_time, stale_for=3600, prefetch=True)
+    state = State()
+    forwarder = Forwarder([SocketAddress("127.0.0.1", first.port)], {}, ForwardOptions(timeout=1.0), state, cache)
+    handler = Handler(store_of().zone, HandlerOptions(recursion_available=True), cache)
+    await nursery.start(forwarder.run)
+
+    async def ask(name: str) -> dns.message.Message:
+        decided = handler.handle(dns.message.make_query(name, "A").to_wire(), False)
+        if isinstance(decided, Forward):
+            assert forwarder.admit()
+            decided = await forwarder.reply(decided, handler)
+        assert isinstance(decided, bytes)
+        return dns.message.from_wire(decided)
+
+    assert (await ask("www.example.com")).answer[0].ttl == 10
+    asked = first.udp_queries
+    await trio.sleep(9.1)  # within the last tenth of the TTL: popular entries are refreshed
+    for _ in range(3):
+        await ask("www.example.com")
+    await trio.sleep(0.6)  # the forwarder's prefetch loop runs
+    assert first.udp_queries == asked + 1, "the popular entry was refreshed once before it expired"
+    assert (await ask("www.example.com")).answer[0].ttl >= 9  # from the refreshed entry
+    # Every upstream fails: the expired entry is served stale, TTL 30 (RFC 8767).
+    first.mode = "silent"
+    await trio.sleep(11)
+    stale = await ask("www.example.com")
+    assert stale.rcode() == dns.rcode.NOERROR and stale.answer[0].ttl == 30
+    assert (await ask("never.example.com")).rcode() == dns.rcode.SERVFAIL
+    nursery.cancel_scope.cancel()
