@@ -37,7 +37,9 @@ def _start(api: FakeApiServer, tmp_path: Path, *args: str) -> KdnsServer:
     return KdnsServer("--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, *args, listen=("127.0.0.1:0",))
 
 
-def test_garbled_streams_and_hostile_events_never_disturb_the_names_that_exist(api, tmp_path):
+def test_garbled_streams_and_hostile_events_never_disturb_the_names_that_exist(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
     server = _start(api, tmp_path)
     loop = None
     try:
@@ -83,7 +85,9 @@ def test_garbled_streams_and_hostile_events_never_disturb_the_names_that_exist(a
         assert server.stop() == 0
 
 
-def test_a_flood_of_10000_events_is_followed_to_the_last_with_no_failed_query(api, tmp_path):
+def test_a_flood_of_10000_events_is_followed_to_the_last_with_no_failed_query(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
     server = _start(api, tmp_path)
     loop = None
     try:
@@ -126,7 +130,9 @@ def _rcode_text(message) -> str:
     return dns.rcode.to_text(message.rcode())
 
 
-def test_a_relist_of_50000_objects_loses_no_name_and_ends_where_a_fresh_build_does(api, tmp_path):
+def test_a_relist_of_50000_objects_loses_no_name_and_ends_where_a_fresh_build_does(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
     for i in range(50_000):
         api.apply(service("prod", f"bulk{i}", [f"10.{98 + i // 65000}.{i // 250 % 256}.{i % 250 + 1}"]))
     server = _start(api, tmp_path, "--api-timeout", "30")
@@ -154,7 +160,9 @@ def test_a_relist_of_50000_objects_loses_no_name_and_ends_where_a_fresh_build_do
         assert server.stop() == 0
 
 
-def test_a_service_published_in_part_never_blanks_its_page_at_start_or_after_a_relist(api, tmp_path):
+def test_a_service_published_in_part_never_blanks_its_page_at_start_or_after_a_relist(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
     """Issue 8 D1, as reported: Services bad, s1, s2, s3 in one namespace, where bad has a
     63-character port name. s1-s3 used to answer NXDOMAIN at start, and again after an outage,
     a compaction and a relist."""

@@ -52,7 +52,7 @@ async def _ask(address: SocketAddress, name: str, rdtype: str = "A") -> dns.mess
             return dns.message.from_wire(await sock.recv(65535))
 
 
-async def test_kdns_starts_in_process_serves_and_counts_what_it_answered(nursery):
+async def test_kdns_starts_in_process_serves_and_counts_what_it_answered(nursery: trio.Nursery) -> None:
     running: app.Running = await nursery.start(app.run, _config())
     address = running.addresses[0]
     assert address.port != 0 and running.state.ready()
@@ -70,7 +70,7 @@ async def test_kdns_starts_in_process_serves_and_counts_what_it_answered(nursery
     nursery.cancel_scope.cancel()
 
 
-async def test_two_instances_run_side_by_side_in_one_program(nursery):
+async def test_two_instances_run_side_by_side_in_one_program(nursery: trio.Nursery) -> None:
     first: app.Running = await nursery.start(app.run, _config())
     second: app.Running = await nursery.start(app.run, _config(ttl=7))
     assert first.addresses[0].port != second.addresses[0].port

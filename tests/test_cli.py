@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.builders import endpoint, endpoint_slice, service
 from tests.process import EXAMPLE, run_kdns
 
 
-def test_check_summarises_the_example_and_exits_0():
+def test_check_summarises_the_example_and_exits_0() -> None:
     result = run_kdns("check", "--snapshot", str(EXAMPLE))
     assert result.returncode == 0, result.stderr
     assert "5 namespaces, 9 services, 8 endpoint slices (14 endpoints), 11 pods" in result.stdout
     assert "ignored 1 object(s) of kind ConfigMap" in result.stdout
 
 
-def test_check_exits_2_and_names_each_malformed_object(tmp_path):
+def test_check_exits_2_and_names_each_malformed_object(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     items = [service("prod", "web"), service("prod", "bad", ports=[{"name": "x", "port": 0}])]
     path.write_text(yaml.safe_dump({"kind": "List", "items": items}))
@@ -28,7 +30,7 @@ def test_check_exits_2_and_names_each_malformed_object(tmp_path):
     assert "1 object(s) would be skipped" in result.stdout
 
 
-def test_check_of_an_unparsable_file_exits_2_naming_file_and_line(tmp_path):
+def test_check_of_an_unparsable_file_exits_2_naming_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("kind: List\nitems:\n- {\n")
     result = run_kdns("check", "--snapshot", str(path))
@@ -36,7 +38,7 @@ def test_check_of_an_unparsable_file_exits_2_naming_file_and_line(tmp_path):
     assert str(path) in result.stderr and "line" in result.stderr
 
 
-def test_dump_prints_the_zone_sorted_as_zone_file_text():
+def test_dump_prints_the_zone_sorted_as_zone_file_text() -> None:
     result = run_kdns("dump", "--snapshot", str(EXAMPLE), "--ttl", "12")
     assert result.returncode == 0, result.stderr
     lines = [line.split() for line in result.stdout.splitlines() if not line.startswith(";")]
@@ -47,19 +49,21 @@ def test_dump_prints_the_zone_sorted_as_zone_file_text():
     assert owners == sorted(owners)
 
 
-def test_dump_honours_the_cluster_domain():
+def test_dump_honours_the_cluster_domain() -> None:
     result = run_kdns("dump", "--snapshot", str(EXAMPLE), "--cluster-domain", "corp.example.")
     assert "web.prod.svc.corp.example." in result.stdout and "cluster.local" not in result.stdout
 
 
-def test_python_dash_m_kdns_is_the_same_program():
+def test_python_dash_m_kdns_is_the_same_program() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "kdns", "check", "--snapshot", str(EXAMPLE)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0 and "9 services" in result.stdout
 
 
-def test_serve_with_a_missing_or_broken_kubeconfig_exits_2_naming_what_was_read(tmp_path, monkeypatch):
+def test_serve_with_a_missing_or_broken_kubeconfig_exits_2_naming_what_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for variable in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
         monkeypatch.delenv(variable, raising=False)
     missing = run_kdns("serve", "--kubeconfig", str(tmp_path / "nope"), "--listen", "127.0.0.1:0")
@@ -77,7 +81,7 @@ def test_serve_with_a_missing_or_broken_kubeconfig_exits_2_naming_what_was_read(
     assert default.returncode == 2 and f"default kubeconfig {tmp_path}/.kube/config: no such file" in default.stderr
 
 
-def test_in_cluster_configuration_without_a_service_account_exits_2(monkeypatch):
+def test_in_cluster_configuration_without_a_service_account_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
@@ -85,7 +89,7 @@ def test_in_cluster_configuration_without_a_service_account_exits_2(monkeypatch)
     assert result.returncode == 2 and "in-cluster configuration" in result.stderr
 
 
-def test_check_reports_a_service_published_only_in_part_and_exits_2(tmp_path):
+def test_check_reports_a_service_published_only_in_part_and_exits_2(tmp_path: Path) -> None:
     """Issue 8 D1: a 63-character port name is valid in Kubernetes but cannot be an SRV label;
     `kdns check` names it and exits 2 (it used to end in a traceback with exit 1)."""
     path = tmp_path / "c.yaml"
@@ -98,7 +102,7 @@ def test_check_reports_a_service_published_only_in_part_and_exits_2(tmp_path):
     assert "4 services" in result.stdout and "1 part(s) of objects would be left out of DNS" in result.stdout
 
 
-def test_check_with_a_long_cluster_domain_reports_names_that_would_not_fit(tmp_path):
+def test_check_with_a_long_cluster_domain_reports_names_that_would_not_fit(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     ns, svc = "n" * 63, "s" * 63
     items = [
@@ -114,13 +118,13 @@ def test_check_with_a_long_cluster_domain_reports_names_that_would_not_fit(tmp_p
     assert dump.returncode == 0 and "h" * 63 not in dump.stdout
 
 
-def test_a_cluster_domain_with_no_room_for_the_names_kdns_must_publish_is_refused():
+def test_a_cluster_domain_with_no_room_for_the_names_kdns_must_publish_is_refused() -> None:
     domain = ".".join(["d" * 60] * 4)[:243]
     result = run_kdns("check", "--snapshot", str(EXAMPLE), "--cluster-domain", domain)
     assert result.returncode == 2 and "dns-version" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_check_of_objects_whose_kind_is_not_a_name_exits_2_naming_each(tmp_path):
+def test_check_of_objects_whose_kind_is_not_a_name_exits_2_naming_each(tmp_path: Path) -> None:
     """Issue 8 D10: these used to end in a traceback (exit 1)."""
     path = tmp_path / "c.yaml"
     path.write_text(
@@ -136,7 +140,7 @@ def test_check_of_objects_whose_kind_is_not_a_name_exits_2_naming_each(tmp_path)
     assert "1 services" in result.stdout
 
 
-def test_check_of_a_document_nested_too_deeply_exits_2(tmp_path):
+def test_check_of_a_document_nested_too_deeply_exits_2(tmp_path: Path) -> None:
     for name, text in (
         ("deep.yaml", "kind: List\nitems:\n- " + "[" * 100_000 + "]" * 100_000 + "\n"),
         ("deep.json", '{"kind": "List", "items": ' + "[" * 100_000 + "]" * 100_000 + "}"),
@@ -148,7 +152,7 @@ def test_check_of_a_document_nested_too_deeply_exits_2(tmp_path):
         assert str(path) in result.stderr
 
 
-def test_duplicate_objects_are_warned_about_and_the_later_one_is_served(tmp_path):
+def test_duplicate_objects_are_warned_about_and_the_later_one_is_served(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     items = [service("a", "web", ["10.96.0.1"]), service("a", "web", ["10.96.0.2"])]
     path.write_text(yaml.safe_dump({"kind": "List", "items": items}))

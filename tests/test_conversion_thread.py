@@ -5,8 +5,10 @@ in-process (`app.run`) following the test API server."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from kdns import app
@@ -17,7 +19,9 @@ from tests.builders import namespace, service
 from tests.test_app import _ask, _config
 
 
-async def test_objects_are_converted_in_the_watch_threads_never_on_the_event_loop(nursery, tmp_path, monkeypatch):
+async def test_objects_are_converted_in_the_watch_threads_never_on_the_event_loop(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     api = FakeApiServer()
     api.apply(namespace("prod"))
     api.apply(service("prod", "web", ["10.96.0.5"]))

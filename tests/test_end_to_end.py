@@ -6,6 +6,7 @@ import random
 import socket
 import struct
 import time
+from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -32,19 +33,19 @@ def _tcp(server: KdnsServer, name: str, rdtype: str = "A") -> dns.message.Messag
 # -- dig against the example cluster ------------------------------------------------------------
 
 
-def test_dig_resolves_a_cluster_ip_service_over_udp_and_tcp(example_server):
+def test_dig_resolves_a_cluster_ip_service_over_udp_and_tcp(example_server: KdnsServer) -> None:
     for transport in ("+notcp", "+tcp"):
         out = dig(example_server, "web.prod.svc.cluster.local", "A", transport, "+short")
         assert out.split() == ["10.96.12.34"], transport
 
 
-def test_dig_over_the_ipv6_listener(example_server):
+def test_dig_over_the_ipv6_listener(example_server: KdnsServer) -> None:
     v6 = next(address for address in example_server.addresses if ":" in address[0])
     out = dig(example_server, "web.prod.svc.cluster.local", "AAAA", "+short", address=v6)
     assert out.split() == ["fd00:10:96::1234"]
 
 
-def test_dig_headless_srv_with_additional_addresses(example_server):
+def test_dig_headless_srv_with_additional_addresses(example_server: KdnsServer) -> None:
     out = dig(example_server, "_postgres._tcp.db.prod.svc.cluster.local", "SRV", "+noall", "+answer", "+additional")
     lines = [line.split() for line in out.strip().splitlines()]
     assert sorted((line[3], line[-1]) for line in lines) == [
@@ -55,12 +56,12 @@ def test_dig_headless_srv_with_additional_addresses(example_server):
     ]
 
 
-def test_dig_reverse_lookup_and_external_name(example_server):
+def test_dig_reverse_lookup_and_external_name(example_server: KdnsServer) -> None:
     assert dig(example_server, "-x", "10.96.12.34", "+short").split() == ["web.prod.svc.cluster.local."]
     assert dig(example_server, "payments.prod.svc.cluster.local", "+short").split() == ["payments.example.com."]
 
 
-def test_dig_endpoint_names_and_ptrs_of_a_cluster_ip_service_as_coredns(example_server):
+def test_dig_endpoint_names_and_ptrs_of_a_cluster_ip_service_as_coredns(example_server: KdnsServer) -> None:
     # Answered on demand (not prepared at load): the first and a repeated question agree.
     for _ in range(2):
         assert dig(example_server, "-x", "10.244.2.11", "+short").split() == ["10-244-2-11.web.prod.svc.cluster.local."]
@@ -74,30 +75,30 @@ def test_dig_endpoint_names_and_ptrs_of_a_cluster_ip_service_as_coredns(example_
     assert "status: NXDOMAIN" in out
 
 
-def test_dig_nxdomain_carries_the_soa(example_server):
+def test_dig_nxdomain_carries_the_soa(example_server: KdnsServer) -> None:
     out = dig(example_server, "nothere.prod.svc.cluster.local", "+noall", "+comments", "+authority")
     assert "status: NXDOMAIN" in out
     assert "cluster.local.\t\t30\tIN\tSOA\tns.dns.cluster.local. hostmaster.cluster.local." in out
     assert "flags: qr aa rd" in out
 
 
-def test_dig_dns_version_and_pod_record(example_server):
+def test_dig_dns_version_and_pod_record(example_server: KdnsServer) -> None:
     assert dig(example_server, "dns-version.cluster.local", "TXT", "+short").split() == ['"1.1.0"']
     assert dig(example_server, "10-244-1-10.prod.pod.cluster.local", "+short").split() == ["10.244.1.10"]
 
 
-def test_outside_the_cluster_domain_is_refused(example_server):
+def test_outside_the_cluster_domain_is_refused(example_server: KdnsServer) -> None:
     assert "status: REFUSED" in dig(example_server, "example.com", "+noall", "+comments")
 
 
-def test_dnspython_over_udp_and_tcp_agree(example_server):
+def test_dnspython_over_udp_and_tcp_agree(example_server: KdnsServer) -> None:
     udp = _udp(example_server, "db.prod.svc.cluster.local")
     tcp = _tcp(example_server, "db.prod.svc.cluster.local")
     assert udp.answer == tcp.answer
     assert sorted(item.address for item in udp.answer[0]) == ["10.244.1.20", "10.244.2.21"]
 
 
-def test_tcp_answers_several_queries_on_one_connection_in_order(example_server):
+def test_tcp_answers_several_queries_on_one_connection_in_order(example_server: KdnsServer) -> None:
     names = ["web.prod.svc.cluster.local", "nope.prod.svc.cluster.local", "db.prod.svc.cluster.local"]
     queries = [dns.message.make_query(name, "A") for name in names]
     with socket.create_connection((example_server.host, example_server.port), timeout=5) as conn:
@@ -112,7 +113,7 @@ def _read_framed(conn: socket.socket) -> bytes:
     return read_exactly(conn, struct.unpack("!H", header)[0])
 
 
-def test_garbage_on_the_wire_never_stops_the_server(example_server):
+def test_garbage_on_the_wire_never_stops_the_server(example_server: KdnsServer) -> None:
     rng = random.Random(7)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         for _ in range(2000):
@@ -141,7 +142,7 @@ def big_headless(tmp_path):
     return path
 
 
-def test_large_headless_answer_truncates_over_udp_and_comes_whole_over_tcp(big_headless):
+def test_large_headless_answer_truncates_over_udp_and_comes_whole_over_tcp(big_headless: Path) -> None:
     """Over UDP: TC with the whole records that fit (CoreDNS), so a client that never retries
     over TCP (musl before 1.2.4) still gets addresses; over TCP: all 300."""
     server = KdnsServer("--snapshot", str(big_headless))
@@ -159,7 +160,7 @@ def test_large_headless_answer_truncates_over_udp_and_comes_whole_over_tcp(big_h
         assert server.stop() == 0
 
 
-def test_idle_tcp_connection_is_closed():
+def test_idle_tcp_connection_is_closed() -> None:
     server = KdnsServer("--snapshot", "examples/cluster.yaml", "--tcp-idle-timeout", "0.5")
     try:
         with socket.create_connection((server.host, server.port), timeout=5) as conn:
@@ -171,7 +172,7 @@ def test_idle_tcp_connection_is_closed():
         assert server.stop() == 0
 
 
-def test_tcp_connections_beyond_the_cap_are_closed_at_once():
+def test_tcp_connections_beyond_the_cap_are_closed_at_once() -> None:
     server = KdnsServer("--snapshot", "examples/cluster.yaml", "--max-tcp-connections", "2")
     try:
         held = [socket.create_connection((server.host, server.port), timeout=5) for _ in range(2)]
@@ -186,7 +187,7 @@ def test_tcp_connections_beyond_the_cap_are_closed_at_once():
         assert server.stop() == 0
 
 
-def test_sigterm_and_sigint_stop_the_server_cleanly():
+def test_sigterm_and_sigint_stop_the_server_cleanly() -> None:
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -195,7 +196,7 @@ def test_sigterm_and_sigint_stop_the_server_cleanly():
         assert f"received {signal.Signals(sig).name}" in server.log_text()
 
 
-def test_snapshot_with_a_malformed_object_serves_all_the_others(tmp_path):
+def test_snapshot_with_a_malformed_object_serves_all_the_others(tmp_path: Path) -> None:
     items = [
         service("prod", "web", ["10.96.0.5"]),
         service("prod", "bad", ["999.1.1.1"]),
@@ -213,7 +214,7 @@ def test_snapshot_with_a_malformed_object_serves_all_the_others(tmp_path):
         assert server.stop() == 0
 
 
-def test_snapshot_with_a_service_published_in_part_serves_it_and_all_the_others(tmp_path):
+def test_snapshot_with_a_service_published_in_part_serves_it_and_all_the_others(tmp_path: Path) -> None:
     """Issue 8 D1: `serve --snapshot` used to die at start on a 63-character port name."""
     ports = [{"name": "p" * 63, "port": 81}, {"name": "http", "port": 80}]
     items = [service("a", "bad", ["10.96.0.9"], ports=ports), service("a", "s1", ["10.96.0.1"])]
@@ -230,7 +231,7 @@ def test_snapshot_with_a_service_published_in_part_serves_it_and_all_the_others(
         assert server.stop() == 0
 
 
-def test_garbage_snapshot_file_exits_2_naming_the_file(tmp_path):
+def test_garbage_snapshot_file_exits_2_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "garbage.yaml"
     path.write_bytes(b"kind: List\nitems: [\x00\x01 {{{\n")
     result = run_kdns("serve", "--snapshot", str(path), "--listen", "127.0.0.1:0")
@@ -238,7 +239,7 @@ def test_garbage_snapshot_file_exits_2_naming_the_file(tmp_path):
     assert str(path) in result.stderr
 
 
-def test_bad_flags_exit_2_with_a_message():
+def test_bad_flags_exit_2_with_a_message() -> None:
     for args, text in (
         (["--listen", "nowhere:53"], "--listen"),
         (["--ttl", "-1"], "--ttl"),
@@ -250,7 +251,7 @@ def test_bad_flags_exit_2_with_a_message():
         assert text in result.stderr, args
 
 
-def test_listen_address_in_use_exits_2():
+def test_listen_address_in_use_exits_2() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]

@@ -20,23 +20,23 @@ def _first(forwarder: Forwarder) -> SocketAddress:
     return forwarder._ordered(forwarder.default)[0].address
 
 
-def test_sequential_always_starts_with_the_first_upstream():
+def test_sequential_always_starts_with_the_first_upstream() -> None:
     forwarder = _forwarder(Policy.SEQUENTIAL)
     assert {_first(forwarder) for _ in range(20)} == {A}
 
 
-def test_round_robin_takes_turns():
+def test_round_robin_takes_turns() -> None:
     forwarder = _forwarder(Policy.ROUND_ROBIN)
     assert [_first(forwarder) for _ in range(6)] == [A, B, C, A, B, C]
 
 
-def test_random_spreads_over_every_upstream():
+def test_random_spreads_over_every_upstream() -> None:
     forwarder = _forwarder(Policy.RANDOM)
     counts = Counter(_first(forwarder) for _ in range(3000))
     assert set(counts) == {A, B, C} and min(counts.values()) > 800
 
 
-def test_down_upstreams_are_tried_last_but_still_tried():
+def test_down_upstreams_are_tried_last_but_still_tried() -> None:
     forwarder = _forwarder(Policy.SEQUENTIAL)
     forwarder.default[0].failed()
     forwarder.default[0].failed()
@@ -46,7 +46,7 @@ def test_down_upstreams_are_tried_last_but_still_tried():
     assert [u.address for u in forwarder._ordered(forwarder.default)] == [A, B, C]
 
 
-def test_stub_domains_route_by_longest_suffix_on_label_boundaries():
+def test_stub_domains_route_by_longest_suffix_on_label_boundaries() -> None:
     d, e = SocketAddress("127.0.0.4", 53), SocketAddress("127.0.0.5", 53)
     forwarder = _forwarder(Policy.SEQUENTIAL, {"corp.example": [d], "eu.corp.example": [e]})
     route = lambda name: [u.address for u in forwarder.route(to_wire(name))]  # noqa: E731

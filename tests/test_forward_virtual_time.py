@@ -42,8 +42,8 @@ def _query(name: str) -> wire.Query:
 
 
 async def test_a_silent_upstream_fails_over_is_marked_down_and_comes_back_by_its_health_probe(
-    nursery, clock, upstreams
-):
+    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams
+) -> None:
     first, second = upstreams
     first.mode = "silent"
     state = State()
@@ -82,7 +82,9 @@ async def test_a_silent_upstream_fails_over_is_marked_down_and_comes_back_by_its
     nursery.cancel_scope.cancel()
 
 
-async def test_serve_stale_and_prefetch_on_virtual_time(nursery, clock, upstreams):
+async def test_serve_stale_and_prefetch_on_virtual_time(
+    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams
+) -> None:
     first, _ = upstreams
     first.ttl = 10
     cache = ForwardCache(100, trio.current_time, stale_for=3600, prefetch=True)

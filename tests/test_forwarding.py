@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dns.exception
 import dns.flags
@@ -90,7 +91,7 @@ def _addresses(reply: dns.message.Message) -> list[str]:
 # -- against unbound -------------------------------------------------------------------------------
 
 
-def test_dig_resolves_a_forwarded_name_and_a_cluster_name_from_one_server(unbound):
+def test_dig_resolves_a_forwarded_name_and_a_cluster_name_from_one_server(unbound: int) -> None:
     server = _serve("--upstream", f"127.0.0.1:{unbound}")
     try:
         assert dig(server, "www.test", "+short").split() == ["192.0.2.10"]
@@ -102,7 +103,7 @@ def test_dig_resolves_a_forwarded_name_and_a_cluster_name_from_one_server(unboun
         assert server.stop() == 0
 
 
-def test_forwarded_cname_chain_and_nxdomain_come_back_as_the_upstream_sent_them(unbound):
+def test_forwarded_cname_chain_and_nxdomain_come_back_as_the_upstream_sent_them(unbound: int) -> None:
     server = _serve("--upstream", f"127.0.0.1:{unbound}")
     try:
         assert _addresses(_ask(server, "alias.test")) == ["mid.test."]
@@ -113,7 +114,7 @@ def test_forwarded_cname_chain_and_nxdomain_come_back_as_the_upstream_sent_them(
         assert server.stop() == 0
 
 
-def test_large_txt_is_fetched_over_tcp_from_upstream_and_truncated_to_a_small_client(unbound):
+def test_large_txt_is_fetched_over_tcp_from_upstream_and_truncated_to_a_small_client(unbound: int) -> None:
     server = _serve("--upstream", f"127.0.0.1:{unbound}")
     try:
         small = _ask(server, "txt400.test", "TXT", use_edns=False)
@@ -131,7 +132,7 @@ def test_large_txt_is_fetched_over_tcp_from_upstream_and_truncated_to_a_small_cl
 # -- the cache, counted at the fake upstream ------------------------------------------------------
 
 
-def test_second_query_is_answered_from_the_cache_with_its_ttl_counting_down(upstream):
+def test_second_query_is_answered_from_the_cache_with_its_ttl_counting_down(upstream: FakeUpstream) -> None:
     server = _serve("--upstream", upstream.spec)
     try:
         first = _ask(server, "cached.example")
@@ -146,7 +147,7 @@ def test_second_query_is_answered_from_the_cache_with_its_ttl_counting_down(upst
         assert server.stop() == 0
 
 
-def test_cache_size_evicts_and_max_ttl_clamps(upstream):
+def test_cache_size_evicts_and_max_ttl_clamps(upstream: FakeUpstream) -> None:
     server = _serve("--upstream", upstream.spec, "--cache-size", "1", "--cache-max-ttl", "1")
     try:
         _ask(server, "a.example")
@@ -160,7 +161,7 @@ def test_cache_size_evicts_and_max_ttl_clamps(upstream):
         assert server.stop() == 0
 
 
-def test_servfail_from_upstream_is_passed_on_and_cached_briefly(upstream):
+def test_servfail_from_upstream_is_passed_on_and_cached_briefly(upstream: FakeUpstream) -> None:
     upstream.mode = "servfail"
     server = _serve("--upstream", upstream.spec)
     try:
@@ -174,7 +175,7 @@ def test_servfail_from_upstream_is_passed_on_and_cached_briefly(upstream):
 # -- failures and forgeries ------------------------------------------------------------------------
 
 
-def test_silent_upstream_fails_over_to_the_next_and_is_marked_down(upstream):
+def test_silent_upstream_fails_over_to_the_next_and_is_marked_down(upstream: FakeUpstream) -> None:
     dead = FakeUpstream()
     dead.mode = "silent"
     server = _serve("--upstream", dead.spec, "--upstream", upstream.spec, "--policy", "sequential",
@@ -195,7 +196,7 @@ def test_silent_upstream_fails_over_to_the_next_and_is_marked_down(upstream):
         dead.close()
 
 
-def test_no_upstream_answering_gives_servfail(upstream):
+def test_no_upstream_answering_gives_servfail(upstream: FakeUpstream) -> None:
     upstream.mode = "silent"
     server = _serve("--upstream", upstream.spec, "--upstream-timeout", "0.3")
     try:
@@ -205,7 +206,7 @@ def test_no_upstream_answering_gives_servfail(upstream):
 
 
 @pytest.mark.parametrize("mode", ["wrong-id", "wrong-question", "wrong-port"])
-def test_forged_answers_are_ignored_and_the_real_one_is_taken(upstream, mode):
+def test_forged_answers_are_ignored_and_the_real_one_is_taken(upstream: FakeUpstream, mode) -> None:
     upstream.mode = mode
     server = _serve("--upstream", upstream.spec)
     try:
@@ -215,7 +216,7 @@ def test_forged_answers_are_ignored_and_the_real_one_is_taken(upstream, mode):
         assert server.stop() == 0
 
 
-def test_truncated_udp_answer_is_asked_again_over_tcp(upstream):
+def test_truncated_udp_answer_is_asked_again_over_tcp(upstream: FakeUpstream) -> None:
     upstream.mode = "truncate"
     server = _serve("--upstream", upstream.spec)
     try:
@@ -225,7 +226,7 @@ def test_truncated_udp_answer_is_asked_again_over_tcp(upstream):
         assert server.stop() == 0
 
 
-def test_tcp_client_is_forwarded_over_tcp(upstream):
+def test_tcp_client_is_forwarded_over_tcp(upstream: FakeUpstream) -> None:
     server = _serve("--upstream", upstream.spec)
     try:
         assert _addresses(_ask(server, "viatcp.example", tcp=True)) == ["192.0.2.1"]
@@ -234,7 +235,7 @@ def test_tcp_client_is_forwarded_over_tcp(upstream):
         assert server.stop() == 0
 
 
-def test_queries_beyond_max_concurrent_are_refused_at_once(upstream):
+def test_queries_beyond_max_concurrent_are_refused_at_once(upstream: FakeUpstream) -> None:
     upstream.mode = "slow"
     upstream.delay = 1.5
     server = _serve("--upstream", upstream.spec, "--max-concurrent", "2", "--upstream-timeout", "3")
@@ -253,7 +254,7 @@ def test_queries_beyond_max_concurrent_are_refused_at_once(upstream):
 # -- routing ---------------------------------------------------------------------------------------
 
 
-def test_stub_domain_goes_to_its_own_upstream(upstream):
+def test_stub_domain_goes_to_its_own_upstream(upstream: FakeUpstream) -> None:
     corporate = FakeUpstream(address="198.51.100.7")
     server = _serve("--upstream", upstream.spec, "--stub-domain", f"corp.example={corporate.spec}")
     try:
@@ -266,7 +267,7 @@ def test_stub_domain_goes_to_its_own_upstream(upstream):
         corporate.close()
 
 
-def test_reverse_names_kdns_does_not_hold_fall_through_to_the_upstream(upstream):
+def test_reverse_names_kdns_does_not_hold_fall_through_to_the_upstream(upstream: FakeUpstream) -> None:
     server = _serve("--upstream", upstream.spec)
     try:
         _ask(server, "9.9.9.9.in-addr.arpa", "PTR")
@@ -278,7 +279,7 @@ def test_reverse_names_kdns_does_not_hold_fall_through_to_the_upstream(upstream)
         assert server.stop() == 0
 
 
-def test_without_any_upstream_other_names_are_refused_with_one_warning(tmp_path):
+def test_without_any_upstream_other_names_are_refused_with_one_warning(tmp_path: Path) -> None:
     empty = tmp_path / "resolv.conf"
     empty.write_text("search example.com\n")
     server = _serve("--resolv-conf", str(empty))
@@ -290,7 +291,7 @@ def test_without_any_upstream_other_names_are_refused_with_one_warning(tmp_path)
         assert server.stop() == 0
 
 
-def test_upstreams_are_read_from_resolv_conf(tmp_path, upstream):
+def test_upstreams_are_read_from_resolv_conf(tmp_path: Path, upstream: FakeUpstream) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text(f"# a comment\nsearch svc.cluster.local\nnameserver 127.0.0.1:{upstream.port}\noptions ndots:5\n")
     server = _serve("--resolv-conf", str(conf))
@@ -300,7 +301,7 @@ def test_upstreams_are_read_from_resolv_conf(tmp_path, upstream):
         assert server.stop() == 0
 
 
-def test_upstream_that_is_kdns_itself_is_refused_at_start():
+def test_upstream_that_is_kdns_itself_is_refused_at_start() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -310,7 +311,7 @@ def test_upstream_that_is_kdns_itself_is_refused_at_start():
         assert "is kdns's own listen address" in result.stderr
 
 
-def test_bad_forwarding_flags_exit_2(tmp_path):
+def test_bad_forwarding_flags_exit_2(tmp_path: Path) -> None:
     for args, text in (
         (["--upstream", "not-an-ip"], "--upstream"),
         (["--stub-domain", "corp.example"], "--stub-domain"),
@@ -334,7 +335,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_forwarding_loop_through_an_upstream_is_detected_and_kdns_exits_2(tmp_path):
+def test_forwarding_loop_through_an_upstream_is_detected_and_kdns_exits_2(tmp_path: Path) -> None:
     kdns_port, unbound_port = _free_port(), _free_port()
     config = tmp_path / "unbound.conf"
     config.write_text(  # an upstream that forwards everything back to kdns: a loop
@@ -359,7 +360,7 @@ def test_forwarding_loop_through_an_upstream_is_detected_and_kdns_exits_2(tmp_pa
         unbound.wait(10)
 
 
-def test_healthy_upstreams_pass_the_loop_probe(upstream):
+def test_healthy_upstreams_pass_the_loop_probe(upstream: FakeUpstream) -> None:
     server = _serve("--upstream", upstream.spec)
     try:
         _wait_for(lambda: len(upstream.probes) == 1, 5)
@@ -369,7 +370,7 @@ def test_healthy_upstreams_pass_the_loop_probe(upstream):
         assert server.stop() == 0
 
 
-def test_external_name_service_is_chased_to_its_upstream_target(unbound, tmp_path):
+def test_external_name_service_is_chased_to_its_upstream_target(unbound: int, tmp_path: Path) -> None:
     snapshot = tmp_path / "ext.yaml"
     snapshot.write_text(
         "kind: Service\napiVersion: v1\nmetadata: {name: ext, namespace: prod}\n"
@@ -387,7 +388,7 @@ def test_external_name_service_is_chased_to_its_upstream_target(unbound, tmp_pat
         assert server.stop() == 0
 
 
-def test_serve_stale_answers_from_an_expired_entry_when_every_upstream_fails(upstream):
+def test_serve_stale_answers_from_an_expired_entry_when_every_upstream_fails(upstream: FakeUpstream) -> None:
     upstream.ttl = 1
     server = _serve("--upstream", upstream.spec, "--serve-stale", "1m", "--upstream-timeout", "0.3")
     plain = _serve("--upstream", upstream.spec, "--upstream-timeout", "0.3")
@@ -403,7 +404,7 @@ def test_serve_stale_answers_from_an_expired_entry_when_every_upstream_fails(ups
         assert server.stop() == 0 and plain.stop() == 0
 
 
-def test_prefetch_refreshes_a_popular_answer_before_it_expires(upstream):
+def test_prefetch_refreshes_a_popular_answer_before_it_expires(upstream: FakeUpstream) -> None:
     upstream.ttl = 5
     server = _serve("--upstream", upstream.spec, "--prefetch")
     try:
@@ -419,7 +420,7 @@ def test_prefetch_refreshes_a_popular_answer_before_it_expires(upstream):
         assert server.stop() == 0
 
 
-def test_an_upstream_outage_never_slows_cluster_names(upstream):
+def test_an_upstream_outage_never_slows_cluster_names(upstream: FakeUpstream) -> None:
     upstream.mode = "silent"
     server = _serve("--upstream", upstream.spec, "--upstream-timeout", "2")
     try:

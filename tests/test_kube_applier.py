@@ -21,7 +21,7 @@ def _address(store: ClusterStore, name: str) -> list[str]:
     return [line.split()[-1] for line in records(ask(store, name))]
 
 
-def test_relist_adds_updates_and_deletes_by_difference():
+def test_relist_adds_updates_and_deletes_by_difference() -> None:
     store, applier = _applier()
     applier.reconcile("Service", None, [service("a", "keep", ["10.96.0.1"]), service("a", "gone", ["10.96.0.2"])])
     keep_answer = store.zone.prepared[(b"\x04keep\x01a\x03svc\x07cluster\x05local\x00", 1)]
@@ -32,7 +32,7 @@ def test_relist_adds_updates_and_deletes_by_difference():
     assert store.zone.prepared[(b"\x04keep\x01a\x03svc\x07cluster\x05local\x00", 1)] is keep_answer
 
 
-def test_relist_scoped_to_a_namespace_leaves_other_namespaces_alone():
+def test_relist_scoped_to_a_namespace_leaves_other_namespaces_alone() -> None:
     store, applier = _applier(namespaces=("a", "b"))
     applier.reconcile("Service", "a", [service("a", "x", ["10.96.0.1"])])
     applier.reconcile("Service", "b", [service("b", "y", ["10.96.0.2"])])
@@ -41,7 +41,7 @@ def test_relist_scoped_to_a_namespace_leaves_other_namespaces_alone():
     assert _address(store, "y.b.svc.cluster.local") == ["10.96.0.2"]
 
 
-def test_objects_outside_the_namespaces_are_ignored():
+def test_objects_outside_the_namespaces_are_ignored() -> None:
     store, applier = _applier(namespaces=("a",))
     applier.reconcile("Namespace", None, [namespace("a"), namespace("c")])
     assert not applier.event("Service", "ADDED", service("c", "x", ["10.96.0.1"]))
@@ -49,7 +49,7 @@ def test_objects_outside_the_namespaces_are_ignored():
     assert rcode(ask(store, "a.svc.cluster.local")) == "NOERROR"
 
 
-def test_malformed_update_keeps_the_last_good_version():
+def test_malformed_update_keeps_the_last_good_version() -> None:
     store, applier = _applier()
     applier.event("Service", "ADDED", service("a", "web", ["10.96.0.1"]))
     assert not applier.event("Service", "MODIFIED", service("a", "web", ["bogus"]))
@@ -58,13 +58,13 @@ def test_malformed_update_keeps_the_last_good_version():
     assert _address(store, "web.a.svc.cluster.local") == ["10.96.0.1"]
 
 
-def test_event_without_a_readable_name_is_ignored():
+def test_event_without_a_readable_name_is_ignored() -> None:
     _store, applier = _applier()
     assert not applier.event("Service", "ADDED", {"kind": "Service", "metadata": {}})
     assert not applier.event("Service", "DELETED", "not an object")
 
 
-def test_slice_that_loses_its_service_label_leaves_the_service():
+def test_slice_that_loses_its_service_label_leaves_the_service() -> None:
     store, applier = _applier()
     applier.event("Service", "ADDED", headless("a", "db"))
     applier.event("EndpointSlice", "ADDED", endpoint_slice("a", "s", "db", [endpoint("10.244.0.1")]))
@@ -75,7 +75,7 @@ def test_slice_that_loses_its_service_label_leaves_the_service():
     assert rcode(ask(store, "db.a.svc.cluster.local")) == "NXDOMAIN"
 
 
-def test_each_applied_change_moves_the_serial():
+def test_each_applied_change_moves_the_serial() -> None:
     store, applier = _applier()
     before = store.zone.serial
     applier.event("Service", "ADDED", service("a", "web"))
@@ -83,7 +83,7 @@ def test_each_applied_change_moves_the_serial():
     assert store.zone.serial == max(before + 2, 1_000_001)
 
 
-def test_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half():
+def test_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() -> None:
     delays = list(itertools.islice(backoff(0.5, 4.0, random.Random(1)), 8))
     ceilings = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
     for delay, ceiling in zip(delays, ceilings, strict=True):
@@ -91,7 +91,7 @@ def test_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half():
     assert len(set(delays)) == len(delays)  # jittered, not in step
 
 
-def test_one_service_that_cannot_be_published_in_full_never_stops_the_rest_of_its_page():
+def test_one_service_that_cannot_be_published_in_full_never_stops_the_rest_of_its_page() -> None:
     """Issue 8 D1: a 63-character port name used to raise in the middle of a list page, so that
     the rest of the page was never applied and then deleted as unlisted."""
     store, applier = _applier()
@@ -119,7 +119,7 @@ class _FailingStore(ClusterStore):
         super().upsert(obj)
 
 
-def test_an_unforeseen_fault_on_one_object_is_contained_to_it():
+def test_an_unforeseen_fault_on_one_object_is_contained_to_it() -> None:
     store = _FailingStore("cluster.local", 30)
     applier = Applier(store, WatchOptions(), clock=lambda: 1_000_000)
     applier.reconcile("Service", None, [service("a", "s1", ["10.96.0.1"]), service("a", "s2", ["10.96.0.2"])])

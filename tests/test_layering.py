@@ -50,7 +50,7 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
-def test_the_core_imports_no_shell_module_and_no_io_library():
+def test_the_core_imports_no_shell_module_and_no_io_library() -> None:
     graph = _imports()
     core = [name for name in graph if name.startswith("kdns.core")]
     assert len(core) > 10
@@ -62,7 +62,7 @@ def test_the_core_imports_no_shell_module_and_no_io_library():
                 assert imported.startswith("kdns.core"), f"{name} reaches the shell module {imported}"
 
 
-def test_config_is_a_leaf_of_the_shell():
+def test_config_is_a_leaf_of_the_shell() -> None:
     graph = _imports()
     for imported in _reachable(graph, "kdns.config"):
         top = imported.split(".")[0]
@@ -71,7 +71,7 @@ def test_config_is_a_leaf_of_the_shell():
             assert imported.startswith("kdns.core") or imported in CONFIG_MAY_IMPORT, f"config reaches {imported}"
 
 
-def test_nothing_imports_upwards_into_the_application():
+def test_nothing_imports_upwards_into_the_application() -> None:
     graph = _imports()
     for name, imported in graph.items():
         if name in ("kdns.cli", "kdns.__main__"):

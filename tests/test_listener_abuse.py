@@ -91,7 +91,7 @@ def _framed(name: str, rdtype: str = "A") -> bytes:
     return struct.pack("!H", len(wire)) + wire
 
 
-def test_idle_clients_at_the_cap_never_stop_udp_and_free_their_slots(server):
+def test_idle_clients_at_the_cap_never_stop_udp_and_free_their_slots(server: KdnsServer) -> None:
     held = [_connect(server) for _ in range(CAP)]
     time.sleep(0.1)
     beyond = _connect(server)
@@ -103,7 +103,7 @@ def test_idle_clients_at_the_cap_never_stop_udp_and_free_their_slots(server):
         sock.close()
 
 
-def test_slow_loris_clients_are_closed_at_the_idle_timeout_not_kept_by_each_byte(server):
+def test_slow_loris_clients_are_closed_at_the_idle_timeout_not_kept_by_each_byte(server: KdnsServer) -> None:
     query = _framed(WEB)
     clients = [_connect(server) for _ in range(CAP)]
     started = time.monotonic()
@@ -124,7 +124,7 @@ def test_slow_loris_clients_are_closed_at_the_idle_timeout_not_kept_by_each_byte
         sock.close()
 
 
-def test_clients_that_never_read_are_dropped_after_the_write_timeout(server):
+def test_clients_that_never_read_are_dropped_after_the_write_timeout(server: KdnsServer) -> None:
     pipelined = _framed("db.prod.svc.cluster.local", "SRV") * 5000
     clients = []
     for _ in range(CAP):
@@ -142,7 +142,7 @@ def test_clients_that_never_read_are_dropped_after_the_write_timeout(server):
         sock.close()
 
 
-def test_clients_whose_length_prefix_lies_are_closed(server):
+def test_clients_whose_length_prefix_lies_are_closed(server: KdnsServer) -> None:
     long_promise = _connect(server)
     long_promise.sendall(struct.pack("!H", 65535) + b"\x12\x34" + b"x" * 10)  # promises 65,535, sends 12
     zero = _connect(server)
@@ -158,7 +158,7 @@ def test_clients_whose_length_prefix_lies_are_closed(server):
         sock.close()
 
 
-def test_a_udp_flood_of_garbage_mixed_with_queries_loses_no_valid_query_and_no_memory(server):
+def test_a_udp_flood_of_garbage_mixed_with_queries_loses_no_valid_query_and_no_memory(server: KdnsServer) -> None:
     rng = random.Random(8)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(2)

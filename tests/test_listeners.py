@@ -39,7 +39,7 @@ async def _start(nursery: trio.Nursery, fake: FakeUpstream, max_concurrent: int)
     return (listener.address.host, listener.address.port), forwarder
 
 
-async def test_a_burst_never_overshoots_max_concurrent(nursery):
+async def test_a_burst_never_overshoots_max_concurrent(nursery: trio.Nursery) -> None:
     fake = FakeUpstream()
     fake.mode, fake.delay = "slow", 1.0
     address, forwarder = await _start(nursery, fake, max_concurrent=10)
@@ -65,7 +65,7 @@ def _framed(name: str, query_id: int) -> bytes:
     return struct.pack("!H", len(wire)) + wire
 
 
-async def test_tcp_answers_a_zone_query_while_a_forward_on_the_same_connection_waits(nursery):
+async def test_tcp_answers_a_zone_query_while_a_forward_on_the_same_connection_waits(nursery: trio.Nursery) -> None:
     fake = FakeUpstream()
     fake.mode, fake.delay = "slow", 1.0
     address, _ = await _start(nursery, fake, max_concurrent=10)

@@ -88,7 +88,9 @@ class QueryLoop:
         self._thread.join(10)
 
 
-def test_service_created_after_start_resolves_and_deleted_goes_nxdomain_within_2s(api, tmp_path):
+def test_service_created_after_start_resolves_and_deleted_goes_nxdomain_within_2s(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
     server = _start(api, tmp_path)
     try:
         _synced(server)
@@ -102,7 +104,9 @@ def test_service_created_after_start_resolves_and_deleted_goes_nxdomain_within_2
         assert server.stop() == 0
 
 
-def test_endpoint_turning_not_ready_leaves_the_headless_answer_and_publish_not_ready_keeps_it(api, tmp_path):
+def test_endpoint_turning_not_ready_leaves_the_headless_answer_and_publish_not_ready_keeps_it(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
     def slice_(name: str, second_ready: bool):
         return endpoint_slice("prod", f"{name}-a", name, [endpoint("10.244.0.1"), endpoint("10.244.0.2", second_ready)])
 
@@ -122,7 +126,9 @@ def test_endpoint_turning_not_ready_leaves_the_headless_answer_and_publish_not_r
         assert server.stop() == 0
 
 
-def test_before_the_first_list_completes_cluster_names_get_servfail_not_nxdomain(api, tmp_path):
+def test_before_the_first_list_completes_cluster_names_get_servfail_not_nxdomain(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
     api.stall()
     server = _start(api, tmp_path)
     try:
@@ -135,7 +141,9 @@ def test_before_the_first_list_completes_cluster_names_get_servfail_not_nxdomain
         assert server.stop() == 0
 
 
-def test_api_server_stopped_for_10s_names_keep_resolving_and_changes_appear_after(api, tmp_path):
+def test_api_server_stopped_for_10s_names_keep_resolving_and_changes_appear_after(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
     server = _start(api, tmp_path)
     try:
         _synced(server)
@@ -160,7 +168,7 @@ def test_api_server_stopped_for_10s_names_keep_resolving_and_changes_appear_afte
         assert server.stop() == 0
 
 
-def test_410_during_watch_relists_without_any_name_flapping(api, tmp_path):
+def test_410_during_watch_relists_without_any_name_flapping(api: FakeApiServer, tmp_path: Path) -> None:
     api.apply(service("prod", "doomed", ["10.96.0.8"]))
     server = _start(api, tmp_path)
     try:
@@ -181,7 +189,7 @@ def test_410_during_watch_relists_without_any_name_flapping(api, tmp_path):
         assert server.stop() == 0
 
 
-def test_api_answering_500_or_stalling_never_empties_the_zone(api, tmp_path):
+def test_api_answering_500_or_stalling_never_empties_the_zone(api: FakeApiServer, tmp_path: Path) -> None:
     server = _start(api, tmp_path)
     try:
         _synced(server)
@@ -201,7 +209,7 @@ def test_api_answering_500_or_stalling_never_empties_the_zone(api, tmp_path):
         assert server.stop() == 0
 
 
-def test_relist_answered_500_keeps_the_zone_until_a_list_succeeds(api, tmp_path):
+def test_relist_answered_500_keeps_the_zone_until_a_list_succeeds(api: FakeApiServer, tmp_path: Path) -> None:
     server = _start(api, tmp_path)
     try:
         _synced(server)
@@ -225,7 +233,7 @@ def test_relist_answered_500_keeps_the_zone_until_a_list_succeeds(api, tmp_path)
         assert server.stop() == 0
 
 
-def test_lists_are_read_page_by_page(api, tmp_path):
+def test_lists_are_read_page_by_page(api: FakeApiServer, tmp_path: Path) -> None:
     for i in range(30):
         api.apply(service("prod", f"paged-{i}", [f"10.96.9.{i + 1}"]))
     server = _start(api, tmp_path, "--api-page-size", "7")
@@ -241,7 +249,7 @@ def test_lists_are_read_page_by_page(api, tmp_path):
         assert server.stop() == 0
 
 
-def test_watch_ending_normally_is_resumed_from_the_last_version(api, tmp_path):
+def test_watch_ending_normally_is_resumed_from_the_last_version(api: FakeApiServer, tmp_path: Path) -> None:
     server = _start(api, tmp_path)
     try:
         _synced(server)
@@ -255,7 +263,7 @@ def test_watch_ending_normally_is_resumed_from_the_last_version(api, tmp_path):
         assert server.stop() == 0
 
 
-def test_namespaces_flag_watches_only_those_namespaces(api, tmp_path):
+def test_namespaces_flag_watches_only_those_namespaces(api: FakeApiServer, tmp_path: Path) -> None:
     for name in ("a", "b", "c"):
         api.apply(namespace(name))
         api.apply(service(name, "svc", ["10.96.1." + str(ord(name))]))
@@ -277,7 +285,7 @@ def test_namespaces_flag_watches_only_those_namespaces(api, tmp_path):
         assert server.stop() == 0
 
 
-def test_labels_flag_serves_only_matching_services(api, tmp_path):
+def test_labels_flag_serves_only_matching_services(api: FakeApiServer, tmp_path: Path) -> None:
     chosen = service("prod", "chosen", ["10.96.0.20"])
     chosen["metadata"]["labels"] = {"dns": "public"}
     api.apply(chosen)
@@ -298,7 +306,7 @@ def test_labels_flag_serves_only_matching_services(api, tmp_path):
         assert server.stop() == 0
 
 
-def test_service_with_three_slices_of_100_endpoints_updated_one_at_a_time(api, tmp_path):
+def test_service_with_three_slices_of_100_endpoints_updated_one_at_a_time(api: FakeApiServer, tmp_path: Path) -> None:
     def slice_(index: int, ready_count: int):
         endpoints = [endpoint(f"10.244.{index}.{i + 1}", i < ready_count) for i in range(100)]
         return endpoint_slice("prod", f"big-{index}", "big", endpoints)
@@ -323,7 +331,7 @@ def test_service_with_three_slices_of_100_endpoints_updated_one_at_a_time(api, t
         assert server.stop() == 0
 
 
-def test_verified_pod_records_follow_the_pod_watch(api, tmp_path):
+def test_verified_pod_records_follow_the_pod_watch(api: FakeApiServer, tmp_path: Path) -> None:
     api.apply(pod("prod", "web-0", "10.244.3.3"))
     server = _start(api, tmp_path, "--pods", "verified")
     try:
@@ -369,7 +377,7 @@ def _load_example(api: FakeApiServer) -> None:
             api.apply(item)
 
 
-def test_serving_from_the_api_answers_as_serving_from_a_snapshot_of_the_same_objects(tmp_path):
+def test_serving_from_the_api_answers_as_serving_from_a_snapshot_of_the_same_objects(tmp_path: Path) -> None:
     api = FakeApiServer()
     _load_example(api)
     live = _start(api, tmp_path)
@@ -383,7 +391,9 @@ def test_serving_from_the_api_answers_as_serving_from_a_snapshot_of_the_same_obj
         api.stop()
 
 
-def test_rbac_refusing_one_resource_keeps_cluster_names_servfail_and_says_why(api, tmp_path):
+def test_rbac_refusing_one_resource_keeps_cluster_names_servfail_and_says_why(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
     api.forbidden.add("EndpointSlice")
     server = _start(api, tmp_path)
     try:
@@ -399,7 +409,7 @@ def test_rbac_refusing_one_resource_keeps_cluster_names_servfail_and_says_why(ap
         assert server.stop() == 0
 
 
-def test_kdns_snapshot_writes_a_file_that_serve_accepts(tmp_path):
+def test_kdns_snapshot_writes_a_file_that_serve_accepts(tmp_path: Path) -> None:
     api = FakeApiServer()
     _load_example(api)
     output = tmp_path / "taken.yaml"
@@ -418,7 +428,7 @@ def test_kdns_snapshot_writes_a_file_that_serve_accepts(tmp_path):
         api.stop()
 
 
-def test_kdns_snapshot_against_an_unreachable_api_exits_2(tmp_path):
+def test_kdns_snapshot_against_an_unreachable_api_exits_2(tmp_path: Path) -> None:
     api = FakeApiServer()
     kubeconfig = api.kubeconfig(tmp_path)
     api.stop()
@@ -443,7 +453,7 @@ def _health_port(server: KdnsServer) -> int:
     return int(match.group(1))
 
 
-def test_ready_endpoint_is_503_until_every_watcher_has_listed(api, tmp_path):
+def test_ready_endpoint_is_503_until_every_watcher_has_listed(api: FakeApiServer, tmp_path: Path) -> None:
     api.stall()
     server = _start(api, tmp_path, "--health-listen", "127.0.0.1:0")
     try:
@@ -458,7 +468,7 @@ def test_ready_endpoint_is_503_until_every_watcher_has_listed(api, tmp_path):
         assert server.stop() == 0
 
 
-def test_snapshot_server_is_ready_at_once():
+def test_snapshot_server_is_ready_at_once() -> None:
     server = KdnsServer("--snapshot", str(EXAMPLE), "--health-listen", "127.0.0.1:0", listen=("127.0.0.1:0",))
     try:
         assert _http_get(_health_port(server), "/ready")[0] == 200
@@ -496,7 +506,9 @@ def tls_api(tmp_path: Path) -> Iterator[FakeApiServer]:
     server.stop()
 
 
-def test_in_cluster_configuration_follows_the_api_over_tls_with_the_service_account_token(tls_api, tmp_path):
+def test_in_cluster_configuration_follows_the_api_over_tls_with_the_service_account_token(
+    tls_api: FakeApiServer, tmp_path: Path
+) -> None:
     server = _in_pod(tls_api, tmp_path, TOKEN)
     try:
         _synced(server)
@@ -509,7 +521,9 @@ def test_in_cluster_configuration_follows_the_api_over_tls_with_the_service_acco
         assert server.stop() == 0
 
 
-def test_service_account_token_the_api_refuses_keeps_cluster_names_servfail(tls_api, tmp_path):
+def test_service_account_token_the_api_refuses_keeps_cluster_names_servfail(
+    tls_api: FakeApiServer, tmp_path: Path
+) -> None:
     server = _in_pod(tls_api, tmp_path, "expired-token")
     try:
         _wait(lambda: tls_api.unauthorized >= 3, 10, "kdns retrying with backoff")

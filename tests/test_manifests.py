@@ -27,13 +27,13 @@ def _one(kind: str) -> dict:
     return found
 
 
-def test_every_manifest_file_is_listed_by_the_kustomization():
+def test_every_manifest_file_is_listed_by_the_kustomization() -> None:
     listed = set(yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["resources"])
     present = {path.name for path in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == present
 
 
-def test_deployment_args_are_accepted_by_kdns_serve():
+def test_deployment_args_are_accepted_by_kdns_serve() -> None:
     container = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]
     args = cli._parser().parse_args(container["args"])
     config = cli._serve_config(args)
@@ -46,7 +46,7 @@ def test_deployment_args_are_accepted_by_kdns_serve():
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "health"}
 
 
-def test_rbac_grants_list_and_watch_on_every_resource_kdns_follows_and_nothing_more():
+def test_rbac_grants_list_and_watch_on_every_resource_kdns_follows_and_nothing_more() -> None:
     role = _one("ClusterRole")
     granted = {
         (group, resource): set(rule["verbs"])
@@ -66,14 +66,14 @@ def test_rbac_grants_list_and_watch_on_every_resource_kdns_follows_and_nothing_m
     assert _one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
 
 
-def test_service_selects_the_deployment_pods_on_the_dns_ports():
+def test_service_selects_the_deployment_pods_on_the_dns_ports() -> None:
     service = _one("Service")
     labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert {(port["port"], port["protocol"]) for port in service["spec"]["ports"]} == {(53, "UDP"), (53, "TCP")}
 
 
-def test_dockerfile_installs_the_package_and_runs_the_console_script():
+def test_dockerfile_installs_the_package_and_runs_the_console_script() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "COPY kdns ./kdns" in dockerfile and "pip install --no-cache-dir ." in dockerfile
     assert 'ENTRYPOINT ["kdns"]' in dockerfile

@@ -57,7 +57,9 @@ def _kdns(api: RealApiServer, tmp_path: Path, *args: str) -> KdnsServer:
     return KdnsServer("--kubeconfig", str(kubeconfig), *FAST, *args, listen=("127.0.0.1:0",))
 
 
-def test_kdns_follows_the_real_api_server_with_exactly_the_manifests_rbac(real_api, tmp_path):
+def test_kdns_follows_the_real_api_server_with_exactly_the_manifests_rbac(
+    real_api: RealApiServer, tmp_path: Path
+) -> None:
     server = _kdns(real_api, tmp_path)
     try:
         _synced(server)
@@ -81,7 +83,7 @@ def test_kdns_follows_the_real_api_server_with_exactly_the_manifests_rbac(real_a
         assert server.stop() == 0
 
 
-def test_the_manifests_rbac_forbids_every_write(real_api):
+def test_the_manifests_rbac_forbids_every_write(real_api: RealApiServer) -> None:
     token = real_api.service_account_token("kube-system", "kdns")
     as_kdns = real_api.api_client(token)
     core, discovery = client.CoreV1Api(as_kdns), client.DiscoveryV1Api(as_kdns)
@@ -101,7 +103,7 @@ def test_the_manifests_rbac_forbids_every_write(real_api):
         assert refused.value.status == 403
 
 
-def test_namespace_and_label_filters_on_the_real_api_server(real_api, tmp_path):
+def test_namespace_and_label_filters_on_the_real_api_server(real_api: RealApiServer, tmp_path: Path) -> None:
     real_api.create(namespace("other"))
     labelled = service("other", "picked", ["10.96.2.1"])
     labelled["metadata"]["labels"] = {"dns": "yes"}
@@ -117,7 +119,7 @@ def test_namespace_and_label_filters_on_the_real_api_server(real_api, tmp_path):
         assert server.stop() == 0
 
 
-def test_a_real_410_after_compaction_leads_to_a_relist_that_loses_no_served_name(tmp_path):
+def test_a_real_410_after_compaction_leads_to_a_relist_that_loses_no_served_name(tmp_path: Path) -> None:
     """kdns is paused while the cluster changes, etcd is compacted and the API server restarts:
     on resuming, its watch asks for a version that is gone (a real 410 Gone), and it relists."""
     with real_apiserver(tmp_path / "api") as api:
@@ -156,7 +158,7 @@ def test_a_real_410_after_compaction_leads_to_a_relist_that_loses_no_served_name
             assert server.stop() == 0
 
 
-def test_api_server_stopped_and_restarted_under_a_query_loop(tmp_path):
+def test_api_server_stopped_and_restarted_under_a_query_loop(tmp_path: Path) -> None:
     with real_apiserver(tmp_path / "api") as api:
         api.apply_manifest(MANIFESTS / "serviceaccount.yaml")
         api.apply_manifest(MANIFESTS / "rbac.yaml")

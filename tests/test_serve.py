@@ -8,7 +8,9 @@ import struct
 
 import dns.message
 import dns.rcode
+import pytest
 import trio
+import trio.testing
 
 from kdns.address import SocketAddress
 from kdns.config import TcpLimits
@@ -44,7 +46,9 @@ async def _udp_query(address: tuple[str, int], name: str) -> dns.message.Message
     return dns.message.from_wire(data)
 
 
-async def test_udp_query_that_makes_the_handler_raise_gets_servfail_and_the_loop_goes_on(caplog):
+async def test_udp_query_that_makes_the_handler_raise_gets_servfail_and_the_loop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async with trio.open_nursery() as nursery:
         address = await _start(nursery)
         failed = await _udp_query(address, BOOM)
@@ -55,7 +59,7 @@ async def test_udp_query_that_makes_the_handler_raise_gets_servfail_and_the_loop
     assert "error answering a UDP query" in caplog.text
 
 
-async def test_tcp_query_that_makes_the_handler_raise_gets_servfail_on_a_connection_that_stays_open():
+async def test_tcp_query_that_makes_the_handler_raise_gets_servfail_on_a_connection_that_stays_open() -> None:
     async with trio.open_nursery() as nursery:
         host, port = await _start(nursery)
         stream = await trio.open_tcp_stream(host, port)
@@ -69,7 +73,7 @@ async def test_tcp_query_that_makes_the_handler_raise_gets_servfail_on_a_connect
         nursery.cancel_scope.cancel()
 
 
-async def test_tcp_query_split_into_single_bytes_is_reassembled():
+async def test_tcp_query_split_into_single_bytes_is_reassembled() -> None:
     async with trio.open_nursery() as nursery:
         host, port = await _start(nursery)
         stream = await trio.open_tcp_stream(host, port)
@@ -83,7 +87,7 @@ async def test_tcp_query_split_into_single_bytes_is_reassembled():
         nursery.cancel_scope.cancel()
 
 
-async def test_tcp_stream_carrying_a_response_is_closed():
+async def test_tcp_stream_carrying_a_response_is_closed() -> None:
     async with trio.open_nursery() as nursery:
         host, port = await _start(nursery)
         stream = await trio.open_tcp_stream(host, port)
@@ -104,7 +108,9 @@ async def _read_framed(stream: trio.SocketStream) -> bytes:
     return data[2:]
 
 
-async def test_a_tcp_client_that_never_reads_loses_its_connection_after_the_write_timeout(autojump_clock):
+async def test_a_tcp_client_that_never_reads_loses_its_connection_after_the_write_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """Issue 8 D3: `send_all` had no deadline, so 20 clients that pipelined queries and never
     read held every TCP slot. The mock clock makes the 2 s write timeout pass at once."""
     async with trio.open_nursery() as nursery:

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_a_short_soak_loses_no_query_and_grows_no_file_descriptors_or_memory():
+def test_a_short_soak_loses_no_query_and_grows_no_file_descriptors_or_memory() -> None:
     if shutil.which("dnsperf") is None:
         pytest.fail("dnsperf is not installed: apt-get install dnsperf (the README setup does)")
     result = subprocess.run(

@@ -74,7 +74,7 @@ def _script(kdns: Kdns, build: Callable[[dns.message.Message, bytes], list[tuple
     kdns.fake.mode = "script"
 
 
-async def test_garbage_and_wrong_ids_are_dropped_and_counted_and_the_real_answer_taken(kdns):
+async def test_garbage_and_wrong_ids_are_dropped_and_counted_and_the_real_answer_taken(kdns) -> None:
     def build(query, answer):
         wrong_id = bytearray(answer)
         struct.pack_into("!H", wrong_id, 0, (query.id + 1) % 65536)
@@ -86,7 +86,7 @@ async def test_garbage_and_wrong_ids_are_dropped_and_counted_and_the_real_answer
     assert kdns.upstream.counters.dropped >= 3
 
 
-async def test_a_late_answer_is_servfail_and_is_neither_served_later_nor_cached(kdns):
+async def test_a_late_answer_is_servfail_and_is_neither_served_later_nor_cached(kdns) -> None:
     _script(kdns, lambda query, answer: [(answer, TIMEOUT + 0.3)])
     reply = await kdns.ask("late.example.com")
     assert reply.rcode() == dns.rcode.SERVFAIL
@@ -98,7 +98,7 @@ async def test_a_late_answer_is_servfail_and_is_neither_served_later_nor_cached(
     assert kdns.fake.udp_queries == before + 1  # asked again: nothing was cached
 
 
-async def test_an_answer_to_another_question_is_dropped_and_never_cached_for_that_question(kdns):
+async def test_an_answer_to_another_question_is_dropped_and_never_cached_for_that_question(kdns) -> None:
     def build(query, answer):
         other = dns.message.make_response(dns.message.make_query("victim.example.com", "A"))
         other.id = query.id
@@ -135,7 +135,7 @@ def _pointer(offset: int) -> bytes:
     ],
     ids=["rdlength-3", "owner-points-at-itself", "cname-points-at-itself", "reserved-label-type"],
 )
-async def test_malformed_answers_are_servfail_counted_and_never_cached(kdns, record):
+async def test_malformed_answers_are_servfail_counted_and_never_cached(kdns, record) -> None:
     _script(kdns, lambda query, answer: [(_raw_answer(query, record), 0)])
     reply = await kdns.ask("broken.example.com")
     assert reply.rcode() == dns.rcode.SERVFAIL
@@ -145,7 +145,7 @@ async def test_malformed_answers_are_servfail_counted_and_never_cached(kdns, rec
     assert kdns.fake.udp_queries > before  # asked again: a malformed answer is never cached
 
 
-async def test_out_of_bailiwick_extras_stay_with_their_own_question(kdns):
+async def test_out_of_bailiwick_extras_stay_with_their_own_question(kdns) -> None:
     def build(query, answer):
         response = dns.message.from_wire(answer)
         response.additional.append(dns.rrset.from_text("victim.example.org.", 86400, "IN", "A", "203.0.113.66"))
@@ -160,7 +160,7 @@ async def test_out_of_bailiwick_extras_stay_with_their_own_question(kdns):
     assert kdns.fake.udp_queries == before + 1
 
 
-async def test_a_cname_into_the_cluster_domain_never_changes_a_cluster_answer(kdns):
+async def test_a_cname_into_the_cluster_domain_never_changes_a_cluster_answer(kdns) -> None:
     def build(query, answer):
         response = dns.message.from_wire(answer)
         response.answer = [
@@ -177,7 +177,7 @@ async def test_a_cname_into_the_cluster_domain_never_changes_a_cluster_answer(kd
     assert kdns.fake.udp_queries == before  # cluster names are never forwarded
 
 
-async def test_a_flood_of_garbage_from_the_upstream_address_costs_nothing_but_counts(kdns):
+async def test_a_flood_of_garbage_from_the_upstream_address_costs_nothing_but_counts(kdns) -> None:
     garbage = [(bytes([i]) * (i % 40 + 1), 0) for i in range(200)]
     _script(kdns, lambda query, answer: [*garbage, (answer, 0.05)])
     started = time.monotonic()

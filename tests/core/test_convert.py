@@ -17,7 +17,7 @@ def _error(kind: str, obj) -> ConversionError:
     return caught.value
 
 
-def test_service_types_and_defaults():
+def test_service_types_and_defaults() -> None:
     assert convert("Service", service("a", "x", ["10.96.0.1"])).type is ServiceType.CLUSTER_IP
     assert convert("Service", service("a", "x", ["None"])).type is ServiceType.HEADLESS
     ext = convert("Service", service("a", "x", type_="ExternalName", external_name="Example.COM."))
@@ -30,12 +30,12 @@ def test_service_types_and_defaults():
     assert minimal.cluster_ips == (ipaddress.ip_address("10.96.0.3"),)
 
 
-def test_cluster_ip_used_when_cluster_ips_is_absent():
+def test_cluster_ip_used_when_cluster_ips_is_absent() -> None:
     obj = {"metadata": {"name": "x", "namespace": "a"}, "spec": {"clusterIP": "10.96.0.3"}}
     assert convert("Service", obj).cluster_ips == (ipaddress.ip_address("10.96.0.3"),)
 
 
-def test_service_errors_name_kind_object_and_field():
+def test_service_errors_name_kind_object_and_field() -> None:
     bad_ip = _error("Service", service("prod", "web", ["10.96.0.300"]))
     assert (bad_ip.kind, bad_ip.ref, bad_ip.field) == ("Service", "prod/web", "spec.clusterIPs[0]")
     assert "prod/web" in str(bad_ip) and "spec.clusterIPs[0]" in str(bad_ip)
@@ -58,7 +58,7 @@ def test_service_errors_name_kind_object_and_field():
     assert not_a_mapping.field == "(object)"
 
 
-def test_external_name_must_be_a_dns_name():
+def test_external_name_must_be_a_dns_name() -> None:
     assert _error("Service", service("a", "x", type_="ExternalName", external_name="10.0.0.1")).field == (
         "spec.externalName"
     )
@@ -68,7 +68,7 @@ def test_external_name_must_be_a_dns_name():
     assert _error("Service", service("a", "x", type_="ExternalName", external_name=None)).field == "spec.externalName"
 
 
-def test_endpoint_slice_fields_and_defaults():
+def test_endpoint_slice_fields_and_defaults() -> None:
     converted = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", ready=None)]))
     assert converted.service_name == "svc" and converted.ip_version == 4
     assert converted.endpoints[0].ready is True
@@ -76,19 +76,19 @@ def test_endpoint_slice_fields_and_defaults():
     assert not_ready.endpoints[0].ready is False
 
 
-def test_endpoint_slice_without_service_label_or_with_fqdn_addresses_is_not_used():
+def test_endpoint_slice_without_service_label_or_with_fqdn_addresses_is_not_used() -> None:
     unowned = endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1")])
     del unowned["metadata"]["labels"]
     assert convert("EndpointSlice", unowned) is None
     assert convert("EndpointSlice", endpoint_slice("a", "s", "svc", [{"addresses": ["x.com"]}], family="FQDN")) is None
 
 
-def test_endpoint_slice_port_without_number_is_skipped():
+def test_endpoint_slice_port_without_number_is_skipped() -> None:
     obj = endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1")], ports=[{"name": "all", "protocol": "TCP"}])
     assert convert("EndpointSlice", obj).ports == ()
 
 
-def test_endpoint_slice_errors_name_the_field():
+def test_endpoint_slice_errors_name_the_field() -> None:
     wrong_family = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("fd00::1")]))
     assert (wrong_family.ref, wrong_family.field) == ("a/s", "endpoints[0].addresses[0]")
     assert "IPv4" in wrong_family.problem
@@ -102,7 +102,7 @@ def test_endpoint_slice_errors_name_the_field():
     assert bad_type.field == "addressType"
 
 
-def test_pod_ips_from_pod_ips_or_pod_ip():
+def test_pod_ips_from_pod_ips_or_pod_ip() -> None:
     assert [str(ip) for ip in convert("Pod", pod("a", "p", "10.0.0.1", "fd00::1")).ips] == ["10.0.0.1", "fd00::1"]
     single = {"metadata": {"name": "p", "namespace": "a"}, "status": {"podIP": "10.0.0.2"}}
     assert [str(ip) for ip in convert("Pod", single).ips] == ["10.0.0.2"]
@@ -111,7 +111,7 @@ def test_pod_ips_from_pod_ips_or_pod_ip():
     assert _error("Pod", pod("a", "p", "nope")).field == "status.podIPs[0].ip"
 
 
-def test_endpoint_conditions_node_and_selector_are_kept():
+def test_endpoint_conditions_node_and_selector_are_kept() -> None:
     item = {
         "addresses": ["10.0.0.1"],
         "conditions": {"ready": False, "serving": True, "terminating": True},
@@ -127,7 +127,7 @@ def test_endpoint_conditions_node_and_selector_are_kept():
     assert bad.field == "endpoints[0].conditions.serving"
 
 
-def test_selector_less_service_is_marked():
+def test_selector_less_service_is_marked() -> None:
     with_selector = service("a", "x")
     with_selector["spec"]["selector"] = {"app": "x"}
     assert convert("Service", with_selector).has_selector is True

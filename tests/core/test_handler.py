@@ -19,7 +19,7 @@ def _reply(handler: Handler, name: str, rdtype: str = "A", tcp: bool = False) ->
     return dns.message.from_wire(reply)
 
 
-def test_replies_are_counted_by_transport_type_and_rcode():
+def test_replies_are_counted_by_transport_type_and_rcode() -> None:
     counters = QueryCounters()
     handler = Handler(store_of(service("prod", "web")).zone, counters=counters)
     _reply(handler, "web.prod.svc.cluster.local")
@@ -36,7 +36,7 @@ def test_replies_are_counted_by_transport_type_and_rcode():
     assert counters.dropped == 1 and counters.total() == 4
 
 
-def test_until_ready_a_missing_cluster_name_is_servfail_and_existing_ones_answer():
+def test_until_ready_a_missing_cluster_name_is_servfail_and_existing_ones_answer() -> None:
     ready = False
     handler = Handler(store_of(service("prod", "web")).zone, ready=lambda: ready)
     assert _reply(handler, "nope.prod.svc.cluster.local").rcode() == dns.rcode.SERVFAIL
@@ -45,7 +45,7 @@ def test_until_ready_a_missing_cluster_name_is_servfail_and_existing_ones_answer
     assert _reply(handler, "nope.prod.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
 
 
-def test_a_loop_probe_coming_back_is_refused_and_reported():
+def test_a_loop_probe_coming_back_is_refused_and_reported() -> None:
     found: list[str] = []
     probes = LoopProbes(found.append)
     probes.add(to_wire("abc.def.kdns-loop-probe"), "127.0.0.1:53")
@@ -57,7 +57,7 @@ def test_a_loop_probe_coming_back_is_refused_and_reported():
     assert isinstance(handler.handle(dns.message.make_query("other.example", "A").to_wire(), False), Forward)
 
 
-def test_without_a_zone_everything_goes_to_the_cache_or_upstream():
+def test_without_a_zone_everything_goes_to_the_cache_or_upstream() -> None:
     handler = Handler(None, HandlerOptions(recursion_available=True), ForwardCache(10, lambda: 0.0))
     for name in ("web.prod.svc.cluster.local", "5.0.96.10.in-addr.arpa", "www.example.com"):
         decided = handler.handle(dns.message.make_query(name, "A").to_wire(), False)

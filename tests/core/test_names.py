@@ -20,13 +20,13 @@ from kdns.core.names import (
 )
 
 
-def test_wire_form_is_lowercased_and_round_trips():
+def test_wire_form_is_lowercased_and_round_trips() -> None:
     assert to_wire("Web.Prod.svc.Cluster.Local.") == b"\x03web\x04prod\x03svc\x07cluster\x05local\x00"
     assert from_wire(to_wire("web.prod.svc.cluster.local")) == "web.prod.svc.cluster.local"
     assert to_wire("") == b"\x00" and to_wire(".") == b"\x00"
 
 
-def test_labels_over_63_and_names_over_255_bytes_are_refused():
+def test_labels_over_63_and_names_over_255_bytes_are_refused() -> None:
     with pytest.raises(InvalidName):
         to_wire("a" * 64 + ".example")
     with pytest.raises(InvalidName):
@@ -36,7 +36,7 @@ def test_labels_over_63_and_names_over_255_bytes_are_refused():
         to_wire("a..b")
 
 
-def test_suffixes_match_on_label_boundaries_only():
+def test_suffixes_match_on_label_boundaries_only() -> None:
     suffix = to_wire("corp.example")
     key = b"\x07ab" + suffix  # one label, "ab\x04corp", then "example": the same bytes at the end
     assert key.endswith(suffix) and not at_label_boundary(key, len(key) - len(suffix))
@@ -44,13 +44,13 @@ def test_suffixes_match_on_label_boundaries_only():
     assert at_label_boundary(key, len(key) - len(suffix))
 
 
-def test_reverse_names_of_both_families():
+def test_reverse_names_of_both_families() -> None:
     assert from_wire(reverse_wire(ipaddress.ip_address("10.96.0.5"))) == "5.0.96.10.in-addr.arpa"
     address = ipaddress.ip_address("fd00::1")
     assert from_wire(reverse_wire(address)) == address.reverse_pointer
 
 
-def test_endpoint_labels_are_the_hostname_or_the_dashed_address_as_coredns():
+def test_endpoint_labels_are_the_hostname_or_the_dashed_address_as_coredns() -> None:
     def endpoint(hostname: str) -> Endpoint:
         return Endpoint((), True, True, False, hostname, "", "")
 
@@ -60,7 +60,7 @@ def test_endpoint_labels_are_the_hostname_or_the_dashed_address_as_coredns():
     assert service_name("prod", "web", "cluster.local") == "web.prod.svc.cluster.local"
 
 
-def test_pod_labels_follow_coredns_three_dashes_rule():
+def test_pod_labels_follow_coredns_three_dashes_rule() -> None:
     assert parse_pod_label("10-244-1-5") == ipaddress.ip_address("10.244.1.5")
     assert parse_pod_label("fd00--1") == ipaddress.ip_address("fd00::1")
     assert parse_pod_label("1-2-3") is None

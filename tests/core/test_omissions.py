@@ -4,6 +4,8 @@ other object are served, and no name over 255 bytes or label over 63 is ever pub
 
 from __future__ import annotations
 
+import pytest
+
 from kdns.core.convert import convert
 from kdns.core.names import MAX_LABEL, MAX_NAME_WIRE, to_wire
 from kdns.core.records import Omission
@@ -24,7 +26,7 @@ def _store(*objects, domain: str = "cluster.local") -> tuple[ClusterStore, list[
     return store, reported
 
 
-def test_a_port_name_too_long_for_an_srv_label_loses_only_that_srv():
+def test_a_port_name_too_long_for_an_srv_label_loses_only_that_srv() -> None:
     ports = [{"name": "http", "port": 80}, {"name": LONG_PORT, "port": 81}, {"name": "grpc", "port": 82}]
     store, reported = _store(service("a", "bad", ["10.96.0.9"], ports=ports), service("a", "s1", ["10.96.0.1"]))
     assert records(ask(store, "bad.a.svc.cluster.local")) == ["bad.a.svc.cluster.local. A 10.96.0.9"]
@@ -45,7 +47,7 @@ def test_a_port_name_too_long_for_an_srv_label_loses_only_that_srv():
     assert list(store.omissions.values()) == [tuple(reported)]
 
 
-def test_an_omission_is_reported_once_and_forgotten_when_the_object_is_fixed():
+def test_an_omission_is_reported_once_and_forgotten_when_the_object_is_fixed() -> None:
     bad = service("a", "bad", ["10.96.0.9"], ports=[{"name": LONG_PORT, "port": 81}])
     store, reported = _store(bad)
     store.upsert(convert("Service", service("a", "bad", ["10.96.0.8"], ports=[{"name": LONG_PORT, "port": 81}])))
@@ -56,7 +58,7 @@ def test_an_omission_is_reported_once_and_forgotten_when_the_object_is_fixed():
     assert store.omissions == {}
 
 
-def test_a_headless_slice_port_too_long_loses_only_its_srv_names():
+def test_a_headless_slice_port_too_long_loses_only_its_srv_names() -> None:
     ports = [{"name": LONG_PORT, "port": 81}, {"name": "http", "port": 80}]
     store, reported = _store(
         headless("a", "db", ports=ports),
@@ -80,7 +82,7 @@ def _assert_all_names_fit(store: ClusterStore) -> None:
             assert record.rtype != 12 or len(record.rdata) <= MAX_NAME_WIRE
 
 
-def test_a_long_cluster_domain_never_publishes_a_name_over_255_bytes():
+def test_a_long_cluster_domain_never_publishes_a_name_over_255_bytes() -> None:
     ns, svc = "n" * 63, "s" * 63
     hostname = "h" * 63
     ports = [{"name": "http", "port": 80}]
@@ -111,7 +113,7 @@ def test_a_long_cluster_domain_never_publishes_a_name_over_255_bytes():
     ]
 
 
-def test_a_service_whose_own_name_cannot_fit_is_left_out_alone():
+def test_a_service_whose_own_name_cannot_fit_is_left_out_alone() -> None:
     domain = ".".join(["d" * 40, "e" * 40, "f" * 40])  # 124 bytes on the wire: 256 with the longest names
     ns = "n" * 63
     store, reported = _store(service(ns, "s" * 63, ["10.96.0.1"]), service(ns, "ok", ["10.96.0.2"]), domain=domain)
@@ -120,13 +122,15 @@ def test_a_service_whose_own_name_cannot_fit_is_left_out_alone():
     assert records(ask(store, f"ok.{ns}.svc.{domain}")) == [f"ok.{ns}.svc.{domain}. A 10.96.0.2"]
 
 
-def test_labels_in_the_zone_are_never_longer_than_63():
+def test_labels_in_the_zone_are_never_longer_than_63() -> None:
     store, _ = _store(service("a", "bad", ["10.96.0.9"], ports=[{"name": LONG_PORT, "port": 81}]))
     for owner in _published_names(store):
         assert all(len(label) <= MAX_LABEL for label in owner.split("."))
 
 
-def test_an_edit_of_a_service_with_thousands_of_ports_does_work_linear_in_its_ports(monkeypatch):
+def test_an_edit_of_a_service_with_thousands_of_ports_does_work_linear_in_its_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Issue 8 D2: each SRV name's answer walked every record of its target (the Service's own
     name, holding one SRV per port), so one edit was quadratic in the ports: 8 s of stalled DNS at
     10,000 ports. Counted in records read, not timed (timings belong in bench/)."""

@@ -26,13 +26,13 @@ SOA = "cluster.local. SOA ns.dns.cluster.local. hostmaster.cluster.local."
 # -- schema version, SOA, NS (spec 2.2; CoreDNS for SOA and NS) --------------------------------
 
 
-def test_dns_version_record_is_txt_1_1_0():
+def test_dns_version_record_is_txt_1_1_0() -> None:
     reply = ask(store_of(), "dns-version.cluster.local", "TXT")
     assert records(reply) == ['dns-version.cluster.local. TXT "1.1.0"']
     assert is_authoritative(reply)
 
 
-def test_soa_at_apex_is_coredns_shaped_with_ttl_as_minimum():
+def test_soa_at_apex_is_coredns_shaped_with_ttl_as_minimum() -> None:
     store = store_of(ttl=17)
     store.zone.set_serial(12345)
     reply = ask(store, "cluster.local", "SOA")
@@ -40,7 +40,7 @@ def test_soa_at_apex_is_coredns_shaped_with_ttl_as_minimum():
     assert reply.answer[0].ttl == 17
 
 
-def test_ns_at_apex_names_ns_dns_with_the_kube_dns_cluster_ip_as_glue():
+def test_ns_at_apex_names_ns_dns_with_the_kube_dns_cluster_ip_as_glue() -> None:
     store = store_of(service("kube-system", "kube-dns", ["10.96.0.10"]))
     reply = ask(store, "cluster.local", "NS")
     assert records(reply) == ["cluster.local. NS ns.dns.cluster.local."]
@@ -48,7 +48,7 @@ def test_ns_at_apex_names_ns_dns_with_the_kube_dns_cluster_ip_as_glue():
     assert records(ask(store, "ns.dns.cluster.local")) == ["ns.dns.cluster.local. A 10.96.0.10"]
 
 
-def test_ns_dns_name_follows_the_kube_dns_service_when_it_changes():
+def test_ns_dns_name_follows_the_kube_dns_service_when_it_changes() -> None:
     store = store_of(service("kube-system", "kube-dns", ["10.96.0.10"]))
     store.delete("Service", ("kube-system", "kube-dns"))
     assert records(ask(store, "ns.dns.cluster.local")) == []
@@ -58,34 +58,34 @@ def test_ns_dns_name_follows_the_kube_dns_service_when_it_changes():
 # -- ClusterIP services (spec 2.3) ---------------------------------------------------------------
 
 
-def test_cluster_ip_service_answers_its_cluster_ip():
+def test_cluster_ip_service_answers_its_cluster_ip() -> None:
     reply = ask(store_of(service("prod", "web", ["10.96.0.5"])), "web.prod.svc.cluster.local")
     assert records(reply) == ["web.prod.svc.cluster.local. A 10.96.0.5"]
     assert rcode(reply) == "NOERROR" and is_authoritative(reply)
     assert reply.answer[0].ttl == 30
 
 
-def test_dual_stack_service_answers_a_and_aaaa_from_its_cluster_ips():
+def test_dual_stack_service_answers_a_and_aaaa_from_its_cluster_ips() -> None:
     store = store_of(service("prod", "web", ["10.96.0.5", "fd00::5"]))
     assert records(ask(store, "web.prod.svc.cluster.local", "A")) == ["web.prod.svc.cluster.local. A 10.96.0.5"]
     assert records(ask(store, "web.prod.svc.cluster.local", "AAAA")) == ["web.prod.svc.cluster.local. AAAA fd00::5"]
 
 
-def test_ipv6_only_service_answers_aaaa_and_nodata_for_a():
+def test_ipv6_only_service_answers_aaaa_and_nodata_for_a() -> None:
     store = store_of(service("prod", "v6", ["fd00::7"]))
     assert records(ask(store, "v6.prod.svc.cluster.local", "AAAA")) == ["v6.prod.svc.cluster.local. AAAA fd00::7"]
     reply = ask(store, "v6.prod.svc.cluster.local", "A")
     assert rcode(reply) == "NOERROR" and records(reply) == []
 
 
-def test_ipv4_only_service_answers_nodata_with_soa_for_aaaa():
+def test_ipv4_only_service_answers_nodata_with_soa_for_aaaa() -> None:
     reply = ask(store_of(service("prod", "web", ["10.96.0.5"])), "web.prod.svc.cluster.local", "AAAA")
     assert rcode(reply) == "NOERROR"
     assert records(reply) == []
     assert [r.split(" 1 ")[0] for r in records(reply, "authority")] == [SOA.split(" 1 ")[0]]
 
 
-def test_nodeport_and_loadbalancer_services_answer_with_their_cluster_ip():
+def test_nodeport_and_loadbalancer_services_answer_with_their_cluster_ip() -> None:
     store = store_of(
         service("prod", "np", ["10.96.0.6"], type_="NodePort"),
         service("prod", "lb", ["10.96.0.7"], type_="LoadBalancer"),
@@ -94,7 +94,7 @@ def test_nodeport_and_loadbalancer_services_answer_with_their_cluster_ip():
     assert records(ask(store, "lb.prod.svc.cluster.local")) == ["lb.prod.svc.cluster.local. A 10.96.0.7"]
 
 
-def test_named_port_srv_targets_the_service_with_its_addresses_in_additional():
+def test_named_port_srv_targets_the_service_with_its_addresses_in_additional() -> None:
     store = store_of(service("prod", "web", ["10.96.0.5", "fd00::5"]))
     reply = ask(store, "_http._tcp.web.prod.svc.cluster.local", "SRV")
     assert records(reply) == ["_http._tcp.web.prod.svc.cluster.local. SRV 0 100 80 web.prod.svc.cluster.local."]
@@ -104,7 +104,7 @@ def test_named_port_srv_targets_the_service_with_its_addresses_in_additional():
     ]
 
 
-def test_srv_for_udp_and_sctp_ports_use_their_protocol_label():
+def test_srv_for_udp_and_sctp_ports_use_their_protocol_label() -> None:
     ports = [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "sig", "port": 3868, "protocol": "SCTP"}]
     store = store_of(service("prod", "x", ["10.96.0.9"], ports))
     assert records(ask(store, "_dns._udp.x.prod.svc.cluster.local", "SRV")) == [
@@ -116,13 +116,13 @@ def test_srv_for_udp_and_sctp_ports_use_their_protocol_label():
     assert rcode(ask(store, "_dns._tcp.x.prod.svc.cluster.local", "SRV")) == "NXDOMAIN"
 
 
-def test_srv_with_unknown_protocol_label_is_nxdomain_as_coredns():
+def test_srv_with_unknown_protocol_label_is_nxdomain_as_coredns() -> None:
     store = store_of(service("prod", "web"))
     assert rcode(ask(store, "_http._foo.web.prod.svc.cluster.local", "SRV")) == "NXDOMAIN"
     assert rcode(ask(store, "_nope._tcp.web.prod.svc.cluster.local", "SRV")) == "NXDOMAIN"
 
 
-def test_bare_service_srv_lists_every_port_including_unnamed_as_coredns():
+def test_bare_service_srv_lists_every_port_including_unnamed_as_coredns() -> None:
     ports = [{"port": 8080, "protocol": "TCP"}, {"name": "metrics", "port": 9090, "protocol": "TCP"}]
     store = store_of(service("prod", "api", ["10.96.0.8"], ports))
     assert records(ask(store, "api.prod.svc.cluster.local", "SRV")) == [
@@ -131,7 +131,7 @@ def test_bare_service_srv_lists_every_port_including_unnamed_as_coredns():
     ]
 
 
-def test_cluster_ip_ptr_names_the_service():
+def test_cluster_ip_ptr_names_the_service() -> None:
     store = store_of(service("prod", "web", ["10.96.0.5", "fd00::5"]))
     assert records(ask(store, "5.0.96.10.in-addr.arpa", "PTR")) == [
         "5.0.96.10.in-addr.arpa. PTR web.prod.svc.cluster.local."
@@ -140,7 +140,7 @@ def test_cluster_ip_ptr_names_the_service():
     assert records(ask(store, v6, "PTR")) == [f"{v6} PTR web.prod.svc.cluster.local."]
 
 
-def test_endpoint_names_under_a_cluster_ip_service_resolve_as_coredns():
+def test_endpoint_names_under_a_cluster_ip_service_resolve_as_coredns() -> None:
     store = store_of(
         service("prod", "web", ["10.96.0.5"]),
         endpoint_slice("prod", "web-1", "web", [endpoint("10.244.1.5")]),
@@ -151,7 +151,7 @@ def test_endpoint_names_under_a_cluster_ip_service_resolve_as_coredns():
     assert records(ask(store, "web.prod.svc.cluster.local")) == ["web.prod.svc.cluster.local. A 10.96.0.5"]
 
 
-def test_endpoint_ptr_under_a_cluster_ip_service_names_the_endpoint_as_coredns():
+def test_endpoint_ptr_under_a_cluster_ip_service_names_the_endpoint_as_coredns() -> None:
     store = store_of(
         service("prod", "web", ["10.96.0.5"]),
         endpoint_slice("prod", "web-1", "web", [endpoint("10.244.1.5")]),
@@ -167,7 +167,7 @@ def test_endpoint_ptr_under_a_cluster_ip_service_names_the_endpoint_as_coredns()
     ]
 
 
-def test_cluster_ip_service_endpoint_names_keep_nxdomain_and_nodata_exact():
+def test_cluster_ip_service_endpoint_names_keep_nxdomain_and_nodata_exact() -> None:
     store = store_of(
         service("prod", "web", ["10.96.0.5"]),
         endpoint_slice("prod", "web-1", "web", [endpoint("10.244.1.5", hostname="web-0")]),
@@ -185,7 +185,7 @@ def test_cluster_ip_service_endpoint_names_keep_nxdomain_and_nodata_exact():
     assert rcode(ask(store, "5.1.244.10.in-addr.arpa", "A")) == "NOERROR"
 
 
-def test_endpoint_at_its_own_services_cluster_ip_gets_both_ptrs():
+def test_endpoint_at_its_own_services_cluster_ip_gets_both_ptrs() -> None:
     store = store_of(
         service("prod", "web", ["10.96.0.5"]),
         endpoint_slice("prod", "web-1", "web", [endpoint("10.96.0.5")]),
@@ -196,7 +196,7 @@ def test_endpoint_at_its_own_services_cluster_ip_gets_both_ptrs():
     ]
 
 
-def test_service_without_an_allocated_cluster_ip_publishes_no_address():
+def test_service_without_an_allocated_cluster_ip_publishes_no_address() -> None:
     store = store_of(service("prod", "pending", []))
     reply = ask(store, "pending.prod.svc.cluster.local")
     assert rcode(reply) == "NXDOMAIN"
@@ -212,7 +212,7 @@ def _db(*endpoints, publish_not_ready=None, family="IPv4", ports=None):
     )
 
 
-def test_headless_service_lists_only_ready_endpoints():
+def test_headless_service_lists_only_ready_endpoints() -> None:
     store = _db(endpoint("10.244.1.5"), endpoint("10.244.1.6", ready=False), endpoint("10.244.1.7"))
     assert records(ask(store, "db.prod.svc.cluster.local")) == [
         "db.prod.svc.cluster.local. A 10.244.1.5",
@@ -221,12 +221,12 @@ def test_headless_service_lists_only_ready_endpoints():
     assert rcode(ask(store, "10-244-1-6.db.prod.svc.cluster.local")) == "NXDOMAIN"
 
 
-def test_missing_ready_condition_counts_as_ready():
+def test_missing_ready_condition_counts_as_ready() -> None:
     store = _db(endpoint("10.244.1.5", ready=None))
     assert records(ask(store, "db.prod.svc.cluster.local")) == ["db.prod.svc.cluster.local. A 10.244.1.5"]
 
 
-def test_publish_not_ready_addresses_lists_not_ready_endpoints():
+def test_publish_not_ready_addresses_lists_not_ready_endpoints() -> None:
     store = _db(endpoint("10.244.1.5"), endpoint("10.244.1.6", ready=False), publish_not_ready=True)
     assert records(ask(store, "db.prod.svc.cluster.local")) == [
         "db.prod.svc.cluster.local. A 10.244.1.5",
@@ -234,18 +234,18 @@ def test_publish_not_ready_addresses_lists_not_ready_endpoints():
     ]
 
 
-def test_headless_service_without_ready_endpoints_is_nxdomain():
+def test_headless_service_without_ready_endpoints_is_nxdomain() -> None:
     assert rcode(ask(_db(endpoint("10.244.1.6", ready=False)), "db.prod.svc.cluster.local")) == "NXDOMAIN"
     assert rcode(ask(store_of(headless("prod", "db")), "db.prod.svc.cluster.local")) == "NXDOMAIN"
 
 
-def test_headless_endpoint_with_hostname_gets_its_own_name():
+def test_headless_endpoint_with_hostname_gets_its_own_name() -> None:
     store = _db(endpoint("10.244.1.5", hostname="db-0"), endpoint("10.244.1.7", hostname="db-1"))
     assert records(ask(store, "db-0.db.prod.svc.cluster.local")) == ["db-0.db.prod.svc.cluster.local. A 10.244.1.5"]
     assert records(ask(store, "db-1.db.prod.svc.cluster.local")) == ["db-1.db.prod.svc.cluster.local. A 10.244.1.7"]
 
 
-def test_endpoint_without_hostname_is_named_by_its_dashed_address_as_coredns():
+def test_endpoint_without_hostname_is_named_by_its_dashed_address_as_coredns() -> None:
     store = _db(endpoint("10.244.1.5"))
     assert records(ask(store, "10-244-1-5.db.prod.svc.cluster.local")) == [
         "10-244-1-5.db.prod.svc.cluster.local. A 10.244.1.5"
@@ -256,7 +256,7 @@ def test_endpoint_without_hostname_is_named_by_its_dashed_address_as_coredns():
     ]
 
 
-def test_headless_srv_lists_one_record_per_ready_endpoint_with_the_slice_port():
+def test_headless_srv_lists_one_record_per_ready_endpoint_with_the_slice_port() -> None:
     ports = [{"name": "pg", "port": 5432, "protocol": "TCP"}]
     store = _db(
         endpoint("10.244.1.5", hostname="db-0"),
@@ -275,7 +275,7 @@ def test_headless_srv_lists_one_record_per_ready_endpoint_with_the_slice_port():
     ]
 
 
-def test_headless_ptr_points_to_the_endpoint_name():
+def test_headless_ptr_points_to_the_endpoint_name() -> None:
     store = _db(endpoint("10.244.1.5", hostname="db-0"), endpoint("10.244.1.7"))
     assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == [
         "5.1.244.10.in-addr.arpa. PTR db-0.db.prod.svc.cluster.local."
@@ -285,14 +285,14 @@ def test_headless_ptr_points_to_the_endpoint_name():
     ]
 
 
-def test_ipv6_headless_ptr_is_in_ip6_arpa():
+def test_ipv6_headless_ptr_is_in_ip6_arpa() -> None:
     store = _db(endpoint("fd00::1:5", hostname="db-0"), family="IPv6")
     name = dns.reversename.from_address("fd00::1:5").to_text()
     assert name.endswith("ip6.arpa.")
     assert records(ask(store, name, "PTR")) == [f"{name} PTR db-0.db.prod.svc.cluster.local."]
 
 
-def test_dual_stack_headless_answers_each_family_from_its_slice():
+def test_dual_stack_headless_answers_each_family_from_its_slice() -> None:
     store = store_of(
         headless("prod", "db"),
         endpoint_slice("prod", "db-v4", "db", [endpoint("10.244.1.5", hostname="db-0")]),
@@ -305,7 +305,7 @@ def test_dual_stack_headless_answers_each_family_from_its_slice():
     ]
 
 
-def test_address_in_two_slices_is_answered_once():
+def test_address_in_two_slices_is_answered_once() -> None:
     store = store_of(
         headless("prod", "db"),
         endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5"), endpoint("10.244.1.6")]),
@@ -318,13 +318,13 @@ def test_address_in_two_slices_is_answered_once():
     assert len(records(ask(store, "db.prod.svc.cluster.local", "SRV"))) == 2
 
 
-def test_unknown_endpoint_label_under_a_headless_service_is_nxdomain():
+def test_unknown_endpoint_label_under_a_headless_service_is_nxdomain() -> None:
     store = _db(endpoint("10.244.1.5", hostname="db-0"))
     assert rcode(ask(store, "db-9.db.prod.svc.cluster.local")) == "NXDOMAIN"
     assert rcode(ask(store, "x.db-0.db.prod.svc.cluster.local")) == "NXDOMAIN"
 
 
-def test_fqdn_endpoint_slices_are_ignored():
+def test_fqdn_endpoint_slices_are_ignored() -> None:
     store = store_of(
         headless("prod", "db"),
         endpoint_slice("prod", "db-f", "db", [{"addresses": ["db.example.com"]}], family="FQDN"),
@@ -335,7 +335,7 @@ def test_fqdn_endpoint_slices_are_ignored():
 # -- ExternalName services (spec 2.5) ------------------------------------------------------------
 
 
-def test_external_name_service_answers_cname_for_every_type():
+def test_external_name_service_answers_cname_for_every_type() -> None:
     store = store_of(service("prod", "pay", type_="ExternalName", external_name="Payments.Example.com."))
     for rdtype in ("A", "AAAA", "CNAME", "SRV", "TXT"):
         reply = ask(store, "pay.prod.svc.cluster.local", rdtype)
@@ -346,16 +346,16 @@ def test_external_name_service_answers_cname_for_every_type():
 # -- pod records (spec 2.6.1; CoreDNS's `pods` modes) --------------------------------------------
 
 
-def test_pod_record_insecure_answers_any_address_in_an_existing_namespace():
+def test_pod_record_insecure_answers_any_address_in_an_existing_namespace() -> None:
     store = store_of(namespace("prod"))
     assert records(ask(store, "10-1-2-3.prod.pod.cluster.local")) == ["10-1-2-3.prod.pod.cluster.local. A 10.1.2.3"]
 
 
-def test_pod_record_in_an_unknown_namespace_is_nxdomain_as_coredns():
+def test_pod_record_in_an_unknown_namespace_is_nxdomain_as_coredns() -> None:
     assert rcode(ask(store_of(namespace("prod")), "10-1-2-3.nope.pod.cluster.local")) == "NXDOMAIN"
 
 
-def test_ipv6_pod_name_is_read_as_coredns_reads_it():
+def test_ipv6_pod_name_is_read_as_coredns_reads_it() -> None:
     store = store_of(namespace("prod"))
     assert records(ask(store, "fd00--1-2.prod.pod.cluster.local", "AAAA")) == [
         "fd00--1-2.prod.pod.cluster.local. AAAA fd00::1:2"
@@ -365,19 +365,19 @@ def test_ipv6_pod_name_is_read_as_coredns_reads_it():
     ]
 
 
-def test_pod_record_of_the_other_family_is_nodata():
+def test_pod_record_of_the_other_family_is_nodata() -> None:
     store = store_of(namespace("prod"))
     reply = ask(store, "10-1-2-3.prod.pod.cluster.local", "AAAA")
     assert rcode(reply) == "NOERROR" and records(reply) == [] and len(reply.authority) == 1
 
 
-def test_pod_label_that_is_not_an_address_is_nxdomain():
+def test_pod_label_that_is_not_an_address_is_nxdomain() -> None:
     store = store_of(namespace("prod"))
     for name in ("web.prod.pod.cluster.local", "10-1-2.prod.pod.cluster.local", "x.10-1-2-3.prod.pod.cluster.local"):
         assert rcode(ask(store, name)) == "NXDOMAIN", name
 
 
-def test_pod_record_verified_answers_only_an_address_of_a_pod_in_that_namespace():
+def test_pod_record_verified_answers_only_an_address_of_a_pod_in_that_namespace() -> None:
     store = store_of(namespace("prod"), namespace("dev"), pod("prod", "web-0", "10.1.2.3"), pods=PodMode.VERIFIED)
     assert records(ask(store, "10-1-2-3.prod.pod.cluster.local")) == ["10-1-2-3.prod.pod.cluster.local. A 10.1.2.3"]
     assert rcode(ask(store, "10-1-2-4.prod.pod.cluster.local")) == "NXDOMAIN"
@@ -386,7 +386,7 @@ def test_pod_record_verified_answers_only_an_address_of_a_pod_in_that_namespace(
     assert rcode(ask(store, "10-1-2-3.prod.pod.cluster.local")) == "NXDOMAIN"
 
 
-def test_pod_records_disabled_are_nxdomain():
+def test_pod_records_disabled_are_nxdomain() -> None:
     store = store_of(namespace("prod"), pods=PodMode.DISABLED)
     assert rcode(ask(store, "10-1-2-3.prod.pod.cluster.local")) == "NXDOMAIN"
     assert rcode(ask(store, "prod.pod.cluster.local")) == "NXDOMAIN"
@@ -396,7 +396,7 @@ def test_pod_records_disabled_are_nxdomain():
 # -- NXDOMAIN versus NODATA ----------------------------------------------------------------------
 
 
-def test_empty_non_terminals_are_nodata_with_soa():
+def test_empty_non_terminals_are_nodata_with_soa() -> None:
     store = store_of(
         namespace("empty"), service("prod", "web"), endpoint_slice("prod", "w", "web", [endpoint("10.244.1.5")])
     )
@@ -416,7 +416,7 @@ def test_empty_non_terminals_are_nodata_with_soa():
         assert len(reply.authority) == 1 and reply.authority[0].rdtype == dns.rdatatype.SOA, name
 
 
-def test_missing_names_in_the_cluster_domain_are_nxdomain_with_soa():
+def test_missing_names_in_the_cluster_domain_are_nxdomain_with_soa() -> None:
     store = store_of(service("prod", "web"))
     for name in (
         "nope.prod.svc.cluster.local",
@@ -430,31 +430,31 @@ def test_missing_names_in_the_cluster_domain_are_nxdomain_with_soa():
         assert reply.authority[0].ttl == 30
 
 
-def test_nodata_in_a_reverse_zone_carries_that_zones_soa():
+def test_nodata_in_a_reverse_zone_carries_that_zones_soa() -> None:
     store = store_of(service("prod", "web", ["10.96.0.5"]))
     reply = ask(store, "5.0.96.10.in-addr.arpa", "A")
     assert rcode(reply) == "NOERROR" and records(reply) == []
     assert reply.authority[0].name.to_text() == "in-addr.arpa."
 
 
-def test_reverse_name_without_a_record_is_not_answered_from_the_zone():
+def test_reverse_name_without_a_record_is_not_answered_from_the_zone() -> None:
     # CoreDNS falls through to the forwarder for these; until forwarding exists they are refused.
     assert rcode(ask(store_of(), "9.9.9.9.in-addr.arpa", "PTR")) == "REFUSED"
 
 
-def test_names_outside_the_zones_are_refused():
+def test_names_outside_the_zones_are_refused() -> None:
     reply = ask(store_of(), "example.com")
     assert rcode(reply) == "REFUSED" and not is_authoritative(reply)
 
 
-def test_a_name_merely_ending_like_the_domain_is_outside_it():
+def test_a_name_merely_ending_like_the_domain_is_outside_it() -> None:
     assert rcode(ask(store_of(), "notcluster.local")) == "REFUSED"
 
 
 # -- names, TTL and domain -----------------------------------------------------------------------
 
 
-def test_names_are_case_insensitive_and_the_question_is_echoed_as_sent():
+def test_names_are_case_insensitive_and_the_question_is_echoed_as_sent() -> None:
     store = store_of(service("prod", "web", ["10.96.0.5"]))
     reply = ask(store, "WeB.PrOd.SVC.Cluster.LOCAL")
     assert reply.question[0].name.to_text() == "WeB.PrOd.SVC.Cluster.LOCAL."
@@ -462,7 +462,7 @@ def test_names_are_case_insensitive_and_the_question_is_echoed_as_sent():
     assert rcode(ask(store, "NOPE.prod.svc.cluster.local")) == "NXDOMAIN"
 
 
-def test_ttl_option_is_on_every_zone_record():
+def test_ttl_option_is_on_every_zone_record() -> None:
     store = store_of(
         service("prod", "web", ["10.96.0.5"]),
         endpoint_slice("prod", "w", "web", [endpoint("10.244.1.5")]),
@@ -480,7 +480,7 @@ def test_ttl_option_is_on_every_zone_record():
     assert ask(store, "nope.prod.svc.cluster.local").authority[0].ttl == 7
 
 
-def test_custom_cluster_domain():
+def test_custom_cluster_domain() -> None:
     store = store_of(service("prod", "web", ["10.96.0.5"]), domain="corp.example")
     assert records(ask(store, "web.prod.svc.corp.example")) == ["web.prod.svc.corp.example. A 10.96.0.5"]
     assert rcode(ask(store, "web.prod.svc.cluster.local")) == "REFUSED"
@@ -489,7 +489,7 @@ def test_custom_cluster_domain():
     ]
 
 
-def test_any_query_gets_one_rrset_as_rfc_8482_asks():
+def test_any_query_gets_one_rrset_as_rfc_8482_asks() -> None:
     store = store_of(service("prod", "web", ["10.96.0.5", "fd00::5"]))
     reply = ask(store, "web.prod.svc.cluster.local", "ANY")
     assert rcode(reply) == "NOERROR" and is_authoritative(reply)
@@ -497,7 +497,7 @@ def test_any_query_gets_one_rrset_as_rfc_8482_asks():
     assert records(reply, "additional") == []
 
 
-def test_any_query_for_a_headless_service_is_no_larger_than_its_a_query():
+def test_any_query_for_a_headless_service_is_no_larger_than_its_a_query() -> None:
     endpoints = [endpoint(f"10.244.0.{i}", hostname=f"db-{i}") for i in range(1, 21)]
     store = store_of(headless("prod", "db"), endpoint_slice("prod", "db-a", "db", endpoints))
     any_reply = ask(store, "db.prod.svc.cluster.local", "ANY", tcp=True)
@@ -506,7 +506,7 @@ def test_any_query_for_a_headless_service_is_no_larger_than_its_a_query():
     assert rcode(ask(store, "nope.prod.svc.cluster.local", "ANY")) == "NXDOMAIN"
 
 
-def test_zone_transfers_are_refused():
+def test_zone_transfers_are_refused() -> None:
     store = store_of(service("prod", "web"))
     assert rcode(ask(store, "cluster.local", "AXFR", tcp=True)) == "REFUSED"
     assert rcode(ask(store, "cluster.local", "IXFR", tcp=True)) == "REFUSED"

@@ -25,7 +25,7 @@ def _upsert(store, obj):
     store.upsert(convert(obj["kind"], obj))
 
 
-def test_new_service_resolves_and_deleted_service_goes_nxdomain_with_its_ptr():
+def test_new_service_resolves_and_deleted_service_goes_nxdomain_with_its_ptr() -> None:
     store = store_of()
     _upsert(store, service("prod", "web", ["10.96.0.5"]))
     assert records(ask(store, "web.prod.svc.cluster.local")) == ["web.prod.svc.cluster.local. A 10.96.0.5"]
@@ -35,7 +35,7 @@ def test_new_service_resolves_and_deleted_service_goes_nxdomain_with_its_ptr():
     assert rcode(ask(store, "prod.svc.cluster.local")) == "NXDOMAIN"
 
 
-def test_a_slice_change_rebuilds_only_that_services_answers():
+def test_a_slice_change_rebuilds_only_that_services_answers() -> None:
     store = store_of(
         service("prod", "web", ["10.96.0.5"]),
         headless("prod", "db"),
@@ -48,7 +48,7 @@ def test_a_slice_change_rebuilds_only_that_services_answers():
     assert len(records(ask(store, "db.prod.svc.cluster.local"))) == 2
 
 
-def test_an_endpoint_turning_not_ready_leaves_the_answers():
+def test_an_endpoint_turning_not_ready_leaves_the_answers() -> None:
     store = store_of(
         headless("prod", "db"),
         endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", hostname="db-0"), endpoint("10.244.1.6")]),
@@ -62,14 +62,14 @@ def test_an_endpoint_turning_not_ready_leaves_the_answers():
     assert rcode(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == "REFUSED"
 
 
-def test_service_created_after_its_slices_publishes_them():
+def test_service_created_after_its_slices_publishes_them() -> None:
     store = store_of(endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5")]))
     assert rcode(ask(store, "db.prod.svc.cluster.local")) == "NXDOMAIN"
     _upsert(store, headless("prod", "db"))
     assert records(ask(store, "db.prod.svc.cluster.local")) == ["db.prod.svc.cluster.local. A 10.244.1.5"]
 
 
-def test_slice_deleted_takes_its_endpoints_away():
+def test_slice_deleted_takes_its_endpoints_away() -> None:
     store = store_of(
         headless("prod", "db"),
         endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5")]),
@@ -79,7 +79,7 @@ def test_slice_deleted_takes_its_endpoints_away():
     assert records(ask(store, "db.prod.svc.cluster.local")) == ["db.prod.svc.cluster.local. A 10.244.1.6"]
 
 
-def test_slice_relabelled_to_another_service_moves_its_endpoints():
+def test_slice_relabelled_to_another_service_moves_its_endpoints() -> None:
     store = store_of(
         headless("prod", "a"),
         headless("prod", "b"),
@@ -90,7 +90,7 @@ def test_slice_relabelled_to_another_service_moves_its_endpoints():
     assert records(ask(store, "b.prod.svc.cluster.local")) == ["b.prod.svc.cluster.local. A 10.244.1.5"]
 
 
-def test_address_in_two_services_has_a_ptr_for_each_until_one_goes():
+def test_address_in_two_services_has_a_ptr_for_each_until_one_goes() -> None:
     store = store_of(
         headless("prod", "a"),
         headless("prod", "b"),
@@ -107,7 +107,7 @@ def test_address_in_two_services_has_a_ptr_for_each_until_one_goes():
     ]
 
 
-def test_address_behind_a_headless_and_a_cluster_ip_service_has_both_ptrs_as_they_change():
+def test_address_behind_a_headless_and_a_cluster_ip_service_has_both_ptrs_as_they_change() -> None:
     store = store_of(
         headless("prod", "db"),
         service("prod", "web", ["10.96.0.5"]),
@@ -128,7 +128,7 @@ def test_address_behind_a_headless_and_a_cluster_ip_service_has_both_ptrs_as_the
     assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == both[:1]
 
 
-def test_cluster_ip_service_endpoint_names_follow_their_slices():
+def test_cluster_ip_service_endpoint_names_follow_their_slices() -> None:
     store = store_of(
         service("prod", "web", ["10.96.0.5"]),
         endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.5")]),
@@ -145,7 +145,7 @@ def test_cluster_ip_service_endpoint_names_follow_their_slices():
     assert rcode(ask(store, "6.1.244.10.in-addr.arpa", "PTR")) == "REFUSED"
 
 
-def test_service_changing_type_replaces_its_records():
+def test_service_changing_type_replaces_its_records() -> None:
     store = store_of(service("prod", "web", ["10.96.0.5"]))
     _upsert(store, service("prod", "web", type_="ExternalName", external_name="example.com"))
     assert records(ask(store, "web.prod.svc.cluster.local")) == ["web.prod.svc.cluster.local. CNAME example.com."]
@@ -154,7 +154,7 @@ def test_service_changing_type_replaces_its_records():
     assert records(ask(store, "web.prod.svc.cluster.local")) == ["web.prod.svc.cluster.local. A 10.96.0.6"]
 
 
-def test_namespace_exists_while_its_object_or_any_service_does():
+def test_namespace_exists_while_its_object_or_any_service_does() -> None:
     store = store_of(namespace("prod"), service("prod", "web"))
     store.delete("Namespace", ("", "prod"))
     assert rcode(ask(store, "prod.svc.cluster.local")) == "NOERROR"
@@ -163,7 +163,7 @@ def test_namespace_exists_while_its_object_or_any_service_does():
     assert rcode(ask(store, "10-1-2-3.prod.pod.cluster.local")) == "NXDOMAIN"
 
 
-def test_removing_everything_leaves_the_zone_as_new():
+def test_removing_everything_leaves_the_zone_as_new() -> None:
     objects = [
         namespace("prod"),
         service("prod", "web", ["10.96.0.5", "fd00::5"]),
@@ -184,7 +184,7 @@ def test_removing_everything_leaves_the_zone_as_new():
     assert store.zone._on_demand_children == {}
 
 
-def test_incremental_changes_end_where_a_fresh_build_does():
+def test_incremental_changes_end_where_a_fresh_build_does() -> None:
     final = [
         service("prod", "web", ["10.96.0.7"]),
         endpoint_slice("prod", "web-a", "web", [endpoint("10.244.2.5"), endpoint("10.244.2.7", hostname="w")]),
@@ -207,7 +207,7 @@ def test_incremental_changes_end_where_a_fresh_build_does():
     assert render(store.zone) == render(fresh.zone)
 
 
-def test_serial_moves_forward_even_for_changes_within_one_second():
+def test_serial_moves_forward_even_for_changes_within_one_second() -> None:
     store = store_of()
     store.zone.bump_serial(1000)
     store.zone.bump_serial(1000)
@@ -216,7 +216,7 @@ def test_serial_moves_forward_even_for_changes_within_one_second():
     assert store.zone.serial == 5000
 
 
-def test_empty_non_terminal_stays_while_any_name_below_it_remains():
+def test_empty_non_terminal_stays_while_any_name_below_it_remains() -> None:
     store = store_of(service("prod", "a", ["10.96.0.5"]), service("prod", "b", ["10.96.1.6"]))
     store.delete("Service", ("prod", "a"))
     for name in ("96.10.in-addr.arpa", "1.96.10.in-addr.arpa"):
@@ -227,7 +227,7 @@ def test_empty_non_terminal_stays_while_any_name_below_it_remains():
     assert rcode(ask(store, "96.10.in-addr.arpa", "PTR")) == "REFUSED"
 
 
-def test_srv_protocol_label_stays_while_one_named_port_remains():
+def test_srv_protocol_label_stays_while_one_named_port_remains() -> None:
     ports = [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "https", "port": 443, "protocol": "TCP"}]
     store = store_of(service("prod", "web", ["10.96.0.5"], ports))
     _upsert(store, service("prod", "web", ["10.96.0.5"], ports[:1]))
@@ -261,7 +261,7 @@ def _random_cluster_change(rng: random.Random) -> tuple[str, Obj]:
     return "EndpointSlice", endpoint_slice("prod", f"{name}-{rng.randrange(2)}", rng.choice(["a", "b", "c"]), endpoints)
 
 
-def test_random_change_sequences_end_where_a_fresh_build_does():
+def test_random_change_sequences_end_where_a_fresh_build_does() -> None:
     questions = [f"{i}.0.96.10.in-addr.arpa" for i in range(1, 6)] + [
         f"{label}.{svc}.prod.svc.cluster.local" for svc in "abc" for label in ("x", "y", "10-96-0-1", "10-96-0-4")
     ]

@@ -53,7 +53,7 @@ def _soa(ttl: int, minimum: int) -> dns.rrset.RRset:
 # -- the query sent upstream, and checking what comes back ------------------------------------
 
 
-def test_upstream_query_has_a_fresh_random_id_the_clients_question_and_edns():
+def test_upstream_query_has_a_fresh_random_id_the_clients_question_and_edns() -> None:
     query = _query("WwW.Example.COM.", want_dnssec=True)
     ids = {upstream_query(query)[0] for _ in range(50)}
     assert len(ids) > 40
@@ -63,7 +63,7 @@ def test_upstream_query_has_a_fresh_random_id_the_clients_question_and_edns():
     assert sent.flags & dns.flags.RD
 
 
-def test_response_with_another_id_or_question_or_no_qr_is_rejected():
+def test_response_with_another_id_or_question_or_no_qr_is_rejected() -> None:
     query = _query()
     query_id, response = _upstream_answer(query, answer=[_a(60)])
     with pytest.raises(BadResponse):
@@ -79,14 +79,14 @@ def test_response_with_another_id_or_question_or_no_qr_is_rejected():
         read_response(response[:30], query_id, query.question, 0, 3600)
 
 
-def test_response_question_is_compared_case_insensitively():
+def test_response_question_is_compared_case_insensitively() -> None:
     query = _query()
     query_id, response = _upstream_answer(query, answer=[_a(60)])
     shouting = _query(NAME.upper())
     assert read_response(response, query_id, shouting.question, 0, 3600).answer_count == 1
 
 
-def test_positive_answer_is_cached_for_its_smallest_ttl_within_the_clamps():
+def test_positive_answer_is_cached_for_its_smallest_ttl_within_the_clamps() -> None:
     query = _query()
     query_id, response = _upstream_answer(query, answer=[_a(300), _a(60, "cdn.example.com.", "192.0.2.2")])
     assert read_response(response, query_id, query.question, 0, 3600).cache_ttl == 60
@@ -94,7 +94,7 @@ def test_positive_answer_is_cached_for_its_smallest_ttl_within_the_clamps():
     assert read_response(response, query_id, query.question, 0, 30).cache_ttl == 30
 
 
-def test_negative_answers_are_cached_for_the_soa_minimum_per_rfc_2308():
+def test_negative_answers_are_cached_for_the_soa_minimum_per_rfc_2308() -> None:
     query = _query()
     query_id, nxdomain = _upstream_answer(query, dns.rcode.NXDOMAIN, authority=[_soa(900, 120)])
     assert read_response(nxdomain, query_id, query.question, 0, 3600).cache_ttl == 120
@@ -104,7 +104,7 @@ def test_negative_answers_are_cached_for_the_soa_minimum_per_rfc_2308():
     assert read_response(bare, query_id, query.question, 0, 3600).cache_ttl == 0  # no SOA: not cached
 
 
-def test_servfail_is_cached_only_a_few_seconds_and_truncated_answers_not_at_all():
+def test_servfail_is_cached_only_a_few_seconds_and_truncated_answers_not_at_all() -> None:
     query = _query()
     query_id, servfail = _upstream_answer(query, dns.rcode.SERVFAIL)
     assert read_response(servfail, query_id, query.question, 0, 3600).cache_ttl == 5
@@ -115,7 +115,7 @@ def test_servfail_is_cached_only_a_few_seconds_and_truncated_answers_not_at_all(
     assert answer.truncated and answer.cache_ttl == 0
 
 
-def test_upstream_opt_record_is_dropped():
+def test_upstream_opt_record_is_dropped() -> None:
     query = _query()
     query_id, packet = upstream_query(query)
     response = dns.message.make_response(dns.message.from_wire(packet))  # keeps EDNS: an OPT record
@@ -137,7 +137,7 @@ def _ttls(answer: wire.Answer, query: wire.Query) -> list[int]:
     return [rrset.ttl for rrset in reply.answer]
 
 
-def test_cached_answer_ttls_count_down_and_expire():
+def test_cached_answer_ttls_count_down_and_expire() -> None:
     clock = Clock()
     cache = ForwardCache(100, clock)
     query = _query()
@@ -149,7 +149,7 @@ def test_cached_answer_ttls_count_down_and_expire():
     assert cache.get(ForwardCache.key(query)) is None
 
 
-def test_cache_keys_on_lowercased_name_type_and_do_bit():
+def test_cache_keys_on_lowercased_name_type_and_do_bit() -> None:
     cache = ForwardCache(100, Clock())
     _cached(cache, _query())
     assert cache.get(ForwardCache.key(_query(NAME.upper()))) is not None
@@ -157,7 +157,7 @@ def test_cache_keys_on_lowercased_name_type_and_do_bit():
     assert cache.get(ForwardCache.key(_query(want_dnssec=True))) is None
 
 
-def test_cache_evicts_the_least_recently_used_beyond_its_size():
+def test_cache_evicts_the_least_recently_used_beyond_its_size() -> None:
     cache = ForwardCache(2, Clock())
     first, second, third = (_query(f"n{i}.example.com.") for i in range(3))
     _cached(cache, first)
@@ -168,7 +168,7 @@ def test_cache_evicts_the_least_recently_used_beyond_its_size():
     assert cache.get(ForwardCache.key(first)) is not None and len(cache) == 2
 
 
-def test_cache_of_size_zero_keeps_nothing():
+def test_cache_of_size_zero_keeps_nothing() -> None:
     cache = ForwardCache(0, Clock())
     _cached(cache, _query())
     assert cache.get(ForwardCache.key(_query())) is None
@@ -181,7 +181,7 @@ def _forwarding_handler(clock: Clock) -> Handler:
     return Handler(store_of().zone, HandlerOptions(recursion_available=True), ForwardCache(100, clock))
 
 
-def test_name_outside_the_zones_is_forwarded_then_answered_from_the_cache():
+def test_name_outside_the_zones_is_forwarded_then_answered_from_the_cache() -> None:
     clock = Clock()
     handler = _forwarding_handler(clock)
     packet = dns.message.make_query(NAME, "A").to_wire()
@@ -198,7 +198,7 @@ def test_name_outside_the_zones_is_forwarded_then_answered_from_the_cache():
     assert [item.address for item in reply.answer[0]] == ["192.0.2.1"]
 
 
-def test_no_upstream_answer_is_servfail_and_nothing_is_cached():
+def test_no_upstream_answer_is_servfail_and_nothing_is_cached() -> None:
     handler = _forwarding_handler(Clock())
     decision = handler.handle(dns.message.make_query(NAME, "A").to_wire(), False)
     assert isinstance(decision, Forward)
@@ -207,14 +207,14 @@ def test_no_upstream_answer_is_servfail_and_nothing_is_cached():
     assert isinstance(handler.handle(dns.message.make_query(NAME, "A").to_wire(), False), Forward)
 
 
-def test_cluster_names_are_never_forwarded():
+def test_cluster_names_are_never_forwarded() -> None:
     handler = _forwarding_handler(Clock())
     reply = handler.handle(dns.message.make_query("nope.default.svc.cluster.local", "A").to_wire(), False)
     assert dns.message.from_wire(reply).rcode() == dns.rcode.NXDOMAIN
     assert isinstance(handler.handle(dns.message.make_query("9.9.9.9.in-addr.arpa", "PTR").to_wire(), False), Forward)
 
 
-def test_forwarded_answer_too_large_for_the_client_sets_tc():
+def test_forwarded_answer_too_large_for_the_client_sets_tc() -> None:
     clock = Clock()
     handler = _forwarding_handler(clock)
     decision = handler.handle(dns.message.make_query(NAME, "A", use_edns=False).to_wire(), False)
@@ -228,7 +228,7 @@ def test_forwarded_answer_too_large_for_the_client_sets_tc():
 # -- ExternalName chasing ----------------------------------------------------------------------
 
 
-def test_external_name_pointing_into_the_cluster_is_chased_in_the_zone():
+def test_external_name_pointing_into_the_cluster_is_chased_in_the_zone() -> None:
     from tests.builders import ask, records, service
 
     store = store_of(
@@ -247,7 +247,7 @@ def test_external_name_pointing_into_the_cluster_is_chased_in_the_zone():
     ]
 
 
-def test_external_name_pointing_outside_is_chased_upstream_and_cached():
+def test_external_name_pointing_outside_is_chased_upstream_and_cached() -> None:
     from tests.builders import service
 
     clock = Clock()
@@ -270,7 +270,7 @@ def test_external_name_pointing_outside_is_chased_upstream_and_cached():
     assert len(dns.message.from_wire(again).answer) == 2
 
 
-def test_external_name_chase_too_large_for_udp_keeps_the_whole_records_that_fit():
+def test_external_name_chase_too_large_for_udp_keeps_the_whole_records_that_fit() -> None:
     from tests.builders import service
 
     store = store_of(service("prod", "pay", type_="ExternalName", external_name="www.example.com"))
@@ -292,7 +292,7 @@ def test_external_name_chase_too_large_for_udp_keeps_the_whole_records_that_fit(
 # -- serve-stale (RFC 8767) and prefetch --------------------------------------------------------
 
 
-def test_expired_answer_is_served_stale_with_ttl_30_only_within_the_window():
+def test_expired_answer_is_served_stale_with_ttl_30_only_within_the_window() -> None:
     clock = Clock()
     cache = ForwardCache(100, clock, stale_for=60)
     query = _query()
@@ -310,7 +310,7 @@ def test_expired_answer_is_served_stale_with_ttl_30_only_within_the_window():
     assert no_stale.get_stale(key) is None
 
 
-def test_popular_entry_is_due_for_prefetch_once_in_its_last_tenth():
+def test_popular_entry_is_due_for_prefetch_once_in_its_last_tenth() -> None:
     clock = Clock()
     cache = ForwardCache(100, clock, prefetch=True)
     query = _query()
@@ -329,7 +329,7 @@ def test_popular_entry_is_due_for_prefetch_once_in_its_last_tenth():
 # -- hostile or broken upstream answers (issue 8: D4, D5, D9) -----------------------------------
 
 
-def test_cache_keys_on_the_cd_bit_so_unvalidated_data_never_answers_a_validating_client():
+def test_cache_keys_on_the_cd_bit_so_unvalidated_data_never_answers_a_validating_client() -> None:
     """RFC 4035 3.2.2 and 4.7; CoreDNS's cache keys on CD for the same reason."""
     cache = ForwardCache(100, Clock())
     checking_disabled = _query()._replace(flags=_query().flags | message.CD)
@@ -338,12 +338,12 @@ def test_cache_keys_on_the_cd_bit_so_unvalidated_data_never_answers_a_validating
     assert cache.get(ForwardCache.key(_query())) is None
 
 
-def test_cd_bit_is_passed_upstream():
+def test_cd_bit_is_passed_upstream() -> None:
     query = _query()._replace(flags=_query().flags | message.CD)
     assert dns.message.from_wire(upstream_query(query)[1]).flags & dns.flags.CD
 
 
-def test_served_ttls_never_exceed_the_time_left_in_the_cache():
+def test_served_ttls_never_exceed_the_time_left_in_the_cache() -> None:
     clock = Clock()
     cache = ForwardCache(100, clock)
     query = _query()
@@ -360,7 +360,7 @@ def test_served_ttls_never_exceed_the_time_left_in_the_cache():
     assert first.answer[0].ttl == 10
 
 
-def test_ttl_with_the_top_bit_set_is_read_as_zero():
+def test_ttl_with_the_top_bit_set_is_read_as_zero() -> None:
     """RFC 2181 8."""
     query = _query()
     query_id, response = _upstream_answer(query, answer=[_a(60)])
@@ -380,7 +380,7 @@ def _a_record_response(query: wire.Query, rdata: bytes, owner: bytes = b"\xc0\x0
     return query_id, header + query.question + record
 
 
-def test_malformed_upstream_answers_are_refused_not_relayed():
+def test_malformed_upstream_answers_are_refused_not_relayed() -> None:
     """CoreDNS answers SERVFAIL for an upstream answer it cannot parse, and caches nothing."""
     query = _query()
     itself = 0xC000 | (12 + len(query.question))
@@ -401,7 +401,7 @@ def test_malformed_upstream_answers_are_refused_not_relayed():
         read_response(response + b"\x00", query_id, query.question, 0, 3600)
 
 
-def test_names_inside_record_data_are_checked_too():
+def test_names_inside_record_data_are_checked_too() -> None:
     query = _query()
     query_id, _packet = upstream_query(query)
     header = struct.pack("!HHHHHH", query_id, 0x8180, 1, 1, 0, 0)

@@ -47,42 +47,42 @@ def _id_of(reply: bytes) -> int:
 # -- malformed queries ---------------------------------------------------------------------------
 
 
-def test_fragments_of_a_header_get_no_reply_which_would_only_amplify_them():
+def test_fragments_of_a_header_get_no_reply_which_would_only_amplify_them() -> None:
     handler = _handler()
     for size in range(2, 12):  # miekg/dns drops these too
         assert handler.handle(_header()[:size], False) is None
         assert handler.handle(_header()[:size], True) is None
 
 
-def test_packet_too_short_for_an_id_is_dropped():
+def test_packet_too_short_for_an_id_is_dropped() -> None:
     assert _handler().handle(b"\x01", False) is None
     assert _handler().handle(b"", False) is None
 
 
-def test_responses_are_never_answered():
+def test_responses_are_never_answered() -> None:
     packet = _header(flags=0x8180) + _question()
     assert _handler().handle(packet, False) is None
 
 
-def test_label_longer_than_63_is_formerr():
+def test_label_longer_than_63_is_formerr() -> None:
     name = b"\x40" + b"a" * 64 + b"\x00"
     reply = _handler().handle(_header() + _question(name), False)
     assert reply is not None and _rcode_of(reply) == 1 and _id_of(reply) == 0x1234
 
 
-def test_name_longer_than_255_is_formerr():
+def test_name_longer_than_255_is_formerr() -> None:
     name = (b"\x3f" + b"a" * 63) * 4 + b"\x00"  # 257 bytes on the wire
     reply = _handler().handle(_header() + _question(name), False)
     assert reply is not None and _rcode_of(reply) == 1
 
 
-def test_compression_pointer_loop_in_the_question_is_formerr():
+def test_compression_pointer_loop_in_the_question_is_formerr() -> None:
     looping = b"\xc0\x0c"  # points at itself
     reply = _handler().handle(_header() + looping + b"\x00\x01\x00\x01", False)
     assert reply is not None and _rcode_of(reply) == 1
 
 
-def test_qdcount_zero_and_two_are_formerr():
+def test_qdcount_zero_and_two_are_formerr() -> None:
     handler = _handler()
     zero = handler.handle(_header(qd=0), False)
     two = handler.handle(_header(qd=2) + _question() + _question(), False)
@@ -90,14 +90,14 @@ def test_qdcount_zero_and_two_are_formerr():
     assert two is not None and _rcode_of(two) == 1
 
 
-def test_question_cut_short_is_formerr():
+def test_question_cut_short_is_formerr() -> None:
     handler = _handler()
     for packet in (_header() + _question()[:-2], _header() + b"\x03web", _header() + b"\x03web\x00"):
         reply = handler.handle(packet, False)
         assert reply is not None and _rcode_of(reply) == 1, packet
 
 
-def test_zero_byte_inside_a_label_is_a_name_like_any_other():
+def test_zero_byte_inside_a_label_is_a_name_like_any_other() -> None:
     """RFC 2181 11: any octet may appear in a label; `a\\000b.example` is forwarded, and under
     the cluster domain it is an ordinary missing name."""
     cache = ForwardCache(10, lambda: 0.0)
@@ -115,7 +115,7 @@ def test_zero_byte_inside_a_label_is_a_name_like_any_other():
         assert reply.question[0].name.labels[0] == b"a\x00b"
 
 
-def test_error_replies_echo_only_a_question_that_parses():
+def test_error_replies_echo_only_a_question_that_parses() -> None:
     """A FORMERR or BADVERS reply to a question holding a pointer or a reserved label type
     carries no question rather than the malformed one (every reply must parse)."""
     handler = _handler()
@@ -135,12 +135,12 @@ def test_error_replies_echo_only_a_question_that_parses():
             assert len(reply.question) <= 1
 
 
-def test_reserved_label_types_are_formerr():
+def test_reserved_label_types_are_formerr() -> None:
     reply = _handler().handle(_header() + b"\x41abc\x00\x00\x01\x00\x01", False)
     assert reply is not None and _rcode_of(reply) == 1
 
 
-def test_opcodes_other_than_query_get_notimp():
+def test_opcodes_other_than_query_get_notimp() -> None:
     handler = _handler()
     for opcode in (dns.opcode.IQUERY, dns.opcode.STATUS, dns.opcode.NOTIFY, dns.opcode.UPDATE):
         reply = handler.handle(_header(flags=opcode << 11) + _question(), False)
@@ -148,14 +148,14 @@ def test_opcodes_other_than_query_get_notimp():
         assert (struct.unpack("!H", reply[2:4])[0] >> 11) & 0xF == opcode
 
 
-def test_classes_other_than_in_are_refused():
+def test_classes_other_than_in_are_refused() -> None:
     handler = _handler()
     for qclass in (3, 4, 255):  # CH, HS, ANY
         reply = handler.handle(_header() + _question(qclass=qclass), False)
         assert reply is not None and _rcode_of(reply) == dns.rcode.REFUSED
 
 
-def test_random_garbage_never_raises_and_never_answers_a_response():
+def test_random_garbage_never_raises_and_never_answers_a_response() -> None:
     handler = _handler()
     rng = random.Random(20261128)
     valid = _header() + _question() + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
@@ -179,7 +179,7 @@ def test_random_garbage_never_raises_and_never_answers_a_response():
 # -- flags ---------------------------------------------------------------------------------------
 
 
-def test_reply_is_authoritative_and_copies_id_rd_and_cd():
+def test_reply_is_authoritative_and_copies_id_rd_and_cd() -> None:
     query = dns.message.make_query(WEB, "A")
     query.flags |= dns.flags.CD
     reply = _parse(_handler().handle(query.to_wire(), False))
@@ -189,7 +189,7 @@ def test_reply_is_authoritative_and_copies_id_rd_and_cd():
     assert not reply.flags & dns.flags.TC
 
 
-def test_recursion_not_requested_is_not_echoed():
+def test_recursion_not_requested_is_not_echoed() -> None:
     query = dns.message.make_query(WEB, "A")
     query.flags &= ~dns.flags.RD
     reply = _parse(_handler().handle(query.to_wire(), False))
@@ -199,41 +199,41 @@ def test_recursion_not_requested_is_not_echoed():
 # -- EDNS ----------------------------------------------------------------------------------------
 
 
-def test_edns_query_gets_an_opt_record_with_our_udp_size():
+def test_edns_query_gets_an_opt_record_with_our_udp_size() -> None:
     reply = ask(_handler(max_udp=1400), WEB, payload=4096)
     assert reply.edns == 0 and reply.payload == 1400
 
 
-def test_query_without_edns_gets_no_opt_record():
+def test_query_without_edns_gets_no_opt_record() -> None:
     assert ask(_handler(), WEB).edns == -1
 
 
-def test_dnssec_ok_bit_is_echoed():
+def test_dnssec_ok_bit_is_echoed() -> None:
     query = dns.message.make_query(WEB, "A", want_dnssec=True)
     reply = _parse(_handler().handle(query.to_wire(), False))
     assert reply.ednsflags & dns.flags.DO
 
 
-def test_unknown_edns_version_gets_badvers():
+def test_unknown_edns_version_gets_badvers() -> None:
     query = dns.message.make_query(WEB, "A", use_edns=1)
     reply = _parse(_handler().handle(query.to_wire(), False))
     assert reply.rcode() == dns.rcode.BADVERS
     assert reply.edns == 0
 
 
-def test_two_opt_records_are_formerr():
+def test_two_opt_records_are_formerr() -> None:
     opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
     reply = _handler().handle(_header(ar=2) + _question() + opt + opt, False)
     assert reply is not None and _rcode_of(reply) == 1
 
 
-def test_opt_record_running_past_the_packet_is_formerr():
+def test_opt_record_running_past_the_packet_is_formerr() -> None:
     opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x10\x00"
     reply = _handler().handle(_header(ar=1) + _question() + opt, False)
     assert reply is not None and _rcode_of(reply) == 1
 
 
-def test_opt_found_after_other_additional_records():
+def test_opt_found_after_other_additional_records() -> None:
     cookie_like = b"\xc0\x0c\x00\x10\x00\x01\x00\x00\x00\x00\x00\x02\x01x"
     opt = b"\x00\x00\x29\x05\x00\x00\x00\x00\x00\x00\x00"
     reply = _parse(_handler(max_udp=4096).handle(_header(ar=2) + _question() + cookie_like + opt, False))
@@ -249,7 +249,7 @@ def _big_headless(count: int):
     return headless("prod", "big", ports=ports), endpoint_slice("prod", "big-a", "big", endpoints, ports=ports)
 
 
-def test_answer_over_512_bytes_without_edns_sets_tc_and_carries_the_whole_records_that_fit():
+def test_answer_over_512_bytes_without_edns_sets_tc_and_carries_the_whole_records_that_fit() -> None:
     """CoreDNS (miekg/dns Truncate): whole records, as many as fit, and TC. A client that never
     retries over TCP (musl before 1.2.4) still gets addresses."""
     handler = _handler(*_big_headless(60))  # 60 A records: 16 bytes each, over 512
@@ -263,14 +263,14 @@ def test_answer_over_512_bytes_without_edns_sets_tc_and_carries_the_whole_record
     assert set(kept) <= set(records(ask(handler, "big.prod.svc.cluster.local", "A", tcp=True)))
 
 
-def test_the_same_answer_comes_whole_over_tcp():
+def test_the_same_answer_comes_whole_over_tcp() -> None:
     handler = _handler(*_big_headless(60))
     reply = ask(handler, "big.prod.svc.cluster.local", "A", tcp=True)
     assert not reply.flags & dns.flags.TC
     assert len(records(reply)) == 60
 
 
-def test_edns_size_advertised_by_the_client_is_honoured():
+def test_edns_size_advertised_by_the_client_is_honoured() -> None:
     handler = _handler(*_big_headless(60), max_udp=4096)  # about 1 KB of answer
     small = ask(handler, "big.prod.svc.cluster.local", payload=512)
     large = ask(handler, "big.prod.svc.cluster.local", payload=2048)
@@ -278,20 +278,20 @@ def test_edns_size_advertised_by_the_client_is_honoured():
     assert not large.flags & dns.flags.TC and len(records(large)) == 60
 
 
-def test_advertised_size_is_capped_at_our_maximum():
+def test_advertised_size_is_capped_at_our_maximum() -> None:
     handler = _handler(*_big_headless(100), max_udp=1232)  # about 1.7 KB of answer
     wire = handler.handle(dns.message.make_query("big.prod.svc.cluster.local", "A", payload=4096).to_wire(), False)
     assert wire is not None and len(wire) <= 1232
     assert _parse(wire).flags & dns.flags.TC
 
 
-def test_advertised_size_below_512_is_read_as_512():
+def test_advertised_size_below_512_is_read_as_512() -> None:
     handler = _handler(*_big_headless(25))  # about 400 bytes of answer
     reply = ask(handler, "big.prod.svc.cluster.local", payload=100)
     assert not reply.flags & dns.flags.TC and len(records(reply)) == 25
 
 
-def test_answer_section_is_kept_whole_before_the_additional_records_that_fit():
+def test_answer_section_is_kept_whole_before_the_additional_records_that_fit() -> None:
     handler = _handler(*_big_headless(12))  # 12 SRV (~60 B) fit in 1232, their addresses do not all
     whole = ask(handler, "_pg._tcp.big.prod.svc.cluster.local", "SRV", tcp=True)
     assert len(records(whole)) == 12 and len(records(whole, "additional")) == 12
@@ -306,7 +306,7 @@ def test_answer_section_is_kept_whole_before_the_additional_records_that_fit():
     assert reply.edns == 0
 
 
-def test_a_reply_cut_to_fit_keeps_its_header_consistent():
+def test_a_reply_cut_to_fit_keeps_its_header_consistent() -> None:
     handler = _handler(*_big_headless(60))
     for payload in (512, 600, 1000, 1232):
         wire = handler.handle(
@@ -317,12 +317,12 @@ def test_a_reply_cut_to_fit_keeps_its_header_consistent():
         assert reply.edns == 0 and len(reply.answer[0]) == struct.unpack("!H", wire[6:8])[0]
 
 
-def test_negative_answers_fit_and_keep_their_rcode_under_edns():
+def test_negative_answers_fit_and_keep_their_rcode_under_edns() -> None:
     reply = ask(_handler(), "nope.prod.svc.cluster.local", payload=1232)
     assert rcode(reply) == "NXDOMAIN" and reply.edns == 0 and len(reply.authority) == 1
 
 
-def test_answer_larger_than_a_tcp_message_is_cut_to_fit():
+def test_answer_larger_than_a_tcp_message_is_cut_to_fit() -> None:
     handler = _handler(*_big_headless(5000))  # 5000 x 16 bytes: more than 64 KiB
     query = dns.message.make_query("big.prod.svc.cluster.local", "A")
     wire = handler.handle(query.to_wire(), True)
