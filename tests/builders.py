@@ -9,7 +9,7 @@ import dns.message
 import dns.rdatatype
 
 from kdns.core.convert import convert
-from kdns.core.handler import Handler
+from kdns.core.handler import Forward, Handler
 from kdns.core.store import ClusterStore, PodMode
 
 Obj = dict[str, Any]
@@ -97,10 +97,22 @@ def ask(
     handler = target if isinstance(target, Handler) else Handler(target.zone)
     query = dns.message.make_query(name, rdtype, use_edns=payload is not None, payload=payload or 512)
     reply = handler.handle(query.to_wire(), tcp)
-    assert reply is not None
+    assert isinstance(reply, bytes), f"no reply of ours to {name} {rdtype}: {reply!r}"
     message = dns.message.from_wire(reply)
     assert message.id == query.id
     return message
+
+
+def forward_of(decided: bytes | Forward | None) -> Forward:
+    """A handler's decision that must be to forward."""
+    assert isinstance(decided, Forward), decided
+    return decided
+
+
+def bytes_of(decided: bytes | Forward | None) -> bytes:
+    """A handler's decision that must be a reply."""
+    assert isinstance(decided, bytes), decided
+    return decided
 
 
 def records(message: dns.message.Message, section: str = "answer") -> list[str]:

@@ -116,9 +116,10 @@ class FakeUpstream:
                 self._udp.sendto(forged_response.to_wire(), peer)
                 time.sleep(self.forged_delay)
             elif mode == "wrong-port":
-                forged = dns.message.make_response(query)
-                forged.answer.append(dns.rrset.from_text(query.question[0].name, 300, "IN", "A", "203.0.113.66"))
-                self._other.sendto(forged.to_wire(), peer)
+                forged_elsewhere = dns.message.make_response(query)
+                record = dns.rrset.from_text(query.question[0].name, 300, "IN", "A", "203.0.113.66")
+                forged_elsewhere.answer.append(record)
+                self._other.sendto(forged_elsewhere.to_wire(), peer)
                 time.sleep(self.forged_delay)
             self._udp.sendto(wire, peer)
         except OSError:

@@ -67,6 +67,7 @@ def _seed_query(name: str, rdtype: str, edns: int | None, payload: int, dnssec: 
 def _compressed_query(name_index: int) -> bytes:
     """A query whose additional section names the question by a compression pointer, then an OPT."""
     name = dns.name.from_text(QUESTION_NAMES[name_index % len(QUESTION_NAMES)]).to_wire()
+    assert name is not None
     header = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 2)
     extra = b"\xc0\x0c" + struct.pack("!HHIH", 16, 1, 0, 2) + b"\x01x"
     opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"

@@ -282,7 +282,7 @@ def _get(url: str, token: str | None = None, ca: Path | None = None) -> str | No
     context = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
         with urllib.request.urlopen(request, timeout=2, context=context) as response:
-            return response.read().decode()
+            return str(response.read().decode())
     except (urllib.error.URLError, OSError):
         return None
 

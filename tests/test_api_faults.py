@@ -12,11 +12,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.message
 import pytest
 
 from kdns.core.handler import Handler
 from tests.apiserver import FakeApiServer
-from tests.builders import ask, namespace, records, service, store_of
+from tests.builders import Obj, ask, namespace, records, service, store_of
 from tests.process import KdnsServer
 from tests.test_live import FAST, QueryLoop, _ask, _synced, _wait
 
@@ -93,7 +94,7 @@ def test_a_flood_of_10000_events_is_followed_to_the_last_with_no_failed_query(
     try:
         _synced(server)
         loop = QueryLoop(server, STEADY)
-        final: dict[str, dict] = {}
+        final: dict[str, Obj] = {}
         started = time.monotonic()
         for i in range(10_000):
             name = f"f{i % 500}"
@@ -124,7 +125,7 @@ def test_a_flood_of_10000_events_is_followed_to_the_last_with_no_failed_query(
         assert server.stop() == 0
 
 
-def _rcode_text(message) -> str:
+def _rcode_text(message: dns.message.Message) -> str:
     import dns.rcode
 
     return dns.rcode.to_text(message.rcode())

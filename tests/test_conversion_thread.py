@@ -26,7 +26,7 @@ async def test_objects_are_converted_in_the_watch_threads_never_on_the_event_loo
     api.apply(namespace("prod"))
     api.apply(service("prod", "web", ["10.96.0.5"]))
     converted_on: list[bool] = []  # whether each conversion ran on the event loop's thread
-    real_convert = kube.convert
+    real_convert = kube.convert  # type: ignore[attr-defined]  # kube imports it; the test replaces it there
 
     def recording(kind: Any, raw: Any) -> Any:
         converted_on.append(threading.current_thread() is threading.main_thread())

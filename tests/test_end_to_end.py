@@ -7,6 +7,7 @@ import socket
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -22,7 +23,7 @@ from tests.process import KdnsServer, dig, run_kdns
 pytestmark = pytest.mark.usefixtures("dig_installed")
 
 
-def _udp(server: KdnsServer, name: str, rdtype: str = "A", **kwargs) -> dns.message.Message:
+def _udp(server: KdnsServer, name: str, rdtype: str = "A", **kwargs: Any) -> dns.message.Message:
     return dns.query.udp(dns.message.make_query(name, rdtype, **kwargs), server.host, port=server.port, timeout=3)
 
 
@@ -133,7 +134,7 @@ def test_garbage_on_the_wire_never_stops_the_server(example_server: KdnsServer) 
 
 
 @pytest.fixture
-def big_headless(tmp_path):
+def big_headless(tmp_path: Path) -> Path:
     endpoints = [endpoint(f"10.244.{i // 200}.{i % 200 + 1}", hostname=f"m-{i}") for i in range(300)]
     ports = [{"name": "peer", "port": 7000, "protocol": "TCP"}]
     items = [headless("prod", "big", ports=ports), endpoint_slice("prod", "big-a", "big", endpoints, ports=ports)]

@@ -12,7 +12,7 @@ from kdns.forward import Forwarder
 A, B, C = (SocketAddress(f"127.0.0.{i}", 53) for i in (1, 2, 3))
 
 
-def _forwarder(policy: Policy, stubs=None) -> Forwarder:
+def _forwarder(policy: Policy, stubs: dict[str, list[SocketAddress]] | None = None) -> Forwarder:
     return Forwarder([A, B, C], stubs or {}, ForwardOptions(policy=policy))
 
 
@@ -49,7 +49,10 @@ def test_down_upstreams_are_tried_last_but_still_tried() -> None:
 def test_stub_domains_route_by_longest_suffix_on_label_boundaries() -> None:
     d, e = SocketAddress("127.0.0.4", 53), SocketAddress("127.0.0.5", 53)
     forwarder = _forwarder(Policy.SEQUENTIAL, {"corp.example": [d], "eu.corp.example": [e]})
-    route = lambda name: [u.address for u in forwarder.route(to_wire(name))]  # noqa: E731
+
+    def route(name: str) -> list[SocketAddress]:
+        return [u.address for u in forwarder.route(to_wire(name))]
+
     assert route("db.eu.corp.example") == [e]
     assert route("db.corp.example") == [d]
     assert route("corp.example") == [d]

@@ -42,7 +42,7 @@ def _query(name: str) -> wire.Query:
 
 
 async def test_a_silent_upstream_fails_over_is_marked_down_and_comes_back_by_its_health_probe(
-    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams
+    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams: tuple[FakeUpstream, FakeUpstream]
 ) -> None:
     first, second = upstreams
     first.mode = "silent"
@@ -83,7 +83,7 @@ async def test_a_silent_upstream_fails_over_is_marked_down_and_comes_back_by_its
 
 
 async def test_serve_stale_and_prefetch_on_virtual_time(
-    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams
+    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams: tuple[FakeUpstream, FakeUpstream]
 ) -> None:
     first, _ = upstreams
     first.ttl = 10

@@ -7,9 +7,10 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import dns.exception
 import dns.flags
@@ -26,7 +27,7 @@ TXT_1500 = " ".join(f'"{c * 250}"' for c in "abcdef")
 
 
 @pytest.fixture(scope="module")
-def unbound(tmp_path_factory) -> Iterator[int]:
+def unbound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """Debian's unbound on a loopback port, answering a few names of its own under `test.`."""
     if shutil.which("unbound") is None:
         pytest.fail("unbound is not installed: apt-get install unbound (the README setup does)")
@@ -78,7 +79,7 @@ def _serve(*args: str) -> KdnsServer:
     return KdnsServer("--snapshot", str(EXAMPLE), *args, listen=("127.0.0.1:0",))
 
 
-def _ask(server: KdnsServer, name: str, rdtype: str = "A", tcp: bool = False, **kwargs) -> dns.message.Message:
+def _ask(server: KdnsServer, name: str, rdtype: str = "A", tcp: bool = False, **kwargs: Any) -> dns.message.Message:
     query = dns.message.make_query(name, rdtype, **kwargs)
     send = dns.query.tcp if tcp else dns.query.udp
     return send(query, server.host, port=server.port, timeout=5)
@@ -206,7 +207,7 @@ def test_no_upstream_answering_gives_servfail(upstream: FakeUpstream) -> None:
 
 
 @pytest.mark.parametrize("mode", ["wrong-id", "wrong-question", "wrong-port"])
-def test_forged_answers_are_ignored_and_the_real_one_is_taken(upstream: FakeUpstream, mode) -> None:
+def test_forged_answers_are_ignored_and_the_real_one_is_taken(upstream: FakeUpstream, mode: str) -> None:
     upstream.mode = mode
     server = _serve("--upstream", upstream.spec)
     try:
@@ -322,7 +323,7 @@ def test_bad_forwarding_flags_exit_2(tmp_path: Path) -> None:
         assert result.returncode == 2 and text in result.stderr, args
 
 
-def _wait_for(check, timeout: float) -> None:
+def _wait_for(check: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"
@@ -332,7 +333,7 @@ def _wait_for(check, timeout: float) -> None:
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 def test_forwarding_loop_through_an_upstream_is_detected_and_kdns_exits_2(tmp_path: Path) -> None:

@@ -88,7 +88,9 @@ def check_reply(packet: bytes, reply: bytes, tcp: bool) -> None:
     assert len(message.question) <= 1
     if message.question:
         sent = packet[12 : 12 + len(reply) - 12]
-        echoed = reply[12 : 12 + len(message.question[0].name.to_wire()) + 4]
+        name = message.question[0].name.to_wire()
+        assert name is not None
+        echoed = reply[12 : 12 + len(name) + 4]
         assert sent.startswith(echoed) or echoed.lower() == sent[: len(echoed)].lower(), "question not echoed"
     if not tcp:
         limit = MAX_UDP if message.edns >= 0 else CLASSIC_UDP_LIMIT

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 from kdns.config import WatchOptions
+from kdns.core.model import ClusterObject
 from kdns.core.store import ClusterStore
 from kdns.sources.kube import Applier, backoff
 from tests.builders import ask, endpoint, endpoint_slice, headless, namespace, rcode, records, service
 
 
-def _applier(**options) -> tuple[ClusterStore, Applier]:
+def _applier(**options: Any) -> tuple[ClusterStore, Applier]:
     store = ClusterStore("cluster.local", 30)
     return store, Applier(store, WatchOptions(**options), clock=lambda: 1_000_000)
 
@@ -113,7 +115,7 @@ def test_one_service_that_cannot_be_published_in_full_never_stops_the_rest_of_it
 class _FailingStore(ClusterStore):
     """A store that fails on one object, standing for any fault the applier did not foresee."""
 
-    def upsert(self, obj) -> None:
+    def upsert(self, obj: ClusterObject) -> None:
         if getattr(obj, "name", "") == "boom":
             raise RuntimeError("an unforeseen fault")
         super().upsert(obj)

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import dns.message
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 from tests.apiserver import TOKEN, FakeApiServer, make_tls_files
-from tests.builders import endpoint, endpoint_slice, headless, namespace, pod, service
+from tests.builders import Obj, endpoint, endpoint_slice, headless, namespace, pod, service
 from tests.process import EXAMPLE, KdnsServer, run_kdns
 
 FAST = ("--api-timeout", "2", "--watch-timeout", "5", "--api-backoff-max", "1")
@@ -52,6 +53,10 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> float:
             return time.monotonic() - started
         time.sleep(0.02)
     raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def _count_is(count: Callable[[], int], expected: int) -> bool:
+    return count() == expected
 
 
 def _synced(server: KdnsServer) -> None:
@@ -107,7 +112,7 @@ def test_service_created_after_start_resolves_and_deleted_goes_nxdomain_within_2
 def test_endpoint_turning_not_ready_leaves_the_headless_answer_and_publish_not_ready_keeps_it(
     api: FakeApiServer, tmp_path: Path
 ) -> None:
-    def slice_(name: str, second_ready: bool):
+    def slice_(name: str, second_ready: bool) -> Obj:
         return endpoint_slice("prod", f"{name}-a", name, [endpoint("10.244.0.1"), endpoint("10.244.0.2", second_ready)])
 
     api.apply(headless("prod", "db"))
@@ -307,7 +312,7 @@ def test_labels_flag_serves_only_matching_services(api: FakeApiServer, tmp_path:
 
 
 def test_service_with_three_slices_of_100_endpoints_updated_one_at_a_time(api: FakeApiServer, tmp_path: Path) -> None:
-    def slice_(index: int, ready_count: int):
+    def slice_(index: int, ready_count: int) -> Obj:
         endpoints = [endpoint(f"10.244.{index}.{i + 1}", i < ready_count) for i in range(100)]
         return endpoint_slice("prod", f"big-{index}", "big", endpoints)
 
@@ -316,13 +321,16 @@ def test_service_with_three_slices_of_100_endpoints_updated_one_at_a_time(api: F
         api.apply(slice_(index, 100))
     server = _start(api, tmp_path)
     try:
-        count = lambda: len(_ask(server, "big.prod.svc.cluster.local", tcp=True)[1])  # noqa: E731
+
+        def count() -> int:
+            return len(_ask(server, "big.prod.svc.cluster.local", tcp=True)[1])
+
         _wait(lambda: count() == 300, 5, "300 endpoints")
         expected = 300
         for index in range(3):
             api.apply(slice_(index, 50))
             expected -= 50
-            _wait(lambda expected=expected: count() == expected, 2, f"slice {index} update")
+            _wait(partial(_count_is, count, expected), 2, f"slice {index} update")
         api.delete("EndpointSlice", "prod", "big-1")
         _wait(lambda: count() == 100, 2, "slice deleted")
         assert _ask(server, "10-244-0-1.big.prod.svc.cluster.local")[1] == ["10.244.0.1"]

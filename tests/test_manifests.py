@@ -4,6 +4,7 @@ what can be checked is checked against kdns itself."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -14,15 +15,15 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 
 
-def _documents() -> list[dict]:
+def _documents() -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
-    documents = []
+    documents: list[dict[str, Any]] = []
     for name in kustomization["resources"]:
         documents.extend(doc for doc in yaml.safe_load_all((MANIFESTS / name).read_text()) if doc)
     return documents
 
 
-def _one(kind: str) -> dict:
+def _one(kind: str) -> dict[str, Any]:
     (found,) = [doc for doc in _documents() if doc["kind"] == kind]
     return found
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,7 +88,7 @@ def test_the_manifests_rbac_forbids_every_write(real_api: RealApiServer) -> None
     as_kdns = real_api.api_client(token)
     core, discovery = client.CoreV1Api(as_kdns), client.DiscoveryV1Api(as_kdns)
     assert core.list_service_for_all_namespaces(limit=1).items is not None  # reading is allowed
-    writes = [
+    writes: list[Callable[[], object]] = [
         lambda: core.create_namespaced_service("prod", service("prod", "evil", ["10.96.0.66"])),
         lambda: core.delete_namespaced_service("web", "prod"),
         lambda: core.patch_namespaced_service("web", "prod", {"metadata": {"labels": {"x": "y"}}}),

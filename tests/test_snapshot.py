@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -114,7 +115,7 @@ def test_snapshots_are_parsed_by_libyaml_where_pyyaml_has_it(tmp_path: Path, mon
     used = []
     real = yaml.load_all
 
-    def spy(stream, Loader):
+    def spy(stream: str, Loader: Any) -> Any:
         used.append(Loader)
         return real(stream, Loader=Loader)
 

@@ -74,8 +74,8 @@ def _script(kdns: Kdns, build: Callable[[dns.message.Message, bytes], list[tuple
     kdns.fake.mode = "script"
 
 
-async def test_garbage_and_wrong_ids_are_dropped_and_counted_and_the_real_answer_taken(kdns) -> None:
-    def build(query, answer):
+async def test_garbage_and_wrong_ids_are_dropped_and_counted_and_the_real_answer_taken(kdns: Kdns) -> None:
+    def build(query: dns.message.Message, answer: bytes) -> list[tuple[bytes, float]]:
         wrong_id = bytearray(answer)
         struct.pack_into("!H", wrong_id, 0, (query.id + 1) % 65536)
         return [(b"\x00", 0), (bytes(range(40)), 0), (bytes(wrong_id), 0), (answer, 0.05)]
@@ -86,7 +86,7 @@ async def test_garbage_and_wrong_ids_are_dropped_and_counted_and_the_real_answer
     assert kdns.upstream.counters.dropped >= 3
 
 
-async def test_a_late_answer_is_servfail_and_is_neither_served_later_nor_cached(kdns) -> None:
+async def test_a_late_answer_is_servfail_and_is_neither_served_later_nor_cached(kdns: Kdns) -> None:
     _script(kdns, lambda query, answer: [(answer, TIMEOUT + 0.3)])
     reply = await kdns.ask("late.example.com")
     assert reply.rcode() == dns.rcode.SERVFAIL
@@ -98,8 +98,8 @@ async def test_a_late_answer_is_servfail_and_is_neither_served_later_nor_cached(
     assert kdns.fake.udp_queries == before + 1  # asked again: nothing was cached
 
 
-async def test_an_answer_to_another_question_is_dropped_and_never_cached_for_that_question(kdns) -> None:
-    def build(query, answer):
+async def test_an_answer_to_another_question_is_dropped_and_never_cached_for_that_question(kdns: Kdns) -> None:
+    def build(query: dns.message.Message, answer: bytes) -> list[tuple[bytes, float]]:
         other = dns.message.make_response(dns.message.make_query("victim.example.com", "A"))
         other.id = query.id
         other.answer.append(dns.rrset.from_text("victim.example.com.", 300, "IN", "A", "203.0.113.66"))
@@ -116,7 +116,9 @@ async def test_an_answer_to_another_question_is_dropped_and_never_cached_for_tha
 
 def _raw_answer(query: dns.message.Message, record: Callable[[int], bytes]) -> bytes:
     """A response whose one answer record is `record(offset of that record)`."""
-    question = query.question[0].name.to_wire() + struct.pack("!HH", 1, 1)
+    name = query.question[0].name.to_wire()
+    assert name is not None
+    question = name + struct.pack("!HH", 1, 1)
     start = 12 + len(question)
     return struct.pack("!HHHHHH", query.id, 0x8180, 1, 1, 0, 0) + question + record(start)
 
@@ -135,7 +137,9 @@ def _pointer(offset: int) -> bytes:
     ],
     ids=["rdlength-3", "owner-points-at-itself", "cname-points-at-itself", "reserved-label-type"],
 )
-async def test_malformed_answers_are_servfail_counted_and_never_cached(kdns, record) -> None:
+async def test_malformed_answers_are_servfail_counted_and_never_cached(
+    kdns: Kdns, record: Callable[[int], bytes]
+) -> None:
     _script(kdns, lambda query, answer: [(_raw_answer(query, record), 0)])
     reply = await kdns.ask("broken.example.com")
     assert reply.rcode() == dns.rcode.SERVFAIL
@@ -145,8 +149,8 @@ async def test_malformed_answers_are_servfail_counted_and_never_cached(kdns, rec
     assert kdns.fake.udp_queries > before  # asked again: a malformed answer is never cached
 
 
-async def test_out_of_bailiwick_extras_stay_with_their_own_question(kdns) -> None:
-    def build(query, answer):
+async def test_out_of_bailiwick_extras_stay_with_their_own_question(kdns: Kdns) -> None:
+    def build(query: dns.message.Message, answer: bytes) -> list[tuple[bytes, float]]:
         response = dns.message.from_wire(answer)
         response.additional.append(dns.rrset.from_text("victim.example.org.", 86400, "IN", "A", "203.0.113.66"))
         return [(response.to_wire(), 0)]
@@ -160,8 +164,8 @@ async def test_out_of_bailiwick_extras_stay_with_their_own_question(kdns) -> Non
     assert kdns.fake.udp_queries == before + 1
 
 
-async def test_a_cname_into_the_cluster_domain_never_changes_a_cluster_answer(kdns) -> None:
-    def build(query, answer):
+async def test_a_cname_into_the_cluster_domain_never_changes_a_cluster_answer(kdns: Kdns) -> None:
+    def build(query: dns.message.Message, answer: bytes) -> list[tuple[bytes, float]]:
         response = dns.message.from_wire(answer)
         response.answer = [
             dns.rrset.from_text(query.question[0].name, 300, "IN", "CNAME", "web.prod.svc.cluster.local."),
@@ -177,7 +181,7 @@ async def test_a_cname_into_the_cluster_domain_never_changes_a_cluster_answer(kd
     assert kdns.fake.udp_queries == before  # cluster names are never forwarded
 
 
-async def test_a_flood_of_garbage_from_the_upstream_address_costs_nothing_but_counts(kdns) -> None:
+async def test_a_flood_of_garbage_from_the_upstream_address_costs_nothing_but_counts(kdns: Kdns) -> None:
     garbage = [(bytes([i]) * (i % 40 + 1), 0) for i in range(200)]
     _script(kdns, lambda query, answer: [*garbage, (answer, 0.05)])
     started = time.monotonic()

@@ -133,8 +133,9 @@ class ClusterStore:
             self._pod_addresses.update((obj.namespace, ip) for ip in obj.ips)
             self._pod_addresses += Counter()  # drop entries that fell to zero
 
-    def delete(self, kind: Kind, key: tuple[str, str]) -> None:
+    def delete(self, kind: Kind | str, key: tuple[str, str]) -> None:
         """Remove the object of `kind` at (namespace, name); a Namespace's key is ("", name)."""
+        kind = Kind(kind)
         if kind == Kind.SERVICE:
             if self.services.pop(key, None) is not None:
                 self._ref_namespace(key[0], -1)
@@ -153,25 +154,25 @@ class ClusterStore:
                 self._pod_addresses.subtract((old_pod.namespace, ip) for ip in old_pod.ips)
                 self._pod_addresses += Counter()
 
-    def get(self, kind: Kind, key: tuple[str, str]) -> ClusterObject | None:
+    def get(self, kind: Kind | str, key: tuple[str, str]) -> ClusterObject | None:
         """The object of `kind` at (namespace, name); a Namespace's key is ("", name)."""
         if kind == Kind.NAMESPACE:
             return self.namespaces.get(key[1])
         return self._by_kind(kind).get(key)
 
-    def keys(self, kind: Kind, namespace: str | None = None) -> list[tuple[str, str]]:
+    def keys(self, kind: Kind | str, namespace: str | None = None) -> list[tuple[str, str]]:
         """Keys of every object of `kind`, or of those in `namespace`."""
         if kind == Kind.NAMESPACE:
             return [("", name) for name in self.namespaces]
         return [key for key in self._by_kind(kind) if namespace is None or key[0] == namespace]
 
-    def _by_kind(self, kind: Kind) -> Mapping[tuple[str, str], ClusterObject]:
+    def _by_kind(self, kind: Kind | str) -> Mapping[tuple[str, str], ClusterObject]:
         by_kind: dict[Kind, Mapping[tuple[str, str], ClusterObject]] = {
             Kind.SERVICE: self.services,
             Kind.ENDPOINT_SLICE: self.slices,
             Kind.POD: self.pods,
         }
-        return by_kind[kind]
+        return by_kind[Kind(kind)]
 
     # -- publishing ------------------------------------------------------------------------
 

@@ -142,9 +142,9 @@ class Applier:
             problem = f"could not be converted: {type(error).__name__}: {error}"
             return Prepared(key, None, ConversionError(kind, "/".join(key), "(object)", problem))
 
-    def event(self, kind: Kind, event_type: str, raw: Any) -> bool:
+    def event(self, kind: Kind | str, event_type: str, raw: Any) -> bool:
         """Convert and apply one watch event (`prepare`, then `apply_event`)."""
-        return self.apply_event(kind, event_type, self.prepare(kind, raw))
+        return self.apply_event(Kind(kind), event_type, self.prepare(Kind(kind), raw))
 
     def apply_event(self, kind: Kind, event_type: str, prepared: Prepared) -> bool:
         """Apply one converted watch event; False when it changed nothing (out of scope,
@@ -162,9 +162,10 @@ class Applier:
         self.store.zone.bump_serial(int(self.clock()))
         return True
 
-    def reconcile(self, kind: Kind, namespace: str | None, items: Sequence[Any]) -> None:
+    def reconcile(self, kind: Kind | str, namespace: str | None, items: Sequence[Any]) -> None:
         """Make the store's objects of `kind` (in `namespace`) those of a fresh list: adds, updates
         and deletes computed by difference, so no name that still exists ever goes missing."""
+        kind = Kind(kind)
         listed: set[tuple[str, str]] = set()
         self.apply_listed(kind, [self.prepare(kind, raw) for raw in items], listed)
         self.remove_unlisted(kind, namespace, listed)

@@ -3,28 +3,39 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 
-from kdns.core.convert import ConversionError, convert
-from kdns.core.model import Protocol, ServiceType
+from kdns.core.convert import (
+    ConversionError,
+    convert,
+    convert_endpoint_slice,
+    convert_pod,
+    convert_service,
+)
+from kdns.core.model import EndpointSlice, Protocol, ServiceType
 from tests.builders import endpoint, endpoint_slice, pod, service
 
 
-def _error(kind: str, obj) -> ConversionError:
+def _slice(obj: Any) -> EndpointSlice:
+    converted = convert_endpoint_slice(obj)
+    assert converted is not None
+    return converted
+
+
+def _error(kind: str, obj: Any) -> ConversionError:
     with pytest.raises(ConversionError) as caught:
         convert(kind, obj)
     return caught.value
 
 
 def test_service_types_and_defaults() -> None:
-    assert convert("Service", service("a", "x", ["10.96.0.1"])).type is ServiceType.CLUSTER_IP
-    assert convert("Service", service("a", "x", ["None"])).type is ServiceType.HEADLESS
-    ext = convert("Service", service("a", "x", type_="ExternalName", external_name="Example.COM."))
+    assert convert_service(service("a", "x", ["10.96.0.1"])).type is ServiceType.CLUSTER_IP
+    assert convert_service(service("a", "x", ["None"])).type is ServiceType.HEADLESS
+    ext = convert_service(service("a", "x", type_="ExternalName", external_name="Example.COM."))
     assert ext.type is ServiceType.EXTERNAL_NAME and ext.external_name == "example.com"
-    minimal = convert(
-        "Service", {"metadata": {"name": "x"}, "spec": {"clusterIP": "10.96.0.3", "ports": [{"port": 1}]}}
-    )
+    minimal = convert_service({"metadata": {"name": "x"}, "spec": {"clusterIP": "10.96.0.3", "ports": [{"port": 1}]}})
     assert minimal.namespace == "default"
     assert minimal.ports[0].protocol is Protocol.TCP and minimal.ports[0].name == ""
     assert minimal.cluster_ips == (ipaddress.ip_address("10.96.0.3"),)
@@ -32,7 +43,7 @@ def test_service_types_and_defaults() -> None:
 
 def test_cluster_ip_used_when_cluster_ips_is_absent() -> None:
     obj = {"metadata": {"name": "x", "namespace": "a"}, "spec": {"clusterIP": "10.96.0.3"}}
-    assert convert("Service", obj).cluster_ips == (ipaddress.ip_address("10.96.0.3"),)
+    assert convert_service(obj).cluster_ips == (ipaddress.ip_address("10.96.0.3"),)
 
 
 def test_service_errors_name_kind_object_and_field() -> None:
@@ -69,23 +80,23 @@ def test_external_name_must_be_a_dns_name() -> None:
 
 
 def test_endpoint_slice_fields_and_defaults() -> None:
-    converted = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", ready=None)]))
+    converted = _slice(endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", ready=None)]))
     assert converted.service_name == "svc" and converted.ip_version == 4
     assert converted.endpoints[0].ready is True
-    not_ready = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", ready=False)]))
+    not_ready = _slice(endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", ready=False)]))
     assert not_ready.endpoints[0].ready is False
 
 
 def test_endpoint_slice_without_service_label_or_with_fqdn_addresses_is_not_used() -> None:
     unowned = endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1")])
     del unowned["metadata"]["labels"]
-    assert convert("EndpointSlice", unowned) is None
-    assert convert("EndpointSlice", endpoint_slice("a", "s", "svc", [{"addresses": ["x.com"]}], family="FQDN")) is None
+    assert convert_endpoint_slice(unowned) is None
+    assert convert_endpoint_slice(endpoint_slice("a", "s", "svc", [{"addresses": ["x.com"]}], family="FQDN")) is None
 
 
 def test_endpoint_slice_port_without_number_is_skipped() -> None:
     obj = endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1")], ports=[{"name": "all", "protocol": "TCP"}])
-    assert convert("EndpointSlice", obj).ports == ()
+    assert _slice(obj).ports == ()
 
 
 def test_endpoint_slice_errors_name_the_field() -> None:
@@ -94,7 +105,7 @@ def test_endpoint_slice_errors_name_the_field() -> None:
     assert "IPv4" in wrong_family.problem
     no_addresses = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [{"addresses": []}]))
     assert no_addresses.field == "endpoints[0].addresses"
-    bad_ready = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", ready="yes")]))
+    bad_ready = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", ready="yes")]))  # type: ignore[arg-type]
     assert bad_ready.field == "endpoints[0].conditions.ready"
     bad_hostname = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1", hostname="a.b")]))
     assert bad_hostname.field == "endpoints[0].hostname"
@@ -103,11 +114,11 @@ def test_endpoint_slice_errors_name_the_field() -> None:
 
 
 def test_pod_ips_from_pod_ips_or_pod_ip() -> None:
-    assert [str(ip) for ip in convert("Pod", pod("a", "p", "10.0.0.1", "fd00::1")).ips] == ["10.0.0.1", "fd00::1"]
+    assert [str(ip) for ip in convert_pod(pod("a", "p", "10.0.0.1", "fd00::1")).ips] == ["10.0.0.1", "fd00::1"]
     single = {"metadata": {"name": "p", "namespace": "a"}, "status": {"podIP": "10.0.0.2"}}
-    assert [str(ip) for ip in convert("Pod", single).ips] == ["10.0.0.2"]
+    assert [str(ip) for ip in convert_pod(single).ips] == ["10.0.0.2"]
     pending = {"metadata": {"name": "p", "namespace": "a"}, "status": {"phase": "Pending"}}
-    assert convert("Pod", pending).ips == ()
+    assert convert_pod(pending).ips == ()
     assert _error("Pod", pod("a", "p", "nope")).field == "status.podIPs[0].ip"
 
 
@@ -118,10 +129,10 @@ def test_endpoint_conditions_node_and_selector_are_kept() -> None:
         "nodeName": "node-1",
         "targetRef": {"kind": "Pod", "name": "web-0"},
     }
-    converted = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [item])).endpoints[0]
+    converted = _slice(endpoint_slice("a", "s", "svc", [item])).endpoints[0]
     assert (converted.ready, converted.serving, converted.terminating) == (False, True, True)
     assert converted.node_name == "node-1" and converted.target_pod == "web-0"
-    bare = convert("EndpointSlice", endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1")])).endpoints[0]
+    bare = _slice(endpoint_slice("a", "s", "svc", [endpoint("10.0.0.1")])).endpoints[0]
     assert (bare.ready, bare.serving, bare.terminating, bare.node_name) == (True, True, False, "")
     bad = _error("EndpointSlice", endpoint_slice("a", "s", "svc", [{**item, "conditions": {"serving": "no"}}]))
     assert bad.field == "endpoints[0].conditions.serving"
@@ -130,5 +141,5 @@ def test_endpoint_conditions_node_and_selector_are_kept() -> None:
 def test_selector_less_service_is_marked() -> None:
     with_selector = service("a", "x")
     with_selector["spec"]["selector"] = {"app": "x"}
-    assert convert("Service", with_selector).has_selector is True
-    assert convert("Service", service("a", "x")).has_selector is False
+    assert convert_service(with_selector).has_selector is True
+    assert convert_service(service("a", "x")).has_selector is False

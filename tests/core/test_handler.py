@@ -62,6 +62,7 @@ def test_without_a_zone_everything_goes_to_the_cache_or_upstream() -> None:
     for name in ("web.prod.svc.cluster.local", "5.0.96.10.in-addr.arpa", "www.example.com"):
         decided = handler.handle(dns.message.make_query(name, "A").to_wire(), False)
         assert isinstance(decided, Forward), name
+    assert isinstance(decided, Forward)
     reply = dns.message.from_wire(handler.finish_forward(decided, None))
     assert reply.rcode() == dns.rcode.SERVFAIL
     assert Handler(None).handle(dns.message.make_query("x.example", "A").to_wire(), False) is not None

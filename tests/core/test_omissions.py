@@ -4,19 +4,22 @@ other object are served, and no name over 255 bytes or label over 63 is ever pub
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from kdns.core.convert import convert
-from kdns.core.names import MAX_LABEL, MAX_NAME_WIRE, to_wire
+from kdns.core.convert import convert, convert_service
+from kdns.core.message import MAX_LABEL, MAX_NAME_WIRE
+from kdns.core.names import to_wire
 from kdns.core.records import Omission
 from kdns.core.store import ClusterStore
-from tests.builders import ask, endpoint, endpoint_slice, headless, namespace, records, service
+from tests.builders import Obj, ask, endpoint, endpoint_slice, headless, namespace, records, service
 
 LONG_PORT = "p" * 63  # a valid DNS_LABEL port name; `_` + it is 64 bytes
 LONG_DOMAIN = ".".join(["d" * 22, "e" * 22, "f" * 22])  # 68 characters, valid
 
 
-def _store(*objects, domain: str = "cluster.local") -> tuple[ClusterStore, list[Omission]]:
+def _store(*objects: Obj, domain: str = "cluster.local") -> tuple[ClusterStore, list[Omission]]:
     reported: list[Omission] = []
     store = ClusterStore(domain, 30, report=reported.append)
     for obj in objects:
@@ -50,9 +53,9 @@ def test_a_port_name_too_long_for_an_srv_label_loses_only_that_srv() -> None:
 def test_an_omission_is_reported_once_and_forgotten_when_the_object_is_fixed() -> None:
     bad = service("a", "bad", ["10.96.0.9"], ports=[{"name": LONG_PORT, "port": 81}])
     store, reported = _store(bad)
-    store.upsert(convert("Service", service("a", "bad", ["10.96.0.8"], ports=[{"name": LONG_PORT, "port": 81}])))
+    store.upsert(convert_service(service("a", "bad", ["10.96.0.8"], ports=[{"name": LONG_PORT, "port": 81}])))
     assert len(reported) == 1 and store.omissions_reported == 1
-    store.upsert(convert("Service", service("a", "bad", ["10.96.0.8"])))
+    store.upsert(convert_service(service("a", "bad", ["10.96.0.8"])))
     assert store.omissions == {}
     store.delete("Service", ("a", "bad"))
     assert store.omissions == {}
@@ -139,7 +142,7 @@ def test_an_edit_of_a_service_with_thousands_of_ports_does_work_linear_in_its_po
     read = 0
     real_merged = zone_module._merged
 
-    def counting(key, node):
+    def counting(key: bytes, node: Any) -> list[Any]:
         nonlocal read
         found = real_merged(key, node)
         read += len(found)
@@ -148,7 +151,7 @@ def test_an_edit_of_a_service_with_thousands_of_ports_does_work_linear_in_its_po
     ports = [{"name": f"p{i}", "port": 1000 + i} for i in range(3000)]
     store, _ = _store(service("a", "big", ["10.96.0.9"], ports=ports))
     monkeypatch.setattr(zone_module, "_merged", counting)
-    store.upsert(convert("Service", service("a", "big", ["10.96.0.8"], ports=ports)))  # a one-field edit
+    store.upsert(convert_service(service("a", "big", ["10.96.0.8"], ports=ports)))  # a one-field edit
     assert read <= 10 * len(ports)
     assert records(ask(store, "_p2999._tcp.big.a.svc.cluster.local", "SRV"))
     answer = ask(store, "_p7._tcp.big.a.svc.cluster.local", "SRV")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dns.rdatatype
 import dns.reversename
 
-from kdns.core.store import PodMode
+from kdns.core.store import ClusterStore, PodMode
 from tests.builders import (
+    Obj,
     ask,
     endpoint,
     endpoint_slice,
@@ -205,7 +206,9 @@ def test_service_without_an_allocated_cluster_ip_publishes_no_address() -> None:
 # -- headless services (spec 2.4) ----------------------------------------------------------------
 
 
-def _db(*endpoints, publish_not_ready=None, family="IPv4", ports=None):
+def _db(
+    *endpoints: Obj, publish_not_ready: bool | None = None, family: str = "IPv4", ports: list[Obj] | None = None
+) -> ClusterStore:
     return store_of(
         headless("prod", "db", publish_not_ready=publish_not_ready),
         endpoint_slice("prod", "db-a", "db", list(endpoints), family=family, ports=ports),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 from kdns.core.convert import convert
+from kdns.core.store import ClusterStore
 from kdns.core.zonefile import render
 from tests.builders import (
     Obj,
@@ -21,8 +22,10 @@ from tests.builders import (
 )
 
 
-def _upsert(store, obj):
-    store.upsert(convert(obj["kind"], obj))
+def _upsert(store: ClusterStore, obj: Obj) -> None:
+    converted = convert(obj["kind"], obj)
+    assert converted is not None
+    store.upsert(converted)
 
 
 def test_new_service_resolves_and_deleted_service_goes_nxdomain_with_its_ptr() -> None:

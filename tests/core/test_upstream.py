@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -15,7 +17,8 @@ from kdns.core import message, wire
 from kdns.core.cache import ForwardCache
 from kdns.core.handler import Forward, Handler, HandlerOptions
 from kdns.core.upstream import BadResponse, MalformedResponse, read_response, upstream_query
-from tests.builders import store_of
+from kdns.core.zone import Answer
+from tests.builders import bytes_of, forward_of, store_of
 
 NAME = "www.example.com."
 
@@ -28,15 +31,20 @@ class Clock:
         return self.now
 
 
-def _query(name: str = NAME, rdtype: str = "A", **kwargs) -> wire.Query:
+def _query(name: str = NAME, rdtype: str = "A", **kwargs: Any) -> wire.Query:
     return wire.parse_query(dns.message.make_query(name, rdtype, **kwargs).to_wire())
 
 
-def _upstream_answer(query: wire.Query, rcode: int = dns.rcode.NOERROR, answer=(), authority=()) -> tuple[int, bytes]:
+def _upstream_answer(
+    query: wire.Query,
+    rcode: int = dns.rcode.NOERROR,
+    answer: Sequence[dns.rrset.RRset] = (),
+    authority: Sequence[dns.rrset.RRset] = (),
+) -> tuple[int, bytes]:
     """(the ID kdns used, what the upstream sent back) for `query`."""
     query_id, packet = upstream_query(query)
     response = dns.message.make_response(dns.message.from_wire(packet))
-    response.set_rcode(rcode)
+    response.set_rcode(dns.rcode.Rcode(rcode))
     response.answer.extend(answer)
     response.authority.extend(authority)
     return query_id, response.to_wire(max_size=65535)
@@ -127,12 +135,15 @@ def test_upstream_opt_record_is_dropped() -> None:
 # -- the cache -------------------------------------------------------------------------------------
 
 
-def _cached(cache: ForwardCache, query: wire.Query, ttl: int = 60, rcode=dns.rcode.NOERROR, **kwargs) -> None:
+def _cached(
+    cache: ForwardCache, query: wire.Query, ttl: int = 60, rcode: int = dns.rcode.NOERROR, **kwargs: Any
+) -> None:
     query_id, response = _upstream_answer(query, rcode=rcode, answer=[_a(ttl)], **kwargs)
     cache.put(ForwardCache.key(query), read_response(response, query_id, query.question, 0, 3600))
 
 
-def _ttls(answer: wire.Answer, query: wire.Query) -> list[int]:
+def _ttls(answer: Answer | None, query: wire.Query) -> list[int]:
+    assert answer is not None
     reply = dns.message.from_wire(wire.reply(query, answer, 65535, 1232, True))
     return [rrset.ttl for rrset in reply.answer]
 
@@ -193,7 +204,7 @@ def test_name_outside_the_zones_is_forwarded_then_answered_from_the_cache() -> N
     )
     assert first.id == decision.query.id and first.flags & dns.flags.RA and not first.flags & dns.flags.AA
     again = dns.message.make_query("WWW.example.com.", "A")
-    reply = dns.message.from_wire(handler.handle(again.to_wire(), False))
+    reply = dns.message.from_wire(bytes_of(handler.handle(again.to_wire(), False)))
     assert reply.id == again.id and reply.question[0].name.to_text() == "WWW.example.com."
     assert [item.address for item in reply.answer[0]] == ["192.0.2.1"]
 
@@ -210,14 +221,14 @@ def test_no_upstream_answer_is_servfail_and_nothing_is_cached() -> None:
 def test_cluster_names_are_never_forwarded() -> None:
     handler = _forwarding_handler(Clock())
     reply = handler.handle(dns.message.make_query("nope.default.svc.cluster.local", "A").to_wire(), False)
-    assert dns.message.from_wire(reply).rcode() == dns.rcode.NXDOMAIN
+    assert dns.message.from_wire(bytes_of(reply)).rcode() == dns.rcode.NXDOMAIN
     assert isinstance(handler.handle(dns.message.make_query("9.9.9.9.in-addr.arpa", "PTR").to_wire(), False), Forward)
 
 
 def test_forwarded_answer_too_large_for_the_client_sets_tc() -> None:
     clock = Clock()
     handler = _forwarding_handler(clock)
-    decision = handler.handle(dns.message.make_query(NAME, "A", use_edns=False).to_wire(), False)
+    decision = forward_of(handler.handle(dns.message.make_query(NAME, "A", use_edns=False).to_wire(), False))
     many = [_a(60, NAME, f"192.0.2.{i}") for i in range(1, 60)]
     query_id, response = _upstream_answer(decision.query, answer=many)
     answer = read_response(response, query_id, decision.query.question, 0, 3600)
@@ -277,7 +288,7 @@ def test_external_name_chase_too_large_for_udp_keeps_the_whole_records_that_fit(
     for use_edns in (False, True):
         handler = Handler(store.zone, HandlerOptions(recursion_available=True), ForwardCache(100, Clock()))
         query = dns.message.make_query("pay.prod.svc.cluster.local", "A", use_edns=use_edns, payload=512)
-        decision = handler.handle(query.to_wire(), False)
+        decision = forward_of(handler.handle(query.to_wire(), False))
         many = [_a(60, NAME, f"192.0.2.{i}") for i in range(1, 80)]
         query_id, response = _upstream_answer(decision.query, answer=many)
         answer = read_response(response, query_id, decision.query.question, 0, 3600)
@@ -351,7 +362,9 @@ def test_served_ttls_never_exceed_the_time_left_in_the_cache() -> None:
     answer = read_response(response, query_id, query.question, 0, 10)  # --cache-max-ttl 10
     assert answer.cache_ttl == 10
     cache.put(ForwardCache.key(query), answer)
-    reply = dns.message.from_wire(wire.reply(query, cache.get(ForwardCache.key(query)), 65535, 1232, True))
+    cached = cache.get(ForwardCache.key(query))
+    assert cached is not None
+    reply = dns.message.from_wire(wire.reply(query, cached, 65535, 1232, True))
     assert [rrset.ttl for rrset in reply.answer + reply.authority] == [10, 10]
     clock.now += 4
     assert _ttls(cache.get(ForwardCache.key(query)), query) == [6]

@@ -12,22 +12,33 @@ import dns.opcode
 import dns.rcode
 
 from kdns.core.cache import ForwardCache
-from kdns.core.handler import Forward, Handler, HandlerOptions
-from tests.builders import ask, endpoint, endpoint_slice, headless, rcode, records, service, store_of
+from kdns.core.handler import ClientAddress, Forward, Handler, HandlerOptions
+from tests.builders import Obj, ask, endpoint, endpoint_slice, headless, rcode, records, service, store_of
 
 WEB = "web.prod.svc.cluster.local"
 
 
-def _handler(*objects, max_udp: int = 1232) -> Handler:
+class _ZoneHandler(Handler):
+    """A handler with no cache: it never decides to forward, so its replies are bytes or None."""
+
+    def handle(self, packet: bytes, tcp: bool, client: ClientAddress | None = None) -> bytes | None:
+        reply = super().handle(packet, tcp, client)
+        assert not isinstance(reply, Forward)
+        return reply
+
+
+def _handler(*objects: Obj, max_udp: int = 1232) -> _ZoneHandler:
     store = store_of(service("prod", "web", ["10.96.0.5"]), *objects)
-    return Handler(store.zone, HandlerOptions(max_udp=max_udp))
+    return _ZoneHandler(store.zone, HandlerOptions(max_udp=max_udp))
 
 
-def _header(qid=0x1234, flags=0x0100, qd=1, an=0, ns=0, ar=0) -> bytes:
+def _header(qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
     return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
 
 
-def _question(name: bytes = b"\x03web\x04prod\x03svc\x07cluster\x05local\x00", qtype=1, qclass=1) -> bytes:
+def _question(
+    name: bytes = b"\x03web\x04prod\x03svc\x07cluster\x05local\x00", qtype: int = 1, qclass: int = 1
+) -> bytes:
     return name + struct.pack("!HH", qtype, qclass)
 
 
@@ -36,12 +47,14 @@ def _parse(reply: bytes | None) -> dns.message.Message:
     return dns.message.from_wire(reply, question_only=False)
 
 
-def _rcode_of(reply: bytes) -> int:
-    return struct.unpack("!H", reply[2:4])[0] & 0xF
+def _rcode_of(reply: bytes | None) -> int:
+    assert reply is not None
+    return int(struct.unpack("!H", reply[2:4])[0]) & 0xF
 
 
-def _id_of(reply: bytes) -> int:
-    return struct.unpack("!H", reply[:2])[0]
+def _id_of(reply: bytes | None) -> int:
+    assert reply is not None
+    return int(struct.unpack("!H", reply[:2])[0])
 
 
 # -- malformed queries ---------------------------------------------------------------------------
@@ -110,6 +123,7 @@ def test_zero_byte_inside_a_label_is_a_name_like_any_other() -> None:
     inside = b"\x03a\x00b\x04prod\x03svc\x07cluster\x05local\x00"
     for extra in (b"", b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"):
         wire = handler.handle(_header(ar=1 if extra else 0) + _question(inside) + extra, False)
+        assert isinstance(wire, bytes)
         reply = _parse(wire)
         assert reply.rcode() == dns.rcode.NXDOMAIN
         assert reply.question[0].name.labels[0] == b"a\x00b"
@@ -243,7 +257,7 @@ def test_opt_found_after_other_additional_records() -> None:
 # -- sizes and truncation ------------------------------------------------------------------------
 
 
-def _big_headless(count: int):
+def _big_headless(count: int) -> tuple[Obj, Obj]:
     endpoints = [endpoint(f"10.244.{i // 250}.{i % 250 + 1}") for i in range(count)]
     ports = [{"name": "pg", "port": 5432, "protocol": "TCP"}]
     return headless("prod", "big", ports=ports), endpoint_slice("prod", "big-a", "big", endpoints, ports=ports)
