@@ -82,7 +82,10 @@ def _forwarding(
         )
         return None, None
     log.info("forwarding to %s", ", ".join(str(u) for u in forward.upstreams) or "stub domains only")
-    cache = ForwardCache(forward.cache_size, time.monotonic, stale_for=forward.serve_stale, prefetch=forward.prefetch)
+    # The cache reads trio's clock: the one every timeout of the program uses (and tests can mock).
+    cache = ForwardCache(
+        forward.cache_size, trio.current_time, stale_for=forward.serve_stale, prefetch=forward.prefetch
+    )
     return Forwarder(forward.upstreams, stubs, forward.options, state, cache, probes), cache
 
 

@@ -13,8 +13,9 @@ import pytest
 import trio
 import trio.testing
 
+from kdns import app
 from kdns.address import SocketAddress
-from kdns.config import ForwardOptions, Policy
+from kdns.config import ForwardConfig, ForwardOptions, Policy, ServeConfig
 from kdns.core import wire
 from kdns.core.cache import ForwardCache
 from kdns.core.handler import Forward, Handler, HandlerOptions
@@ -22,6 +23,7 @@ from kdns.forward import Forwarder
 from kdns.state import State
 from tests.builders import store_of
 from tests.fakeupstream import FakeUpstream
+from tests.test_app import _ask, _config
 
 
 @pytest.fixture
@@ -115,4 +117,94 @@ async def test_serve_stale_and_prefetch_on_virtual_time(
     stale = await ask("www.example.com")
     assert stale.rcode() == dns.rcode.NOERROR and stale.answer[0].ttl == 30
     assert (await ask("never.example.com")).rcode() == dns.rcode.SERVFAIL
+    nursery.cancel_scope.cancel()
+
+
+# -- the whole program, in-process, on virtual time ------------------------------------------------
+
+
+def _forwarding_config(upstream: FakeUpstream, **forward: object) -> ServeConfig:
+    fields: dict[str, object] = {
+        "upstreams": (SocketAddress("127.0.0.1", upstream.port),),
+        "upstreams_from": "--upstream",
+        "stubs": (),
+        "options": ForwardOptions(timeout=0.3),
+        "cache_size": 10000,
+        "serve_stale": 0.0,
+        "prefetch": False,
+    }
+    fields.update(forward)
+    return _config(forward=ForwardConfig(**fields))  # type: ignore[arg-type]
+
+
+async def _ask_app(running: app.Running, name: str) -> dns.message.Message:
+    return await _ask(running.addresses[0], name)
+
+
+async def test_cached_answers_count_their_ttl_down_on_the_programs_clock(
+    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    upstream, _ = upstreams
+    running: app.Running = await nursery.start(app.run, _forwarding_config(upstream))
+    first = await _ask_app(running, "cached.example")
+    assert first.answer[0][0].address == "192.0.2.1" and first.answer[0].ttl == 300
+    await trio.sleep(2.1)
+    second = await _ask_app(running, "CACHED.example")
+    assert upstream.queries == 1 and 297 <= second.answer[0].ttl <= 298
+    assert running.state.cache is not None and running.state.cache.hits == 1
+    nursery.cancel_scope.cancel()
+
+
+async def test_cache_size_evicts_and_max_ttl_clamps_on_virtual_time(
+    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    upstream, _ = upstreams
+    options = ForwardOptions(timeout=0.3, max_ttl=1)
+    running: app.Running = await nursery.start(app.run, _forwarding_config(upstream, cache_size=1, options=options))
+    for name in ("a.example", "b.example", "a.example"):  # b evicts a
+        await _ask_app(running, name)
+    assert upstream.queries == 3
+    clamped = await _ask_app(running, "a.example")
+    assert upstream.queries == 3 and clamped.answer[0].ttl <= 1  # served TTL capped at the cache's
+    await trio.sleep(1.2)  # past the 1 s the clamp allows
+    await _ask_app(running, "a.example")
+    assert upstream.queries == 4
+    assert running.state.cache is not None and running.state.cache.evictions >= 1
+    nursery.cancel_scope.cancel()
+
+
+async def test_serve_stale_through_the_program_when_every_upstream_fails(
+    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    upstream, _ = upstreams
+    upstream.ttl = 1
+    stale_config = _forwarding_config(upstream, serve_stale=60.0)
+    server: app.Running = await nursery.start(app.run, stale_config)
+    plain: app.Running = await nursery.start(app.run, _forwarding_config(upstream))
+    await _ask_app(server, "stale.example")
+    await _ask_app(plain, "stale.example")
+    upstream.mode = "silent"
+    await trio.sleep(1.3)
+    stale = await _ask_app(server, "stale.example")
+    assert stale.answer[0][0].address == "192.0.2.1" and stale.answer[0].ttl == 30
+    assert (await _ask_app(plain, "stale.example")).rcode() == dns.rcode.SERVFAIL
+    nursery.cancel_scope.cancel()
+
+
+async def test_prefetch_through_the_program_refreshes_a_popular_answer_before_it_expires(
+    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    upstream, _ = upstreams
+    upstream.ttl = 5
+    running: app.Running = await nursery.start(app.run, _forwarding_config(upstream, prefetch=True))
+    started = trio.current_time()
+    for at in (0, 0.5, 4.6):  # the third ask falls in the last tenth of the TTL
+        await trio.sleep_until(started + at)
+        assert (await _ask_app(running, "hot.example")).answer[0][0].address == "192.0.2.1"
+    with trio.fail_after(2):
+        while upstream.queries < 2:  # refreshed in the background
+            await trio.sleep(0.1)
+    await trio.sleep_until(started + 5.5)
+    fresh = await _ask_app(running, "hot.example")  # past the first answer's expiry: still a hit
+    assert upstream.queries == 2 and fresh.answer[0].ttl >= 4
     nursery.cancel_scope.cancel()

@@ -131,35 +131,8 @@ def test_large_txt_is_fetched_over_tcp_from_upstream_and_truncated_to_a_small_cl
 
 
 # -- the cache, counted at the fake upstream ------------------------------------------------------
-
-
-def test_second_query_is_answered_from_the_cache_with_its_ttl_counting_down(upstream: FakeUpstream) -> None:
-    server = _serve("--upstream", upstream.spec)
-    try:
-        first = _ask(server, "cached.example")
-        assert _addresses(first) == ["192.0.2.1"] and first.answer[0].ttl == 300
-        time.sleep(2.1)
-        second = _ask(server, "CACHED.example")
-        assert _addresses(second) == ["192.0.2.1"]
-        assert upstream.queries == 1
-        assert 296 <= second.answer[0].ttl <= 298
-        assert dig(server, "cached.example", "+short").split() == ["192.0.2.1"] and upstream.queries == 1
-    finally:
-        assert server.stop() == 0
-
-
-def test_cache_size_evicts_and_max_ttl_clamps(upstream: FakeUpstream) -> None:
-    server = _serve("--upstream", upstream.spec, "--cache-size", "1", "--cache-max-ttl", "1")
-    try:
-        _ask(server, "a.example")
-        _ask(server, "b.example")  # evicts a.example
-        _ask(server, "a.example")
-        assert upstream.queries == 3
-        time.sleep(1.2)  # past the 1 s the clamp allows
-        _ask(server, "a.example")
-        assert upstream.queries == 4
-    finally:
-        assert server.stop() == 0
+# (TTL countdown, eviction, the max-TTL clamp, serve-stale and prefetch run on virtual time, in
+# tests/test_forward_virtual_time.py.)
 
 
 def test_servfail_from_upstream_is_passed_on_and_cached_briefly(upstream: FakeUpstream) -> None:
@@ -385,38 +358,6 @@ def test_external_name_service_is_chased_to_its_upstream_target(unbound: int, tm
             ("ext.prod.svc.cluster.local.", "CNAME", "www.test."),
             ("www.test.", "A", "192.0.2.10"),
         ]
-    finally:
-        assert server.stop() == 0
-
-
-def test_serve_stale_answers_from_an_expired_entry_when_every_upstream_fails(upstream: FakeUpstream) -> None:
-    upstream.ttl = 1
-    server = _serve("--upstream", upstream.spec, "--serve-stale", "1m", "--upstream-timeout", "0.3")
-    plain = _serve("--upstream", upstream.spec, "--upstream-timeout", "0.3")
-    try:
-        _ask(server, "stale.example")
-        _ask(plain, "stale.example")
-        upstream.mode = "silent"
-        time.sleep(1.3)
-        stale = _ask(server, "stale.example")
-        assert _addresses(stale) == ["192.0.2.1"] and stale.answer[0].ttl == 30
-        assert _ask(plain, "stale.example").rcode() == dns.rcode.SERVFAIL
-    finally:
-        assert server.stop() == 0 and plain.stop() == 0
-
-
-def test_prefetch_refreshes_a_popular_answer_before_it_expires(upstream: FakeUpstream) -> None:
-    upstream.ttl = 5
-    server = _serve("--upstream", upstream.spec, "--prefetch")
-    try:
-        started = time.monotonic()
-        for at in (0, 0.5, 4.65):  # the third ask falls in the last tenth of the TTL
-            time.sleep(max(0, started + at - time.monotonic()))
-            assert _addresses(_ask(server, "hot.example")) == ["192.0.2.1"]
-        _wait_for(lambda: upstream.queries == 2, 2)  # refreshed in the background
-        time.sleep(max(0, started + 5.5 - time.monotonic()))
-        fresh = _ask(server, "hot.example")  # past the first answer's expiry: still a cache hit
-        assert upstream.queries == 2 and fresh.answer[0].ttl >= 4
     finally:
         assert server.stop() == 0
 
