@@ -24,12 +24,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from udp_throughput import free_port, wait_until_answering  # noqa: E402
 
 from tests.apiserver import FakeApiServer  # noqa: E402  (the repository root is on the path now)
 from tests.builders import namespace, service  # noqa: E402
@@ -113,7 +114,7 @@ def main() -> int:
         queries = work / "queries.txt"
         queries.write_text("".join(f"{name} A\n" for name in names))
         kubeconfig = api.kubeconfig(work)
-        port = _free_port()
+        port = free_port()
         command = [
             sys.executable, "-m", "kdns", "serve", "--kubeconfig", str(kubeconfig), "--listen", f"127.0.0.1:{port}",
             "--resolv-conf", os.devnull, "--log-level", "warning",
@@ -121,7 +122,7 @@ def main() -> int:
         kdns = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
         churn = Churn(api, args.churn)
         try:
-            _wait_answering(port, names[-1])
+            wait_until_answering(port, names[-1])
             qps = args.qps
             if not qps:
                 sent, completed, _ = dnsperf(port, queries, 3, None)
@@ -166,31 +167,6 @@ def main() -> int:
     if args.json:
         print(json.dumps(totals))
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_answering(port: int, name: str) -> None:
-    import dns.exception
-    import dns.message
-    import dns.query
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.5)
-            if reply.answer:
-                return
-        except (dns.exception.Timeout, OSError):
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"kdns did not answer {name}")
 
 
 if __name__ == "__main__":
