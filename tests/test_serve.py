@@ -147,3 +147,43 @@ async def test_a_tcp_client_that_never_reads_loses_its_connection_after_the_writ
         await stream.aclose()
         sock.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_or_dripping_tcp_client_is_closed_at_the_idle_timeout_on_virtual_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The idle timeout counts from the last complete query, not from the last byte: a client
+    that drips a byte a second is closed 10 s (virtual) after it connected, like an idle one."""
+    async with trio.open_nursery() as nursery:
+        listener = bind(SocketAddress("127.0.0.1", 0))
+        handler = Handler(store_of(service("prod", "web", ["10.96.0.5"])).zone)
+        await nursery.start(serve, [listener], handler, TcpLimits(idle_timeout=10, max_connections=5))
+        idle = await trio.open_tcp_stream(listener.address.host, listener.address.port)
+        dripping = await trio.open_tcp_stream(listener.address.host, listener.address.port)
+        started = trio.current_time()
+        wire = dns.message.make_query("web.prod.svc.cluster.local", "A").to_wire()
+        partial_query = struct.pack("!H", len(wire)) + wire[:-1]
+        closed_at: dict[str, float] = {}
+
+        async def drip() -> None:
+            try:
+                for byte in partial_query:
+                    await dripping.send_all(bytes([byte]))
+                    await trio.sleep(1)
+            except trio.BrokenResourceError:
+                pass
+
+        async def watch(name: str, stream: trio.SocketStream) -> None:
+            try:
+                while await stream.receive_some(100):
+                    pass
+            except trio.BrokenResourceError:
+                pass  # closed forcefully: a reset
+            closed_at[name] = trio.current_time() - started
+
+        async with trio.open_nursery() as clients:
+            clients.start_soon(drip)
+            clients.start_soon(watch, "idle", idle)
+            clients.start_soon(watch, "dripping", dripping)
+        assert 9.5 <= closed_at["idle"] <= 11 and 9.5 <= closed_at["dripping"] <= 11
+        nursery.cancel_scope.cancel()
