@@ -91,6 +91,10 @@ def kdns_command(snapshot: Path, port: int, *options: str) -> list[str]:
         str(snapshot),
         "--listen",
         f"127.0.0.1:{port}",
+        "--health-listen",
+        "off",
+        "--ready-listen",
+        "off",
         *options,
     ]
 

@@ -24,7 +24,7 @@ from kdns.core.records import Omission
 from kdns.core.store import ClusterStore, PodMode
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder
-from kdns.ops import serve_health
+from kdns.ops import health, readiness, serve_http
 from kdns.serve import BoundListener, bind, bind_tcp, serve
 from kdns.sources import snapshot
 from kdns.sources.kube import ClusterFollower, load_api_client
@@ -111,7 +111,8 @@ class Running:
     """What a started kdns gives the one who started it: where it listens, and its state."""
 
     addresses: tuple[SocketAddress, ...]  # each listen address, with the port actually bound
-    health: SocketAddress | None
+    health: SocketAddress | None  # where /health is served, with the port actually bound
+    ready: SocketAddress | None
     state: State
     store: ClusterStore
 
@@ -123,7 +124,11 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
     state = State()
     api_client = None if config.snapshot is not None else load_api_client(config.kubeconfig, config.context)
     listeners = [bind(address) for address in config.listen]
-    health = bind_tcp(config.health) if config.health is not None else None
+    http = [
+        (bind_tcp(address), path)
+        for address, path in ((config.ops.health, "/health"), (config.ops.ready, "/ready"))
+        if address is not None
+    ]
     loop_exit = _LoopExit()
     try:
         forwarder, cache = _forwarding(config, listeners, state, LoopProbes(loop_exit))
@@ -159,22 +164,23 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
             await nursery.start(serve, listeners, handler, config.tcp, forwarder, state)
             for listener in listeners:
                 log.info("listening on %s (udp, tcp)", listener.address)
-            health_address = None
-            if health is not None:
-                nursery.start_soon(serve_health, health, state.ready)
-                host, port = health.getsockname()[:2]
-                health_address = SocketAddress(host, port)
-                log.info("health on http://%s/health and /ready", health_address)
+            bound: dict[str, SocketAddress] = {}
+            routes = {"/health": health, "/ready": readiness(state.ready)}
+            for sock, path in http:
+                await nursery.start(serve_http, sock, {path: routes[path]}, config.ops.limits)
+                host, port = sock.getsockname()[:2]
+                bound[path] = SocketAddress(host, port)
+                log.info("%s on http://%s%s", path[1:], bound[path], path)
             if follower is not None:
                 await nursery.start(follower.run)
             addresses = tuple(listener.address for listener in listeners)
-            task_status.started(Running(addresses, health_address, state, store))
+            task_status.started(Running(addresses, bound.get("/health"), bound.get("/ready"), state, store))
     finally:
         for listener in listeners:
             listener.udp.close()
             listener.tcp.close()
-        if health is not None:
-            health.close()
+        for sock, _ in http:
+            sock.close()
     return loop_exit.status
 
 

@@ -128,7 +128,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--health-listen",
         metavar="ADDR:PORT",
-        help="serve HTTP /health and /ready (503 until the cluster is listed once) here (default: off)",
+        default=config.DEFAULT_HEALTH_LISTEN,
+        help=f"serve HTTP /health here, or off (default {config.DEFAULT_HEALTH_LISTEN}, as CoreDNS)",
+    )
+    serve.add_argument(
+        "--ready-listen",
+        metavar="ADDR:PORT",
+        default=config.DEFAULT_READY_LISTEN,
+        help=f"serve HTTP /ready (503 until the cluster is listed once) here, or off (default "
+        f"{config.DEFAULT_READY_LISTEN}, as CoreDNS)",
     )
     zone_options(serve)
 
@@ -185,9 +193,10 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
             max_connections=args.max_tcp_connections,
             write_timeout=args.tcp_write_timeout,
         ),
-        health=SocketAddress.parse(args.health_listen, "--health-listen", lowest_port=0)
-        if args.health_listen
-        else None,
+        ops=config.OpsListeners(
+            health=config.ops_address("--health-listen", args.health_listen),
+            ready=config.ops_address("--ready-listen", args.ready_listen),
+        ),
         forward=_forward_config(args),
     )
 

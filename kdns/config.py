@@ -50,6 +50,39 @@ class TcpLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Bounds on every HTTP listener (/health, /ready): holding them open cannot starve DNS or
+    the probes. The kubelet and Prometheus each use a connection or two."""
+
+    max_connections: int = 64
+    max_header_bytes: int = 8192  # the request line and headers of one request
+    read_timeout: float = 5.0  # seconds for a whole request to arrive (a probe's own timeout is 1 s)
+    write_timeout: float = 5.0  # seconds for a response to be taken
+
+
+@dataclass(frozen=True, slots=True)
+class OpsListeners:
+    """Where the operations endpoints listen; None turns one off. CoreDNS's defaults are
+    :8080 for `health` and :8181 for `ready`."""
+
+    health: SocketAddress | None = None
+    ready: SocketAddress | None = None
+    limits: HttpLimits = HttpLimits()
+
+
+DEFAULT_HEALTH_LISTEN = "0.0.0.0:8080"  # CoreDNS's `health`
+DEFAULT_READY_LISTEN = "0.0.0.0:8181"  # CoreDNS's `ready`
+OFF = ("off", "none", "")
+
+
+def ops_address(flag: str, text: str) -> SocketAddress | None:
+    """`ADDR:PORT` for an operations listener, or None for `off`."""
+    if text.strip().lower() in OFF:
+        return None
+    return SocketAddress.parse(text, flag, lowest_port=0)
+
+
+@dataclass(frozen=True, slots=True)
 class WatchOptions:
     namespaces: tuple[str, ...] = ()  # only these namespaces; empty: all of them
     label_selector: str = ""  # Services only, as CoreDNS's `labels`
@@ -84,7 +117,7 @@ class ServeConfig:
     ttl: int
     max_udp: int
     tcp: TcpLimits
-    health: SocketAddress | None  # where /health and /ready are served; None: not at all
+    ops: OpsListeners  # where /health and /ready are served
     forward: ForwardConfig
 
 

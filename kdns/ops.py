@@ -1,68 +1,169 @@
-"""Health and readiness over HTTP, for the kubelet's probes (CoreDNS's `health` and `ready`).
+"""The operations endpoints over HTTP, as CoreDNS serves them: `/health` (its `health` plugin),
+`/ready` (`ready`), each on a listener of its own, served by h11 inside the trio program.
 
 `GET /health` answers 200 while the server runs. `GET /ready` answers 200 once every watcher has
 listed the cluster once, and 503 before: a kdns that cannot yet answer for the cluster gets no
-traffic from the kube-dns Service. One small request per connection; anything else gets 404 or 405.
+traffic from the kube-dns Service.
+
+Every listener is bounded so that holding it open cannot starve DNS or the other probes: at most
+`max_connections` connections (more are closed at once), request headers of at most
+`max_header_bytes`, a request must arrive within `read_timeout` and its response be taken within
+`write_timeout`. Connections are kept alive between requests (as the kubelet and Prometheus
+do), each new request again within `read_timeout`.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
+import h11
 import trio
+
+from kdns.config import HttpLimits
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT = 5.0  # seconds a probe may take to send its request
-MAX_REQUEST = 8192
+READ_CHUNK = 4096
+LINGER = 1.0  # seconds to drain a refused request before closing
 
 
-def _response(status: str, body: str) -> bytes:
-    data = body.encode()
-    head = f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
-    return head.encode() + data
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
 
 
-async def serve_health(sock: socket.socket, is_ready: Callable[[], bool]) -> None:
-    """Answer probes on a bound, listening `sock` until cancelled."""
+Route = Callable[[], Response]
+
+
+def health() -> Response:
+    return Response(200, b"OK\n")
+
+
+def readiness(is_ready: Callable[[], bool]) -> Route:
+    def ready() -> Response:
+        if is_ready():
+            return Response(200, b"OK\n")
+        return Response(503, b"not ready: waiting for the first list of every watcher\n")
+
+    return ready
+
+
+async def serve_http(
+    sock: socket.socket,
+    routes: Mapping[str, Route],
+    limits: HttpLimits,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer HTTP requests on a bound, listening `sock` until cancelled."""
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    open_connections = 0
 
-    async def probe(stream: trio.SocketStream) -> None:
+    async def connection(stream: trio.SocketStream) -> None:
+        nonlocal open_connections
+        if open_connections >= limits.max_connections:
+            await trio.aclose_forcefully(stream)
+            return
+        open_connections += 1
         try:
-            with trio.move_on_after(REQUEST_TIMEOUT):
-                request = b""
-                while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        break
-                    request += chunk
-                await stream.send_all(_answer(request, is_ready))
+            await _serve_connection(stream, routes, limits)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+            pass  # the client went away
         finally:
+            open_connections -= 1
             await trio.aclose_forcefully(stream)
 
-    await trio.serve_listeners(probe, [listener])
+    task_status.started()
+    await trio.serve_listeners(connection, [listener])
 
 
-def _answer(request: bytes, is_ready: Callable[[], bool]) -> bytes:
-    parts = request.split(b"\r\n", 1)[0].split()
-    if len(parts) < 2:
-        return _response("400 Bad Request", "bad request\n")
-    method, path = parts[0], parts[1].split(b"?", 1)[0]
-    if method not in (b"GET", b"HEAD"):
-        return _response("405 Method Not Allowed", "GET only\n")
-    reply = _route(path, is_ready)
-    return reply.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" if method == b"HEAD" else reply
+async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Route], limits: HttpLimits) -> None:
+    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+    while True:
+        request = None
+        with trio.move_on_after(limits.read_timeout):
+            request = await _next_request(stream, connection)
+        if request is None:
+            return  # closed, timed out, or not HTTP we accept (answered already where we could)
+        response = _route(request, routes)
+        with trio.move_on_after(limits.write_timeout) as writing:
+            await _send(stream, connection, request, response)
+        if writing.cancelled_caught or connection.our_state is not h11.DONE:
+            return
+        try:
+            connection.start_next_cycle()
+        except h11.LocalProtocolError:
+            return  # the client asked to close, or did not finish its request
 
 
-def _route(path: bytes, is_ready: Callable[[], bool]) -> bytes:
-    if path == b"/health":
-        return _response("200 OK", "OK\n")
-    if path == b"/ready":
-        if is_ready():
-            return _response("200 OK", "OK\n")
-        return _response("503 Service Unavailable", "not ready: waiting for the first list of every watcher\n")
-    return _response("404 Not Found", "not found\n")
+async def _next_request(stream: trio.SocketStream, connection: h11.Connection) -> h11.Request | None:
+    """The next complete request (its body, if any, read and dropped); None when there is none."""
+    request: h11.Request | None = None
+    while True:
+        try:
+            event = connection.next_event()
+        except h11.RemoteProtocolError as error:
+            await _refuse(stream, connection, error.error_status_hint)
+            return None
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(READ_CHUNK)
+            connection.receive_data(data)  # b"" marks the end of the stream
+            continue
+        if isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.EndOfMessage):
+            return request
+        elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+            return None
+
+
+def _route(request: h11.Request, routes: Mapping[str, Route]) -> Response:
+    method = request.method.decode("ascii", "replace")
+    path = request.target.decode("ascii", "replace").split("?", 1)[0]
+    route = routes.get(path)
+    if route is None:
+        return Response(404, b"not found\n")
+    if method not in ("GET", "HEAD"):
+        return Response(405, b"GET only\n")
+    return route()
+
+
+async def _send(
+    stream: trio.SocketStream, connection: h11.Connection, request: h11.Request, response: Response
+) -> None:
+    headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
+    data = connection.send(h11.Response(status_code=response.status, headers=headers))
+    if request.method != b"HEAD":
+        data = (data or b"") + (connection.send(h11.Data(data=response.body)) or b"")
+    data = (data or b"") + (connection.send(h11.EndOfMessage()) or b"")
+    await stream.send_all(data)
+
+
+async def _refuse(stream: trio.SocketStream, connection: h11.Connection, status: int) -> None:
+    """Answer a request we cannot read (too large, malformed) with its status, if we still may."""
+    if connection.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    body = f"{status}\n".encode()
+    try:
+        data = connection.send(
+            h11.Response(
+                status_code=status,
+                headers=[("Content-Length", str(len(body))), ("Connection", "close")],
+            )
+        )
+        data = (data or b"") + (connection.send(h11.Data(data=body)) or b"")
+        data = (data or b"") + (connection.send(h11.EndOfMessage()) or b"")
+    except h11.LocalProtocolError:
+        return
+    await stream.send_all(data)
+    # A lingering close: stop sending, then read and drop what the client still sends for a
+    # moment, so that closing with unread bytes does not reset the connection before the client
+    # has read the answer.
+    await stream.send_eof()
+    with trio.move_on_after(LINGER):
+        while await stream.receive_some(READ_CHUNK):
+            pass

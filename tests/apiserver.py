@@ -144,11 +144,17 @@ class FakeApiServer:
             self.drop_connections()
 
     def compact(self) -> None:
-        """Forget history: a watch from any version before now gets 410 Gone."""
+        """Forget history: a watch from any version before now gets 410 Gone.
+
+        Open watches are ended too. A real API server keeps delivering to them from its watch
+        cache; this one has no other copy of the history, and an open watch that woke after the
+        history was cleared would otherwise send a BOOKMARK past events it never delivered."""
         with self._lock:
             self._version += 1
             self._oldest = self._version
             self._history.clear()
+            self._generation += 1
+            self._lock.notify_all()
 
     def kubeconfig(self, directory: Path) -> Path:
         path = directory / "kubeconfig"

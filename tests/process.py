@@ -28,10 +28,14 @@ def kdns_command() -> list[str]:
 
 def local_only(args: tuple[str, ...]) -> tuple[str, ...]:
     """`serve` arguments with no upstream unless a test gives one: test traffic stays on this
-    machine, whatever its /etc/resolv.conf names."""
-    if any(arg in args for arg in ("--upstream", "--resolv-conf")):
-        return args
-    return (*args, "--resolv-conf", os.devnull)
+    machine, whatever its /etc/resolv.conf names. The HTTP listeners (on :8080 and :8181 by
+    default, as CoreDNS's) are off unless a test gives their address: tests run kdns side by side."""
+    if not any(arg in args for arg in ("--upstream", "--resolv-conf")):
+        args = (*args, "--resolv-conf", os.devnull)
+    for flag in ("--health-listen", "--ready-listen"):
+        if flag not in args:
+            args = (*args, flag, "off")
+    return args
 
 
 def run_kdns(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -147,7 +147,10 @@ def test_a_relist_of_50000_objects_loses_no_name_and_ends_where_a_fresh_build_do
         api.apply(service("prod", "relisted", ["10.96.0.44"]))
         api.compact()
         api.drop_connections()  # its watch resumes from a compacted version: 410, and a relist
-        _wait(lambda: _ask(server, "relisted.prod.svc.cluster.local")[1] == ["10.96.0.44"], 300, "the relist")
+        try:
+            _wait(lambda: _ask(server, "relisted.prod.svc.cluster.local")[1] == ["10.96.0.44"], 300, "the relist")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{server.log_text()[-4000:]}") from None
         # What the relist did not hold goes once its last page is in.
         _wait(lambda: _ask(server, "bulk1000.prod.svc.cluster.local")[0] == "NXDOMAIN", 30, "the deletions")
         assert _ask(server, "bulk49000.prod.svc.cluster.local")[0] == "NXDOMAIN"

@@ -11,7 +11,7 @@ import trio
 
 from kdns import app
 from kdns.address import SocketAddress
-from kdns.config import ForwardConfig, ForwardOptions, ServeConfig, TcpLimits, WatchOptions
+from kdns.config import ForwardConfig, ForwardOptions, OpsListeners, ServeConfig, TcpLimits, WatchOptions
 from kdns.core.store import PodMode
 from tests.process import EXAMPLE
 
@@ -37,7 +37,7 @@ def _config(**changes: object) -> ServeConfig:
         "ttl": 30,
         "max_udp": 1232,
         "tcp": TcpLimits(),
-        "health": None,
+        "ops": OpsListeners(),
         "forward": forward,
     }
     fields.update(changes)

@@ -446,7 +446,7 @@ def test_kdns_snapshot_against_an_unreachable_api_exits_2(tmp_path: Path) -> Non
 
 def _http_get(port: int, path: str) -> tuple[int, str]:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: kdns\r\n\r\n".encode())
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: kdns\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := conn.recv(4096):
             data += chunk
@@ -454,32 +454,35 @@ def _http_get(port: int, path: str) -> tuple[int, str]:
     return int(head.split()[1]), body
 
 
-def _health_port(server: KdnsServer) -> int:
-    _wait(lambda: "health on http://" in server.log_text(), 5, "health listener")
-    match = re.search(r"health on http://127\.0\.0\.1:(\d+)/health", server.log_text())
+def _http_port(server: KdnsServer, path: str) -> int:
+    """The port the `path` endpoint is served on, from kdns's log (each has a listener of its own)."""
+    name = path.strip("/")
+    _wait(lambda: f"{name} on http://" in server.log_text(), 5, f"{path} listener")
+    match = re.search(rf"{name} on http://127\.0\.0\.1:(\d+){path}", server.log_text())
     assert match, server.log_text()
     return int(match.group(1))
 
 
 def test_ready_endpoint_is_503_until_every_watcher_has_listed(api: FakeApiServer, tmp_path: Path) -> None:
     api.stall()
-    server = _start(api, tmp_path, "--health-listen", "127.0.0.1:0")
+    server = _start(api, tmp_path, "--health-listen", "127.0.0.1:0", "--ready-listen", "127.0.0.1:0")
     try:
-        port = _health_port(server)
-        assert _http_get(port, "/ready")[0] == 503
-        assert _http_get(port, "/health") == (200, "OK\n")
+        ready, health = _http_port(server, "/ready"), _http_port(server, "/health")
+        assert ready != health  # each on its own listener, as CoreDNS's health and ready
+        assert _http_get(ready, "/ready")[0] == 503
+        assert _http_get(health, "/health") == (200, "OK\n")
         api.stall(False)
         _synced(server)
-        assert _http_get(port, "/ready") == (200, "OK\n")
-        assert _http_get(port, "/nope")[0] == 404
+        assert _http_get(ready, "/ready") == (200, "OK\n")
+        assert _http_get(ready, "/health")[0] == 404 and _http_get(health, "/nope")[0] == 404
     finally:
         assert server.stop() == 0
 
 
 def test_snapshot_server_is_ready_at_once() -> None:
-    server = KdnsServer("--snapshot", str(EXAMPLE), "--health-listen", "127.0.0.1:0", listen=("127.0.0.1:0",))
+    server = KdnsServer("--snapshot", str(EXAMPLE), "--ready-listen", "127.0.0.1:0", listen=("127.0.0.1:0",))
     try:
-        assert _http_get(_health_port(server), "/ready")[0] == 200
+        assert _http_get(_http_port(server, "/ready"), "/ready")[0] == 200
     finally:
         assert server.stop() == 0
 

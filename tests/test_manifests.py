@@ -39,11 +39,12 @@ def test_deployment_args_are_accepted_by_kdns_serve() -> None:
     args = cli._parser().parse_args(container["args"])
     config = cli._serve_config(args)
     assert config.snapshot is None  # follows the cluster
-    assert config.health is not None and config.health.port == 8181
+    assert config.ops.health is not None and config.ops.health.port == 8080  # CoreDNS's health
+    assert config.ops.ready is not None and config.ops.ready.port == 8181  # CoreDNS's ready
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"dns": 53, "dns-tcp": 53, "health": 8181}
+    assert ports == {"dns": 53, "dns-tcp": 53, "health": 8080, "ready": 8181}
     assert {address.port for address in config.listen} == {53}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ready"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "health"}
 
 
