@@ -117,7 +117,8 @@ def main() -> int:
         port = free_port()
         command = [
             sys.executable, "-m", "kdns", "serve", "--kubeconfig", str(kubeconfig), "--listen", f"127.0.0.1:{port}",
-            "--resolv-conf", os.devnull, "--log-level", "warning", "--health-listen", "off", "--ready-listen", "off",
+            "--resolv-conf", os.devnull, "--log-level", "warning",
+            "--health-listen", "off", "--ready-listen", "off", "--metrics-listen", "off",
         ]  # fmt: skip
         kdns = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
         churn = Churn(api, args.churn)

@@ -95,6 +95,8 @@ def kdns_command(snapshot: Path, port: int, *options: str) -> list[str]:
         "off",
         "--ready-listen",
         "off",
+        "--metrics-listen",
+        "off",
         *options,
     ]
 

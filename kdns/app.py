@@ -24,6 +24,7 @@ from kdns.core.records import Omission
 from kdns.core.store import ClusterStore, PodMode
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder
+from kdns.metrics import StateCollector, metrics_route, wall_clock
 from kdns.ops import health, readiness, serve_http
 from kdns.serve import BoundListener, bind, bind_tcp, serve
 from kdns.sources import snapshot
@@ -113,6 +114,7 @@ class Running:
     addresses: tuple[SocketAddress, ...]  # each listen address, with the port actually bound
     health: SocketAddress | None  # where /health is served, with the port actually bound
     ready: SocketAddress | None
+    metrics: SocketAddress | None
     state: State
     store: ClusterStore
 
@@ -126,7 +128,11 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
     listeners = [bind(address) for address in config.listen]
     http = [
         (bind_tcp(address), path)
-        for address, path in ((config.ops.health, "/health"), (config.ops.ready, "/ready"))
+        for address, path in (
+            (config.ops.health, "/health"),
+            (config.ops.ready, "/ready"),
+            (config.ops.metrics, "/metrics"),
+        )
         if address is not None
     ]
     loop_exit = _LoopExit()
@@ -165,7 +171,8 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
             for listener in listeners:
                 log.info("listening on %s (udp, tcp)", listener.address)
             bound: dict[str, SocketAddress] = {}
-            routes = {"/health": health, "/ready": readiness(state.ready)}
+            collector = StateCollector(state, f"dns://{listeners[0].address}", store.zone.name_count, wall_clock)
+            routes = {"/health": health, "/ready": readiness(state.ready), "/metrics": metrics_route(collector)}
             for sock, path in http:
                 await nursery.start(serve_http, sock, {path: routes[path]}, config.ops.limits)
                 host, port = sock.getsockname()[:2]
@@ -174,7 +181,9 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
             if follower is not None:
                 await nursery.start(follower.run)
             addresses = tuple(listener.address for listener in listeners)
-            task_status.started(Running(addresses, bound.get("/health"), bound.get("/ready"), state, store))
+            task_status.started(
+                Running(addresses, bound.get("/health"), bound.get("/ready"), bound.get("/metrics"), state, store)
+            )
     finally:
         for listener in listeners:
             listener.udp.close()

@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"serve HTTP /ready (503 until the cluster is listed once) here, or off (default "
         f"{config.DEFAULT_READY_LISTEN}, as CoreDNS)",
     )
+    serve.add_argument(
+        "--metrics-listen",
+        metavar="ADDR:PORT",
+        default=config.DEFAULT_METRICS_LISTEN,
+        help=f"serve Prometheus /metrics here, or off (default {config.DEFAULT_METRICS_LISTEN}, as CoreDNS)",
+    )
     zone_options(serve)
 
     check = commands.add_parser(
@@ -196,6 +202,7 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         ops=config.OpsListeners(
             health=config.ops_address("--health-listen", args.health_listen),
             ready=config.ops_address("--ready-listen", args.ready_listen),
+            metrics=config.ops_address("--metrics-listen", args.metrics_listen),
         ),
         forward=_forward_config(args),
     )

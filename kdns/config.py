@@ -63,15 +63,17 @@ class HttpLimits:
 @dataclass(frozen=True, slots=True)
 class OpsListeners:
     """Where the operations endpoints listen; None turns one off. CoreDNS's defaults are
-    :8080 for `health` and :8181 for `ready`."""
+    :8080 for `health`, :8181 for `ready` and :9153 for `prometheus`."""
 
     health: SocketAddress | None = None
     ready: SocketAddress | None = None
+    metrics: SocketAddress | None = None
     limits: HttpLimits = HttpLimits()
 
 
 DEFAULT_HEALTH_LISTEN = "0.0.0.0:8080"  # CoreDNS's `health`
 DEFAULT_READY_LISTEN = "0.0.0.0:8181"  # CoreDNS's `ready`
+DEFAULT_METRICS_LISTEN = "0.0.0.0:9153"  # CoreDNS's `prometheus`
 OFF = ("off", "none", "")
 
 

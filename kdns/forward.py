@@ -199,6 +199,8 @@ class Forwarder:
         upstreams = self.route(query.key)
         if not upstreams:
             return None
+        if all(upstream.down for upstream in upstreams):
+            self.state.healthcheck_broken += 1  # CoreDNS: every upstream down, each tried anyway
         for upstream in self._ordered(upstreams):
             upstream.counters.requests += 1
             answer = None

@@ -133,6 +133,7 @@ async def serve_udp(
                 try:
                     reply = handle(packet, False, peer)
                 except Exception:
+                    state.panics += 1
                     log.exception("error answering a UDP query from %s", peer[0])
                     reply = handler.failure_reply(packet)
                 if reply.__class__ is not bytes:
@@ -182,7 +183,7 @@ async def serve_tcp(
         open_here += 1
         counts.tcp_connections += 1
         try:
-            await _serve_connection(stream, handler, limits, forwarder)
+            await _serve_connection(stream, handler, limits, forwarder, counts)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away
         finally:
@@ -194,7 +195,7 @@ async def serve_tcp(
 
 
 async def _serve_connection(
-    stream: trio.SocketStream, handler: Handler, limits: TcpLimits, forwarder: Forwarder | None
+    stream: trio.SocketStream, handler: Handler, limits: TcpLimits, forwarder: Forwarder | None, state: State
 ) -> None:
     """Answer length-prefixed queries until the client closes the connection, goes
     `limits.idle_timeout` without completing a query (a client that drips bytes does not keep a
@@ -206,7 +207,7 @@ async def _serve_connection(
     """
     buffer = bytearray()
     try:
-        client = stream.socket.getpeername()[:2]
+        client = stream.socket.getpeername()
     except OSError:
         return  # gone before it was served
     writing = trio.Lock()
@@ -230,6 +231,7 @@ async def _serve_connection(
                 try:
                     reply = handler.handle(packet, True, client)
                 except Exception:
+                    state.panics += 1
                     log.exception("error answering a TCP query")
                     reply = handler.failure_reply(packet)
                 if reply is None:

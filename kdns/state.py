@@ -79,6 +79,8 @@ class State:
         self.tcp_refused = 0  # closed at once: over --max-tcp-connections
         self.udp_receive_errors = 0
         self.objects_rejected = 0  # API objects that could not be converted or applied
+        self.panics = 0  # queries whose handling raised (answered SERVFAIL, logged)
+        self.healthcheck_broken = 0  # times every upstream was down at once (CoreDNS's "broken")
         self._following = False  # whether a live source must list before kdns is ready
 
     # -- readiness -------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def local_only(args: tuple[str, ...]) -> tuple[str, ...]:
     default, as CoreDNS's) are off unless a test gives their address: tests run kdns side by side."""
     if not any(arg in args for arg in ("--upstream", "--resolv-conf")):
         args = (*args, "--resolv-conf", os.devnull)
-    for flag in ("--health-listen", "--ready-listen"):
+    for flag in ("--health-listen", "--ready-listen", "--metrics-listen"):
         if flag not in args:
             args = (*args, flag, "off")
     return args

@@ -61,7 +61,7 @@ async def test_kdns_starts_in_process_serves_and_counts_what_it_answered(nursery
     assert (await _ask(address, "nope.prod.svc.cluster.local")).rcode() == dns.rcode.NXDOMAIN
     assert (await _ask(address, "www.example.com")).rcode() == dns.rcode.REFUSED  # no upstream
     queries = running.state.queries
-    assert queries.replies[("udp", 1, dns.rcode.NOERROR)] == 1
+    assert queries.replies[("udp", 1, 1, dns.rcode.NOERROR)] == 1  # UDP, IPv4, A, NOERROR
     assert queries.by_rcode(dns.rcode.NXDOMAIN) == 1 and queries.by_rcode(dns.rcode.REFUSED) == 1
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         await sock.sendto(b"\x12\x34\x01", (address.host, address.port))  # a fragment: dropped

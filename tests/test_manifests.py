@@ -42,7 +42,8 @@ def test_deployment_args_are_accepted_by_kdns_serve() -> None:
     assert config.ops.health is not None and config.ops.health.port == 8080  # CoreDNS's health
     assert config.ops.ready is not None and config.ops.ready.port == 8181  # CoreDNS's ready
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"dns": 53, "dns-tcp": 53, "health": 8080, "ready": 8181}
+    assert config.ops.metrics is not None and config.ops.metrics.port == 9153  # CoreDNS's prometheus
+    assert ports == {"dns": 53, "dns-tcp": 53, "health": 8080, "ready": 8181, "metrics": 9153}
     assert {address.port for address in config.listen} == {53}
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ready"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "health"}
@@ -72,7 +73,11 @@ def test_service_selects_the_deployment_pods_on_the_dns_ports() -> None:
     service = _one("Service")
     labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    assert {(port["port"], port["protocol"]) for port in service["spec"]["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert {(port["port"], port["protocol"]) for port in service["spec"]["ports"]} == {
+        (53, "UDP"),
+        (53, "TCP"),
+        (9153, "TCP"),
+    }
 
 
 def test_dockerfile_installs_the_package_and_runs_the_console_script() -> None:

@@ -14,7 +14,7 @@ import trio.testing
 
 from kdns.address import SocketAddress
 from kdns.config import TcpLimits
-from kdns.core.handler import Forward, Handler
+from kdns.core.handler import ClientAddress, Forward, Handler
 from kdns.serve import bind, serve
 from tests.builders import service, store_of
 
@@ -24,7 +24,7 @@ BOOM = "boom.prod.svc.cluster.local"
 class ExplodingHandler(Handler):
     """A handler with a bug: it raises for one name."""
 
-    def handle(self, packet: bytes, tcp: bool, client: tuple[str, int] | None = None) -> bytes | Forward | None:
+    def handle(self, packet: bytes, tcp: bool, client: ClientAddress | None = None) -> bytes | Forward | None:
         if b"\x04boom" in packet:
             raise RuntimeError("a bug in the handler")
         return super().handle(packet, tcp, client)

@@ -63,6 +63,7 @@ class ForwardCache:
         self.clock = clock
         # Plain counters, read by the state seam (`kdns.state`) for metrics.
         self.hits = 0
+        self.denial_hits = 0  # of `hits`, those of negative answers
         self.misses = 0
         self.inserts = 0
         self.stale_for = stale_for
@@ -88,6 +89,8 @@ class ForwardCache:
                 del self._entries[key]
             return None
         self.hits += 1
+        if not entry.answer.answer_count:
+            self.denial_hits += 1  # NXDOMAIN, NODATA: CoreDNS's cache counts them apart
         entry.hits += 1
         if (
             self.prefetch
@@ -126,6 +129,11 @@ class ForwardCache:
         """Those entries, now handed to the forwarder to refresh (each is reported once)."""
         due, self._due = self._due, []
         return due
+
+    def entries_by_kind(self) -> tuple[int, int]:
+        """(positive, negative) entries held: O(entries), for metrics at scrape time."""
+        negative = sum(1 for entry in self._entries.values() if not entry.answer.answer_count)
+        return len(self._entries) - negative, negative
 
     @property
     def evictions(self) -> int:

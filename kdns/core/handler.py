@@ -16,7 +16,7 @@ from kdns.core.message import DEFAULT_MAX_UDP, RCODE_MASK, REFUSED, SERVFAIL, TC
 from kdns.core.upstream import ForwardedAnswer
 from kdns.core.zone import Answer, Zone
 
-ClientAddress = tuple[str, int]
+ClientAddress = tuple[str, int] | tuple[str, int, int, int]  # IPv4, IPv6 socket addresses
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,11 @@ class LoopProbes:
 
 def _always() -> bool:
     return True
+
+
+def _family(client: ClientAddress | None) -> int:
+    """1 for an IPv4 client, 2 for IPv6 (whose socket addresses have four parts)."""
+    return 2 if client is not None and len(client) == 4 else 1
 
 
 class Handler:
@@ -112,7 +117,7 @@ class Handler:
                     checked = wire.checked(packet, query)
                     decided = self._answer_checked(checked, tcp, cache_missed and checked is query)
                     if isinstance(decided, bytes):
-                        self.counters.count(tcp, checked.qtype, decided[3] & RCODE_MASK)
+                        self.counters.count(tcp, checked.qtype, decided[3] & RCODE_MASK, _family(client))
                         return decided
                     if isinstance(decided, Forward):
                         return decided
@@ -122,9 +127,9 @@ class Handler:
             if reply is None:
                 self.counters.dropped += 1
             else:
-                self.counters.count(tcp, 0, error.rcode & RCODE_MASK)  # type unknown: 0
+                self.counters.count(tcp, 0, error.rcode & RCODE_MASK, _family(client))  # type unknown: 0
             return reply
-        self.counters.count(tcp, query.qtype, answer.flags & RCODE_MASK)
+        self.counters.count(tcp, query.qtype, answer.flags & RCODE_MASK, 2 if client and len(client) == 4 else 1)
         limit = TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
         return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
 

@@ -232,6 +232,10 @@ class Zone:
         # forwarder (`fallthrough in-addr.arpa ip6.arpa`), so it is not ours to answer.
         return None
 
+    def name_count(self) -> int:
+        """Names held in the index (names given on demand below a parent not counted)."""
+        return len(self._nodes)
+
     def cname_target(self, key: bytes) -> bytes | None:
         """The wire-form target of the CNAME at `key` (an ExternalName service), if there is one."""
         if key not in self._cname:

@@ -27,11 +27,11 @@ def test_replies_are_counted_by_transport_type_and_rcode() -> None:
     _reply(handler, "nope.prod.svc.cluster.local", "AAAA")
     _reply(handler, "www.example.com")  # not ours, no cache: REFUSED
     assert handler.handle(b"\x12\x34\x01\x00", False) is None  # a fragment: dropped
-    assert counters.replies == {
-        ("udp", 1, dns.rcode.NOERROR): 1,
-        ("tcp", 1, dns.rcode.NOERROR): 1,
-        ("udp", 28, dns.rcode.NXDOMAIN): 1,
-        ("udp", 1, dns.rcode.REFUSED): 1,
+    assert counters.replies == {  # (transport, family, type, rcode)
+        ("udp", 1, 1, dns.rcode.NOERROR): 1,
+        ("tcp", 1, 1, dns.rcode.NOERROR): 1,
+        ("udp", 1, 28, dns.rcode.NXDOMAIN): 1,
+        ("udp", 1, 1, dns.rcode.REFUSED): 1,
     }
     assert counters.dropped == 1 and counters.total() == 4
 

@@ -1,0 +1,218 @@
+"""Prometheus metrics, built from the state seam (`kdns.state`) when they are scraped.
+
+The query path only bumps plain integers; this module turns them into metric families at scrape
+time, under CoreDNS's names, label names and label values (so that the coredns-mixin alerts and
+the usual dashboards read kdns unchanged), and kdns's own under `kdns_`.
+
+CoreDNS families published: `coredns_build_info`, `coredns_dns_requests_total`,
+`coredns_dns_responses_total`, `coredns_forward_requests_total`,
+`coredns_forward_responses_total`, `coredns_forward_request_duration_seconds`,
+`coredns_forward_healthcheck_failures_total`, `coredns_forward_healthcheck_broken_total`,
+`coredns_cache_entries`, `coredns_cache_hits_total`, `coredns_cache_misses_total`,
+`coredns_panics_total`. Not yet: `coredns_dns_request_duration_seconds` (it needs a clock read
+per query on the hot path; see issue 10's note).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterator
+
+from dnslib import QTYPE, RCODE
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from kdns import __version__
+from kdns.core.counters import TCP
+from kdns.ops import Response
+from kdns.state import LATENCY_BUCKETS, State
+
+ZONE = "."  # kdns is one server block for every name, as kubeadm's Corefile `.:53`
+VIEW = ""
+# CoreDNS labels these types by name and every other type "other" (plugin/pkg/dnstest monitor).
+_TYPE_NAMES = (
+    "A",
+    "AAAA",
+    "NS",
+    "PTR",
+    "SOA",
+    "CNAME",
+    "MX",
+    "TXT",
+    "SRV",
+    "ANY",
+    "DS",
+    "DNSKEY",
+    "NAPTR",
+    "IXFR",
+    "AXFR",
+)
+_TYPES: dict[int, str] = {int(getattr(QTYPE, name)): name for name in _TYPE_NAMES}
+
+
+def _type_name(qtype: int) -> str:
+    return _TYPES.get(qtype, "other")
+
+
+def _rcode_name(rcode: int) -> str:
+    return str(RCODE.get(rcode, str(rcode)))
+
+
+class StateCollector(Collector):
+    """Every metric of one kdns instance, read from its `State`."""
+
+    def __init__(self, state: State, server: str, zone_names: Callable[[], int], clock: Callable[[], float]) -> None:
+        self.state = state
+        self.server = server  # `dns://ADDR:PORT` of the first listener, as CoreDNS labels it
+        self.zone_names = zone_names
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._build_info()
+        yield from self._dns()
+        yield from self._forward()
+        yield from self._cache()
+        yield from self._kdns()
+
+    def _build_info(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "coredns_build_info",
+            "A metric with a constant '1' value labeled by version, revision, and goversion "
+            "from which CoreDNS was built.",
+            labels=["version", "revision", "goversion"],
+        )
+        info.add_metric([__version__, "kdns", f"python{platform.python_version()}"], 1)
+        yield info
+
+    def _dns(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "coredns_dns_requests",
+            "Counter of DNS requests made per zone, protocol and family.",
+            labels=["server", "zone", "view", "proto", "family", "type"],
+        )
+        responses = CounterMetricFamily(
+            "coredns_dns_responses",
+            "Counter of response status codes.",
+            labels=["server", "zone", "view", "rcode", "plugin"],
+        )
+        by_request: dict[tuple[str, str, str], int] = {}
+        by_rcode: dict[str, int] = {}
+        for (transport, family, qtype, rcode), count in list(self.state.queries.replies.items()):
+            proto = "tcp" if transport == TCP else "udp"
+            key = (proto, str(family), _type_name(qtype))
+            by_request[key] = by_request.get(key, 0) + count
+            name = _rcode_name(rcode)
+            by_rcode[name] = by_rcode.get(name, 0) + count
+        for (proto, family_label, type_name), count in sorted(by_request.items()):
+            requests.add_metric([self.server, ZONE, VIEW, proto, family_label, type_name], count)
+        for name, count in sorted(by_rcode.items()):
+            responses.add_metric([self.server, ZONE, VIEW, name, ""], count)
+        yield requests
+        yield responses
+        panics = CounterMetricFamily("coredns_panics", "A metrics that counts the number of panics.")
+        panics.add_metric([], self.state.panics)
+        yield panics
+
+    def _forward(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "coredns_forward_requests", "Counter of requests made per upstream.", labels=["to"]
+        )
+        responses = CounterMetricFamily(
+            "coredns_forward_responses", "Counter of responses received per upstream.", labels=["to", "rcode"]
+        )
+        durations = HistogramMetricFamily(
+            "coredns_forward_request_duration_seconds", "Histogram of the time each request took.", labels=["to"]
+        )
+        failures = CounterMetricFamily(
+            "coredns_forward_healthcheck_failures",
+            "Counter of the number of failed healthchecks.",
+            labels=["to"],
+        )
+        for to, upstream in sorted(self.state.upstreams.items()):
+            requests.add_metric([to], upstream.requests)
+            for rcode, count in sorted(upstream.responses.items()):
+                responses.add_metric([to, _rcode_name(rcode)], count)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), upstream.latency_buckets, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            durations.add_metric([to], buckets, upstream.latency_sum)
+            failures.add_metric([to], upstream.healthcheck_failures)
+        broken = CounterMetricFamily(
+            "coredns_forward_healthcheck_broken", "Counter of the number of complete failures of the healthchecks."
+        )
+        broken.add_metric([], self.state.healthcheck_broken)
+        yield from (requests, responses, durations, failures, broken)
+
+    def _cache(self) -> Iterator[Metric]:
+        cache = self.state.cache
+        if cache is None:
+            return
+        positive, negative = cache.entries_by_kind()
+        entries = GaugeMetricFamily(
+            "coredns_cache_entries", "The number of elements in the cache.", labels=["server", "type"]
+        )
+        entries.add_metric([self.server, "success"], positive)
+        entries.add_metric([self.server, "denial"], negative)
+        hits = CounterMetricFamily("coredns_cache_hits", "The count of cache hits.", labels=["server", "type", "view"])
+        hits.add_metric([self.server, "success", VIEW], cache.hits - cache.denial_hits)
+        hits.add_metric([self.server, "denial", VIEW], cache.denial_hits)
+        misses = CounterMetricFamily("coredns_cache_misses", "The count of cache misses.", labels=["server", "view"])
+        misses.add_metric([self.server, VIEW], cache.misses)
+        evictions = CounterMetricFamily("kdns_cache_evictions", "Cached answers evicted to stay within the size.")
+        evictions.add_metric([], cache.evictions)
+        yield from (entries, hits, misses, evictions)
+
+    def _kdns(self) -> Iterator[Metric]:
+        state = self.state
+        events = CounterMetricFamily("kdns_watch_events", "Watch events applied, per watcher.", labels=["resource"])
+        relists = CounterMetricFamily("kdns_watch_relists", "Lists after the first, per watcher.", labels=["resource"])
+        errors = CounterMetricFamily("kdns_watch_errors", "Failed API requests, per watcher.", labels=["resource"])
+        since = GaugeMetricFamily(
+            "kdns_watch_seconds_since_last_list",
+            "Seconds since a list last completed, per watcher.",
+            labels=["resource"],
+        )
+        now = self.clock()
+        for name, watch in sorted(state.watches.items()):
+            events.add_metric([name], watch.events)
+            relists.add_metric([name], watch.relists)
+            errors.add_metric([name], watch.errors)
+            if watch.last_list is not None:
+                since.add_metric([name], max(0.0, now - watch.last_list))
+        yield from (events, relists, errors, since)
+        ready = GaugeMetricFamily("kdns_ready", "1 once every watcher has listed the cluster once.")
+        ready.add_metric([], 1 if state.ready() else 0)
+        names = GaugeMetricFamily("kdns_zone_names", "Names held in the zone index.")
+        names.add_metric([], self.zone_names())
+        dropped = CounterMetricFamily(
+            "kdns_dropped_packets", "Packets that got no reply (responses, header fragments)."
+        )
+        dropped.add_metric([], state.queries.dropped)
+        malformed = CounterMetricFamily("kdns_malformed_queries", "Queries answered FORMERR.")
+        malformed.add_metric([], state.queries.by_rcode(1))
+        tcp = GaugeMetricFamily("kdns_tcp_connections", "Open TCP connections.")
+        tcp.add_metric([], state.tcp_connections)
+        refused = CounterMetricFamily("kdns_tcp_refused", "TCP connections closed at once: over the cap.")
+        refused.add_metric([], state.tcp_refused)
+        yield from (ready, names, dropped, malformed, tcp, refused)
+
+
+def metrics_route(collector: StateCollector) -> Callable[[], Response]:
+    """The `/metrics` endpoint: the text exposition format, built at each scrape."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+
+    def metrics() -> Response:
+        # The classic text format (0.0.4), which every Prometheus reads, as CoreDNS serves it.
+        return Response(200, generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4)
+
+    return metrics
+
+
+def wall_clock() -> float:
+    """Unix time, for `kdns_watch_seconds_since_last_list` (the watchers record Unix times)."""
+    return time.time()
