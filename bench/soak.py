@@ -118,7 +118,7 @@ def main() -> int:
         command = [
             sys.executable, "-m", "kdns", "serve", "--kubeconfig", str(kubeconfig), "--listen", f"127.0.0.1:{port}",
             "--resolv-conf", os.devnull, "--log-level", "warning",
-            "--health-listen", "off", "--ready-listen", "off", "--metrics-listen", "off",
+            "--health-listen", "off", "--ready-listen", "off", "--metrics-listen", "off", "--lameduck", "0",
         ]  # fmt: skip
         kdns = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
         churn = Churn(api, args.churn)

@@ -97,6 +97,8 @@ def kdns_command(snapshot: Path, port: int, *options: str) -> list[str]:
         "off",
         "--metrics-listen",
         "off",
+        "--lameduck",
+        "0",
         *options,
     ]
 

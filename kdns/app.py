@@ -24,6 +24,7 @@ from kdns.core.records import Omission
 from kdns.core.store import ClusterStore, PodMode
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder
+from kdns.logs import QueryLog
 from kdns.metrics import StateCollector, metrics_route, wall_clock
 from kdns.ops import health, readiness, serve_http
 from kdns.serve import BoundListener, bind, bind_tcp, serve
@@ -167,7 +168,8 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
             )
             if forwarder is not None:
                 await nursery.start(forwarder.run)
-            await nursery.start(serve, listeners, handler, config.tcp, forwarder, state)
+            query_log = QueryLog() if config.log_queries else None
+            await nursery.start(serve, listeners, handler, config.tcp, forwarder, state, query_log)
             for listener in listeners:
                 log.info("listening on %s (udp, tcp)", listener.address)
             bound: dict[str, SocketAddress] = {}
@@ -224,6 +226,9 @@ def main(config: ServeConfig) -> int:
 
 
 async def _until_signalled(config: ServeConfig) -> int:
+    """Run until SIGINT, or SIGTERM and then `config.lameduck` seconds of answering while /ready
+    says 503 (CoreDNS's `health { lameduck }`: the Service stops sending queries before kdns
+    stops answering them). A second signal during lameduck stops at once."""
     status = 0
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -233,12 +238,24 @@ async def _until_signalled(config: ServeConfig) -> int:
                 status = await run(config, task_status=task_status)
                 nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
 
-            await nursery.start(serving)
+            running: Running = await nursery.start(serving)
             async for signum in signals:
-                log.info("received %s: shutting down", signal.Signals(signum).name)
+                name = signal.Signals(signum).name
+                if signum == signal.SIGTERM and config.lameduck > 0 and not running.state.draining:
+                    running.state.draining = True
+                    log.info("received %s: lameduck for %g s (still answering, /ready 503)", name, config.lameduck)
+                    nursery.start_soon(_stop_after, nursery.cancel_scope, config.lameduck)
+                    continue
+                log.info("received %s: shutting down", name)
                 nursery.cancel_scope.cancel()
                 break
     return status
+
+
+async def _stop_after(scope: trio.CancelScope, seconds: float) -> None:
+    await trio.sleep(seconds)
+    log.info("lameduck over: shutting down")
+    scope.cancel()
 
 
 def _leaf(group: BaseExceptionGroup[KdnsError]) -> KdnsError:

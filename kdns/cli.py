@@ -16,7 +16,7 @@ import urllib3
 import yaml
 from kubernetes.client.rest import ApiException
 
-from kdns import __version__, app, config
+from kdns import __version__, app, config, logs
 from kdns.address import SocketAddress
 from kdns.config import ForwardOptions, Policy, TcpLimits, WatchOptions, resolv_conf_upstreams
 from kdns.core.store import ClusterStore, PodMode
@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)  # options every command takes
     common.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default info)"
+    )
+    common.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="text, or one JSON object a line (default text)"
     )
 
     def zone_options(sub: argparse.ArgumentParser) -> None:
@@ -139,6 +142,16 @@ def _parser() -> argparse.ArgumentParser:
         f"{config.DEFAULT_READY_LISTEN}, as CoreDNS)",
     )
     serve.add_argument(
+        "--log-queries", action="store_true", help="log every answered query: client, name, type, rcode, time"
+    )
+    serve.add_argument(
+        "--lameduck",
+        metavar="DURATION",
+        default=f"{config.DEFAULT_LAMEDUCK:g}s",
+        help="after SIGTERM, keep answering this long with /ready at 503, then exit (default 5s, "
+        "kubeadm's `lameduck 5s`); SIGINT stops at once",
+    )
+    serve.add_argument(
         "--metrics-listen",
         metavar="ADDR:PORT",
         default=config.DEFAULT_METRICS_LISTEN,
@@ -164,9 +177,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.configure(args.log_level, args.log_format)
     try:
         if args.command == "serve":
             return app.main(_serve_config(args))
@@ -204,6 +215,8 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
             ready=config.ops_address("--ready-listen", args.ready_listen),
             metrics=config.ops_address("--metrics-listen", args.metrics_listen),
         ),
+        lameduck=config.duration("--lameduck", args.lameduck),
+        log_queries=args.log_queries,
         forward=_forward_config(args),
     )
 

@@ -22,6 +22,7 @@ from kdns.errors import KdnsError
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 30  # kubeadm's Corefile (`ttl 30`); CoreDNS's own default is 5
+DEFAULT_LAMEDUCK = 5.0  # kubeadm's Corefile: `health { lameduck 5s }`
 MAX_TTL = 3600  # CoreDNS's kubernetes plugin accepts 0-3600
 
 
@@ -121,6 +122,8 @@ class ServeConfig:
     tcp: TcpLimits
     ops: OpsListeners  # where /health and /ready are served
     forward: ForwardConfig
+    lameduck: float = DEFAULT_LAMEDUCK  # seconds of answering after SIGTERM, not ready
+    log_queries: bool = False  # one log line per answered query (CoreDNS's `log`)
 
 
 def cluster_domain(text: str) -> str:

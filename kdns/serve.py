@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from kdns.core.handler import Forward, Handler
 from kdns.core.message import frame, framed_length
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder
+from kdns.logs import QueryLog
 from kdns.state import State
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,11 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
 
 
 async def serve_udp(
-    sock: socket.socket, handler: Handler, forwarder: Forwarder | None = None, state: State | None = None
+    sock: socket.socket,
+    handler: Handler,
+    forwarder: Forwarder | None = None,
+    state: State | None = None,
+    query_log: QueryLog | None = None,
 ) -> None:
     """Answer datagrams on `sock` until cancelled; queries to forward go on in their own tasks."""
     # One buffer for every datagram: receiving into it and copying out what arrived costs less
@@ -130,6 +136,7 @@ async def serve_udp(
                     state.udp_receive_errors += 1
                     continue
                 packet = bytes(view[:size])
+                started = time.perf_counter() if query_log is not None else 0.0
                 try:
                     reply = handle(packet, False, peer)
                 except Exception:
@@ -141,25 +148,36 @@ async def serve_udp(
                         continue
                     assert isinstance(reply, Forward)
                     if forwarder is not None and forwarder.admit():
-                        nursery.start_soon(_forward_udp, sock, peer, reply, handler, forwarder)
+                        nursery.start_soon(_forward_udp, sock, peer, packet, reply, handler, forwarder, query_log)
                         continue
                     reply = handler.refuse(reply)  # CoreDNS's max_concurrent: REFUSED at once
                 try:
                     sendto(reply, peer)
                 except OSError as error:  # a full send buffer or an unreachable peer: drop it
                     log.debug("udp send to %s failed: %s", peer[0], error)
+                if query_log is not None:
+                    query_log.record(peer, packet, reply, False, time.perf_counter() - started)
             else:
                 await trio.lowlevel.checkpoint()  # a full burst: let TCP and the rest run
 
 
 async def _forward_udp(
-    sock: socket.socket, peer: tuple[str, int], forward: Forward, handler: Handler, forwarder: Forwarder
+    sock: socket.socket,
+    peer: tuple[str, int],
+    packet: bytes,
+    forward: Forward,
+    handler: Handler,
+    forwarder: Forwarder,
+    query_log: QueryLog | None,
 ) -> None:
+    started = time.perf_counter()
     reply = await forwarder.reply(forward, handler)
     try:
         sock.sendto(reply, peer)
     except OSError as error:
         log.debug("udp send to %s failed: %s", peer[0], error)
+    if query_log is not None:
+        query_log.record(peer, packet, reply, False, time.perf_counter() - started)
 
 
 async def serve_tcp(
@@ -168,6 +186,7 @@ async def serve_tcp(
     limits: TcpLimits,
     forwarder: Forwarder | None = None,
     state: State | None = None,
+    query_log: QueryLog | None = None,
 ) -> None:
     """Accept TCP connections on `sock` until cancelled (RFC 7766)."""
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
@@ -183,7 +202,7 @@ async def serve_tcp(
         open_here += 1
         counts.tcp_connections += 1
         try:
-            await _serve_connection(stream, handler, limits, forwarder, counts)
+            await _serve_connection(stream, handler, limits, forwarder, counts, query_log)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away
         finally:
@@ -195,7 +214,12 @@ async def serve_tcp(
 
 
 async def _serve_connection(
-    stream: trio.SocketStream, handler: Handler, limits: TcpLimits, forwarder: Forwarder | None, state: State
+    stream: trio.SocketStream,
+    handler: Handler,
+    limits: TcpLimits,
+    forwarder: Forwarder | None,
+    state: State,
+    query_log: QueryLog | None = None,
 ) -> None:
     """Answer length-prefixed queries until the client closes the connection, goes
     `limits.idle_timeout` without completing a query (a client that drips bytes does not keep a
@@ -219,8 +243,12 @@ async def _serve_connection(
         if timer.cancelled_caught:
             pending.cancel_scope.cancel()  # the client does not read what it asked for: close
 
-    async def forwarded(forward: Forward, forwarder: Forwarder) -> None:
-        await write(await forwarder.reply(forward, handler))
+    async def forwarded(forward: Forward, forwarder: Forwarder, packet: bytes) -> None:
+        started = time.perf_counter()
+        reply = await forwarder.reply(forward, handler)
+        await write(reply)
+        if query_log is not None:
+            query_log.record(client, packet, reply, True, time.perf_counter() - started)
 
     async with trio.open_nursery() as pending:
         deadline = trio.current_time() + limits.idle_timeout
@@ -228,6 +256,7 @@ async def _serve_connection(
             while (length := framed_length(buffer)) is not None and len(buffer) >= 2 + length:
                 packet = bytes(buffer[2 : 2 + length])
                 del buffer[: 2 + length]
+                started = time.perf_counter()
                 try:
                     reply = handler.handle(packet, True, client)
                 except Exception:
@@ -239,11 +268,13 @@ async def _serve_connection(
                     return
                 if isinstance(reply, Forward):
                     if forwarder is not None and forwarder.admit():
-                        pending.start_soon(forwarded, reply, forwarder)
+                        pending.start_soon(forwarded, reply, forwarder, packet)
                         deadline = trio.current_time() + limits.idle_timeout
                         continue
                     reply = handler.refuse(reply)
                 await write(reply)
+                if query_log is not None:
+                    query_log.record(client, packet, reply, True, time.perf_counter() - started)
                 deadline = trio.current_time() + limits.idle_timeout
             with trio.CancelScope(deadline=deadline):
                 data = await stream.receive_some(MAX_DATAGRAM)
@@ -260,12 +291,14 @@ async def serve(
     limits: TcpLimits,
     forwarder: Forwarder | None = None,
     state: State | None = None,
+    query_log: QueryLog | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve UDP and TCP on every bound listener until cancelled."""
+    """Serve UDP and TCP on every bound listener until cancelled; with `query_log`, one log line
+    per answered query."""
     state = state if state is not None else State()
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(serve_udp, listener.udp, handler, forwarder, state)
-            nursery.start_soon(serve_tcp, listener.tcp, handler, limits, forwarder, state)
+            nursery.start_soon(serve_udp, listener.udp, handler, forwarder, state, query_log)
+            nursery.start_soon(serve_tcp, listener.tcp, handler, limits, forwarder, state, query_log)
         task_status.started()

@@ -82,6 +82,7 @@ class State:
         self.panics = 0  # queries whose handling raised (answered SERVFAIL, logged)
         self.healthcheck_broken = 0  # times every upstream was down at once (CoreDNS's "broken")
         self._following = False  # whether a live source must list before kdns is ready
+        self.draining = False  # shutting down: still answering, no longer ready (lameduck)
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -93,6 +94,8 @@ class State:
 
     def ready(self) -> bool:
         """Every watcher has listed once (always, for a snapshot)."""
+        if self.draining:
+            return False
         return not self._following or all(watch.listed for watch in self.watches.values())
 
     # -- registries ------------------------------------------------------------------------

@@ -35,6 +35,8 @@ def local_only(args: tuple[str, ...]) -> tuple[str, ...]:
     for flag in ("--health-listen", "--ready-listen", "--metrics-listen"):
         if flag not in args:
             args = (*args, flag, "off")
+    if "--lameduck" not in args:
+        args = (*args, "--lameduck", "0")  # tests stop kdns often: no 5 s of lameduck each time
     return args
 
 

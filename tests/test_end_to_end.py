@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import random
+import signal
 import socket
 import struct
 import time
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -258,3 +261,56 @@ def test_listen_address_in_use_exits_2() -> None:
         port = taken.getsockname()[1]
         result = run_kdns("serve", "--snapshot", "examples/cluster.yaml", "--listen", f"127.0.0.1:{port}")
     assert result.returncode == 2 and "cannot listen on 127.0.0.1" in result.stderr
+
+
+def test_sigterm_starts_a_lameduck_that_answers_every_query_while_ready_turns_503() -> None:
+    """CoreDNS's `health { lameduck 5s }`: after SIGTERM the kube-dns Service stops routing to
+    the pod (ready 503) while the pod still answers what is in flight or already routed to it."""
+    from tests.test_live import _http_get, _http_port
+
+    server = KdnsServer("--snapshot", "examples/cluster.yaml", "--lameduck", "2s", "--ready-listen", "127.0.0.1:0")
+    ready = _http_port(server, "/ready")
+    assert _http_get(ready, "/ready")[0] == 200
+    answered, failed = 0, 0
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    saw_503 = False
+    while time.monotonic() - started < 1.5:  # well inside the lameduck
+        try:
+            reply = _udp(server, "web.prod.svc.cluster.local")
+            answered += bool(reply.answer)
+        except dns.exception.Timeout:
+            failed += 1
+        if not saw_503:
+            saw_503 = _http_get(ready, "/ready")[0] == 503
+        time.sleep(0.02)
+    assert saw_503 and answered > 20 and failed == 0
+    assert server.process.wait(10) == 0
+    assert time.monotonic() - started >= 2.0
+    assert "lameduck for 2 s" in server.log_text()
+
+
+def test_json_logs_and_the_query_log() -> None:
+    server = KdnsServer("--snapshot", "examples/cluster.yaml", "--log-format", "json", "--log-queries")
+    try:
+        _udp(server, "web.prod.svc.cluster.local")
+        _tcp(server, "nope.prod.svc.cluster.local")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and server.log_text().count('"logger":"kdns.queries"') < 2:
+            time.sleep(0.05)
+        lines = [json.loads(line) for line in server.log_text().splitlines() if line.strip()]
+        assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+        assert any(line["message"].startswith("listening on") for line in lines)
+        queries = [line for line in lines if line["logger"] == "kdns.queries"]
+        assert [(q["transport"], q["name"], q["type"], q["rcode"]) for q in queries] == [
+            ("udp", "web.prod.svc.cluster.local.", "A", "NOERROR"),
+            ("tcp", "nope.prod.svc.cluster.local.", "A", "NXDOMAIN"),
+        ]
+        assert all(q["client"] in ("127.0.0.1", "::1") and q["duration"] >= 0 for q in queries)
+    finally:
+        assert server.stop() == 0
+
+
+def test_no_query_log_by_default(example_server: KdnsServer) -> None:
+    _udp(example_server, "web.prod.svc.cluster.local")
+    assert "kdns.queries" not in example_server.log_text()
