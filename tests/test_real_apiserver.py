@@ -9,19 +9,26 @@ it. The faults a real server will not produce on demand (500s, stalls, truncated
 
 from __future__ import annotations
 
+import copy
+import json
 import signal
+import ssl
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from kubernetes.utils import create_from_dict
 
 from tests.builders import endpoint, endpoint_slice, headless, namespace, service
-from tests.kubeapi import MANIFESTS, RealApiServer, assets, real_apiserver
+from tests.kubeapi import ADMIN_TOKEN, MANIFESTS, RealApiServer, assets, real_apiserver
 from tests.process import KdnsServer
-from tests.test_live import FAST, QueryLoop, _ask, _synced, _wait
+from tests.test_live import FAST, QueryLoop, _ask, _http_get, _http_port, _synced, _wait
 
 LONG_PORT = "p" * 63  # valid in Kubernetes; `_` + it is no DNS label
 
@@ -60,9 +67,15 @@ def _kdns(api: RealApiServer, tmp_path: Path, *args: str) -> KdnsServer:
 def test_kdns_follows_the_real_api_server_with_exactly_the_manifests_rbac(
     real_api: RealApiServer, tmp_path: Path
 ) -> None:
-    server = _kdns(real_api, tmp_path)
+    ops = ("--health-listen", "127.0.0.1:0", "--ready-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
+    server = _kdns(real_api, tmp_path, *ops)  # the Deployment's endpoints, on free ports
     try:
         _synced(server)
+        assert _http_get(_http_port(server, "/ready"), "/ready")[0] == 200
+        assert _http_get(_http_port(server, "/health"), "/health")[0] == 200
+        scraped = _http_get(_http_port(server, "/metrics"), "/metrics")
+        assert scraped[0] == 200 and "kdns_ready 1.0" in scraped[1]
+        assert 'kdns_watch_events_total{resource="Service"}' in scraped[1]
         assert _ask(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
         assert _ask(server, "db.prod.svc.cluster.local") == ("NOERROR", ["10.244.0.1"])
         assert _ask(server, "db-0.db.prod.svc.cluster.local") == ("NOERROR", ["10.244.0.1"])
@@ -189,3 +202,35 @@ def test_api_server_stopped_and_restarted_under_a_query_loop(tmp_path: Path) -> 
             assert "cannot reach the API" in log and "API reachable again" in log
         finally:
             assert server.stop() == 0
+
+
+def test_every_manifest_passes_a_server_side_dry_run_with_strict_field_validation(tmp_path: Path) -> None:
+    """Issue 10, point 6: `kubectl apply --dry-run=server --validate=strict`, through the API
+    itself: every object of manifests/ is accepted as it is, and a misspelt field is not."""
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    documents = [
+        document
+        for name in kustomization["resources"]
+        for document in yaml.safe_load_all((MANIFESTS / name).read_text())
+        if document
+    ]
+    assert {document["kind"] for document in documents} >= {"Deployment", "Service", "ClusterRole"}
+    with real_apiserver(tmp_path / "api") as api:
+        admin = api.api_client()
+        for document in documents:
+            namespace = document["metadata"].get("namespace", kustomization.get("namespace"))
+            create_from_dict(admin, document, namespace=namespace, dry_run="All", field_validation="Strict")
+        # The client checks bodies itself; the server's own strict validation is asked directly.
+        misspelt = copy.deepcopy(next(d for d in documents if d["kind"] == "Deployment"))
+        misspelt["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+        path = "/apis/apps/v1/namespaces/kube-system/deployments?dryRun=All&fieldValidation=Strict"
+        request = urllib.request.Request(
+            api.url + path,
+            data=json.dumps(misspelt).encode(),
+            method="POST",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        )
+        context = ssl.create_default_context(cafile=str(api.ca))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, context=context, timeout=10)
+        assert refused.value.code in (400, 422) and b"livenesProbe" in refused.value.read()
