@@ -9,13 +9,15 @@ import logging
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import trio
 
+from kdns import logs
 from kdns.address import SocketAddress
-from kdns.config import ServeConfig
+from kdns.config import LIVE_SETTINGS, ServeConfig
 from kdns.core.cache import ForwardCache
 from kdns.core.convert import key_of
 from kdns.core.handler import Handler, HandlerOptions, LoopProbes
@@ -28,11 +30,14 @@ from kdns.logs import QueryLog
 from kdns.metrics import StateCollector, metrics_route, wall_clock
 from kdns.ops import health, readiness, serve_http
 from kdns.serve import BoundListener, bind, bind_tcp, serve
+from kdns.settings import fingerprint
 from kdns.sources import snapshot
 from kdns.sources.kube import ClusterFollower, load_api_client
 from kdns.state import State
 
 log = logging.getLogger(__name__)
+
+CONFIG_POLL = 2.0  # seconds between looks at the configuration file (CoreDNS's `reload`: 30 s)
 
 
 def build_store(
@@ -213,11 +218,12 @@ class _LoopExit:
             self.scope.cancel()
 
 
-def main(config: ServeConfig) -> int:
+def main(config: ServeConfig, reload: Callable[[], ServeConfig] | None = None) -> int:
     """`kdns serve`: run until SIGTERM or SIGINT; the exit status. A setup error is raised as the
-    `KdnsError` it is, for the command line to print."""
+    `KdnsError` it is, for the command line to print. With `reload`, SIGHUP (and a change of
+    `config.config_file`) reads the configuration again."""
     try:
-        return trio.run(_until_signalled, config)
+        return trio.run(_until_signalled, config, reload)
     except BaseExceptionGroup as group:
         errors, rest = group.split(KdnsError)
         if errors is not None and rest is None:
@@ -225,12 +231,12 @@ def main(config: ServeConfig) -> int:
         raise
 
 
-async def _until_signalled(config: ServeConfig) -> int:
+async def _until_signalled(config: ServeConfig, reload: Callable[[], ServeConfig] | None = None) -> int:
     """Run until SIGINT, or SIGTERM and then `config.lameduck` seconds of answering while /ready
     says 503 (CoreDNS's `health { lameduck }`: the Service stops sending queries before kdns
     stops answering them). A second signal during lameduck stops at once."""
     status = 0
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def serving(task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
@@ -239,8 +245,15 @@ async def _until_signalled(config: ServeConfig) -> int:
                 nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
 
             running: Running = await nursery.start(serving)
+            reloader = Reloader(config, reload, running.state)
+            if reload is not None and config.config_file is not None:
+                nursery.start_soon(reloader.watch_file, config.config_file)
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    log.info("received SIGHUP: reloading the configuration")
+                    reloader.reload()
+                    continue
                 if signum == signal.SIGTERM and config.lameduck > 0 and not running.state.draining:
                     running.state.draining = True
                     log.info("received %s: lameduck for %g s (still answering, /ready 503)", name, config.lameduck)
@@ -250,6 +263,52 @@ async def _until_signalled(config: ServeConfig) -> int:
                 nursery.cancel_scope.cancel()
                 break
     return status
+
+
+class Reloader:
+    """Reads the configuration again (SIGHUP, or its file changed): a bad one is refused with an
+    error and counted, and the old one keeps serving; a good one is applied where it can be at
+    once (`config.LIVE_SETTINGS`), and every other change is logged as waiting for a restart."""
+
+    def __init__(self, config: ServeConfig, load: Callable[[], ServeConfig] | None, state: State) -> None:
+        self.current = config
+        self.load = load
+        self.state = state
+
+    def reload(self) -> None:
+        if self.load is None:
+            log.warning("reload: kdns was not started from the command line; nothing to read")
+            return
+        try:
+            new = self.load()
+        except KdnsError as error:
+            self.state.reload_failures += 1
+            log.error("reload refused, the running configuration stays: %s", error)
+            return
+        changed = [field.name for field in fields(new) if getattr(new, field.name) != getattr(self.current, field.name)]
+        if not changed:
+            log.info("reload: the configuration is unchanged")
+            return
+        live = [name for name in changed if name in LIVE_SETTINGS]
+        later = [name for name in changed if name not in LIVE_SETTINGS]
+        if live:
+            logs.configure(new.log_level, new.log_format)
+        self.current = replace(self.current, **{name: getattr(new, name) for name in live})
+        self.state.reloads += 1
+        log.info("reload applied: %s", ", ".join(live) if live else "nothing that applies live")
+        if later:
+            log.warning("reload: %s changed; applied at the next restart", ", ".join(later))
+
+    async def watch_file(self, path: str) -> None:
+        """Reload when the file's content changes (polled: a ConfigMap update swaps a symlink)."""
+        seen = fingerprint(path)
+        while True:
+            await trio.sleep(CONFIG_POLL)
+            now = fingerprint(path)
+            if now != seen:
+                seen = now
+                log.info("%s changed: reloading the configuration", path)
+                self.reload()
 
 
 async def _stop_after(scope: trio.CancelScope, seconds: float) -> None:

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import urllib3
 import yaml
 from kubernetes.client.rest import ApiException
 
-from kdns import __version__, app, config, logs
+from kdns import __version__, app, config, logs, settings
 from kdns.address import SocketAddress
 from kdns.config import ForwardOptions, Policy, TcpLimits, WatchOptions, resolv_conf_upstreams
 from kdns.core.store import ClusterStore, PodMode
@@ -64,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     serve = commands.add_parser("serve", parents=[common], help="serve DNS for a cluster")
+    serve.add_argument(
+        "--config",
+        metavar="PATH",
+        help="read settings from this YAML file too (keys: the flags without --); also KDNS_CONFIG. "
+        "Flags win over KDNS_* variables, which win over the file. Reloaded on SIGHUP and when it changes",
+    )
     serve.add_argument(
         "--snapshot", type=Path, help="serve the objects of this YAML or JSON file instead of following a cluster"
     )
@@ -176,11 +183,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     try:
         if args.command == "serve":
-            return app.main(_serve_config(args))
+
+            def load() -> config.ServeConfig:
+                return _checked_serve_config(_serve_settings(parser, argv, args, os.environ))
+
+            first = load()
+            logs.configure(first.log_level, first.log_format)
+            return app.main(first, load)
         if args.command == "check":
             return _check(args)
         if args.command == "snapshot":
@@ -189,6 +204,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KdnsError as error:
         print(f"kdns: error: {error}", file=sys.stderr)
         return error.exit_status
+
+
+def _serve_settings(
+    parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace, environ: Mapping[str, str]
+) -> argparse.Namespace:
+    """The command line's settings, with the config file's and the environment's under them."""
+    serve = _subcommand(parser, "serve")
+    rest = argv[argv.index("serve") + 1 :]
+    path = args.config or environ.get("KDNS_CONFIG")
+    merged = settings.merge(serve, rest, args, path, environ)
+    merged.config = path
+    return merged
+
+
+def _checked_serve_config(args: argparse.Namespace) -> config.ServeConfig:
+    """`_serve_config`, its errors naming the configuration file when there is one (a flag's
+    value may have come from it)."""
+    try:
+        return _serve_config(args)
+    except KdnsError as error:
+        if getattr(args, "config", None):
+            raise KdnsError(f"{error} (settings from {args.config}, KDNS_* variables and flags)") from None
+        raise
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:  # argparse offers no public way to reach a subparser
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise LookupError(name)
 
 
 def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
@@ -217,6 +263,9 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         ),
         lameduck=config.duration("--lameduck", args.lameduck),
         log_queries=args.log_queries,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        config_file=getattr(args, "config", None),
         forward=_forward_config(args),
     )
 

@@ -124,6 +124,13 @@ class ServeConfig:
     forward: ForwardConfig
     lameduck: float = DEFAULT_LAMEDUCK  # seconds of answering after SIGTERM, not ready
     log_queries: bool = False  # one log line per answered query (CoreDNS's `log`)
+    log_level: str = "info"
+    log_format: str = "text"
+    config_file: str | None = None  # where settings were read from, watched for changes
+
+
+# Settings a reload applies at once; every other change waits for a restart (logged as such).
+LIVE_SETTINGS = ("log_level", "log_format")
 
 
 def cluster_domain(text: str) -> str:

@@ -198,7 +198,11 @@ class StateCollector(Collector):
         tcp.add_metric([], state.tcp_connections)
         refused = CounterMetricFamily("kdns_tcp_refused", "TCP connections closed at once: over the cap.")
         refused.add_metric([], state.tcp_refused)
-        yield from (ready, names, dropped, malformed, tcp, refused)
+        reloads = CounterMetricFamily("kdns_reloads", "Configurations reloaded and applied.")
+        reloads.add_metric([], state.reloads)
+        reload_failures = CounterMetricFamily("kdns_reload_failures", "New configurations refused.")
+        reload_failures.add_metric([], state.reload_failures)
+        yield from (ready, names, dropped, malformed, tcp, refused, reloads, reload_failures)
 
 
 def metrics_route(collector: StateCollector) -> Callable[[], Response]:

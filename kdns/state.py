@@ -81,6 +81,8 @@ class State:
         self.objects_rejected = 0  # API objects that could not be converted or applied
         self.panics = 0  # queries whose handling raised (answered SERVFAIL, logged)
         self.healthcheck_broken = 0  # times every upstream was down at once (CoreDNS's "broken")
+        self.reloads = 0  # configurations reloaded and applied
+        self.reload_failures = 0  # new configurations refused (the old one kept serving)
         self._following = False  # whether a live source must list before kdns is ready
         self.draining = False  # shutting down: still answering, no longer ready (lameduck)
 
