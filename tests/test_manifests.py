@@ -86,3 +86,21 @@ def test_dockerfile_installs_the_package_and_runs_the_console_script() -> None:
     assert 'ENTRYPOINT ["kdns"]' in dockerfile
     image = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.startswith("kdns:") and image.split(":")[1] in dockerfile
+
+
+def test_the_configmap_is_mounted_where_the_deployment_reads_it_and_is_valid(tmp_path: Path) -> None:
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    config_path = container["args"][container["args"].index("--config") + 1]
+    (volume,) = [v for v in pod["volumes"] if v["configMap"]["name"] == _one("ConfigMap")["metadata"]["name"]]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    directory, _, key = config_path.rpartition("/")
+    assert mount["mountPath"] == directory and mount["readOnly"]
+    local = tmp_path / key
+    local.write_text(_one("ConfigMap")["data"][key])
+    argv = [local.as_posix() if arg == config_path else arg for arg in container["args"]]
+    parser = cli._parser()
+    args = parser.parse_args(argv)
+    settings = cli._checked_serve_config(cli._serve_settings(parser, argv, args, {}))
+    assert settings.ttl == 30 and settings.cluster_domain == "cluster.local" and settings.log_format == "json"
+    assert settings.forward.cache_size == 9984
