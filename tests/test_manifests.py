@@ -82,8 +82,11 @@ def test_service_selects_the_deployment_pods_on_the_dns_ports() -> None:
 
 def test_dockerfile_installs_the_package_and_runs_the_console_script() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "COPY kdns ./kdns" in dockerfile and "pip install --no-cache-dir ." in dockerfile
-    assert 'ENTRYPOINT ["kdns"]' in dockerfile
+    assert "COPY kdns ./kdns" in dockerfile and "/app/venv/bin/pip install --no-cache-dir ." in dockerfile
+    assert 'ENTRYPOINT ["/app/venv/bin/kdns"]' in dockerfile and "ARG BASE=" in dockerfile
+    assert "USER 65532:65532" in dockerfile  # the Deployment's runAsUser
+    ports = {port["containerPort"] for port in _one("Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert all(f"{port}/tcp" in dockerfile for port in ports)
     image = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.startswith("kdns:") and image.split(":")[1] in dockerfile
 
