@@ -29,7 +29,7 @@ IMAGE = "localhost/kdns:test"
 def podman() -> Iterator[list[str]]:
     if not os.environ.get("KDNS_CONTAINER_TEST"):
         pytest.skip(
-            "set KDNS_CONTAINER_TEST=1 to build and run the image (about 4 minutes: debootstrap, a vfs build); "
+            "set KDNS_CONTAINER_TEST=1 to build and run the image (about 3 minutes: debootstrap, a vfs build); "
             "needs apt-get install podman runc debootstrap"
         )
     for tool in ("podman", "runc", "debootstrap", "dig"):
