@@ -135,28 +135,26 @@ def _route(request: h11.Request, routes: Mapping[str, Route]) -> Response:
 async def _send(
     stream: trio.SocketStream, connection: h11.Connection, request: h11.Request, response: Response
 ) -> None:
+    await stream.send_all(_encode(connection, response, body=request.method != b"HEAD"))
+
+
+def _encode(connection: h11.Connection, response: Response, body: bool = True, close: bool = False) -> bytes:
+    """A whole response as bytes for the wire, with its length (and `Connection: close`)."""
     headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
-    data = connection.send(h11.Response(status_code=response.status, headers=headers))
-    if request.method != b"HEAD":
-        data = (data or b"") + (connection.send(h11.Data(data=response.body)) or b"")
-    data = (data or b"") + (connection.send(h11.EndOfMessage()) or b"")
-    await stream.send_all(data)
+    if close:
+        headers.append(("Connection", "close"))
+    data = connection.send(h11.Response(status_code=response.status, headers=headers)) or b""
+    if body:
+        data += connection.send(h11.Data(data=response.body)) or b""
+    return data + (connection.send(h11.EndOfMessage()) or b"")
 
 
 async def _refuse(stream: trio.SocketStream, connection: h11.Connection, status: int) -> None:
     """Answer a request we cannot read (too large, malformed) with its status, if we still may."""
     if connection.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
-    body = f"{status}\n".encode()
     try:
-        data = connection.send(
-            h11.Response(
-                status_code=status,
-                headers=[("Content-Length", str(len(body))), ("Connection", "close")],
-            )
-        )
-        data = (data or b"") + (connection.send(h11.Data(data=body)) or b"")
-        data = (data or b"") + (connection.send(h11.EndOfMessage()) or b"")
+        data = _encode(connection, Response(status, f"{status}\n".encode()), close=True)
     except h11.LocalProtocolError:
         return
     await stream.send_all(data)

@@ -38,6 +38,13 @@ def _start(api: FakeApiServer, tmp_path: Path, *args: str) -> KdnsServer:
     return KdnsServer("--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, *args, listen=("127.0.0.1:0",))
 
 
+def _shut_down(server: KdnsServer, loop: QueryLoop | None) -> None:
+    """Stop the query loop, if it started, then kdns, which must exit cleanly."""
+    if loop is not None:
+        loop.stop()
+    assert server.stop() == 0
+
+
 def test_garbled_streams_and_hostile_events_never_disturb_the_names_that_exist(
     api: FakeApiServer, tmp_path: Path
 ) -> None:
@@ -81,9 +88,7 @@ def test_garbled_streams_and_hostile_events_never_disturb_the_names_that_exist(
         assert "Traceback" not in log and "unexpected error" not in log
         assert "field spec.clusterIP" in log and "ConfigMap" in log
     finally:
-        if loop is not None:
-            loop.stop()
-        assert server.stop() == 0
+        _shut_down(server, loop)
 
 
 def test_a_flood_of_10000_events_is_followed_to_the_last_with_no_failed_query(
@@ -120,9 +125,7 @@ def test_a_flood_of_10000_events_is_followed_to_the_last_with_no_failed_query(
             assert got == (_rcode_text(want), [line.split()[-1] for line in records(want)]), name
         print(f"10,000 events written in {flood_seconds:.1f} s")
     finally:
-        if loop is not None:
-            loop.stop()
-        assert server.stop() == 0
+        _shut_down(server, loop)
 
 
 def _rcode_text(message: dns.message.Message) -> str:
@@ -159,9 +162,7 @@ def test_a_relist_of_50000_objects_loses_no_name_and_ends_where_a_fresh_build_do
         assert loop.asked > 10 and loop.wrong == [], loop.wrong[:5]
         assert "410" in server.log_text()
     finally:
-        if loop is not None:
-            loop.stop()
-        assert server.stop() == 0
+        _shut_down(server, loop)
 
 
 def test_a_service_published_in_part_never_blanks_its_page_at_start_or_after_a_relist(
