@@ -129,7 +129,8 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
     """Serve `config` until cancelled, or until a forwarding loop is found (then the exit status
     is 2). Everything runs in one nursery; `task_status` gets a `Running` once every socket is
     bound and the listeners are serving. Setup errors (`KdnsError`) are raised before that."""
-    state = State()
+    # Queries are timed only when someone can read the figures: the metrics endpoint is on.
+    state = State(time_requests=config.ops.metrics is not None)
     api_client = None if config.snapshot is not None else load_api_client(config.kubeconfig, config.context)
     listeners = [bind(address) for address in config.listen]
     http = [

@@ -9,8 +9,8 @@ CoreDNS families published: `coredns_build_info`, `coredns_dns_requests_total`,
 `coredns_forward_responses_total`, `coredns_forward_request_duration_seconds`,
 `coredns_forward_healthcheck_failures_total`, `coredns_forward_healthcheck_broken_total`,
 `coredns_cache_entries`, `coredns_cache_hits_total`, `coredns_cache_misses_total`,
-`coredns_panics_total`. Not yet: `coredns_dns_request_duration_seconds` (it needs a clock read
-per query on the hot path; see issue 10's note).
+`coredns_panics_total`, and `coredns_dns_request_duration_seconds` while the metrics endpoint is
+served (the listeners time queries only then).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from kdns import __version__
-from kdns.core.counters import TCP
+from kdns.core.counters import TCP, Histogram
 from kdns.ops import Response
-from kdns.state import LATENCY_BUCKETS, State
+from kdns.state import State
 
 ZONE = "."  # kdns is one server block for every name, as kubeadm's Corefile `.:53`
 VIEW = ""
@@ -112,6 +112,19 @@ class StateCollector(Collector):
             responses.add_metric([self.server, ZONE, VIEW, name, ""], count)
         yield requests
         yield responses
+        if self.state.durations is not None:
+            durations = HistogramMetricFamily(
+                "coredns_dns_request_duration_seconds",
+                "Histogram of the time (in seconds) each request took per zone.",
+                labels=["server", "zone", "view", "type"],
+            )
+            merged: dict[str, list[Histogram]] = {}
+            for qtype, histogram in list(self.state.durations.by_type.items()):
+                merged.setdefault(_type_name(qtype), []).append(histogram)
+            for type_name, histograms in sorted(merged.items()):
+                total = Histogram.merged(histograms)  # every type CoreDNS calls "other" in one series
+                durations.add_metric([self.server, ZONE, VIEW, type_name], _buckets(total), total.total)
+            yield durations
         panics = CounterMetricFamily("coredns_panics", "A metrics that counts the number of panics.")
         panics.add_metric([], self.state.panics)
         yield panics
@@ -135,11 +148,7 @@ class StateCollector(Collector):
             requests.add_metric([to], upstream.requests)
             for rcode, count in sorted(upstream.responses.items()):
                 responses.add_metric([to, _rcode_name(rcode)], count)
-            cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), upstream.latency_buckets, strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            durations.add_metric([to], buckets, upstream.latency_sum)
+            durations.add_metric([to], _buckets(upstream.latency), upstream.latency.total)
             failures.add_metric([to], upstream.healthcheck_failures)
         broken = CounterMetricFamily(
             "coredns_forward_healthcheck_broken", "Counter of the number of complete failures of the healthchecks."
@@ -184,6 +193,15 @@ class StateCollector(Collector):
             if watch.last_list is not None:
                 since.add_metric([name], max(0.0, now - watch.last_list))
         yield from (events, relists, errors, since)
+        programming = HistogramMetricFamily(
+            "kdns_dns_programming_duration_seconds",
+            "Seconds from a change in the cluster (an EndpointSlice's last-change-trigger-time, a "
+            "Service's creation) to its answers being served, per kind of Service.",
+            labels=["kind"],
+        )
+        for kind, histogram in sorted(list(state.programming.by_kind.items())):
+            programming.add_metric([kind], _buckets(histogram), histogram.total)
+        yield programming
         ready = GaugeMetricFamily("kdns_ready", "1 once every watcher has listed the cluster once.")
         ready.add_metric([], 1 if state.ready() else 0)
         names = GaugeMetricFamily("kdns_zone_names", "Names held in the zone index.")
@@ -203,6 +221,10 @@ class StateCollector(Collector):
         reload_failures = CounterMetricFamily("kdns_reload_failures", "New configurations refused.")
         reload_failures.add_metric([], state.reload_failures)
         yield from (ready, names, dropped, malformed, tcp, refused, reloads, reload_failures)
+
+
+def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
+    return [("+Inf" if bound == float("inf") else repr(bound), count) for bound, count in histogram.cumulative()]
 
 
 def metrics_route(collector: StateCollector) -> Callable[[], Response]:

@@ -12,15 +12,17 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import time
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from time import perf_counter
 
 import trio
 
 from kdns.address import SocketAddress
 from kdns.config import TcpLimits
-from kdns.core.handler import Forward, Handler
+from kdns.core.counters import LATENCY_BUCKETS, RequestDurations
+from kdns.core.handler import ClientAddress, Forward, Handler
 from kdns.core.message import frame, framed_length
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder
@@ -123,9 +125,16 @@ async def serve_udp(
     sendto = sock.sendto
     handle = handler.handle
     state = state if state is not None else State()
+    durations = state.durations
+    by_type = durations.by_type if durations is not None else {}
+    counters = handler.counters
+    timed = durations is not None or query_log is not None
     async with trio.open_nursery() as nursery:
         while True:
             await trio.lowlevel.wait_readable(sock)
+            # Timing costs one clock read a query: a query's time runs from the end of the one
+            # before it in the burst (or the wake-up) to its reply sent, its receive included.
+            now = perf_counter() if timed else 0.0
             for _ in range(UDP_BURST):
                 try:
                     size, peer = recvfrom_into(buffer)
@@ -136,27 +145,40 @@ async def serve_udp(
                     state.udp_receive_errors += 1
                     continue
                 packet = bytes(view[:size])
-                started = time.perf_counter() if query_log is not None else 0.0
+                started = now
                 try:
                     reply = handle(packet, False, peer)
                 except Exception:
                     state.panics += 1
                     log.exception("error answering a UDP query from %s", peer[0])
-                    reply = handler.failure_reply(packet)
+                    reply = handler.failure_reply(packet, False, peer)
                 if reply.__class__ is not bytes:
                     if reply is None:
                         continue
                     assert isinstance(reply, Forward)
                     if forwarder is not None and forwarder.admit():
-                        nursery.start_soon(_forward_udp, sock, peer, packet, reply, handler, forwarder, query_log)
+                        nursery.start_soon(
+                            _forward_udp, sock, peer, packet, reply, handler, forwarder, query_log, durations, started
+                        )
+                        now = perf_counter() if timed else 0.0
                         continue
                     reply = handler.refuse(reply)  # CoreDNS's max_concurrent: REFUSED at once
                 try:
                     sendto(reply, peer)
                 except OSError as error:  # a full send buffer or an unreachable peer: drop it
                     log.debug("udp send to %s failed: %s", peer[0], error)
-                if query_log is not None:
-                    query_log.record(peer, packet, reply, False, time.perf_counter() - started)
+                if timed:
+                    now = perf_counter()
+                    took = now - started
+                    if durations is not None:
+                        # `RequestDurations.observe`, inlined: this runs for every query.
+                        histogram = by_type.get(counters.last_qtype)
+                        if histogram is None:
+                            histogram = durations.histogram(counters.last_qtype)
+                        histogram.counts[bisect_left(LATENCY_BUCKETS, took)] += 1
+                        histogram.total += took
+                    if query_log is not None:
+                        query_log.record(peer, packet, reply, False, took)
             else:
                 await trio.lowlevel.checkpoint()  # a full burst: let TCP and the rest run
 
@@ -169,15 +191,35 @@ async def _forward_udp(
     handler: Handler,
     forwarder: Forwarder,
     query_log: QueryLog | None,
+    durations: RequestDurations | None,
+    started: float,
 ) -> None:
-    started = time.perf_counter()
     reply = await forwarder.reply(forward, handler)
     try:
         sock.sendto(reply, peer)
     except OSError as error:
         log.debug("udp send to %s failed: %s", peer[0], error)
+    _finished(forward, peer, packet, reply, False, started, durations, query_log)
+
+
+def _finished(
+    forward: Forward,
+    peer: ClientAddress,
+    packet: bytes,
+    reply: bytes,
+    tcp: bool,
+    started: float,
+    durations: RequestDurations | None,
+    query_log: QueryLog | None,
+) -> None:
+    """File a forwarded query's duration, from its arrival to its reply sent, and log it."""
+    if durations is None and query_log is None:
+        return
+    took = perf_counter() - started
+    if durations is not None:
+        durations.observe((forward.chased_from or forward.query).qtype, took)
     if query_log is not None:
-        query_log.record(peer, packet, reply, False, time.perf_counter() - started)
+        query_log.record(peer, packet, reply, tcp, took)
 
 
 async def serve_tcp(
@@ -243,12 +285,13 @@ async def _serve_connection(
         if timer.cancelled_caught:
             pending.cancel_scope.cancel()  # the client does not read what it asked for: close
 
-    async def forwarded(forward: Forward, forwarder: Forwarder, packet: bytes) -> None:
-        started = time.perf_counter()
+    durations = state.durations
+    counters = handler.counters
+
+    async def forwarded(forward: Forward, forwarder: Forwarder, packet: bytes, started: float) -> None:
         reply = await forwarder.reply(forward, handler)
         await write(reply)
-        if query_log is not None:
-            query_log.record(client, packet, reply, True, time.perf_counter() - started)
+        _finished(forward, client, packet, reply, True, started, durations, query_log)
 
     async with trio.open_nursery() as pending:
         deadline = trio.current_time() + limits.idle_timeout
@@ -256,25 +299,29 @@ async def _serve_connection(
             while (length := framed_length(buffer)) is not None and len(buffer) >= 2 + length:
                 packet = bytes(buffer[2 : 2 + length])
                 del buffer[: 2 + length]
-                started = time.perf_counter()
+                started = perf_counter()
                 try:
                     reply = handler.handle(packet, True, client)
                 except Exception:
                     state.panics += 1
                     log.exception("error answering a TCP query")
-                    reply = handler.failure_reply(packet)
+                    reply = handler.failure_reply(packet, True, client)
                 if reply is None:
                     pending.cancel_scope.cancel()  # nothing sensible to say on this stream: close it
                     return
                 if isinstance(reply, Forward):
                     if forwarder is not None and forwarder.admit():
-                        pending.start_soon(forwarded, reply, forwarder, packet)
+                        pending.start_soon(forwarded, reply, forwarder, packet, started)
                         deadline = trio.current_time() + limits.idle_timeout
                         continue
                     reply = handler.refuse(reply)
+                qtype = counters.last_qtype  # counted by `handle`, `refuse` or `failure_reply` just now
                 await write(reply)
+                took = perf_counter() - started
+                if durations is not None:
+                    durations.observe(qtype, took)
                 if query_log is not None:
-                    query_log.record(client, packet, reply, True, time.perf_counter() - started)
+                    query_log.record(client, packet, reply, True, took)
                 deadline = trio.current_time() + limits.idle_timeout
             with trio.CancelScope(deadline=deadline):
                 data = await stream.receive_some(MAX_DATAGRAM)

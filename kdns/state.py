@@ -10,27 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kdns.core.cache import ForwardCache
-from kdns.core.counters import QueryCounters
-
-# Upper bounds, in seconds, of the forward latency buckets: CoreDNS's (plugin/pkg/metrics).
-LATENCY_BUCKETS = (
-    0.00025,
-    0.0005,
-    0.001,
-    0.002,
-    0.004,
-    0.008,
-    0.016,
-    0.032,
-    0.064,
-    0.128,
-    0.256,
-    0.512,
-    1.024,
-    2.048,
-    4.096,
-    8.192,
-)
+from kdns.core.counters import Histogram, ProgrammingDurations, QueryCounters, RequestDurations
 
 
 @dataclass(slots=True)
@@ -42,18 +22,13 @@ class UpstreamCounters:
     dropped: int = 0  # datagrams that were not an answer anyone waited for
     malformed: int = 0  # answers to our question that did not parse: never relayed or cached
     responses: dict[int, int] = field(default_factory=dict)  # by rcode
-    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    latency_sum: float = 0.0
+    latency: Histogram = field(default_factory=Histogram)  # seconds from a try sent to its answer
     healthcheck_failures: int = 0
     down: bool = False
 
     def answered(self, rcode: int, seconds: float) -> None:
         self.responses[rcode] = self.responses.get(rcode, 0) + 1
-        self.latency_sum += seconds
-        index = 0
-        while index < len(LATENCY_BUCKETS) and seconds > LATENCY_BUCKETS[index]:
-            index += 1
-        self.latency_buckets[index] += 1
+        self.latency.observe(seconds)
 
 
 @dataclass(slots=True)
@@ -70,9 +45,13 @@ class WatchCounters:
 class State:
     """Readiness and every counter of one kdns instance."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, time_requests: bool = True) -> None:
         self.queries = QueryCounters()
+        # Each query's duration, when someone reads it (the metrics endpoint is on): two clock
+        # reads and a histogram update a query, which the listeners skip when this is None.
+        self.durations: RequestDurations | None = RequestDurations() if time_requests else None
         self.upstreams: dict[str, UpstreamCounters] = {}
+        self.programming = ProgrammingDurations()  # from a change in the cluster to it being served
         self.watches: dict[str, WatchCounters] = {}
         self.cache: ForwardCache | None = None  # its own counters: hits, misses, inserts, evictions
         self.tcp_connections = 0  # open now

@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 from kdns.config import WatchOptions
+from kdns.core.counters import ProgrammingDurations
 from kdns.core.model import ClusterObject
 from kdns.core.store import ClusterStore
 from kdns.sources.kube import Applier, backoff
@@ -131,3 +132,38 @@ def test_an_unforeseen_fault_on_one_object_is_contained_to_it() -> None:
     assert _address(store, "s2.a.svc.cluster.local") == ["10.96.0.2"]
     assert not applier.event("Service", "ADDED", service("a", "boom", ["10.96.0.3"]))
     assert applier.errors == 2
+
+
+def test_programming_latency_is_counted_per_kind_from_the_changes_own_time() -> None:
+    """kdns_dns_programming_duration_seconds: a slice from its last-change-trigger-time, a new
+    Service from its creation time, to the moment the change is applied (and served)."""
+    store = ClusterStore("cluster.local", 30)
+    programming = ProgrammingDurations()
+    now = 1_800_000_000.0
+    applier = Applier(store, WatchOptions(), clock=lambda: now, programming=programming)
+    created = service("a", "web", ["10.96.0.1"])
+    created["metadata"]["creationTimestamp"] = "2027-01-15T07:20:00Z"  # 1,800,000,000 - 2,400 s
+    assert applier.event("Service", "ADDED", created)
+    assert programming.by_kind["cluster_ip"].total == 2400.0
+    # A later change to the same Service says nothing new about when it happened: not counted.
+    created["spec"]["ports"][0]["port"] = 81
+    assert applier.event("Service", "MODIFIED", created)
+    assert sum(programming.by_kind["cluster_ip"].counts) == 1
+    # A headless Service's slice, with the trigger time the EndpointSlice controller sets.
+    db = headless("a", "db")
+    db["spec"]["selector"] = {"app": "db"}
+    applier.reconcile("Service", None, [db])  # listed: not counted
+    slice_ = endpoint_slice("a", "db-x", "db", [endpoint("10.244.0.1")])
+    slice_["metadata"]["annotations"] = {"endpoints.kubernetes.io/last-change-trigger-time": "2027-01-15T07:59:58.5Z"}
+    assert applier.event("EndpointSlice", "ADDED", slice_)
+    assert programming.by_kind["headless_with_selector"].total == 1.5
+    assert _address(store, "db.a.svc.cluster.local") == ["10.244.0.1"]
+    # Not counted: a slice without the annotation, one with an unreadable one, and deletions.
+    unannotated = endpoint_slice("a", "db-y", "db", [endpoint("10.244.0.2")])
+    assert applier.event("EndpointSlice", "ADDED", unannotated)
+    unreadable = endpoint_slice("a", "db-z", "db", [endpoint("10.244.0.3")])
+    unreadable["metadata"]["annotations"] = {"endpoints.kubernetes.io/last-change-trigger-time": "yesterday"}
+    assert applier.event("EndpointSlice", "ADDED", unreadable)
+    assert applier.event("EndpointSlice", "DELETED", slice_)
+    assert sum(programming.by_kind["headless_with_selector"].counts) == 1
+    assert set(programming.by_kind) == {"cluster_ip", "headless_with_selector"}

@@ -81,6 +81,13 @@ async def test_coredns_and_kdns_metrics_move_with_the_queries(nursery: trio.Nurs
     assert _value(samples, "coredns_forward_request_duration_seconds_count", to=to) == 1
     assert _value(samples, "coredns_forward_request_duration_seconds_bucket", to=to, le="+Inf") == 1
     assert _value(samples, "coredns_forward_healthcheck_broken_total") == 0
+    # Every answered query timed, by type, the forwarded one included (CoreDNSLatencyHigh reads it).
+    timed = {"server": server, "zone": ".", "view": ""}
+    assert _value(samples, "coredns_dns_request_duration_seconds_count", **timed, type="A") == 5
+    assert _value(samples, "coredns_dns_request_duration_seconds_bucket", **timed, type="A", le="+Inf") == 5
+    assert _value(samples, "coredns_dns_request_duration_seconds_count", **timed, type="AAAA") == 1
+    assert 0 < _value(samples, "coredns_dns_request_duration_seconds_sum", type="A") < 5
+    assert _value(samples, "coredns_dns_request_duration_seconds_bucket", type="A", le="8.192") == 5
     assert _value(samples, "coredns_cache_hits_total", server=server, type="success") == 1
     assert _value(samples, "coredns_cache_misses_total", server=server) >= 1
     assert _value(samples, "coredns_cache_entries", server=server, type="success") == 1

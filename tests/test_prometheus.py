@@ -135,6 +135,12 @@ def test_the_coredns_mixin_alerts_read_kdns_metrics(
             time.sleep(0.5)
         assert prometheus.firing() == set()
         assert prometheus.query('coredns_build_info{job="kdns"}')
+        # CoreDNSLatencyHigh's expression has data to read, well under its 4 s threshold.
+        latency = prometheus.query(
+            'histogram_quantile(0.99, sum(rate(coredns_dns_request_duration_seconds_bucket{job="kdns"}[5m]))'
+            " by(server, zone, le))"
+        )
+        assert latency and all(0 < float(str(sample["value"][1])) < 4 for sample in latency)  # type: ignore[index]
         # The upstream dies: forwarded names get SERVFAIL, the upstream is marked down, and every
         # further forward finds every upstream down.
         upstream.mode = "silent"

@@ -7,6 +7,7 @@ and go on with the other objects.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import ipaddress
 import re
@@ -350,6 +351,36 @@ def object_key(kind: str, raw: Any) -> ObjectKey | None:
         return ("", name)
     namespace = metadata.get("namespace")
     return ((namespace if isinstance(namespace, str) and namespace else DEFAULT_NAMESPACE).lower(), name)
+
+
+# Set by the EndpointSlice controller to when the change that led to this version of the slice
+# happened (a Pod or Service change), as RFC 3339: what DNS programming latency counts from.
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+def change_time(kind: str, raw: Any) -> float | None:
+    """When the change an object carries happened in the cluster, as Unix time: an EndpointSlice's
+    last-change-trigger-time annotation, a Service's creation time; None when it has none (or
+    not a readable one: this only feeds a metric, and never rejects an object)."""
+    metadata = raw.get("metadata") if isinstance(raw, dict) else None
+    if not isinstance(metadata, dict):
+        return None
+    if kind == Kind.ENDPOINT_SLICE:
+        annotations = metadata.get("annotations")
+        text = annotations.get(TRIGGER_TIME_ANNOTATION) if isinstance(annotations, dict) else None
+    elif kind == Kind.SERVICE:
+        text = metadata.get("creationTimestamp")
+    else:
+        return None
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text)  # RFC 3339, with "Z" and any fraction (3.11)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None  # RFC 3339 times carry their offset: without one, it is not the API's
+    return moment.timestamp()
 
 
 def key_of(obj: ClusterObject) -> ObjectKey:

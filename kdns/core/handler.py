@@ -129,7 +129,7 @@ class Handler:
             else:
                 self.counters.count(tcp, 0, error.rcode & RCODE_MASK, _family(client))  # type unknown: 0
             return reply
-        self.counters.count(tcp, query.qtype, answer.flags & RCODE_MASK, 2 if client and len(client) == 4 else 1)
+        self.counters.count(tcp, query.qtype, answer.flags & RCODE_MASK, _family(client))
         limit = TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
         return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
 
@@ -236,11 +236,14 @@ class Handler:
             return Forward(target_query, tcp, chased_from=query)
         return chase.compose(query, target_query, self._ttl, cached, tcp, self.options)
 
-    def failure_reply(self, packet: bytes) -> bytes | None:
-        """SERVFAIL for a query whose handling raised: the server logs it and keeps serving."""
+    def failure_reply(self, packet: bytes, tcp: bool, client: ClientAddress | None = None) -> bytes | None:
+        """SERVFAIL for a query whose handling raised (counted as any reply): the server logs it
+        and keeps serving."""
         try:
             query = wire.parse_query(packet)
             query = wire.checked(packet, query)
         except wire.QueryError:
+            self.counters.dropped += 1
             return None
+        self.counters.count(tcp, query.qtype, SERVFAIL, _family(client))
         return wire.status_reply(query, SERVFAIL, self.options.max_udp, self.options.recursion_available)

@@ -33,8 +33,9 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
 from kdns.config import WatchOptions
-from kdns.core.convert import ConversionError, ObjectKey, convert, object_key
-from kdns.core.model import ClusterObject, Kind
+from kdns.core.convert import ConversionError, ObjectKey, change_time, convert, object_key
+from kdns.core.counters import ProgrammingDurations
+from kdns.core.model import ClusterObject, EndpointSlice, Kind, Service, ServiceType
 from kdns.core.store import ClusterStore, bulk_change
 from kdns.errors import KdnsError
 from kdns.state import State, WatchCounters
@@ -112,10 +113,17 @@ def _resource_version(raw: Any) -> str | None:
 class Applier:
     """Applies what the watchers saw to the store (on the trio side, one change at a time)."""
 
-    def __init__(self, store: ClusterStore, options: WatchOptions, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: ClusterStore,
+        options: WatchOptions,
+        clock: Callable[[], float] = time.time,
+        programming: ProgrammingDurations | None = None,
+    ) -> None:
         self.store = store
         self.allowed = set(options.namespaces)
-        self.clock = clock
+        self.clock = clock  # Unix time: serials, and programming latency against the API's times
+        self.programming = programming
         self.errors = 0  # objects that could not be applied (beyond conversion errors)
 
     def _in_scope(self, kind: Kind, key: tuple[str, str]) -> bool:
@@ -129,13 +137,14 @@ class Applier:
         key = object_key(kind, raw)
         if key is None:
             return Prepared(None, None, None)
+        changed_at = change_time(kind, raw)
         declared = raw.get("kind")
         if declared is not None and declared != kind:
             # The API server never sends another kind on a watch: whatever this is, it is not
             # one of the objects this watch follows.
             return Prepared(key, None, ConversionError(kind, "/".join(key), "kind", f"{declared!r} on a {kind} watch"))
         try:
-            return Prepared(key, convert(kind, raw), None)
+            return Prepared(key, convert(kind, raw), None, changed_at)
         except ConversionError as error:
             return Prepared(key, None, error)
         except Exception as error:  # a converter bug: contained to this object
@@ -159,8 +168,29 @@ class Applier:
             self.store.delete(kind, key)
         elif not self._guarded_apply(kind, prepared):
             return False
-        self.store.zone.bump_serial(int(self.clock()))
+        now = self.clock()
+        self.store.zone.bump_serial(int(now))
+        if event_type != "DELETED":
+            self._programmed(kind, event_type, prepared, now)
         return True
+
+    def _programmed(self, kind: Kind, event_type: str, prepared: Prepared, now: float) -> None:
+        """Count a watched change's programming latency, now that its answers are served (the
+        zone's prepared answers changed as it was applied). Only watch events count: a list holds
+        old changes, which CoreDNS does not count either."""
+        converted = prepared.converted
+        if self.programming is None or prepared.changed_at is None or converted is None:
+            return
+        if isinstance(converted, Service):
+            if event_type != "ADDED":
+                return  # a Service's creation time says nothing of when a later change happened
+            service: ClusterObject | None = converted
+        elif isinstance(converted, EndpointSlice):
+            service = self.store.get(Kind.SERVICE, converted.service_key)
+        else:
+            return
+        if isinstance(service, Service):  # a slice of an unknown Service serves nothing yet
+            self.programming.observe(service_kind(service), now - prepared.changed_at)
 
     def reconcile(self, kind: Kind | str, namespace: str | None, items: Sequence[Any]) -> None:
         """Make the store's objects of `kind` (in `namespace`) those of a fresh list: adds, updates
@@ -227,6 +257,17 @@ class Prepared:
     key: ObjectKey | None
     converted: ClusterObject | None
     error: ConversionError | None
+    changed_at: float | None = None  # when the change happened in the cluster (`change_time`)
+
+
+def service_kind(service: Service) -> str:
+    """A Service's kind as programming latency is labelled: CoreDNS's `service_kind` values, and
+    `external_name`, which CoreDNS does not measure."""
+    if service.type is ServiceType.CLUSTER_IP:
+        return "cluster_ip"
+    if service.type is ServiceType.EXTERNAL_NAME:
+        return "external_name"
+    return "headless_with_selector" if service.has_selector else "headless_without_selector"
 
 
 class MalformedEvent(ValueError):
@@ -473,7 +514,7 @@ class ClusterFollower:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         token = trio.lowlevel.current_trio_token()
         stop = threading.Event()
-        applier = Applier(self.store, self.options)
+        applier = Applier(self.store, self.options, programming=self.state.programming)
         scoped = list(self._scopes())
 
         def guarded(change: Callable[[], None]) -> None:
