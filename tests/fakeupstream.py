@@ -8,9 +8,10 @@ otherwise through `mode`:
 - "truncate": over UDP, an empty answer with TC set; over TCP, the full answer;
 - "wrong-id", "wrong-question", "wrong-port": first a forged answer (another ID; another
   question; the right answer sent from another socket), then, after `forged_delay`, the real one;
-- "slow": answer after `delay` seconds;
-- "script": `script(query, answer)` returns the datagrams to send, each after its delay in seconds:
-  garbage, malformed answers, answers to other questions, late answers, whatever a test needs.
+- "held": answer only once the test calls `release()` (a slow upstream, with no clock in it);
+- "script": `script(query, answer)` returns the datagrams to send, each after its delay in seconds
+  (None: once the test calls `release()`): garbage, malformed answers, answers to other questions,
+  late answers, whatever a test needs.
 It counts queries per transport and keeps the names asked; kdns's loop probe at start is kept
 apart (`probes`), so that counts are those of the queries a test made.
 """
@@ -21,7 +22,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import dns.flags
 import dns.message
@@ -34,9 +35,9 @@ class FakeUpstream:
         self.address = address
         self.ttl = ttl
         self.mode = "answer"
-        self.script: Callable[[dns.message.Message, bytes], list[tuple[bytes, float]]] | None = None
-        self.delay = 1.0
+        self.script: Callable[[dns.message.Message, bytes], Sequence[tuple[bytes, float | None]]] | None = None
         self.forged_delay = 0.2
+        self._released = threading.Event()  # "held" answers wait for it
         self.udp_queries = 0
         self.tcp_queries = 0
         self.names: list[str] = []
@@ -57,8 +58,13 @@ class FakeUpstream:
     def queries(self) -> int:
         return self.udp_queries + self.tcp_queries
 
+    def release(self) -> None:
+        """Send every answer "held" back, and answer at once from now on."""
+        self._released.set()
+
     def close(self) -> None:
         self._closed = True
+        self._released.set()  # held and silent TCP answers give up
         for sock in (self._udp, self._tcp, self._other):
             sock.close()
 
@@ -93,14 +99,17 @@ class FakeUpstream:
         mode = self.mode
         if mode == "silent":
             return
-        if mode == "slow":
-            time.sleep(self.delay)
+        if mode == "held":
+            self._released.wait()
         response = self._answer(query, tcp=False)
         wire = response.to_wire()
         try:
             if mode == "script" and self.script is not None:
                 for datagram, delay in self.script(query, wire):
-                    time.sleep(delay)
+                    if delay is None:
+                        self._released.wait()  # held until the test calls release()
+                    else:
+                        time.sleep(delay)
                     self._udp.sendto(datagram, peer)
                 return
             if mode == "wrong-id":
@@ -143,10 +152,10 @@ class FakeUpstream:
             self.tcp_queries += 1
             self.names.append(query.question[0].name.to_text())
             if self.mode == "silent":
-                time.sleep(10)
+                self._released.wait()  # the connection open and unanswered until close()
                 return
-            if self.mode == "slow":
-                time.sleep(self.delay)
+            if self.mode == "held":
+                self._released.wait()
             wire = self._answer(query, tcp=True).to_wire()
             conn.sendall(struct.pack("!H", len(wire)) + wire)
 

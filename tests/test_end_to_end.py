@@ -180,13 +180,22 @@ def test_tcp_connections_beyond_the_cap_are_closed_at_once() -> None:
     server = KdnsServer("--snapshot", "examples/cluster.yaml", "--max-tcp-connections", "2")
     try:
         held = [socket.create_connection((server.host, server.port), timeout=5) for _ in range(2)]
-        time.sleep(0.3)
+        for conn in held:  # each accepted and served: both now count against the cap
+            query = dns.message.make_query("web.prod.svc.cluster.local", "A")
+            dns.query.send_tcp(conn, query, expiration=time.time() + 5)
+            assert dns.query.receive_tcp(conn, expiration=time.time() + 5)[0].answer
         with socket.create_connection((server.host, server.port), timeout=5) as extra:
             assert extra.recv(10) == b""
         for conn in held:
             conn.close()
-        time.sleep(0.3)
-        assert _tcp(server, "web.prod.svc.cluster.local").answer
+        deadline = time.monotonic() + 5
+        while True:  # room again once kdns has seen them close
+            try:
+                assert _tcp(server, "web.prod.svc.cluster.local").answer
+                break
+            except (EOFError, ConnectionError):
+                assert time.monotonic() < deadline, "the cap never made room again"
+                time.sleep(0.05)
     finally:
         assert server.stop() == 0
 

@@ -210,16 +210,15 @@ def test_tcp_client_is_forwarded_over_tcp(upstream: FakeUpstream) -> None:
 
 
 def test_queries_beyond_max_concurrent_are_refused_at_once(upstream: FakeUpstream) -> None:
-    upstream.mode = "slow"
-    upstream.delay = 1.5
+    upstream.mode = "held"
     server = _serve("--upstream", upstream.spec, "--max-concurrent", "2", "--upstream-timeout", "3")
     try:
         with ThreadPoolExecutor(3) as pool:
             slow = [pool.submit(_ask, server, f"slow{i}.example") for i in range(2)]
-            time.sleep(0.3)
-            started = time.monotonic()
-            refused = _ask(server, "third.example")
-            assert refused.rcode() == dns.rcode.REFUSED and time.monotonic() - started < 0.5
+            _wait_for(lambda: upstream.udp_queries >= 2, 5)  # both in flight, upstream sitting on them
+            refused = _ask(server, "third.example")  # answered while the two are still held
+            assert refused.rcode() == dns.rcode.REFUSED and not any(future.done() for future in slow)
+            upstream.release()
             assert all(future.result().rcode() == dns.rcode.NOERROR for future in slow)
     finally:
         assert server.stop() == 0
@@ -303,6 +302,17 @@ def _wait_for(check: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.05)
 
 
+def _answers_locally(port: int) -> bool:
+    """Whether a DNS server on 127.0.0.1:`port` is up: Unbound answers `version.server CH TXT`
+    itself, whatever it forwards."""
+    query = dns.message.make_query("version.server", "TXT", "CH")
+    try:
+        dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
+    except (dns.exception.Timeout, OSError):
+        return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -322,7 +332,7 @@ def test_forwarding_loop_through_an_upstream_is_detected_and_kdns_exits_2(tmp_pa
     )
     unbound = subprocess.Popen(["unbound", "-d", "-c", str(config)], stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
+        _wait_for(lambda: _answers_locally(unbound_port), 10)
         result = run_kdns(
             "serve", "--snapshot", str(EXAMPLE), "--listen", f"127.0.0.1:{kdns_port}",
             "--upstream", f"127.0.0.1:{unbound_port}", timeout=30,
@@ -338,7 +348,8 @@ def test_healthy_upstreams_pass_the_loop_probe(upstream: FakeUpstream) -> None:
     server = _serve("--upstream", upstream.spec)
     try:
         _wait_for(lambda: len(upstream.probes) == 1, 5)
-        time.sleep(0.3)
+        # The probe was answered NXDOMAIN and never came back; kdns forwards on as before.
+        assert _addresses(_ask(server, "after-probe.example")) == ["192.0.2.1"]
         assert server.alive() and "forwarding loop" not in server.log_text()
     finally:
         assert server.stop() == 0

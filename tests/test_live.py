@@ -88,9 +88,32 @@ class QueryLoop:
                     self.wrong.append((name, rcode, answer))
             time.sleep(0.02)
 
+    def wait_for(self, more: int, timeout: float = 10) -> None:
+        """Wait until the loop has asked `more` further names (instead of sleeping a while)."""
+        target = self.asked + more
+        _wait(lambda: self.asked >= target, timeout, f"{more} more queries from the loop")
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+def _watch_errors(server: KdnsServer) -> int:
+    """Failed API requests so far, over every watcher (`kdns_watch_errors_total`); kdns must have
+    been started with `--metrics-listen`."""
+    body = _http_get(_http_port(server, "/metrics"), "/metrics")[1]
+    return int(
+        sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith("kdns_watch_errors_total{"))
+    )
+
+
+def _failures_grow(server: KdnsServer, more: int, timeout: float, what: str) -> None:
+    """Wait until `more` further API requests have failed: the outage has been met and retried."""
+    target = _watch_errors(server) + more
+    _wait(lambda: _watch_errors(server) >= target, timeout, what)
+
+
+METRICS = ("--metrics-listen", "127.0.0.1:0")
 
 
 def test_service_created_after_start_resolves_and_deleted_goes_nxdomain_within_2s(
@@ -146,16 +169,19 @@ def test_before_the_first_list_completes_cluster_names_get_servfail_not_nxdomain
         assert server.stop() == 0
 
 
-def test_api_server_stopped_for_10s_names_keep_resolving_and_changes_appear_after(
+def test_api_server_stopped_names_keep_resolving_through_retries_and_changes_appear_after(
     api: FakeApiServer, tmp_path: Path
 ) -> None:
-    server = _start(api, tmp_path)
+    server = _start(api, tmp_path, *METRICS)
     try:
         _synced(server)
         loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.0.5"]})
         api.stop()
         api.apply(service("prod", "while-down", ["10.96.0.7"]))  # made while kdns cannot see it
-        time.sleep(10)
+        # Down until every watcher (3) has failed and retried at least twice more, and the loop
+        # has been answered throughout.
+        _failures_grow(server, 9, 15, "three failed tries per watcher")
+        loop.wait_for(100)
         api.start()
         _wait(
             lambda: _ask(server, "while-down.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.7"]),
@@ -186,7 +212,7 @@ def test_410_during_watch_relists_without_any_name_flapping(api: FakeApiServer, 
         api.start()
         _wait(lambda: _ask(server, "added.prod.svc.cluster.local")[0] == "NOERROR", 5, "relist after 410")
         _wait(lambda: _ask(server, "doomed.prod.svc.cluster.local")[0] == "NXDOMAIN", 2, "deletion seen by relist")
-        time.sleep(0.5)
+        loop.wait_for(20)
         loop.stop()
         assert loop.wrong == [] and loop.asked > 20
         assert "410 Gone" in server.log_text()
@@ -195,15 +221,17 @@ def test_410_during_watch_relists_without_any_name_flapping(api: FakeApiServer, 
 
 
 def test_api_answering_500_or_stalling_never_empties_the_zone(api: FakeApiServer, tmp_path: Path) -> None:
-    server = _start(api, tmp_path)
+    # A stalled watch times out after its own timeout plus --api-timeout: 1 + 2 s here.
+    server = _start(api, tmp_path, *METRICS, "--watch-timeout", "1")
     try:
         _synced(server)
         loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.0.5"]})
         api.fail()
-        time.sleep(3)
+        _failures_grow(server, 6, 15, "two 500s per watcher")
         api.fail(False)
         api.stall()
-        time.sleep(4)  # longer than --api-timeout: reads time out
+        _failures_grow(server, 3, 15, "a read timed out (--api-timeout) per watcher")
+        loop.wait_for(20)
         api.stall(False)
         api.apply(service("prod", "after", ["10.96.0.4"]))
         _wait(lambda: _ask(server, "after.prod.svc.cluster.local")[0] == "NOERROR", 8, "recovery")
@@ -223,8 +251,12 @@ def test_relist_answered_500_keeps_the_zone_until_a_list_succeeds(api: FakeApiSe
         api.compact()  # the resumed watch gets 410 ...
         api.fail(lists_only=True)  # ... and the list it leads to fails
         api.start()
-        _wait(lambda: api.requests[-1].startswith("/api/v1/services?limit"), 5, "a relist attempt")
-        time.sleep(2)
+
+        def relists() -> int:
+            return sum(request.startswith("/api/v1/services?limit") for request in api.requests)
+
+        first = relists()
+        _wait(lambda: relists() >= first + 3, 10, "three relist attempts, each answered 500")
         assert _ask(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
         api.fail(False)
         api.apply(service("prod", "after", ["10.96.0.4"]))
@@ -255,10 +287,10 @@ def test_lists_are_read_page_by_page(api: FakeApiServer, tmp_path: Path) -> None
 
 
 def test_watch_ending_normally_is_resumed_from_the_last_version(api: FakeApiServer, tmp_path: Path) -> None:
-    server = _start(api, tmp_path)
+    server = _start(api, tmp_path, "--watch-timeout", "1")  # each watch asks the server to end it in 1 s
     try:
         _synced(server)
-        time.sleep(11)  # every watch (timeoutSeconds 5-9) has ended and been resumed at least once
+        _wait(lambda: api.watch_count() >= 9, 10, "every watch ended and resumed twice")
         api.apply(service("prod", "later", ["10.96.0.3"]))
         _wait(lambda: _ask(server, "later.prod.svc.cluster.local")[0] == "NOERROR", 2, "event after resume")
         lists = [request for request in api.requests if "watch=true" not in request]

@@ -127,12 +127,17 @@ def test_the_coredns_mixin_alerts_read_kdns_metrics(
         while not prometheus.query('up{job="kdns"} == 1') or not prometheus.query("coredns_dns_responses_total"):
             assert time.monotonic() < deadline, "Prometheus never scraped kdns"
             _ask(server, "web.prod.svc.cluster.local")
-            time.sleep(0.5)
-        for _ in range(5):
+            time.sleep(0.2)
+        # Traffic until Prometheus holds three scrapes of it (rate() needs two) and has evaluated
+        # the rules since.
+        scrapes = 'count_over_time(coredns_dns_requests_total{job="kdns",type="A",proto="udp"}[5m]) >= 5'
+        deadline = time.monotonic() + 30
+        while not prometheus.query(scrapes):
+            assert time.monotonic() < deadline, "Prometheus never scraped the traffic"
             for i in range(10):
                 _ask(server, "web.prod.svc.cluster.local")
                 _ask(server, f"ok{i}.example.com")
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert prometheus.firing() == set()
         assert prometheus.query('coredns_build_info{job="kdns"}')
         # CoreDNSLatencyHigh's expression has data to read, well under its 4 s threshold.
@@ -150,7 +155,7 @@ def test_the_coredns_mixin_alerts_read_kdns_metrics(
             assert time.monotonic() < deadline, f"firing: {prometheus.firing()}"
             for i in range(5):
                 _ask(server, f"dead{i}.example.com")
-            time.sleep(0.5)
+            time.sleep(0.2)
         firing = prometheus.firing()
         assert "CoreDNSDown" not in firing and "CoreDNSLatencyHigh" not in firing
     finally:

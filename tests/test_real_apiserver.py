@@ -13,7 +13,6 @@ import copy
 import json
 import signal
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -28,7 +27,17 @@ from kubernetes.utils import create_from_dict
 from tests.builders import endpoint, endpoint_slice, headless, namespace, service
 from tests.kubeapi import ADMIN_TOKEN, MANIFESTS, RealApiServer, assets, real_apiserver
 from tests.process import KdnsServer
-from tests.test_live import FAST, QueryLoop, _ask, _http_get, _http_port, _synced, _wait
+from tests.test_live import (
+    FAST,
+    METRICS,
+    QueryLoop,
+    _ask,
+    _failures_grow,
+    _http_get,
+    _http_port,
+    _synced,
+    _wait,
+)
 
 LONG_PORT = "p" * 63  # valid in Kubernetes; `_` + it is no DNS label
 
@@ -164,7 +173,7 @@ def test_a_real_410_after_compaction_leads_to_a_relist_that_loses_no_served_name
             try:
                 _wait(lambda: _ask(server, "new29.prod.svc.cluster.local")[1] == ["10.96.4.30"], 20, "relisted")
                 _wait(lambda: _ask(server, "doomed.prod.svc.cluster.local")[0] == "NXDOMAIN", 5, "deletion")
-                time.sleep(0.5)
+                loop.wait_for(21)
             finally:
                 loop.stop()
             assert loop.asked > 20 and loop.wrong == []
@@ -182,7 +191,7 @@ def test_api_server_stopped_and_restarted_under_a_query_loop(tmp_path: Path) -> 
         api.create(service("prod", "web", ["10.96.0.5"]))
         api.create(headless("prod", "db"))
         api.create(endpoint_slice("prod", "db-a", "db", [endpoint("10.244.0.1"), endpoint("10.244.0.2")]))
-        server = _kdns(api, tmp_path)
+        server = _kdns(api, tmp_path, *METRICS)
         try:
             _synced(server)
             expected = {
@@ -192,7 +201,9 @@ def test_api_server_stopped_and_restarted_under_a_query_loop(tmp_path: Path) -> 
             loop = QueryLoop(server, expected)
             try:
                 api.stop()
-                time.sleep(4)  # the outage: every watch fails and backs off
+                # The outage: every watcher (3) fails and retries with backoff, twice at least.
+                _failures_grow(server, 6, 20, "two failed tries per watcher")
+                loop.wait_for(51)
                 api.start()
                 api.create(service("prod", "after", ["10.96.0.8"]))
                 _wait(

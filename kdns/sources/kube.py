@@ -298,6 +298,7 @@ class ResourceWatcher:
         counters: WatchCounters,
         on_listed: Callable[[], None],
         stop: threading.Event,
+        pause: Callable[[float], object] | None = None,
     ) -> None:
         self.resource = resource
         self.namespace = namespace
@@ -307,21 +308,26 @@ class ResourceWatcher:
         self.counters = counters  # in the state seam
         self.on_listed = on_listed
         self.stop = stop
+        # How a backoff delay is waited out: until `stop` is set, or the delay has passed. Tests
+        # give their own, which records the delays and keeps no time.
+        self.pause: Callable[[float], object] = pause if pause is not None else stop.wait
         self.name = watcher_name(resource, namespace)
         self._list_function, self._scope = list_call(api_client, resource, namespace, options)
         self._version: str | None = None
         self._failing_since: float | None = None
         self._malformed_at: str | None = None  # the version a watch last broke at with a malformed line
+        self._delays = self._fresh_backoff()  # started afresh each time the API answers again
+
+    def _fresh_backoff(self) -> Iterator[float]:
+        return backoff(self.options.backoff_initial, self.options.backoff_max, random.Random())
 
     def run(self) -> None:
         """Follow the resource until `stop` is set."""
-        delays = backoff(self.options.backoff_initial, self.options.backoff_max, random.Random())
         while not self.stop.is_set():
             try:
                 if self._version is None:
                     self._list()
                 self._watch()
-                delays = backoff(self.options.backoff_initial, self.options.backoff_max, random.Random())
             except MalformedEvent as error:
                 # Watching again resumes at the same version; if the stream breaks there again,
                 # the line would come back forever: list afresh instead, past it.
@@ -346,7 +352,7 @@ class ResourceWatcher:
                 self._failed(f"{type(error).__name__}: {error}")
             else:
                 continue
-            self.stop.wait(next(delays))
+            self.pause(next(self._delays))
 
     def _failed(self, reason: str) -> None:
         self.counters.errors += 1  # only this watcher's thread writes it
@@ -359,9 +365,12 @@ class ResourceWatcher:
             log.debug("%s: still failing: %s", self.name, reason)
 
     def _recovered(self) -> None:
+        """The API answered: the outage (if any) is over, and the next one backs off from the
+        shortest delay again, however long this one grew (client-go resets its backoff too)."""
         if self._failing_since is not None:
             log.warning("%s: API reachable again after %.1f s", self.name, time.monotonic() - self._failing_since)
             self._failing_since = None
+            self._delays = self._fresh_backoff()
 
     def _list(self) -> None:
         """List page by page, each page applied as it arrives; then delete what was not listed.
@@ -412,6 +421,7 @@ class ResourceWatcher:
         )
         try:
             _check_status(response)
+            self._recovered()  # a watch accepted is the API back, even before any event
             for line in iter_resp_lines(response):
                 if not line:
                     continue
