@@ -169,7 +169,7 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
                 HandlerOptions(max_udp=config.max_udp, recursion_available=forwarder is not None),
                 cache,
                 counters=state.queries,
-                ready=state.ready,
+                ready=state.synced,  # not `ready`: that turns False in lameduck
                 loop_probes=forwarder.loop_probes if forwarder is not None else None,
             )
             if forwarder is not None:

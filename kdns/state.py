@@ -73,11 +73,15 @@ class State:
         for name in watchers:
             self.watches.setdefault(name, WatchCounters())
 
-    def ready(self) -> bool:
-        """Every watcher has listed once (always, for a snapshot)."""
-        if self.draining:
-            return False
+    def synced(self) -> bool:
+        """Every watcher has listed once (always, for a snapshot): a name missing from the zone
+        is missing from the cluster. The handler asks this, never `ready`: while draining,
+        missing names are still NXDOMAIN."""
         return not self._following or all(watch.listed for watch in self.watches.values())
+
+    def ready(self) -> bool:
+        """Synced and not draining: what `/ready` says."""
+        return not self.draining and self.synced()
 
     # -- registries ------------------------------------------------------------------------
 

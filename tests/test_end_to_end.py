@@ -288,6 +288,8 @@ def test_sigterm_starts_a_lameduck_that_answers_every_query_while_ready_turns_50
         try:
             reply = _udp(server, "web.prod.svc.cluster.local")
             answered += bool(reply.answer)
+            # Names that do not exist stay NXDOMAIN: draining is not "not synced" (no SERVFAIL).
+            assert _udp(server, "nope.prod.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
         except dns.exception.Timeout:
             failed += 1
         if not saw_503:

@@ -569,7 +569,7 @@ class ClusterFollower:
 
     def _listed(self) -> None:
         """A watcher has listed for the first time (on the trio side)."""
-        if self.state.ready():
+        if self.state.synced():
             log.info("synced: every watcher has listed once; serving the cluster")
 
 
