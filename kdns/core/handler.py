@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 from kdns.core import chase, rdata, wire
 from kdns.core.cache import ForwardCache
-from kdns.core.counters import QueryCounters
+from kdns.core.counters import TCP, UDP, QueryCounters
 from kdns.core.message import DEFAULT_MAX_UDP, RCODE_MASK, REFUSED, SERVFAIL, TCP_LIMIT
 from kdns.core.upstream import ForwardedAnswer
 from kdns.core.zone import Answer, Zone
 
 ClientAddress = tuple[str, int] | tuple[str, int, int, int]  # IPv4, IPv6 socket addresses
+# A kept reply: its bytes after the ID, the query type, the counters' keys (IPv4, IPv6 client).
+_Kept = tuple[bytes, int, tuple[str, int, int, int], tuple[str, int, int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,11 @@ def _always() -> bool:
     return True
 
 
+# Replies kept per transport by the reply cache; when full it is emptied and fills again with
+# what is asked next (an attacker asking random names can only make it start over).
+MAX_KEPT_REPLIES = 10_000
+
+
 def _family(client: ClientAddress | None) -> int:
     """1 for an IPv4 client, 2 for IPv6 (whose socket addresses have four parts)."""
     return 2 if client is not None and len(client) == 4 else 1
@@ -97,15 +104,37 @@ class Handler:
         self._prepared = zone.prepared if zone is not None else {}
         self._domain_key = zone.apexes[0] if zone is not None else None
         self._ttl = zone.ttl if zone is not None else 0
+        # The reply cache: every reply made from the zone, by the query's bytes after its ID, per
+        # transport (a UDP reply may be cut to fit). The same bytes get the same reply, but for
+        # the ID, until the zone changes (`Zone.generation`), so a repeated query costs one dict
+        # lookup and one concatenation instead of a parse and an assembly: 0.3 against 3 to 5 µs.
+        # Each value: the reply after its ID, the query type, and the counters' keys for an IPv4
+        # and an IPv6 client. Answers from the forward cache are not kept: their TTLs run down.
+        self._kept: tuple[dict[bytes, _Kept], dict[bytes, _Kept]] = ({}, {})  # UDP, TCP
+        self._kept_generation = zone.generation if zone is not None else 0
 
     def handle(self, packet: bytes, tcp: bool, client: ClientAddress | None = None) -> bytes | Forward | None:
         """The reply to one query from `client`; a `Forward` when it is to be asked upstream;
         None when it must be dropped (a response, a fragment of a header)."""
+        zone = self.zone
+        if zone is not None and zone.generation != self._kept_generation:
+            self._forget_replies(zone.generation)
+        kept = self._kept[tcp]
+        hit = kept.get(packet[2:])
+        if hit is not None:
+            body, qtype, ipv4_key, ipv6_key = hit
+            counters = self.counters
+            key = ipv6_key if client is not None and len(client) == 4 else ipv4_key
+            replies = counters.replies
+            replies[key] = replies.get(key, 0) + 1  # `QueryCounters.count`, inlined
+            counters.last_qtype = qtype
+            return packet[:2] + body
         options = self.options
         try:
             query = wire.parse_query(packet)
             # The index holds class IN only; other classes are refused below.
             answer = self._prepared.get((query.key, query.qtype)) if query.qclass == rdata.CLASS_IN else None
+            from_zone = answer is not None
             if answer is None:
                 cache_missed = False
                 if self.cache is not None and query.qclass == rdata.CLASS_IN and not self._maybe_ours(query.key):
@@ -122,6 +151,8 @@ class Handler:
                     if isinstance(decided, Forward):
                         return decided
                     query, answer = checked, decided
+                    # From the zone (the same object it holds), not the forward cache: kept.
+                    from_zone = zone is not None and zone.answer(query.key, query.qtype) is answer
         except wire.QueryError as error:
             reply = wire.error_reply(error, options.max_udp, options.recursion_available)
             if reply is None:
@@ -129,9 +160,27 @@ class Handler:
             else:
                 self.counters.count(tcp, 0, error.rcode & RCODE_MASK, _family(client))  # type unknown: 0
             return reply
-        self.counters.count(tcp, query.qtype, answer.flags & RCODE_MASK, _family(client))
+        rcode = answer.flags & RCODE_MASK
+        self.counters.count(tcp, query.qtype, rcode, _family(client))
         limit = TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
-        return wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
+        reply = wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
+        if from_zone:
+            if len(kept) >= MAX_KEPT_REPLIES:
+                kept.clear()
+            transport = TCP if tcp else UDP
+            kept[packet[2:]] = (
+                reply[2:],
+                query.qtype,
+                (transport, 1, query.qtype, rcode),
+                (transport, 2, query.qtype, rcode),
+            )
+        return reply
+
+    def _forget_replies(self, generation: int) -> None:
+        """The zone changed: no reply made before may be sent again."""
+        for kept in self._kept:
+            kept.clear()
+        self._kept_generation = generation
 
     def _answer_checked(self, query: wire.Query, tcp: bool, cache_missed: bool) -> Answer | bytes | Forward:
         """A well-formed query with no prepared answer: refused, answered from the zone, or from

@@ -132,6 +132,7 @@ class ClusterStore:
             self.pods[obj.key] = obj
             self._pod_addresses.update((obj.namespace, ip) for ip in obj.ips)
             self._pod_addresses += Counter()  # drop entries that fell to zero
+            self.zone.touch()  # pod records are verified against them
 
     def delete(self, kind: Kind | str, key: tuple[str, str]) -> None:
         """Remove the object of `kind` at (namespace, name); a Namespace's key is ("", name)."""
@@ -153,6 +154,7 @@ class ClusterStore:
                 self._ref_namespace(old_pod.namespace, -1)
                 self._pod_addresses.subtract((old_pod.namespace, ip) for ip in old_pod.ips)
                 self._pod_addresses += Counter()
+                self.zone.touch()
 
     def get(self, kind: Kind | str, key: tuple[str, str]) -> ClusterObject | None:
         """The object of `kind` at (namespace, name); a Namespace's key is ("", name)."""

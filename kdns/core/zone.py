@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from itertools import accumulate
 
 from kdns.core import rdata
-from kdns.core.message import AA, NOERROR, NXDOMAIN, QR, RCODE_MASK
+from kdns.core.message import AA, HEADER_LENGTH, NOERROR, NXDOMAIN, QR, RCODE_MASK
 from kdns.core.model import IPAddress
 from kdns.core.names import at_label_boundary, from_wire, parse_pod_label, to_wire
 from kdns.core.rdata import Record, encode_rr
@@ -190,10 +190,15 @@ class Zone:
         # parent name -> who answers the names below it on demand; contributor -> that parent
         self._on_demand_children: dict[bytes, OnDemandRecords] = {}
         self._children_parent: dict[Hashable, bytes] = {}
-        self._nxdomain: dict[bytes, Answer] = {}
-        self._nodata: dict[bytes, Answer] = {}
+        # NXDOMAIN and NODATA answers by (rcode, apex, where the apex starts in the message): at
+        # most 2 x 3 x 256, made on first use and dropped when the serial moves.
+        self._negatives: dict[tuple[int, bytes, int], Answer] = {}
+        self._soa_times = b""  # the SOA's five 32-bit fields, from the serial on
         self._soa_answer: Answer | None = None
         self._addresses_memo: dict[bytes, list[bytes]] | None = None  # set only inside `replace`
+        # Moves on with every change to what the zone answers: whoever keeps replies made from
+        # it (the handler's reply cache) drops them when it differs from what they were made at.
+        self.generation = 0
         self.serial = 0
         self.set_serial(1)
 
@@ -219,7 +224,7 @@ class Zone:
         if node is not None:
             if qtype == rdata.ANY or node.on_demand():
                 return self._answer_from(key, _merged(key, node), qtype, apex)
-            return self._nodata[apex]
+            return self._negative(NOERROR, key, apex)
         on_demand = self._on_demand_children.get(key[key[0] + 1 :])
         if on_demand is not None:
             records = on_demand.records_at(key)
@@ -227,7 +232,7 @@ class Zone:
                 return self._answer_from(key, records, qtype, apex)
         if apex == self._domain_key:
             pod = self._pod_answer(key, qtype)
-            return pod if pod is not None else self._nxdomain[apex]
+            return pod if pod is not None else self._negative(NXDOMAIN, key, apex)
         # A reverse name we hold nothing for: CoreDNS's kubeadm Corefile falls through to the
         # forwarder (`fallthrough in-addr.arpa ip6.arpa`), so it is not ours to answer.
         return None
@@ -270,7 +275,7 @@ class Zone:
         records = [rdata.address(address)]
         if qtype == rdata.ANY or records[0].rtype == qtype:
             return self._prepare(key, records)
-        return self._nodata[self._domain_key]
+        return self._negative(NOERROR, key, self._domain_key)
 
     def _answer_from(self, key: bytes, records: Sequence[Record], qtype: int, apex: bytes) -> Answer:
         """An answer made at query time: for ANY, or from records given on demand."""
@@ -279,13 +284,33 @@ class Zone:
             # better an amplifier than any other query (the first type held, for a stable answer).
             qtype = records[0].rtype
         records = [record for record in records if record.rtype == qtype]
-        return self._prepare(key, records) if records else self._nodata[apex]
+        return self._prepare(key, records) if records else self._negative(NOERROR, key, apex)
+
+    def _negative(self, rcode: int, key: bytes, apex: bytes) -> Answer:
+        """NXDOMAIN or NODATA (NOERROR, no answer) for `key` below `apex`: the apex's SOA in the
+        authority section (RFC 2308 3), compressed against the question (RFC 1035 4.1.4).
+
+        The apex is the tail of the question's name, so every name in the SOA that ends with it
+        points into the question: 115 bytes for a typical NXDOMAIN instead of 154, as Unbound
+        sends. Such an answer depends only on where the apex starts, so one serves every name of
+        the same length."""
+        offset = HEADER_LENGTH + len(key) - len(apex)
+        memo = (rcode, apex, offset)
+        found = self._negatives.get(memo)
+        if found is None:
+            pointer = struct.pack("!H", 0xC000 | offset)
+            names = b"".join(_compressed(to_wire(name), apex, pointer) for name in (self._soa_mname, self._soa_rname))
+            rdata_bytes = names + self._soa_times
+            record = pointer + struct.pack("!HHIH", rdata.SOA, rdata.CLASS_IN, self.ttl, len(rdata_bytes))
+            found = self._negatives[memo] = Answer(rcode, 0, 1, 0, record + rdata_bytes)
+        return found
 
     # -- writing ---------------------------------------------------------------------------
 
     def replace(self, contributor: Hashable, record_sets: Mapping[bytes, Contribution]) -> None:
         """Make `record_sets` (owner names in lowercased wire form) the whole contribution of
         `contributor`; empty withdraws it."""
+        self.generation += 1
         new = record_sets
         old_keys = self._contributors.pop(contributor, ())
         self._replace_children(contributor, new)
@@ -348,23 +373,29 @@ class Zone:
                 self._children_parent[contributor] = records.parent
                 return
 
+    @property
+    def _soa_mname(self) -> str:
+        return f"ns.dns.{self.domain}"  # CoreDNS's
+
+    @property
+    def _soa_rname(self) -> str:
+        return f"hostmaster.{self.domain}"  # CoreDNS's
+
     def soa(self) -> Record:
         """CoreDNS's SOA: `ns.dns.<zone>. hostmaster.<zone>.`, negative TTL equal to the TTL."""
         return rdata.SOAFields(
-            mname=f"ns.dns.{self.domain}", rname=f"hostmaster.{self.domain}", serial=self.serial, minimum=self.ttl
+            mname=self._soa_mname, rname=self._soa_rname, serial=self.serial, minimum=self.ttl
         ).record()
 
     def set_serial(self, serial: int) -> None:
         """Set the SOA serial and rebuild the answers that carry the SOA."""
+        self.generation += 1
         self.serial = serial & 0xFFFFFFFF
         soa = self.soa()
-        for apex in self.apexes:
-            # The authority SOA's owner is written out in full rather than compressed, so the
-            # same bytes serve every question below the apex (RFC 2308 3: the negative TTL is
-            # the lesser of the SOA's TTL and its minimum, which are equal here).
-            authority = encode_rr(apex, soa, self.ttl)
-            self._nxdomain[apex] = Answer(NXDOMAIN, 0, 1, 0, authority)
-            self._nodata[apex] = Answer(NOERROR, 0, 1, 0, authority)
+        # Negative answers carry the SOA with its TTL equal to its minimum, the zone's TTL (RFC
+        # 2308 3: the negative TTL is the lesser of the two): made again on first use.
+        self._negatives.clear()
+        self._soa_times = soa.rdata[-20:]
         answer = encode_rr(QUESTION_POINTER, soa, self.ttl)
         self._soa_answer = Answer(NOERROR, 1, 0, 0, answer)
 
@@ -414,6 +445,11 @@ class Zone:
             del self.prepared[(key, rtype)]
         node.types = ()
         self._cname.pop(key, None)
+
+    def touch(self) -> None:
+        """Something the zone's answers depend on changed outside it (the Pods that verify pod
+        records): replies made before are stale."""
+        self.generation += 1
 
     def bump_serial(self, now: int) -> None:
         """A change was applied: move the serial to `now` (Unix seconds, as CoreDNS), or one past
@@ -494,6 +530,13 @@ class Zone:
         if memo is not None:
             memo[target] = encoded
         return encoded
+
+
+def _compressed(name: bytes, apex: bytes, pointer: bytes) -> bytes:
+    """`name` (wire form) with its tail `apex`, if it ends with it, replaced by `pointer`."""
+    if name.endswith(apex) and at_label_boundary(name, len(name) - len(apex)):
+        return name[: len(name) - len(apex)] + pointer
+    return name
 
 
 def _exists(node: _Node) -> bool:

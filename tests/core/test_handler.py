@@ -1,16 +1,21 @@
 """The handler's seams (kdns/core/handler.py): what it counts, readiness, loop probes, the
-client's address, and a handler with no zone at all (a forward-only cache)."""
+client's address, a handler with no zone at all (a forward-only cache), and its reply cache."""
 
 from __future__ import annotations
 
+import dns.flags
 import dns.message
 import dns.rcode
+import dns.rrset
 
 from kdns.core.cache import ForwardCache
+from kdns.core.convert import convert
 from kdns.core.counters import QueryCounters
-from kdns.core.handler import Forward, Handler, HandlerOptions, LoopProbes
+from kdns.core.handler import MAX_KEPT_REPLIES, Forward, Handler, HandlerOptions, LoopProbes
 from kdns.core.names import to_wire
-from tests.builders import service, store_of
+from kdns.core.store import PodMode
+from kdns.core.upstream import read_response
+from tests.builders import endpoint, endpoint_slice, headless, namespace, pod, service, store_of
 
 
 def _reply(handler: Handler, name: str, rdtype: str = "A", tcp: bool = False) -> dns.message.Message:
@@ -66,3 +71,119 @@ def test_without_a_zone_everything_goes_to_the_cache_or_upstream() -> None:
     reply = dns.message.from_wire(handler.finish_forward(decided, None))
     assert reply.rcode() == dns.rcode.SERVFAIL
     assert Handler(None).handle(dns.message.make_query("x.example", "A").to_wire(), False) is not None
+
+
+# -- the reply cache: repeated queries from kept replies, never a stale one ------------------
+
+
+def _raw(handler: Handler, wire: bytes, tcp: bool = False, client: tuple[str, int] | None = None) -> bytes:
+    reply = handler.handle(wire, tcp, client or ("10.244.0.9", 5353))
+    assert isinstance(reply, bytes)
+    return reply
+
+
+def test_a_repeated_query_gets_the_kept_reply_with_its_own_id_and_is_counted() -> None:
+    counters = QueryCounters()
+    handler = Handler(store_of(service("prod", "web", ["10.96.0.5"])).zone, counters=counters)
+    query = dns.message.make_query("web.prod.svc.cluster.local", "A", use_edns=0)
+    first = _raw(handler, query.to_wire())
+    query.id = (query.id + 1) % 65536
+    second = _raw(handler, query.to_wire())
+    assert second[:2] == query.to_wire()[:2] and second[2:] == first[2:]
+    ipv6 = _raw(handler, query.to_wire(), client=("fd00::1", 53, 0, 0))  # type: ignore[arg-type]
+    assert ipv6[2:] == first[2:]
+    assert counters.replies == {("udp", 1, 1, 0): 2, ("udp", 2, 1, 0): 1}
+    assert counters.last_qtype == 1
+
+
+def test_kept_replies_are_dropped_when_the_zone_changes() -> None:
+    store = store_of(service("prod", "web", ["10.96.0.5"]))
+    handler = Handler(store.zone)
+    assert _reply(handler, "web.prod.svc.cluster.local").answer[0][0].address == "10.96.0.5"
+    assert _reply(handler, "new.prod.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    serial = _reply(handler, "new.prod.svc.cluster.local").authority[0][0].serial
+    store.upsert(convert("Service", service("prod", "web", ["10.96.0.6"])))  # type: ignore[arg-type]
+    store.upsert(convert("Service", service("prod", "new", ["10.96.0.7"])))  # type: ignore[arg-type]
+    assert _reply(handler, "web.prod.svc.cluster.local").answer[0][0].address == "10.96.0.6"
+    assert _reply(handler, "new.prod.svc.cluster.local").answer[0][0].address == "10.96.0.7"
+    store.zone.bump_serial(2_000_000_000)  # a change's new serial is in every negative answer
+    assert _reply(handler, "gone.prod.svc.cluster.local").authority[0][0].serial == 2_000_000_000 != serial
+
+
+def test_verified_pod_records_follow_pod_changes_despite_kept_replies() -> None:
+    store = store_of(namespace("prod"), pod("prod", "p", "10.244.1.5"), pods=PodMode.VERIFIED)
+    handler = Handler(store.zone)
+    assert _reply(handler, "10-244-1-5.prod.pod.cluster.local").answer
+    store.delete("Pod", ("prod", "p"))
+    assert _reply(handler, "10-244-1-5.prod.pod.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    store.upsert(convert("Pod", pod("prod", "q", "10.244.1.5")))  # type: ignore[arg-type]
+    assert _reply(handler, "10-244-1-5.prod.pod.cluster.local").answer
+
+
+def test_a_udp_reply_cut_to_fit_is_never_sent_over_tcp() -> None:
+    endpoints = [endpoint(f"10.244.0.{i}") for i in range(1, 120)]
+    store = store_of(headless("prod", "big"), endpoint_slice("prod", "big-a", "big", endpoints))
+    handler = Handler(store.zone)
+    wire = dns.message.make_query("big.prod.svc.cluster.local", "A").to_wire()  # no EDNS: 512 bytes
+    udp = dns.message.from_wire(_raw(handler, wire))
+    tcp = dns.message.from_wire(_raw(handler, wire, tcp=True))
+    assert udp.flags & dns.flags.TC and not tcp.flags & dns.flags.TC
+    assert len(tcp.answer[0]) == 119 > len(udp.answer[0])
+    assert dns.message.from_wire(_raw(handler, wire)).flags & dns.flags.TC  # kept per transport
+
+
+def test_forwarded_answers_are_not_kept_their_ttls_run_down() -> None:
+    now = 100.0
+    cache = ForwardCache(10, lambda: now)
+    handler = Handler(store_of().zone, HandlerOptions(recursion_available=True), cache)
+    query = dns.message.make_query("www.example.com", "A")
+    forward = handler.handle(query.to_wire(), False)
+    assert isinstance(forward, Forward)
+    response = dns.message.make_response(query)
+    response.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "A", "192.0.2.1"))
+    forwarded = read_response(response.to_wire(), query.id, forward.query.question, 0, 3600)
+    handler.finish_forward(forward, forwarded)
+    assert _reply(handler, "www.example.com").answer[0].ttl == 300
+    now += 10
+    assert _reply(handler, "www.example.com").answer[0].ttl == 290
+
+
+def test_the_reply_cache_is_bounded() -> None:
+    handler = Handler(store_of(service("prod", "web")).zone)
+    for i in range(MAX_KEPT_REPLIES + 5):
+        assert _reply(handler, f"n{i}.prod.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    assert 0 < len(handler._kept[0]) <= MAX_KEPT_REPLIES
+
+
+def test_a_servfail_before_sync_is_not_kept() -> None:
+    ready = False
+    handler = Handler(store_of(service("prod", "web")).zone, ready=lambda: ready)
+    wire = dns.message.make_query("nope.prod.svc.cluster.local", "A").to_wire()
+    assert dns.message.from_wire(_raw(handler, wire)).rcode() == dns.rcode.SERVFAIL
+    ready = True
+    assert dns.message.from_wire(_raw(handler, wire)).rcode() == dns.rcode.NXDOMAIN
+
+
+def test_negative_answers_carry_the_soa_compressed_against_the_question() -> None:
+    """RFC 1035 4.1.4: the SOA's owner, and the tails of its names, point into the question."""
+    handler = Handler(store_of(namespace("prod"), service("prod", "web", ["10.96.0.5"])).zone)
+    for name, rdtype, rcode, apex in (
+        ("nope.prod.svc.cluster.local", "A", dns.rcode.NXDOMAIN, "cluster.local."),
+        ("a-much-longer-missing-name.prod.svc.cluster.local", "A", dns.rcode.NXDOMAIN, "cluster.local."),
+        ("NoPe.Prod.SVC.Cluster.Local", "A", dns.rcode.NXDOMAIN, "Cluster.Local."),  # the client's case
+        ("web.prod.svc.cluster.local", "AAAA", dns.rcode.NOERROR, "cluster.local."),
+        ("5.0.96.10.in-addr.arpa", "A", dns.rcode.NOERROR, "in-addr.arpa."),
+    ):
+        wire = dns.message.make_query(name, rdtype).to_wire()
+        raw = _raw(handler, wire)
+        reply = dns.message.from_wire(raw)
+        assert reply.rcode() == rcode and not reply.answer, name
+        soa = reply.authority[0]
+        assert soa.name.to_text() == apex and soa.ttl == 30 and soa[0].minimum == 30, name
+        assert soa[0].mname.to_text().lower() == "ns.dns.cluster.local."
+        assert soa[0].rname.to_text().lower() == "hostmaster.cluster.local."
+        question = len(wire) - 12
+        if apex != "in-addr.arpa.":  # owner, mname and rname all point into the question
+            assert len(raw) == 12 + question + 2 + 10 + (4 + 3 + 2) + (11 + 2) + 20, name
+        else:  # only the owner does: the names are in the cluster domain, not in the question
+            assert len(raw) == 12 + question + 2 + 10 + 22 + 26 + 20, name
