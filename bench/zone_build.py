@@ -139,6 +139,123 @@ def measure(services: int, events: int) -> dict[str, float]:
     }
 
 
+def measure_pods(pods: int) -> dict[str, float]:
+    """`--pods verified` at scale: `pods` Pods in 500 namespaces listed in pages and applied as
+    `kdns serve` does; seconds to load, resident memory they add, and time per Pod event."""
+    from kdns.config import WatchOptions
+    from kdns.core.store import ClusterStore, PodMode
+    from kdns.sources.kube import Applier
+
+    options = WatchOptions(watch_pods=True)
+
+    def pod(i: int, generation: int = 0) -> dict[str, Any]:
+        address = f"10.{128 + i // 65536}.{i // 256 % 256}.{i % 256}"
+        return {
+            "kind": "Pod",
+            "metadata": {"name": f"app-{i}-{generation}abcde-x{i % 97:02d}yz", "namespace": f"ns-{i % 500}"},
+            "status": {"podIP": address, "podIPs": [{"ip": address}]},
+        }
+
+    pages = [
+        json.dumps([pod(i) for i in range(start, min(start + options.page_size, pods))]).encode()
+        for start in range(0, pods, options.page_size)
+    ]
+    gc.collect()
+    store = ClusterStore("cluster.local", 30, PodMode.VERIFIED)
+    applier = Applier(store, options)
+    baseline = rss_mb()
+    started = time.perf_counter()
+    listed: set[tuple[str, str]] = set()
+    for page in pages:
+        applier.apply_listed("Pod", [applier.prepare("Pod", raw) for raw in json.loads(page)], listed)
+    applier.remove_unlisted("Pod", None, listed)
+    load = time.perf_counter() - started
+    del pages, listed
+    gc.collect()
+    held = rss_mb() - baseline
+    timings = []
+    for i in range(0, pods, max(1, pods // 2000)):  # a Pod replaced by a new one with a new name
+        started = time.perf_counter()
+        applier.event("Pod", "DELETED", pod(i))
+        applier.event("Pod", "ADDED", pod(i, 1))
+        timings.append((time.perf_counter() - started) / 2)
+    assert len(store.pods) == pods
+    # The index alone, as tracemalloc counts it: a copy built from the store's, with names of
+    # its own (a copy would otherwise share the originals' strings).
+    import tracemalloc
+
+    from kdns.core.model import Pod
+    from kdns.core.pods import PodIndex
+
+    tracemalloc.start()
+    copy = PodIndex()
+    for namespace, name in store.keys("Pod"):
+        original = store.pods.get((namespace, name))
+        assert original is not None
+        copy.upsert(Pod(namespace, (name + ".")[:-1], original.ips))
+    index_mb = tracemalloc.get_traced_memory()[0] / 2**20
+    tracemalloc.stop()
+    return {
+        "pods": pods,
+        "load_s": load,
+        "pods_mb": held,
+        "index_mb": index_mb,
+        "event_avg_ms": sum(timings) / len(timings) * 1000,
+    }
+
+
+def measure_headless_event(endpoints: int, events: int) -> dict[str, float]:
+    """One headless Service with `endpoints` endpoints (hostnames, as a StatefulSet) in slices of
+    100, as the EndpointSlice controller makes them: time per event that flips one endpoint."""
+    from kdns.config import WatchOptions
+    from kdns.core.store import ClusterStore
+    from kdns.sources.kube import Applier
+
+    store = ClusterStore("cluster.local", 30)
+    applier = Applier(store, WatchOptions())
+    service = {"kind": "Service", "metadata": {"name": "big", "namespace": "prod"}, "spec": {"clusterIP": "None"}}
+    applier.event("Service", "ADDED", service)
+    slices = []
+    for start in range(0, endpoints, 100):
+        slices.append(
+            {
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": f"big-{start // 100}",
+                    "namespace": "prod",
+                    "labels": {"kubernetes.io/service-name": "big"},
+                },
+                "addressType": "IPv4",
+                "endpoints": [
+                    {
+                        "addresses": [f"10.200.{j // 256}.{j % 256}"],
+                        "hostname": f"big-{j}",
+                        "conditions": {"ready": True},
+                    }
+                    for j in range(start, min(start + 100, endpoints))
+                ],
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            }
+        )
+    for obj in slices:
+        applier.event("EndpointSlice", "ADDED", obj)
+    rng = random.Random(endpoints)
+    timings = []
+    for _ in range(events):
+        changed = json.loads(json.dumps(slices[rng.randrange(len(slices))]))
+        endpoint = changed["endpoints"][rng.randrange(len(changed["endpoints"]))]
+        endpoint["conditions"]["ready"] = not endpoint["conditions"]["ready"]
+        started = time.perf_counter()
+        applier.event("EndpointSlice", "MODIFIED", changed)
+        timings.append(time.perf_counter() - started)
+        slices[[s["metadata"]["name"] for s in slices].index(changed["metadata"]["name"])] = changed
+    return {
+        "endpoints": endpoints,
+        "event_avg_ms": sum(timings) / len(timings) * 1000,
+        "event_worst_ms": max(timings) * 1000,
+    }
+
+
 def measure_process(services: int) -> dict[str, float]:
     """A real `kdns serve --kubeconfig` following the tests' API server that serves the cluster:
     seconds from start to every watcher having listed, and the process's resident memory then."""
@@ -182,12 +299,20 @@ def main() -> int:
         "--repeat", type=int, default=3, help="fresh processes per size; the best of each figure is printed"
     )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process: one size
+    parser.add_argument("--pods", type=int, default=150_000, help="Pods loaded in verified mode (0: none)")
+    parser.add_argument("--pods-one", type=int, help=argparse.SUPPRESS)  # the child process: the pods
+    parser.add_argument(
+        "--headless", type=int, default=3000, help="endpoints of the one headless Service events are timed on"
+    )
     parser.add_argument(
         "--process", action="store_true", help="also time a real kdns process from start to synced, and its RSS"
     )
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.events)))
+        return 0
+    if args.pods_one:
+        print(json.dumps(measure_pods(args.pods_one)))
         return 0
     print(
         f"{'services':>9} {'endpoints':>10} {'prepared':>9} {'build s':>8} {'x JSON parse':>13} {'event avg ms':>13} "
@@ -212,6 +337,27 @@ def main() -> int:
             f"{r['build_s'] / r['parse_s']:>13.1f} {r['event_avg_ms']:>13.3f} "
             f"{r['event_worst_ms']:>9.2f} {r['rss_mb']:>7.0f} {r['baseline_mb']:>12.0f} "
             f"{r['rss_mb'] - r['baseline_mb']:>8.0f}"
+        )
+    if args.pods:
+        runs = [
+            json.loads(
+                subprocess.run(
+                    [sys.executable, __file__, "--pods-one", str(args.pods)], capture_output=True, text=True, check=True
+                ).stdout
+            )
+            for _ in range(args.repeat)
+        ]
+        r = {key: min(run[key] for run in runs) for key in runs[0]}
+        print(
+            f"\n{r['pods']:.0f} pods, --pods verified: loaded in {r['load_s']:.2f} s, "
+            f"{r['pods_mb']:.0f} MB more resident (the index itself: {r['index_mb']:.1f} MB), "
+            f"{r['event_avg_ms']:.3f} ms per pod event"
+        )
+    if args.headless:
+        r = measure_headless_event(args.headless, min(args.events, 200))
+        print(
+            f"\none event on a {r['endpoints']:.0f}-endpoint headless Service: {r['event_avg_ms']:.2f} ms average, "
+            f"{r['event_worst_ms']:.2f} ms worst"
         )
     if args.process:
         print(

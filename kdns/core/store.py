@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 
 from kdns.core import records
 from kdns.core.model import ClusterObject, EndpointSlice, IPAddress, Kind, Namespace, Pod, Service
+from kdns.core.pods import PodIndex
 from kdns.core.records import Omission
 from kdns.core.zone import Zone
 
@@ -78,9 +79,8 @@ class ClusterStore:
         self.namespaces: dict[str, Namespace] = {}
         self.services: dict[tuple[str, str], Service] = {}
         self.slices: dict[tuple[str, str], EndpointSlice] = {}
-        self.pods: dict[tuple[str, str], Pod] = {}
+        self.pods = PodIndex()  # only what `--pods verified` needs: which namespace has an address
         self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
-        self._pod_addresses: Counter[tuple[str, IPAddress]] = Counter()
         # A namespace exists while its Namespace object or any Service or Pod in it does: a
         # snapshot need not list Namespace objects for its pods to resolve.
         self._namespace_refs: Counter[str] = Counter()
@@ -124,14 +124,8 @@ class ClusterStore:
                 self._ref_namespace(obj.name, +1)
             self.namespaces[obj.name] = obj
         elif isinstance(obj, Pod):
-            old_pod = self.pods.pop(obj.key, None)
-            if old_pod is None:
+            if self.pods.upsert(obj):  # O(addresses of the Pod), whatever the number of Pods
                 self._ref_namespace(obj.namespace, +1)
-            else:
-                self._pod_addresses.subtract((old_pod.namespace, ip) for ip in old_pod.ips)
-            self.pods[obj.key] = obj
-            self._pod_addresses.update((obj.namespace, ip) for ip in obj.ips)
-            self._pod_addresses += Counter()  # drop entries that fell to zero
             self.zone.touch()  # pod records are verified against them
 
     def delete(self, kind: Kind | str, key: tuple[str, str]) -> None:
@@ -148,31 +142,30 @@ class ClusterStore:
         elif kind == Kind.NAMESPACE:
             if self.namespaces.pop(key[1], None) is not None:
                 self._ref_namespace(key[1], -1)
-        elif kind == Kind.POD:
-            old_pod = self.pods.pop(key, None)
-            if old_pod is not None:
-                self._ref_namespace(old_pod.namespace, -1)
-                self._pod_addresses.subtract((old_pod.namespace, ip) for ip in old_pod.ips)
-                self._pod_addresses += Counter()
-                self.zone.touch()
+        elif kind == Kind.POD and self.pods.delete(key):
+            self._ref_namespace(key[0], -1)
+            self.zone.touch()
 
     def get(self, kind: Kind | str, key: tuple[str, str]) -> ClusterObject | None:
         """The object of `kind` at (namespace, name); a Namespace's key is ("", name)."""
         if kind == Kind.NAMESPACE:
             return self.namespaces.get(key[1])
+        if kind == Kind.POD:
+            return self.pods.get(key)
         return self._by_kind(kind).get(key)
 
     def keys(self, kind: Kind | str, namespace: str | None = None) -> list[tuple[str, str]]:
         """Keys of every object of `kind`, or of those in `namespace`."""
         if kind == Kind.NAMESPACE:
             return [("", name) for name in self.namespaces]
+        if kind == Kind.POD:
+            return list(self.pods.keys(namespace))
         return [key for key in self._by_kind(kind) if namespace is None or key[0] == namespace]
 
     def _by_kind(self, kind: Kind | str) -> Mapping[tuple[str, str], ClusterObject]:
         by_kind: dict[Kind, Mapping[tuple[str, str], ClusterObject]] = {
             Kind.SERVICE: self.services,
             Kind.ENDPOINT_SLICE: self.slices,
-            Kind.POD: self.pods,
         }
         return by_kind[Kind(kind)]
 
@@ -232,7 +225,7 @@ class ClusterStore:
                 self.report(omission)
 
     def _pod_has_address(self, namespace: str, address: IPAddress) -> bool:
-        return self._pod_addresses[(namespace, address)] > 0
+        return self.pods.has(namespace, address)
 
     # -- summaries -------------------------------------------------------------------------
 

@@ -1,0 +1,340 @@
+"""kdns against Unbound and CoreDNS, one command, one sitting: queries per second, server CPU per
+query, latency at a fixed rate, and lost queries.
+
+Every server answers the same generated cluster (`--services` ClusterIP Services with a named
+port, and headless ones with endpoints) and gets the same query file: 80% A, 10% SRV, 10% NXDOMAIN
+for names under the cluster domain, as a cluster's traffic is. Unbound serves the same answers from
+`local-data` (its `local-zone` makes the NXDOMAINs); CoreDNS answers through its `kubernetes`
+plugin from a real kube-apiserver holding the same objects (`../shared/kube-apiserver`, via
+tests/envtest.sh), with a kubeadm Corefile. Each configuration runs `--rounds` times, alternating,
+and the median is printed, as a ratio to Unbound with one thread from the same run: absolute
+rates vary with the load on these shared machines.
+
+Rows: Unbound with 1 and 2 threads; CoreDNS with GOMAXPROCS 1 and 2 (skipped, with the reason,
+when its binary or the API server is missing); kdns over UDP, over TCP (`dnsperf -m tcp`,
+pipelined on a few connections), answering forwarded names from a warm cache (1,000 names of an
+Unbound upstream asked once before), and with `/metrics` on. Then p50 and p99 latency at a fixed
+20,000 queries per second, and lost queries over `--steady` seconds at 80% of kdns's measured rate.
+
+Installs nothing: `apt-get install -y dnsperf unbound zstd` and `tests/envtest.sh` (the test
+command does both); CoreDNS is unpacked from ../shared/coredns into .bench/ on first use.
+
+    .venv/bin/python bench/compare.py [--seconds 5] [--rounds 3] [--services 1000] [--steady 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from udp_throughput import cpu_seconds, free_port, kdns_command, running, wait_until_answering  # noqa: E402
+
+Row = dict[str, float]
+
+
+def cluster(services: int) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """The objects (every tenth Service headless, with three endpoints), Unbound's local-data
+    lines for the same answers, and the query file's lines."""
+    objects: list[dict[str, Any]] = [{"kind": "Namespace", "metadata": {"name": "bench"}}]
+    records, queries = [], []
+    for i in range(services):
+        name = f"svc-{i}"
+        fqdn = f"{name}.bench.svc.cluster.local"
+        port = {"name": "http", "port": 80, "protocol": "TCP"}
+        if i % 10 == 9:
+            objects.append(
+                {
+                    "kind": "Service",
+                    "metadata": {"name": name, "namespace": "bench"},
+                    "spec": {"clusterIP": "None", "ports": [port], "selector": {"app": name}},
+                }
+            )
+            addresses = [f"10.244.{i // 250}.{i % 250 + j}" for j in (1, 2, 3)]
+            objects.append(
+                {
+                    "kind": "EndpointSlice",
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "metadata": {
+                        "name": f"{name}-a",
+                        "namespace": "bench",
+                        "labels": {"kubernetes.io/service-name": name},
+                    },
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": [address], "conditions": {"ready": True}} for address in addresses],
+                    "ports": [port],
+                }
+            )
+            records += [f"{fqdn}. 30 IN A {address}" for address in addresses]
+        else:
+            address = f"10.96.{i // 250}.{i % 250 + 1}"
+            objects.append(
+                {
+                    "kind": "Service",
+                    "metadata": {"name": name, "namespace": "bench"},
+                    "spec": {"clusterIP": address, "clusterIPs": [address], "ports": [port]},
+                }
+            )
+            records.append(f"{fqdn}. 30 IN A {address}")
+            records.append(f"_http._tcp.{fqdn}. 30 IN SRV 0 100 80 {fqdn}.")
+    for i in range(services):  # 80% A, 10% SRV (ClusterIP services' named port), 10% NXDOMAIN
+        fqdn = f"svc-{i}.bench.svc.cluster.local"
+        queries.append(f"{fqdn} A")
+        if i % 8 == 0:
+            named = i - 1 if i % 10 == 9 else i  # a ClusterIP Service: its named port's SRV
+            queries.append(f"_http._tcp.svc-{named}.bench.svc.cluster.local SRV")
+            queries.append(f"missing-{i}.bench.svc.cluster.local A")
+    return objects, records, queries
+
+
+def unbound_conf(work: Path, port: int, threads: int, records: list[str], zone: str = "cluster.local.") -> Path:
+    conf = work / f"unbound-{port}.conf"
+    conf.write_text(
+        "server:\n"
+        f"  interface: 127.0.0.1\n  port: {port}\n  num-threads: {threads}\n  do-daemonize: no\n"
+        '  username: ""\n  chroot: ""\n  pidfile: ""\n  use-syslog: no\n  verbosity: 0\n'
+        f'  directory: "{work}"\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n'
+        f'  so-reuseport: yes\n  local-zone: "{zone}" static\n'
+        + "".join(f'  local-data: "{record}"\n' for record in records)
+    )
+    return conf
+
+
+def dnsperf(port: int, queries: Path, seconds: float, pids: list[int], *extra: str) -> Row:
+    """One dnsperf run: rate, server CPU per completed query (µs), lost queries."""
+    before = sum(cpu_seconds(pid) for pid in pids)
+    result = subprocess.run(
+        ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", str(seconds), *extra],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    used = sum(cpu_seconds(pid) for pid in pids) - before
+    completed = int(_field(result.stdout, r"Queries completed:\s+(\d+)"))
+    return {
+        "qps": _field(result.stdout, r"Queries per second:\s+([\d.]+)"),
+        "cpu_us": used / max(completed, 1) * 1e6,
+        "lost": _field(result.stdout, r"Queries lost:\s+(\d+)"),
+    }
+
+
+def latency(port: int, queries: Path, seconds: float, rate: int) -> tuple[float, float, float]:
+    """p50 and p99 latency (ms) and lost queries at a fixed `rate`, from dnsperf's per-query
+    lines (`-v`)."""
+    result = subprocess.run(
+        ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", str(seconds), "-Q", str(rate), "-v"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    times = sorted(float(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith(">"))
+    if not times:
+        return float("nan"), float("nan"), _field(result.stdout, r"Queries lost:\s+(\d+)")
+    return (
+        times[len(times) // 2] * 1000,
+        times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
+        _field(result.stdout, r"Queries lost:\s+(\d+)"),
+    )
+
+
+def _field(text: str, pattern: str) -> float:
+    match = re.search(pattern, text)
+    return float(match.group(1)) if match else float("nan")
+
+
+def children(pid: int) -> list[int]:
+    """`pid` and its descendants (a `python -m kdns` may run workers)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        path = task / "children"
+        if path.exists():
+            for child in path.read_text().split():
+                found += children(int(child))
+    return found
+
+
+@contextlib.contextmanager
+def coredns(work: Path, objects: list[dict[str, Any]], port: int, procs: int) -> Iterator[subprocess.Popen[bytes]]:
+    """CoreDNS with the kubeadm Corefile on `port`, following a real kube-apiserver that holds
+    `objects` (one API server per run: the first call starts it and keeps it in `_API`)."""
+    binary = _coredns_binary()
+    api = _api_server(work, objects)
+    kubeconfig = api.kubeconfig(work / "coredns-kubeconfig")
+    corefile = work / f"Corefile-{port}"
+    corefile.write_text(
+        f".:{port} {{\n  bind 127.0.0.1\n  errors\n"
+        f"  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n    kubeconfig {kubeconfig} real\n"
+        "    pods insecure\n    fallthrough in-addr.arpa ip6.arpa\n    ttl 30\n  }\n"
+        "  cache 30\n  loadbalance\n}\n"
+    )
+    process = subprocess.Popen(
+        [str(binary), "-conf", str(corefile)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "GOMAXPROCS": str(procs)},
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+_API: list[Any] = []
+
+
+def _api_server(work: Path, objects: list[dict[str, Any]]) -> Any:
+    if _API:
+        return _API[0]
+    os.environ.setdefault("KUBEBUILDER_ASSETS", str(ROOT / ".envtest"))  # where tests/envtest.sh puts it
+    if not (Path(os.environ["KUBEBUILDER_ASSETS"]) / "kube-apiserver").exists():
+        raise FileNotFoundError(f"no kube-apiserver in {os.environ['KUBEBUILDER_ASSETS']} (run tests/envtest.sh)")
+    from tests.kubeapi import RealApiServer
+
+    api = RealApiServer(work / "api")
+    for obj in objects:
+        api.create(obj)
+    _API.append(api)
+    return api
+
+
+def _coredns_binary() -> Path:
+    named = os.environ.get("COREDNS")
+    if named:
+        return Path(named)
+    binary = ROOT / ".bench" / "coredns"
+    if not binary.exists():
+        packed = ROOT.parent / "shared" / "coredns" / "coredns.zst"
+        if not packed.exists():
+            raise FileNotFoundError(f"no CoreDNS: {packed} is missing (or set COREDNS)")
+        if shutil.which("zstd") is None:
+            raise FileNotFoundError("no zstd to unpack CoreDNS: apt-get install -y zstd")
+        binary.parent.mkdir(exist_ok=True)
+        subprocess.run(["zstd", "-dqf", str(packed), "-o", str(binary)], check=True)
+        binary.chmod(0o755)
+    return binary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--steady", type=float, default=60, help="seconds at 80%% of kdns's rate, for lost queries")
+    parser.add_argument("--rate", type=int, default=20_000, help="queries per second for the latency figures")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="kdns-compare-") as tmp:
+        work = Path(tmp)
+        objects, records, query_lines = cluster(args.services)
+        snapshot = work / "cluster.yaml"
+        snapshot.write_text(yaml.safe_dump({"kind": "List", "items": objects}))
+        queries = work / "queries.txt"
+        queries.write_text("\n".join(query_lines) + "\n")
+        forwarded = work / "forwarded.txt"
+        forwarded.write_text("".join(f"name-{i}.example.test A\n" for i in range(1000)))
+        print(
+            f"{args.services} Services, {len(query_lines)} queries in the file (80% A, 10% SRV, 10% NXDOMAIN), "
+            f"{args.rounds} rounds of {args.seconds:g} s, dnsperf -q 200 on 127.0.0.1, medians\n"
+        )
+
+        ports = {name: free_port() for name in ("u1", "u2", "upstream", "kdns", "kdns-m", "metrics")}
+        upstream_records = [f"name-{i}.example.test. 300 IN A 192.0.2.{i % 250 + 1}" for i in range(1000)]
+        commands = {
+            "u1": ["unbound", "-d", "-c", str(unbound_conf(work, ports["u1"], 1, records))],
+            "u2": ["unbound", "-d", "-c", str(unbound_conf(work, ports["u2"], 2, records))],
+            "upstream": [
+                "unbound",
+                "-d",
+                "-c",
+                str(unbound_conf(work, ports["upstream"], 1, upstream_records, "example.test.")),
+            ],
+            "kdns": kdns_command(snapshot, ports["kdns"], "--upstream", f"127.0.0.1:{ports['upstream']}"),
+            "kdns-m": kdns_command(snapshot, ports["kdns-m"], "--upstream", f"127.0.0.1:{ports['upstream']}"),
+        }
+        metrics = commands["kdns-m"]
+        metrics[metrics.index("--metrics-listen") + 1] = f"127.0.0.1:{ports['metrics']}"
+        os.environ["PYTHONHASHSEED"] = "0"  # the two kdns processes alike (see bench/metrics_cost.py)
+        rows: dict[str, list[Row]] = {}
+        labels = {
+            "u1": "Unbound, 1 thread",
+            "u2": "Unbound, 2 threads",
+            "kdns": "kdns, UDP",
+            "kdns-tcp": "kdns, TCP (pipelined)",
+            "kdns-cache": "kdns, forwarded names from its cache",
+            "kdns-m": "kdns, UDP, /metrics on",
+        }
+        with running(*commands.values()) as processes:
+            pid = dict(zip(commands, (process.pid for process in processes), strict=True))
+            name = "svc-0.bench.svc.cluster.local"
+            for key in ("u1", "u2", "kdns", "kdns-m"):
+                wait_until_answering(ports[key], name)
+            wait_until_answering(ports["upstream"], "name-0.example.test")
+            # Warm kdns's cache: every forwarded name asked once.
+            subprocess.run(
+                ["dnsperf", "-s", "127.0.0.1", "-p", str(ports["kdns"]), "-d", str(forwarded), "-n", "1"],
+                capture_output=True,
+                check=True,
+            )
+            plan = [
+                ("u1", ports["u1"], queries, [pid["u1"]], ()),
+                ("u2", ports["u2"], queries, [pid["u2"]], ()),
+                ("kdns", ports["kdns"], queries, children(pid["kdns"]), ()),
+                ("kdns-tcp", ports["kdns"], queries, children(pid["kdns"]), ("-m", "tcp", "-c", "4")),
+                ("kdns-cache", ports["kdns"], forwarded, children(pid["kdns"]), ()),
+                ("kdns-m", ports["kdns-m"], queries, children(pid["kdns-m"]), ()),
+            ]
+            for round_ in range(args.rounds):
+                for key, port, file, pids, extra in plan if round_ % 2 == 0 else reversed(plan):
+                    rows.setdefault(key, []).append(dnsperf(port, file, args.seconds, pids, "-q", "200", *extra))
+            steady_rate = int(statistics.median(row["qps"] for row in rows["kdns"]) * 0.8)
+            p50_k, p99_k, lost_k = latency(ports["kdns"], queries, min(args.seconds, 5), args.rate)
+            p50_u, p99_u, lost_u = latency(ports["u1"], queries, min(args.seconds, 5), args.rate)
+            steady = dnsperf(ports["kdns"], queries, args.steady, children(pid["kdns"]), "-Q", str(steady_rate))
+
+        for procs in (1, 2):
+            key = f"coredns-{procs}"
+            labels[key] = f"CoreDNS, GOMAXPROCS {procs}"
+            port = free_port()
+            try:
+                with coredns(work, objects, port, procs) as process:
+                    wait_until_answering(port, name)
+                    rows[key] = [dnsperf(port, queries, args.seconds, [process.pid], "-q", "200")]
+                    for _ in range(args.rounds - 1):
+                        rows[key].append(dnsperf(port, queries, args.seconds, [process.pid], "-q", "200"))
+            except (FileNotFoundError, RuntimeError, OSError) as error:
+                print(f"({labels[key]}: skipped: {error})")
+        for api in _API:
+            api.stop_all()
+
+    base = statistics.median(row["qps"] for row in rows["u1"])
+    print(f"{'server':40} {'q/s':>9} {'x Unbound 1':>12} {'µs CPU/query':>13} {'lost':>6}")
+    for key, runs in rows.items():
+        qps = statistics.median(row["qps"] for row in runs)
+        cpu = statistics.median(row["cpu_us"] for row in runs)
+        lost = sum(row["lost"] for row in runs)
+        print(f"{labels[key]:40} {qps:>9.0f} {qps / base:>12.2f} {cpu:>13.1f} {lost:>6.0f}")
+    print(
+        f"\nlatency at {args.rate} q/s: kdns p50 {p50_k:.3f} ms, p99 {p99_k:.3f} ms ({lost_k:.0f} lost); "
+        f"Unbound p50 {p50_u:.3f} ms, p99 {p99_u:.3f} ms ({lost_u:.0f} lost)"
+    )
+    print(f"kdns at {steady_rate} q/s (80% of its rate) for {args.steady:g} s: {steady['lost']:.0f} lost")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
