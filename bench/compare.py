@@ -81,7 +81,7 @@ def cluster(services: int) -> tuple[list[dict[str, Any]], list[str], list[str]]:
             )
             records += [f"{fqdn}. 30 IN A {address}" for address in addresses]
         else:
-            address = f"10.96.{i // 250}.{i % 250 + 1}"
+            address = f"10.96.{1 + i // 250}.{i % 250 + 1}"  # 10.96.0.1 is the API server's own
             objects.append(
                 {
                     "kind": "Service",

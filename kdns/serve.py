@@ -32,6 +32,7 @@ from kdns.state import State
 log = logging.getLogger(__name__)
 
 UDP_BURST = 64  # packets handled per wake-up before yielding to the other tasks
+TCP_BATCH = 65536  # bytes of replies gathered on a connection before they are written
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024  # absorbs bursts while the loop is busy
 MAX_DATAGRAM = 65535
 # Not exported by Python's socket module; the value is Linux's (asm-generic/socket.h).
@@ -278,10 +279,12 @@ async def _serve_connection(
         return  # gone before it was served
     writing = trio.Lock()
 
-    async def write(reply: bytes) -> None:
+    async def write(framed: bytes) -> None:
+        """Write length-prefixed replies, whole; close the connection if the client does not
+        take them within the write timeout."""
         async with writing:
             with trio.move_on_after(limits.write_timeout) as timer:
-                await stream.send_all(frame(reply))
+                await stream.send_all(framed)
         if timer.cancelled_caught:
             pending.cancel_scope.cancel()  # the client does not read what it asked for: close
 
@@ -290,15 +293,40 @@ async def _serve_connection(
 
     async def forwarded(forward: Forward, forwarder: Forwarder, packet: bytes, started: float) -> None:
         reply = await forwarder.reply(forward, handler)
-        await write(reply)
+        await write(frame(reply))
         _finished(forward, client, packet, reply, True, started, durations, query_log)
+
+    # Zone and cache answers to the queries a read brought are written together, in one send
+    # (up to `TCP_BATCH` bytes): a client that pipelines gets them at the cost of one write
+    # rather than one each.
+    batch: list[bytes] = []
+    batched = 0
+    answered: list[tuple[int, bytes, bytes, float]] = []  # type, query, reply, when it arrived
+
+    async def flush() -> None:
+        nonlocal batched
+        if not batch:
+            return
+        data = b"".join(batch)
+        batch.clear()
+        batched = 0
+        await write(data)
+        now = perf_counter()
+        for qtype, packet, reply, started in answered:
+            if durations is not None:
+                durations.observe(qtype, now - started)
+            if query_log is not None:
+                query_log.record(client, packet, reply, True, now - started)
+        answered.clear()
 
     async with trio.open_nursery() as pending:
         deadline = trio.current_time() + limits.idle_timeout
         while True:
+            completed = False
             while (length := framed_length(buffer)) is not None and len(buffer) >= 2 + length:
                 packet = bytes(buffer[2 : 2 + length])
                 del buffer[: 2 + length]
+                completed = True
                 started = perf_counter()
                 try:
                     reply = handler.handle(packet, True, client)
@@ -307,21 +335,22 @@ async def _serve_connection(
                     log.exception("error answering a TCP query")
                     reply = handler.failure_reply(packet, True, client)
                 if reply is None:
+                    await flush()  # what was answered before it is still sent
                     pending.cancel_scope.cancel()  # nothing sensible to say on this stream: close it
                     return
                 if isinstance(reply, Forward):
                     if forwarder is not None and forwarder.admit():
                         pending.start_soon(forwarded, reply, forwarder, packet, started)
-                        deadline = trio.current_time() + limits.idle_timeout
                         continue
                     reply = handler.refuse(reply)
-                qtype = counters.last_qtype  # counted by `handle`, `refuse` or `failure_reply` just now
-                await write(reply)
-                took = perf_counter() - started
-                if durations is not None:
-                    durations.observe(qtype, took)
-                if query_log is not None:
-                    query_log.record(client, packet, reply, True, took)
+                # The type counted by `handle`, `refuse` or `failure_reply` just now.
+                answered.append((counters.last_qtype, packet, reply, started))
+                batch.append(frame(reply))
+                batched += 2 + len(reply)
+                if batched >= TCP_BATCH:
+                    await flush()
+            await flush()
+            if completed:  # only a whole query resets the idle timeout, never a dripped byte
                 deadline = trio.current_time() + limits.idle_timeout
             with trio.CancelScope(deadline=deadline):
                 data = await stream.receive_some(MAX_DATAGRAM)

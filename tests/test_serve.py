@@ -187,3 +187,33 @@ async def test_an_idle_or_dripping_tcp_client_is_closed_at_the_idle_timeout_on_v
             clients.start_soon(watch, "dripping", dripping)
         assert 9.5 <= closed_at["idle"] <= 11 and 9.5 <= closed_at["dripping"] <= 11
         nursery.cancel_scope.cancel()
+
+
+async def test_pipelined_tcp_queries_in_one_read_are_all_answered_in_order_with_their_ids() -> None:
+    """Replies to the queries one read brings are written together (`TCP_BATCH`); every one is
+    there, whole, with its own ID, including the SERVFAIL of a query the handler raised on."""
+    async with trio.open_nursery() as nursery:
+        address = await _start(nursery)
+        names = ["web.prod.svc.cluster.local", "nope.prod.svc.cluster.local", BOOM] * 400  # > TCP_BATCH of replies
+        wire = b""
+        for query_id, name in enumerate(names):
+            query = dns.message.make_query(name, "A")
+            query.id = query_id
+            data = query.to_wire()
+            wire += struct.pack("!H", len(data)) + data
+        stream = await trio.open_tcp_stream(*address)
+        await stream.send_all(wire)
+        received = b""
+        replies: list[dns.message.Message] = []
+        with trio.fail_after(10):
+            while len(replies) < len(names):
+                received += await stream.receive_some(65536)
+                while len(received) >= 2 and len(received) >= 2 + struct.unpack("!H", received[:2])[0]:
+                    length = struct.unpack("!H", received[:2])[0]
+                    replies.append(dns.message.from_wire(received[2 : 2 + length]))
+                    received = received[2 + length :]
+        assert [reply.id for reply in replies] == list(range(len(names)))
+        rcodes = [reply.rcode() for reply in replies[:3]]
+        assert rcodes == [dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.SERVFAIL]
+        await stream.aclose()
+        nursery.cancel_scope.cancel()

@@ -132,20 +132,27 @@ def test_a_udp_reply_cut_to_fit_is_never_sent_over_tcp() -> None:
     assert dns.message.from_wire(_raw(handler, wire)).flags & dns.flags.TC  # kept per transport
 
 
-def test_forwarded_answers_are_not_kept_their_ttls_run_down() -> None:
+def test_forwarded_answers_are_kept_only_while_the_cache_serves_the_same_ttls() -> None:
     now = 100.0
     cache = ForwardCache(10, lambda: now)
     handler = Handler(store_of().zone, HandlerOptions(recursion_available=True), cache)
     query = dns.message.make_query("www.example.com", "A")
     forward = handler.handle(query.to_wire(), False)
-    assert isinstance(forward, Forward)
+    assert isinstance(forward, Forward) and cache.misses == 1
     response = dns.message.make_response(query)
     response.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "A", "192.0.2.1"))
     forwarded = read_response(response.to_wire(), query.id, forward.query.question, 0, 3600)
     handler.finish_forward(forward, forwarded)
-    assert _reply(handler, "www.example.com").answer[0].ttl == 300
-    now += 10
-    assert _reply(handler, "www.example.com").answer[0].ttl == 290
+    first = _raw(handler, query.to_wire())
+    assert _raw(handler, query.to_wire())[2:] == first[2:]  # the kept reply
+    assert dns.message.from_wire(first).answer[0].ttl == 300
+    assert cache.hits == 2 and cache.misses == 1  # each counted once by the cache
+    now += 1.5
+    assert _reply(handler, "www.example.com").answer[0].ttl == 299  # a new second: made again
+    assert cache.hits == 3
+    now += 300
+    assert isinstance(handler.handle(query.to_wire(), False), Forward)  # expired: asked again
+    assert cache.misses == 2 and cache.hits == 3
 
 
 def test_the_reply_cache_is_bounded() -> None:
