@@ -238,6 +238,14 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=20_000, help="queries per second for the latency figures")
     args = parser.parse_args()
 
+    try:
+        return _compare(args)
+    finally:
+        for api in _API:  # whatever happened, no API server is left running
+            api.stop_all()
+
+
+def _compare(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kdns-compare-") as tmp:
         work = Path(tmp)
         objects, records, query_lines = cluster(args.services)
@@ -320,6 +328,7 @@ def main() -> int:
                 print(f"({labels[key]}: skipped: {error})")
         for api in _API:
             api.stop_all()
+        _API.clear()
 
     base = statistics.median(row["qps"] for row in rows["u1"])
     print(f"{'server':40} {'q/s':>9} {'x Unbound 1':>12} {'µs CPU/query':>13} {'lost':>6}")
