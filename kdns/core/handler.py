@@ -7,7 +7,7 @@ the zone index, and a reply assembled from prepared bytes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kdns.core import chase, rdata, wire
 from kdns.core.cache import CacheKey, ForwardCache
@@ -33,6 +33,7 @@ class Forward:
     query: wire.Query
     tcp: bool
     chased_from: wire.Query | None = None
+    family: int = 1  # the client's address family (1 IPv4, 2 IPv6), for the counters
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +164,8 @@ class Handler:
                         self.counters.count(tcp, checked.qtype, decided[3] & RCODE_MASK, _family(client))
                         return decided
                     if isinstance(decided, Forward):
-                        return decided
+                        family = _family(client)
+                        return decided if family == decided.family else replace(decided, family=family)
                     query, answer = checked, decided
                     # From the zone (the same object it holds), not the forward cache: kept.
                     from_zone = zone is not None and zone.answer(query.key, query.qtype) is answer
@@ -248,7 +250,9 @@ class Handler:
         """The reply to a forwarded query: the upstream's answer (cached for the next asker); with
         none, an expired one where serve-stale allows (RFC 8767), else SERVFAIL."""
         reply = self._finish_forward(forward, forwarded)
-        self.counters.count(forward.tcp, (forward.chased_from or forward.query).qtype, reply[3] & RCODE_MASK)
+        self.counters.count(
+            forward.tcp, (forward.chased_from or forward.query).qtype, reply[3] & RCODE_MASK, forward.family
+        )
         return reply
 
     def _finish_forward(self, forward: Forward, forwarded: ForwardedAnswer | None) -> bytes:
@@ -273,7 +277,7 @@ class Handler:
     def refuse(self, forward: Forward) -> bytes:
         """REFUSED for a query that cannot be forwarded now (too many already in flight)."""
         original = forward.chased_from or forward.query
-        self.counters.count(forward.tcp, original.qtype, REFUSED)
+        self.counters.count(forward.tcp, original.qtype, REFUSED, forward.family)
         return wire.status_reply(original, REFUSED, self.options.max_udp, self.options.recursion_available)
 
     def _chase(self, query: wire.Query, tcp: bool, target: bytes) -> bytes | Forward | None:

@@ -194,3 +194,17 @@ def test_negative_answers_carry_the_soa_compressed_against_the_question() -> Non
             assert len(raw) == 12 + question + 2 + 10 + (4 + 3 + 2) + (11 + 2) + 20, name
         else:  # only the owner does: the names are in the cluster domain, not in the question
             assert len(raw) == 12 + question + 2 + 10 + 22 + 26 + 20, name
+
+
+def test_forwarded_and_refused_queries_are_counted_under_the_clients_address_family() -> None:
+    counters = QueryCounters()
+    handler = Handler(
+        store_of().zone, HandlerOptions(recursion_available=True), ForwardCache(10, lambda: 0.0), counters=counters
+    )
+    ipv6_client = ("fd00::1", 5353, 0, 0)
+    forward = handler.handle(dns.message.make_query("a.example", "A").to_wire(), False, ipv6_client)
+    refused = handler.handle(dns.message.make_query("b.example", "A").to_wire(), False, ipv6_client)
+    assert isinstance(forward, Forward) and isinstance(refused, Forward) and forward.family == 2
+    handler.finish_forward(forward, None)  # no answer: SERVFAIL
+    handler.refuse(refused)
+    assert counters.replies == {("udp", 2, 1, dns.rcode.SERVFAIL): 1, ("udp", 2, 1, dns.rcode.REFUSED): 1}
