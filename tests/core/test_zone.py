@@ -1,0 +1,75 @@
+"""The prepared-answer index (kdns/core/zone.py), driven directly: contributors, NXDOMAIN against
+NODATA, the serial, and the generation that tells whoever keeps replies that they are stale."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from kdns.core import rdata
+from kdns.core.message import NOERROR, NXDOMAIN
+from kdns.core.names import to_wire
+from kdns.core.zone import Zone
+
+WEB = to_wire("web.prod.svc.cluster.local")
+NS_NAME = to_wire("prod.svc.cluster.local")
+
+
+def _zone() -> Zone:
+    zone = Zone("cluster.local", 30, None)
+    zone.replace(("ns", "prod"), {NS_NAME: ()})
+    zone.replace(("svc", "web"), {WEB: (rdata.address(ipaddress.ip_address("10.96.0.5")),)})
+    return zone
+
+
+def test_a_contributed_name_is_prepared_and_its_parents_exist() -> None:
+    zone = _zone()
+    answer = zone.prepared[(WEB, rdata.A)]
+    assert answer.rcode == NOERROR and answer.answer_count == 1
+    nodata = zone.answer(WEB, rdata.AAAA)
+    assert nodata is not None and nodata.rcode == NOERROR and nodata.answer_count == 0
+    parent = zone.answer(NS_NAME, rdata.A)
+    assert parent is not None and parent.rcode == NOERROR  # an empty non-terminal: NODATA
+    missing = zone.answer(to_wire("nope.prod.svc.cluster.local"), rdata.A)
+    assert missing is not None and missing.rcode == NXDOMAIN and missing.authority_count == 1
+
+
+def test_names_outside_the_zones_and_unheld_reverse_names_are_not_ours() -> None:
+    zone = _zone()
+    assert zone.answer(to_wire("www.example.com"), rdata.A) is None
+    assert zone.answer(to_wire("9.9.9.9.in-addr.arpa"), rdata.PTR) is None  # falls through, as CoreDNS
+    assert zone.in_zones(to_wire("x.cluster.local")) and not zone.in_zones(to_wire("x.example"))
+
+
+def test_withdrawing_a_contribution_removes_its_names() -> None:
+    zone = _zone()
+    zone.replace(("svc", "web"), {})
+    answer = zone.answer(WEB, rdata.A)
+    assert answer is not None and answer.rcode == NXDOMAIN and (WEB, rdata.A) not in zone.prepared
+
+
+def test_every_change_moves_the_generation() -> None:
+    zone = _zone()
+    before = zone.generation
+    zone.replace(("svc", "web"), {WEB: (rdata.address(ipaddress.ip_address("10.96.0.6")),)})
+    after_replace = zone.generation
+    zone.bump_serial(1)
+    after_serial = zone.generation
+    zone.touch()
+    assert before < after_replace < after_serial < zone.generation
+
+
+def test_the_serial_only_moves_forward_and_reaches_negative_answers() -> None:
+    zone = _zone()
+    zone.bump_serial(1_800_000_000)
+    zone.bump_serial(1_800_000_000)  # two changes within a second
+    assert zone.serial == 1_800_000_001
+    negative = zone.answer(to_wire("nope.prod.svc.cluster.local"), rdata.A)
+    assert negative is not None and (1_800_000_001).to_bytes(4, "big") in negative.records
+
+
+def test_negative_answers_are_shared_by_names_of_the_same_length() -> None:
+    zone = _zone()
+    first = zone.answer(to_wire("aaaa.prod.svc.cluster.local"), rdata.A)
+    same_length = zone.answer(to_wire("bbbb.prod.svc.cluster.local"), rdata.A)
+    longer = zone.answer(to_wire("ccccc.prod.svc.cluster.local"), rdata.A)
+    assert first is same_length and first is not longer  # the SOA points into the question
