@@ -498,10 +498,17 @@ class Zone:
                     break
         additional: list[bytes] = []
         if records[0].rtype in (rdata.SRV, rdata.NS):  # a set holds one type
+            # Targets' addresses only when all of them fit beside the answer: none otherwise.
+            # Stopping as soon as they cannot fit spares a large headless Service's SRV sets
+            # (thousands of targets, never all sent) most of their rebuild on every event.
+            room = MAX_RECORDS_LENGTH - sum(map(len, answer))
             for target in dict.fromkeys(_target(record) for record in records):
-                additional += self._addresses_of(target)
-        if sum(map(len, answer)) + sum(map(len, additional)) > MAX_RECORDS_LENGTH:
-            additional = []
+                found = self._addresses_of(target)
+                room -= sum(map(len, found))
+                if room < 0:
+                    additional = []
+                    break
+                additional += found
         parts = answer + additional
         return Answer(NOERROR, len(answer), 0, len(additional), b"".join(parts), tuple(accumulate(map(len, parts))))
 
