@@ -15,6 +15,9 @@ when its binary or the API server is missing); kdns over UDP, over TCP (`dnsperf
 pipelined on a few connections), answering forwarded names from a warm cache (1,000 names of an
 Unbound upstream asked once before), and with `/metrics` on. Then p50 and p99 latency at a fixed
 20,000 queries per second, and lost queries over `--steady` seconds at 80% of kdns's measured rate.
+With `--sync N`: the real `kdns serve` and CoreDNS, one after the other, started against a real
+kube-apiserver holding N Services (about 10 endpoints each): time until the names created last
+answer, CPU seconds, RSS.
 
 Installs nothing: `apt-get install -y dnsperf unbound zstd` and `tests/envtest.sh` (the test
 command does both); CoreDNS is unpacked from ../shared/coredns into .bench/ on first use.
@@ -33,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -229,6 +233,93 @@ def _coredns_binary() -> Path:
     return binary
 
 
+def sync_cluster(services: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """`services` Services in 100 namespaces with about 10 endpoints each (a fifth headless), as
+    `bench/zone_build.py` makes them, with cluster IPs inside the test API server's range; and
+    the two names created last (the last ClusterIP Service, the last headless one)."""
+    import random
+
+    from zone_build import synthetic
+
+    service_objects, slices = synthetic(services, random.Random(services))
+    last: dict[bool, str] = {}
+    for i, obj in enumerate(service_objects):
+        if obj["spec"]["clusterIP"] != "None":
+            obj["spec"]["clusterIP"] = f"10.96.{1 + i // 250}.{i % 250 + 1}"
+        meta = obj["metadata"]
+        last[obj["spec"]["clusterIP"] == "None"] = f"{meta['name']}.{meta['namespace']}.svc.cluster.local"
+    for slice_ in slices:
+        slice_["apiVersion"] = "discovery.k8s.io/v1"
+    namespaces = [{"kind": "Namespace", "metadata": {"name": f"ns-{n}"}} for n in range(100)]
+    ordered = [obj for pair in zip(service_objects, slices, strict=True) for obj in pair]
+    return namespaces + ordered, [last[False], last[True]]
+
+
+def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
+    """The real `kdns serve` and CoreDNS, one after the other, started against a real
+    kube-apiserver holding `services` Services: seconds from start to both names created last
+    answering, the process's CPU seconds then, and its RSS."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    os.environ.setdefault("KUBEBUILDER_ASSETS", str(ROOT / ".envtest"))
+    from tests.kubeapi import RealApiServer
+
+    objects, last_names = sync_cluster(services)
+    api = RealApiServer(work / "sync-api")
+    _API.append(api)
+    admin = api.api_client()
+    from kubernetes import client
+
+    core, discovery = client.CoreV1Api(admin), client.DiscoveryV1Api(admin)
+
+    def create(obj: dict[str, Any]) -> None:
+        namespace = obj["metadata"].get("namespace")
+        if obj["kind"] == "Namespace":
+            core.create_namespace(obj)
+        elif obj["kind"] == "Service":
+            core.create_namespaced_service(namespace, obj)
+        else:
+            discovery.create_namespaced_endpoint_slice(namespace, obj)
+
+    started = time.monotonic()
+    for obj in objects[:100]:
+        create(obj)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, objects[100:]))
+    print(f"(sync: {len(objects)} objects created in {time.monotonic() - started:.0f} s)")
+    kubeconfig = api.kubeconfig(work / "sync-kubeconfig")
+    results = []
+    for label in ("kdns", "CoreDNS"):
+        port = free_port()
+        if label == "kdns":
+            command = kdns_command(Path(os.devnull), port, "--resolv-conf", os.devnull)
+            at = command.index("--snapshot")
+            command[at : at + 2] = ["--kubeconfig", str(kubeconfig)]
+        else:
+            corefile = work / "Corefile-sync"
+            corefile.write_text(
+                f".:{port} {{\n  bind 127.0.0.1\n  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n"
+                f"    kubeconfig {kubeconfig} real\n    pods insecure\n    fallthrough in-addr.arpa ip6.arpa\n"
+                "    ttl 30\n  }\n  cache 30\n}\n"
+            )
+            command = [str(_coredns_binary()), "-conf", str(corefile)]
+        started = time.monotonic()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        try:
+            for name in last_names:
+                wait_until_answering(port, name)
+            synced = time.monotonic() - started
+            rss = 0.0
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) / 1024
+            results.append((label, {"synced_s": synced, "cpu_s": cpu_seconds(process.pid), "rss_mb": rss}))
+        finally:
+            process.terminate()
+            process.wait(10)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5)
@@ -236,6 +327,9 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--steady", type=float, default=60, help="seconds at 80%% of kdns's rate, for lost queries")
     parser.add_argument("--rate", type=int, default=20_000, help="queries per second for the latency figures")
+    parser.add_argument(
+        "--sync", type=int, default=0, help="also time kdns and CoreDNS syncing this many Services (0: not)"
+    )
     args = parser.parse_args()
 
     try:
@@ -342,6 +436,14 @@ def _compare(args: argparse.Namespace) -> int:
         f"Unbound p50 {p50_u:.3f} ms, p99 {p99_u:.3f} ms ({lost_u:.0f} lost)"
     )
     print(f"kdns at {steady_rate} q/s (80% of its rate) for {args.steady:g} s: {steady['lost']:.0f} lost")
+    if args.sync:
+        with tempfile.TemporaryDirectory(prefix="kdns-sync-") as tmp:
+            print(f"\nsyncing {args.sync} Services from a real kube-apiserver, one server after the other:")
+            for label, row in measure_sync(Path(tmp), args.sync):
+                print(
+                    f"{label:8} both last-created names answer after {row['synced_s']:.1f} s, "
+                    f"{row['cpu_s']:.1f} s of CPU, {row['rss_mb']:.0f} MB RSS"
+                )
     return 0
 
 
