@@ -32,7 +32,6 @@ from kdns.ops import health, readiness, serve_http
 from kdns.serve import BoundListener, bind, bind_tcp, serve
 from kdns.settings import fingerprint
 from kdns.sources import snapshot
-from kdns.sources.kube import ClusterFollower, load_api_client
 from kdns.state import State
 
 log = logging.getLogger(__name__)
@@ -131,7 +130,13 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
     bound and the listeners are serving. Setup errors (`KdnsError`) are raised before that."""
     # Queries are timed only when someone can read the figures: the metrics endpoint is on.
     state = State(time_requests=config.ops.metrics is not None)
-    api_client = None if config.snapshot is not None else load_api_client(config.kubeconfig, config.context)
+    api_client = None
+    if config.snapshot is None:
+        # Only a live source needs the kubernetes client: importing it costs about 45 MB and a
+        # second at start, which a snapshot (or a node cache) does without.
+        from kdns.sources.kube import load_api_client
+
+        api_client = load_api_client(config.kubeconfig, config.context)
     listeners = [bind(address) for address in config.listen]
     http = [
         (bind_tcp(address), path)
@@ -161,7 +166,11 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
                 fallback_ns_addresses=ns_addresses(listeners),
                 report=report_omission,
             )
-        follower = ClusterFollower(store, api_client, config.watch, state) if api_client is not None else None
+        follower = None
+        if api_client is not None:
+            from kdns.sources.kube import ClusterFollower
+
+            follower = ClusterFollower(store, api_client, config.watch, state)
         async with trio.open_nursery() as nursery:
             loop_exit.scope = nursery.cancel_scope
             handler = Handler(

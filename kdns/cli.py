@@ -15,7 +15,6 @@ from pathlib import Path
 
 import urllib3
 import yaml
-from kubernetes.client.rest import ApiException
 
 from kdns import __version__, app, config, logs, settings
 from kdns.address import SocketAddress
@@ -24,7 +23,6 @@ from kdns.core.store import ClusterStore, PodMode
 from kdns.core.zonefile import render
 from kdns.errors import KdnsError
 from kdns.sources import snapshot
-from kdns.sources.kube import load_api_client, snapshot_items
 
 log = logging.getLogger("kdns")
 
@@ -315,6 +313,10 @@ def _watch_options(args: argparse.Namespace, watch_pods: bool) -> WatchOptions:
 
 
 def _snapshot(args: argparse.Namespace) -> int:
+    from kubernetes.client.rest import ApiException  # the client only where a cluster is read
+
+    from kdns.sources.kube import load_api_client, snapshot_items
+
     api_client = load_api_client(args.kubeconfig, args.context)
     try:
         items = snapshot_items(api_client, _watch_options(args, watch_pods=True))

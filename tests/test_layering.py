@@ -78,3 +78,19 @@ def test_nothing_imports_upwards_into_the_application() -> None:
             continue
         assert "kdns.cli" not in imported, f"{name} imports the command line"
         assert "kdns.app" not in imported, f"{name} imports the application"
+
+
+def test_serving_a_snapshot_never_imports_the_kubernetes_client() -> None:
+    """Importing the client costs about 45 MB and a second: only a live source pays for it
+    (the imports of `kdns.sources.kube` sit inside the functions that follow a cluster)."""
+    import subprocess
+    import sys
+
+    check = (
+        "import sys, kdns.app, kdns.cli\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'kdns') and "
+        "(m.startswith('kubernetes') or m == 'kdns.sources.kube'))\n"
+        "print(loaded)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
