@@ -81,7 +81,10 @@ class ForwardCache:
         return (query.key, query.qtype, query.qclass, dnssec_ok, bool(query.flags & CD))
 
     def get(self, key: CacheKey) -> Answer | None:
-        entry = self._entries.get(key)
+        try:
+            entry: _Entry | None = self._entries[key]  # not `.get`: it looks the key up twice
+        except KeyError:
+            entry = None
         now = self.clock()
         if entry is None or now >= entry.expires:  # absent, or only there to be served stale
             self.misses += 1
