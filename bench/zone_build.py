@@ -291,6 +291,18 @@ def measure_process(services: int) -> dict[str, float]:
     return {"services": services, "synced_s": synced, "cpu_s": cpu, "rss_mb": rss}
 
 
+def best_of(child_args: list[str], repeat: int) -> dict[str, float]:
+    """Run this script's child mode `repeat` times, each in a fresh process, and keep the best of
+    each figure: the shared machine only ever adds time, never removes it."""
+    runs = [
+        json.loads(
+            subprocess.run([sys.executable, __file__, *child_args], capture_output=True, text=True, check=True).stdout
+        )
+        for _ in range(repeat)
+    ]
+    return {key: min(run[key] for run in runs) for key in runs[0]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,50000")
@@ -319,19 +331,7 @@ def main() -> int:
         f"{'worst ms':>9} {'RSS MB':>7} {'baseline MB':>12} {'zone MB':>8}"
     )
     for size in (int(text) for text in args.sizes.split(",")):
-        runs = [
-            json.loads(
-                subprocess.run(
-                    [sys.executable, __file__, "--one", str(size), "--events", str(args.events)],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-            )
-            for _ in range(args.repeat)
-        ]
-        # The best of each figure: the shared machine only ever adds time, never removes it.
-        r = {key: min(run[key] for run in runs) for key in runs[0]}
+        r = best_of(["--one", str(size), "--events", str(args.events)], args.repeat)
         print(
             f"{r['services']:>9} {r['endpoints']:>10} {r['names']:>9} {r['build_s']:>8.2f} "
             f"{r['build_s'] / r['parse_s']:>13.1f} {r['event_avg_ms']:>13.3f} "
@@ -339,15 +339,7 @@ def main() -> int:
             f"{r['rss_mb'] - r['baseline_mb']:>8.0f}"
         )
     if args.pods:
-        runs = [
-            json.loads(
-                subprocess.run(
-                    [sys.executable, __file__, "--pods-one", str(args.pods)], capture_output=True, text=True, check=True
-                ).stdout
-            )
-            for _ in range(args.repeat)
-        ]
-        r = {key: min(run[key] for run in runs) for key in runs[0]}
+        r = best_of(["--pods-one", str(args.pods)], args.repeat)
         print(
             f"\n{r['pods']:.0f} pods, --pods verified: loaded in {r['load_s']:.2f} s, "
             f"{r['pods_mb']:.0f} MB more resident (the index itself: {r['index_mb']:.1f} MB), "

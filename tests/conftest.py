@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.apiserver import FakeApiServer
+from tests.builders import namespace, service
 from tests.process import EXAMPLE, KdnsServer
 
 
@@ -22,3 +24,13 @@ def example_server() -> Iterator[KdnsServer]:
 def dig_installed() -> None:
     if shutil.which("dig") is None:
         pytest.fail("dig is not installed: apt-get install bind9-dnsutils (the README setup does)")
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    """The test API server with namespace prod and its Service web (10.96.0.5)."""
+    server = FakeApiServer()
+    server.apply(namespace("prod"))
+    server.apply(service("prod", "web", ["10.96.0.5"]))
+    yield server
+    server.stop()

@@ -26,15 +26,6 @@ from tests.process import EXAMPLE, KdnsServer, run_kdns
 FAST = ("--api-timeout", "2", "--watch-timeout", "5", "--api-backoff-max", "1")
 
 
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    server = FakeApiServer()
-    server.apply(namespace("prod"))
-    server.apply(service("prod", "web", ["10.96.0.5"]))
-    yield server
-    server.stop()
-
-
 def _start(api: FakeApiServer, tmp_path: Path, *args: str) -> KdnsServer:
     return KdnsServer("--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, *args, listen=("127.0.0.1:0",))
 

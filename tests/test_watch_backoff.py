@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,18 +16,9 @@ from kdns.core.store import ClusterStore
 from kdns.sources.kube import RESOURCES, Applier, ResourceWatcher, load_api_client
 from kdns.state import WatchCounters
 from tests.apiserver import FakeApiServer
-from tests.builders import ask, namespace, rcode, service
+from tests.builders import ask, rcode
 
 OPTIONS = WatchOptions(backoff_initial=0.5, backoff_max=4.0, request_timeout=5, watch_timeout=60)
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    server = FakeApiServer()
-    server.apply(namespace("prod"))
-    server.apply(service("prod", "web", ["10.96.0.5"]))
-    yield server
-    server.stop()
 
 
 class Script:
