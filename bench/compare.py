@@ -46,7 +46,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from udp_throughput import cpu_seconds, free_port, kdns_command, running, wait_until_answering  # noqa: E402
+from udp_throughput import (  # noqa: E402
+    cpu_seconds,
+    free_port,
+    kdns_command,
+    running,
+    unbound_config,
+    wait_until_answering,
+)
 
 Row = dict[str, float]
 
@@ -103,19 +110,6 @@ def cluster(services: int) -> tuple[list[dict[str, Any]], list[str], list[str]]:
             queries.append(f"_http._tcp.svc-{named}.bench.svc.cluster.local SRV")
             queries.append(f"missing-{i}.bench.svc.cluster.local A")
     return objects, records, queries
-
-
-def unbound_conf(work: Path, port: int, threads: int, records: list[str], zone: str = "cluster.local.") -> Path:
-    conf = work / f"unbound-{port}.conf"
-    conf.write_text(
-        "server:\n"
-        f"  interface: 127.0.0.1\n  port: {port}\n  num-threads: {threads}\n  do-daemonize: no\n"
-        '  username: ""\n  chroot: ""\n  pidfile: ""\n  use-syslog: no\n  verbosity: 0\n'
-        f'  directory: "{work}"\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n'
-        f'  so-reuseport: yes\n  local-zone: "{zone}" static\n'
-        + "".join(f'  local-data: "{record}"\n' for record in records)
-    )
-    return conf
 
 
 def dnsperf(port: int, queries: Path, seconds: float, pids: list[int], *extra: str) -> Row:
@@ -357,14 +351,9 @@ def _compare(args: argparse.Namespace) -> int:
         ports = {name: free_port() for name in ("u1", "u2", "upstream", "kdns", "kdns-m", "metrics")}
         upstream_records = [f"name-{i}.example.test. 300 IN A 192.0.2.{i % 250 + 1}" for i in range(1000)]
         commands = {
-            "u1": ["unbound", "-d", "-c", str(unbound_conf(work, ports["u1"], 1, records))],
-            "u2": ["unbound", "-d", "-c", str(unbound_conf(work, ports["u2"], 2, records))],
-            "upstream": [
-                "unbound",
-                "-d",
-                "-c",
-                str(unbound_conf(work, ports["upstream"], 1, upstream_records, "example.test.")),
-            ],
+            "u1": ["unbound", "-d", "-c", str(unbound_config(work, ports["u1"], records))],
+            "u2": ["unbound", "-d", "-c", str(unbound_config(work, ports["u2"], records, threads=2))],
+            "upstream": ["unbound", "-d", "-c", str(unbound_config(work, ports["upstream"], upstream_records))],
             "kdns": kdns_command(snapshot, ports["kdns"], "--upstream", f"127.0.0.1:{ports['upstream']}"),
             "kdns-m": kdns_command(snapshot, ports["kdns-m"], "--upstream", f"127.0.0.1:{ports['upstream']}"),
         }

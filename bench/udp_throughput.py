@@ -54,13 +54,13 @@ def cluster(services: int) -> tuple[list[dict], list[tuple[str, str]]]:
     return items, names
 
 
-def unbound_config(work: Path, port: int, records: list[str]) -> Path:
+def unbound_config(work: Path, port: int, records: list[str], threads: int = 1) -> Path:
     """An Unbound configuration answering `records` (zone-file lines under `cluster.local.` or
-    `test.`) from memory, one thread, on 127.0.0.1:`port`."""
+    `test.`) from memory, with `threads` threads, on 127.0.0.1:`port`."""
     conf = work / f"unbound-{port}.conf"
     conf.write_text(
         "server:\n"
-        f"  interface: 127.0.0.1\n  port: {port}\n  num-threads: 1\n  do-daemonize: no\n"
+        f"  interface: 127.0.0.1\n  port: {port}\n  num-threads: {threads}\n  so-reuseport: yes\n  do-daemonize: no\n"
         '  username: ""\n  chroot: ""\n  pidfile: ""\n  use-syslog: no\n  verbosity: 0\n'
         f'  directory: "{work}"\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n'
         '  local-zone: "cluster.local." static\n  local-zone: "test." static\n'

@@ -299,17 +299,14 @@ async def _serve_connection(
     # Zone and cache answers to the queries a read brought are written together, in one send
     # (up to `TCP_BATCH` bytes): a client that pipelines gets them at the cost of one write
     # rather than one each.
-    batch: list[bytes] = []
-    batched = 0
+    batch = bytearray()
     answered: list[tuple[int, bytes, bytes, float]] = []  # type, query, reply, when it arrived
 
     async def flush() -> None:
-        nonlocal batched
         if not batch:
             return
-        data = b"".join(batch)
+        data = bytes(batch)
         batch.clear()
-        batched = 0
         await write(data)
         now = perf_counter()
         for qtype, packet, reply, started in answered:
@@ -345,9 +342,8 @@ async def _serve_connection(
                     reply = handler.refuse(reply)
                 # The type counted by `handle`, `refuse` or `failure_reply` just now.
                 answered.append((counters.last_qtype, packet, reply, started))
-                batch.append(frame(reply))
-                batched += 2 + len(reply)
-                if batched >= TCP_BATCH:
+                batch += frame(reply)
+                if len(batch) >= TCP_BATCH:
                     await flush()
             await flush()
             if completed:  # only a whole query resets the idle timeout, never a dripped byte

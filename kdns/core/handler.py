@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from kdns.core import chase, rdata, wire
 from kdns.core.cache import CacheKey, ForwardCache
@@ -17,9 +18,17 @@ from kdns.core.upstream import ForwardedAnswer
 from kdns.core.zone import Answer, Zone
 
 ClientAddress = tuple[str, int] | tuple[str, int, int, int]  # IPv4, IPv6 socket addresses
-# A kept reply: its bytes after the ID, the query type, the counters' keys (IPv4, IPv6 client),
-# and for a forward cache answer, its key and the cached answer it was made from.
-_Kept = tuple[bytes, int, tuple[str, int, int, int], tuple[str, int, int, int], CacheKey | None, Answer | None]
+
+
+class _Kept(NamedTuple):
+    """A kept reply (a tuple: one is made per distinct query, and unpacked on every hit)."""
+
+    body: bytes  # the reply after its ID
+    qtype: int
+    ipv4_key: tuple[str, int, int, int]  # the counters' keys for an IPv4 and an IPv6 client
+    ipv6_key: tuple[str, int, int, int]
+    cache_key: CacheKey | None  # for a forward cache answer: its key, and the answer it was made from
+    served: Answer | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +136,10 @@ class Handler:
         kept = self._kept[tcp]
         hit = kept.get(packet[2:])
         fetched: tuple[CacheKey, Answer | None] | None = None  # a forward cache answer asked for already
-        if hit is not None and hit[4] is not None:
+        if hit is not None and hit.cache_key is not None:
             assert self.cache is not None
-            fetched = (hit[4], self.cache.get(hit[4]))  # counted as a hit (or a miss) there, once
-            if fetched[1] is not hit[5]:
+            fetched = (hit.cache_key, self.cache.get(hit.cache_key))  # counted as a hit (or a miss) there, once
+            if fetched[1] is not hit.served:
                 hit = None  # its TTLs moved on, or it expired: made again below from `fetched`
         if hit is not None:
             body, qtype, ipv4_key, ipv6_key, _, _ = hit
@@ -186,7 +195,7 @@ class Handler:
             transport = TCP if tcp else UDP
             counter_keys = (transport, 1, query.qtype, rcode), (transport, 2, query.qtype, rcode)
             served = None if from_zone else answer
-            kept[packet[2:]] = (reply[2:], query.qtype, *counter_keys, None if from_zone else cache_key, served)
+            kept[packet[2:]] = _Kept(reply[2:], query.qtype, *counter_keys, None if from_zone else cache_key, served)
         return reply
 
     def _forget_replies(self, generation: int) -> None:
