@@ -314,6 +314,46 @@ def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
     return results
 
 
+def memory_of(pids: list[int]) -> tuple[float, float]:
+    """Proportional and resident set sizes (MB) summed over `pids`: PSS splits each shared page
+    between the processes that map it, so its sum is what the processes cost together."""
+    pss = rss = 0.0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1]) / 1024
+            elif line.startswith("Rss:"):
+                rss += int(line.split()[1]) / 1024
+    return pss, rss
+
+
+def measure_workers_memory(services: int, seconds: float) -> list[tuple[int, float, float, float]]:
+    """kdns on a snapshot of `services` Services with 1, 2 and 4 workers: total PSS and RSS once
+    every worker answers, and PSS again after `seconds` of queries (copy-on-write at work)."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kdns-memory-") as tmp:
+        objects, _, query_lines = cluster(services)
+        snapshot = Path(tmp) / "cluster.yaml"
+        snapshot.write_text(yaml.safe_dump({"kind": "List", "items": objects}))
+        queries = Path(tmp) / "queries.txt"
+        queries.write_text("\n".join(query_lines) + "\n")
+        for workers in (1, 2, 4):
+            port = free_port()
+            with running(kdns_command(snapshot, port, "--resolv-conf", os.devnull, "--workers", str(workers))) as (
+                process,
+            ):
+                wait_until_answering(port, "svc-0.bench.svc.cluster.local")
+                expected = 1 if workers == 1 else workers + 1
+                while len(children(process.pid)) < expected:
+                    time.sleep(0.05)
+                time.sleep(1)  # every worker past its start
+                pss, rss = memory_of(children(process.pid))
+                dnsperf(port, queries, seconds, children(process.pid), "-q", "200", "-c", "8")
+                after, _ = memory_of(children(process.pid))
+                rows.append((workers, pss, rss, after))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5)
@@ -321,6 +361,9 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--steady", type=float, default=60, help="seconds at 80%% of kdns's rate, for lost queries")
     parser.add_argument("--rate", type=int, default=20_000, help="queries per second for the latency figures")
+    parser.add_argument(
+        "--memory", type=int, default=10_000, help="PSS of kdns with 1, 2, 4 workers at this many Services (0: not)"
+    )
     parser.add_argument(
         "--sync", type=int, default=0, help="also time kdns and CoreDNS syncing this many Services (0: not)"
     )
@@ -348,13 +391,16 @@ def _compare(args: argparse.Namespace) -> int:
             f"{args.rounds} rounds of {args.seconds:g} s, dnsperf -q 200 on 127.0.0.1, medians\n"
         )
 
-        ports = {name: free_port() for name in ("u1", "u2", "upstream", "kdns", "kdns-m", "metrics")}
+        ports = {name: free_port() for name in ("u1", "u2", "upstream", "kdns", "kdns-w2", "kdns-m", "metrics")}
         upstream_records = [f"name-{i}.example.test. 300 IN A 192.0.2.{i % 250 + 1}" for i in range(1000)]
         commands = {
             "u1": ["unbound", "-d", "-c", str(unbound_config(work, ports["u1"], records))],
             "u2": ["unbound", "-d", "-c", str(unbound_config(work, ports["u2"], records, threads=2))],
             "upstream": ["unbound", "-d", "-c", str(unbound_config(work, ports["upstream"], upstream_records))],
             "kdns": kdns_command(snapshot, ports["kdns"], "--upstream", f"127.0.0.1:{ports['upstream']}"),
+            "kdns-w2": kdns_command(
+                snapshot, ports["kdns-w2"], "--upstream", f"127.0.0.1:{ports['upstream']}", "--workers", "2"
+            ),
             "kdns-m": kdns_command(snapshot, ports["kdns-m"], "--upstream", f"127.0.0.1:{ports['upstream']}"),
         }
         metrics = commands["kdns-m"]
@@ -365,6 +411,7 @@ def _compare(args: argparse.Namespace) -> int:
             "u1": "Unbound, 1 thread",
             "u2": "Unbound, 2 threads",
             "kdns": "kdns, UDP",
+            "kdns-w2": "kdns, UDP, 2 workers",
             "kdns-tcp": "kdns, TCP (pipelined)",
             "kdns-cache": "kdns, forwarded names from its cache",
             "kdns-m": "kdns, UDP, /metrics on",
@@ -372,7 +419,7 @@ def _compare(args: argparse.Namespace) -> int:
         with running(*commands.values()) as processes:
             pid = dict(zip(commands, (process.pid for process in processes), strict=True))
             name = "svc-0.bench.svc.cluster.local"
-            for key in ("u1", "u2", "kdns", "kdns-m"):
+            for key in ("u1", "u2", "kdns", "kdns-w2", "kdns-m"):
                 wait_until_answering(ports[key], name)
             wait_until_answering(ports["upstream"], "name-0.example.test")
             # Warm kdns's cache: every forwarded name asked once.
@@ -385,13 +432,17 @@ def _compare(args: argparse.Namespace) -> int:
                 ("u1", ports["u1"], queries, [pid["u1"]], ()),
                 ("u2", ports["u2"], queries, [pid["u2"]], ()),
                 ("kdns", ports["kdns"], queries, children(pid["kdns"]), ()),
+                ("kdns-w2", ports["kdns-w2"], queries, children(pid["kdns-w2"]), ()),
                 ("kdns-tcp", ports["kdns"], queries, children(pid["kdns"]), ("-m", "tcp", "-c", "4")),
                 ("kdns-cache", ports["kdns"], forwarded, children(pid["kdns"]), ()),
                 ("kdns-m", ports["kdns-m"], queries, children(pid["kdns-m"]), ()),
             ]
             for round_ in range(args.rounds):
                 for key, port, file, pids, extra in plan if round_ % 2 == 0 else reversed(plan):
-                    rows.setdefault(key, []).append(dnsperf(port, file, args.seconds, pids, "-q", "200", *extra))
+                    # -c 8: eight client sockets, so that SO_REUSEPORT (Unbound's threads, kdns's
+                    # workers) can spread them; one socket would always reach the same one.
+                    run = dnsperf(port, file, args.seconds, pids, "-q", "200", "-c", "8", *extra)
+                    rows.setdefault(key, []).append(run)
             steady_rate = int(statistics.median(row["qps"] for row in rows["kdns"]) * 0.8)
             p50_k, p99_k, lost_k = latency(ports["kdns"], queries, min(args.seconds, 5), args.rate)
             p50_u, p99_u, lost_u = latency(ports["u1"], queries, min(args.seconds, 5), args.rate)
@@ -404,9 +455,9 @@ def _compare(args: argparse.Namespace) -> int:
             try:
                 with coredns(work, objects, port, procs) as process:
                     wait_until_answering(port, name)
-                    rows[key] = [dnsperf(port, queries, args.seconds, [process.pid], "-q", "200")]
-                    for _ in range(args.rounds - 1):
-                        rows[key].append(dnsperf(port, queries, args.seconds, [process.pid], "-q", "200"))
+                    for _ in range(args.rounds):
+                        run = dnsperf(port, queries, args.seconds, [process.pid], "-q", "200", "-c", "8")
+                        rows.setdefault(key, []).append(run)
             except (FileNotFoundError, RuntimeError, OSError) as error:
                 print(f"({labels[key]}: skipped: {error})")
         for api in _API:
@@ -425,6 +476,13 @@ def _compare(args: argparse.Namespace) -> int:
         f"Unbound p50 {p50_u:.3f} ms, p99 {p99_u:.3f} ms ({lost_u:.0f} lost)"
     )
     print(f"kdns at {steady_rate} q/s (80% of its rate) for {args.steady:g} s: {steady['lost']:.0f} lost")
+    if args.memory:
+        print(f"\nmemory of kdns serving {args.memory} Services (PSS: shared pages split between processes):")
+        for workers, pss, rss, after in measure_workers_memory(args.memory, args.seconds):
+            print(
+                f"--workers {workers}: PSS {pss:.0f} MB in all ({rss:.0f} MB RSS summed), "
+                f"{after:.0f} MB PSS after {args.seconds:g} s of queries"
+            )
     if args.sync:
         with tempfile.TemporaryDirectory(prefix="kdns-sync-") as tmp:
             print(f"\nsyncing {args.sync} Services from a real kube-apiserver, one server after the other:")

@@ -4,112 +4,30 @@ runs it until a signal ends it."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
-import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 import trio
 
 from kdns import logs
 from kdns.address import SocketAddress
+from kdns.answering import Answerer, check_upstreams, ns_addresses
 from kdns.config import LIVE_SETTINGS, ServeConfig
-from kdns.core.cache import ForwardCache
-from kdns.core.convert import key_of
-from kdns.core.handler import Handler, HandlerOptions, LoopProbes
-from kdns.core.model import ClusterObject, IPAddress
-from kdns.core.records import Omission
-from kdns.core.store import ClusterStore, PodMode
+from kdns.core.store import ClusterStore
 from kdns.errors import KdnsError
-from kdns.forward import Forwarder
-from kdns.logs import QueryLog
 from kdns.metrics import StateCollector, metrics_route, wall_clock
 from kdns.ops import health, readiness, serve_http
-from kdns.serve import BoundListener, bind, bind_tcp, serve
+from kdns.serve import bind, bind_tcp
 from kdns.settings import fingerprint
-from kdns.sources import snapshot
+from kdns.sources import open_sources
 from kdns.state import State
+from kdns.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 CONFIG_POLL = 2.0  # seconds between looks at the configuration file (CoreDNS's `reload`: 30 s)
-
-
-def build_store(
-    path: Path, domain: str, ttl: int, pod_mode: PodMode, fallback_ns_addresses: tuple[IPAddress, ...] = ()
-) -> tuple[snapshot.Snapshot, ClusterStore]:
-    """A store filled from a snapshot file, its serial set to now, and what the file held."""
-    loaded = snapshot.load(path)
-    store = ClusterStore(domain, ttl, pod_mode, fallback_ns_addresses=fallback_ns_addresses, report=report_omission)
-    store.load(loaded.objects, on_error=_object_failed)
-    store.zone.bump_serial(int(time.time()))
-    return loaded, store
-
-
-def report_omission(omission: Omission) -> None:
-    """Log, once, a part of an object that DNS cannot carry (the rest of it is served)."""
-    log.warning("left out of DNS: %s", omission)
-
-
-def _object_failed(obj: ClusterObject, error: Exception) -> None:
-    """An object the store could not apply: logged; it never stops the others."""
-    log.error("could not apply %s %s: %s: %s", type(obj).__name__, key_of(obj), type(error).__name__, error)
-
-
-def ns_addresses(listeners: list[BoundListener]) -> tuple[IPAddress, ...]:
-    """The addresses `ns.dns.<zone>` falls back to without a kube-dns Service: the specific
-    (non-wildcard) listen addresses, which is what CoreDNS falls back to as well."""
-    addresses = (ipaddress.ip_address(listener.address.host) for listener in listeners)
-    return tuple(address for address in addresses if not address.is_unspecified)
-
-
-def _forwarding(
-    config: ServeConfig, listeners: list[BoundListener], state: State, probes: LoopProbes
-) -> tuple[Forwarder | None, ForwardCache | None]:
-    """The forwarder and its cache, or (None, None) with one warning when there is no upstream."""
-    forward = config.forward
-    stubs = dict(forward.stubs)
-    for upstream in (*forward.upstreams, *(address for addresses in stubs.values() for address in addresses)):
-        for listener in listeners:
-            if _is_self(upstream, listener.address.host, listener.address.port):
-                raise KdnsError(
-                    f"upstream {upstream} (from {forward.upstreams_from}) is kdns's own listen address "
-                    f"{listener.address}: forwarding to it would loop"
-                )
-    if not forward.upstreams and not stubs:
-        log.warning(
-            "no upstream resolver (%s gives none): names outside %s and the reverse zones are answered REFUSED",
-            forward.upstreams_from,
-            config.cluster_domain,
-        )
-        return None, None
-    log.info("forwarding to %s", ", ".join(str(u) for u in forward.upstreams) or "stub domains only")
-    # The cache reads trio's clock: the one every timeout of the program uses (and tests can mock).
-    cache = ForwardCache(
-        forward.cache_size, trio.current_time, stale_for=forward.serve_stale, prefetch=forward.prefetch
-    )
-    return Forwarder(forward.upstreams, stubs, forward.options, state, cache, probes), cache
-
-
-def _is_self(upstream: SocketAddress, host: str, port: int) -> bool:
-    """Whether `upstream` is this kdns: the same port, and the same address or, for a wildcard
-    listener, an address of this machine."""
-    if upstream.port != port:
-        return False
-    if upstream.host == host:
-        return True
-    if not ipaddress.ip_address(host).is_unspecified:
-        return False
-    try:
-        with socket.socket(upstream.family, socket.SOCK_DGRAM) as probe:
-            probe.bind((upstream.host, 0))  # binds only to an address this machine has
-    except OSError:
-        return False
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,20 +42,23 @@ class Running:
     store: ClusterStore
 
 
-async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> int:
+async def run(
+    config: ServeConfig,
+    *,
+    pool: WorkerPool | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> int:
     """Serve `config` until cancelled, or until a forwarding loop is found (then the exit status
     is 2). Everything runs in one nursery; `task_status` gets a `Running` once every socket is
-    bound and the listeners are serving. Setup errors (`KdnsError`) are raised before that."""
-    # Queries are timed only when someone can read the figures: the metrics endpoint is on.
-    state = State(time_requests=config.ops.metrics is not None)
-    api_client = None
-    if config.snapshot is None:
-        # Only a live source needs the kubernetes client: importing it costs about 45 MB and a
-        # second at start, which a snapshot (or a node cache) does without.
-        from kdns.sources.kube import load_api_client
+    bound and the listeners are serving. Setup errors (`KdnsError`) are raised before that.
 
-        api_client = load_api_client(config.kubeconfig, config.context)
-    listeners = [bind(address) for address in config.listen]
+    With a started `pool` (`--workers`), its workers answer and this process follows the cluster
+    for them and serves /health, /ready and /metrics for the instance."""
+    if pool is None:
+        listeners = [bind(address) for address in config.listen]
+        addresses = tuple(listener.address for listener in listeners)
+    else:
+        listeners, addresses = [], pool.addresses
     http = [
         (bind_tcp(address), path)
         for address, path in (
@@ -147,57 +68,37 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
         )
         if address is not None
     ]
-    loop_exit = _LoopExit()
+    status = 0
     try:
-        forwarder, cache = _forwarding(config, listeners, state, LoopProbes(loop_exit))
-        state.cache = cache
-        if config.snapshot is not None:
-            loaded, store = build_store(
-                config.snapshot, config.cluster_domain, config.ttl, config.pod_mode, ns_addresses(listeners)
-            )
-            snapshot.report(loaded)
-            counts = ", ".join(f"{count} {what}" for what, count in store.counts().items())
-            log.info("loaded %s: %s", loaded.path, counts)
+        if pool is None:
+            check_upstreams(config, addresses)  # before the cluster is loaded
+            sources = open_sources(config, ns_addresses(addresses))
+            answerer = Answerer(config, listeners, sources.state)
         else:
-            store = ClusterStore(
-                config.cluster_domain,
-                config.ttl,
-                config.pod_mode,
-                fallback_ns_addresses=ns_addresses(listeners),
-                report=report_omission,
-            )
-        follower = None
-        if api_client is not None:
-            from kdns.sources.kube import ClusterFollower
-
-            follower = ClusterFollower(store, api_client, config.watch, state)
+            sources = pool.sources
+        state, store = sources.state, sources.store
         async with trio.open_nursery() as nursery:
-            loop_exit.scope = nursery.cancel_scope
-            handler = Handler(
-                store.zone,
-                HandlerOptions(max_udp=config.max_udp, recursion_available=forwarder is not None),
-                cache,
-                counters=state.queries,
-                ready=state.synced,  # not `ready`: that turns False in lameduck
-                loop_probes=forwarder.loop_probes if forwarder is not None else None,
-            )
-            if forwarder is not None:
-                await nursery.start(forwarder.run)
-            query_log = QueryLog() if config.log_queries else None
-            await nursery.start(serve, listeners, handler, config.tcp, forwarder, state, query_log)
-            for listener in listeners:
-                log.info("listening on %s (udp, tcp)", listener.address)
+
+            async def serving(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                nonlocal status
+                if pool is None:
+                    status = await answerer.run(store.zone, state.synced, task_status=task_status)
+                else:
+                    status = await pool.run(task_status=task_status)
+                nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
+
+            await nursery.start(serving)
+            view: Callable[[], State] = (lambda: state) if pool is None else pool.view
             bound: dict[str, SocketAddress] = {}
-            collector = StateCollector(state, f"dns://{listeners[0].address}", store.zone.name_count, wall_clock)
+            collector = StateCollector(view, f"dns://{addresses[0]}", store.zone.name_count, wall_clock)
             routes = {"/health": health, "/ready": readiness(state.ready), "/metrics": metrics_route(collector)}
             for sock, path in http:
                 await nursery.start(serve_http, sock, {path: routes[path]}, config.ops.limits)
                 host, port = sock.getsockname()[:2]
                 bound[path] = SocketAddress(host, port)
                 log.info("%s on http://%s%s", path[1:], bound[path], path)
-            if follower is not None:
-                await nursery.start(follower.run)
-            addresses = tuple(listener.address for listener in listeners)
+            if sources.follower is not None:
+                await nursery.start(sources.follower.run)
             task_status.started(
                 Running(addresses, bound.get("/health"), bound.get("/ready"), bound.get("/metrics"), state, store)
             )
@@ -207,41 +108,29 @@ async def run(config: ServeConfig, *, task_status: trio.TaskStatus[Running] = tr
             listener.tcp.close()
         for sock, _ in http:
             sock.close()
-    return loop_exit.status
-
-
-class _LoopExit:
-    """What a forwarding loop does (CoreDNS's `loop`): log it and end kdns with status 2."""
-
-    def __init__(self) -> None:
-        self.status = 0
-        self.scope: trio.CancelScope | None = None
-
-    def __call__(self, upstream: str) -> None:
-        log.error(
-            "forwarding loop: the probe sent to upstream %s came back to kdns, so that upstream "
-            "forwards to kdns (often the node's resolv.conf naming the cluster DNS). Exiting.",
-            upstream,
-        )
-        self.status = 2
-        if self.scope is not None:
-            self.scope.cancel()
+    return status
 
 
 def main(config: ServeConfig, reload: Callable[[], ServeConfig] | None = None) -> int:
     """`kdns serve`: run until SIGTERM or SIGINT; the exit status. A setup error is raised as the
     `KdnsError` it is, for the command line to print. With `reload`, SIGHUP (and a change of
     `config.config_file`) reads the configuration again."""
+    pool = WorkerPool.start(config) if config.workers > 1 else None
     try:
-        return trio.run(_until_signalled, config, reload)
+        return trio.run(_until_signalled, config, reload, pool)
     except BaseExceptionGroup as group:
         errors, rest = group.split(KdnsError)
         if errors is not None and rest is None:
             raise _leaf(errors) from None
         raise
+    finally:
+        if pool is not None:
+            pool.close()
 
 
-async def _until_signalled(config: ServeConfig, reload: Callable[[], ServeConfig] | None = None) -> int:
+async def _until_signalled(
+    config: ServeConfig, reload: Callable[[], ServeConfig] | None = None, pool: WorkerPool | None = None
+) -> int:
     """Run until SIGINT, or SIGTERM and then `config.lameduck` seconds of answering while /ready
     says 503 (CoreDNS's `health { lameduck }`: the Service stops sending queries before kdns
     stops answering them). A second signal during lameduck stops at once."""
@@ -251,7 +140,7 @@ async def _until_signalled(config: ServeConfig, reload: Callable[[], ServeConfig
 
             async def serving(task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
                 nonlocal status
-                status = await run(config, task_status=task_status)
+                status = await run(config, pool=pool, task_status=task_status)
                 nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
 
             running: Running = await nursery.start(serving)

@@ -22,7 +22,7 @@ from kdns.config import ForwardOptions, Policy, TcpLimits, WatchOptions, resolv_
 from kdns.core.store import ClusterStore, PodMode
 from kdns.core.zonefile import render
 from kdns.errors import KdnsError
-from kdns.sources import snapshot
+from kdns.sources import build_store, snapshot
 
 log = logging.getLogger("kdns")
 
@@ -157,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
         "kubeadm's `lameduck 5s`); SIGINT stops at once",
     )
     serve.add_argument(
+        "--workers",
+        metavar="N",
+        default="1",
+        help="processes answering on the same ports (SO_REUSEPORT), fed by one set of watches; "
+        "auto: one per CPU (default 1)",
+    )
+    serve.add_argument(
         "--metrics-listen",
         metavar="ADDR:PORT",
         default=config.DEFAULT_METRICS_LISTEN,
@@ -264,6 +271,7 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         log_level=args.log_level,
         log_format=args.log_format,
         config_file=getattr(args, "config", None),
+        workers=config.workers(str(args.workers), len(os.sched_getaffinity(0))),
         forward=_forward_config(args),
     )
 
@@ -339,7 +347,7 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 def _store_from(args: argparse.Namespace) -> tuple[snapshot.Snapshot, ClusterStore]:
     domain = config.cluster_domain(args.cluster_domain)
-    return app.build_store(args.snapshot, domain, config.ttl(args.ttl), PodMode(args.pods))
+    return build_store(args.snapshot, domain, config.ttl(args.ttl), PodMode(args.pods))
 
 
 def _check(args: argparse.Namespace) -> int:

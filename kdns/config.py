@@ -127,6 +127,7 @@ class ServeConfig:
     log_level: str = "info"
     log_format: str = "text"
     config_file: str | None = None  # where settings were read from, watched for changes
+    workers: int = 1  # processes answering queries on the same ports (`--workers`)
 
 
 # Settings a reload applies at once; every other change waits for a restart (logged as such).
@@ -173,6 +174,22 @@ def namespaces(text: str | None) -> tuple[str, ...]:
     if not names:
         raise KdnsError("--namespaces: no namespace given")
     return names
+
+
+MAX_WORKERS = 256
+
+
+def workers(text: str, cpus: int | None) -> int:
+    """`--workers N` (1 to MAX_WORKERS), or `auto`: one per CPU this process may run on."""
+    if text == "auto":
+        return max(1, min(cpus or 1, MAX_WORKERS))
+    try:
+        count = int(text)
+    except ValueError:
+        raise KdnsError(f"--workers {text!r}: expected a number of processes or auto") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise KdnsError(f"--workers {text}: must be between 1 and {MAX_WORKERS}")
+    return count
 
 
 def positive(flag: str, value: float) -> float:

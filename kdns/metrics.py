@@ -64,13 +64,19 @@ def _rcode_name(rcode: int) -> str:
 class StateCollector(Collector):
     """Every metric of one kdns instance, read from its `State`."""
 
-    def __init__(self, state: State, server: str, zone_names: Callable[[], int], clock: Callable[[], float]) -> None:
-        self.state = state
+    def __init__(
+        self, view: Callable[[], State], server: str, zone_names: Callable[[], int], clock: Callable[[], float]
+    ) -> None:
+        """`view` gives the state to publish at each scrape: the process's own, or with
+        `--workers` the instance's (`State.with_workers`)."""
+        self.view = view
+        self.state = view()
         self.server = server  # `dns://ADDR:PORT` of the first listener, as CoreDNS labels it
         self.zone_names = zone_names
         self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
+        self.state = self.view()  # one view per scrape: every family reads the same figures
         yield from self._build_info()
         yield from self._dns()
         yield from self._forward()
@@ -220,7 +226,19 @@ class StateCollector(Collector):
         reloads.add_metric([], state.reloads)
         reload_failures = CounterMetricFamily("kdns_reload_failures", "New configurations refused.")
         reload_failures.add_metric([], state.reload_failures)
-        yield from (ready, names, dropped, malformed, tcp, refused, reloads, reload_failures)
+        workers = GaugeMetricFamily("kdns_workers", "Processes answering queries (--workers).")
+        workers.add_metric([], state.workers)
+        restarts = CounterMetricFamily("kdns_worker_restarts", "Worker processes that ended and were started again.")
+        restarts.add_metric([], state.worker_restarts)
+        by_worker = CounterMetricFamily(
+            "kdns_worker_replies",
+            "Replies sent by each running worker since it started: how evenly the kernel spreads clients.",
+            labels=["worker"],
+        )
+        for number, count in sorted(state.replies_by_worker.items()):
+            by_worker.add_metric([str(number)], count)
+        yield from (ready, names, dropped, malformed, tcp, refused, reloads, reload_failures, workers, restarts)
+        yield by_worker
 
 
 def _buckets(histogram: Histogram) -> list[tuple[str, float]]:

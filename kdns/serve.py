@@ -47,12 +47,14 @@ class BoundListener:
     tcp: socket.socket
 
 
-def bind(address: SocketAddress) -> BoundListener:
-    """Bind the UDP and TCP sockets of one listen address (the same port for both)."""
+def bind(address: SocketAddress, reuse_port: bool = False) -> BoundListener:
+    """Bind the UDP and TCP sockets of one listen address (the same port for both). With
+    `reuse_port`, more sockets may be bound to the same port (`--workers`: each worker has its
+    own, and the kernel spreads clients over them, SO_REUSEPORT)."""
     last_error: OSError | None = None
     for _ in range(BIND_ATTEMPTS if address.port == 0 else 1):
-        udp = _socket(address.family, socket.SOCK_DGRAM)
-        tcp = _socket(address.family, socket.SOCK_STREAM)
+        udp = _socket(address.family, socket.SOCK_DGRAM, reuse_port)
+        tcp = _socket(address.family, socket.SOCK_STREAM, reuse_port)
         try:
             udp.bind((address.host, address.port))
             port = udp.getsockname()[1]
@@ -82,8 +84,10 @@ def bind_tcp(address: SocketAddress) -> socket.socket:
     return sock
 
 
-def _socket(family: socket.AddressFamily, kind: socket.SocketKind) -> socket.socket:
+def _socket(family: socket.AddressFamily, kind: socket.SocketKind, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(family, kind)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # so 0.0.0.0 and :: coexist
     if kind == socket.SOCK_STREAM:

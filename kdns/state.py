@@ -7,9 +7,10 @@ them. Nothing here does I/O or keeps time: times are given by the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from kdns.core.cache import ForwardCache
 from kdns.core.counters import Histogram, ProgrammingDurations, QueryCounters, RequestDurations
 
 
@@ -31,6 +32,49 @@ class UpstreamCounters:
         self.latency.observe(seconds)
 
 
+class CacheCounters(Protocol):
+    """What metrics read of a forward cache: a `ForwardCache`, or the sum over workers."""
+
+    @property
+    def hits(self) -> int: ...
+    @property
+    def denial_hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+    @property
+    def evictions(self) -> int: ...
+    def entries_by_kind(self) -> tuple[int, int]: ...
+
+
+@dataclass(slots=True)
+class CacheTotals:
+    """A forward cache's counters, copied out of it (sent by a worker, summed over workers)."""
+
+    hits: int = 0
+    denial_hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    positive: int = 0  # entries held now
+    negative: int = 0
+
+    @classmethod
+    def of(cls, cache: CacheCounters) -> CacheTotals:
+        positive, negative = cache.entries_by_kind()
+        return cls(cache.hits, cache.denial_hits, cache.misses, cache.evictions, positive, negative)
+
+    def entries_by_kind(self) -> tuple[int, int]:
+        return self.positive, self.negative
+
+    def add(self, other: CacheTotals, *, entries: bool) -> None:
+        self.hits += other.hits
+        self.denial_hits += other.denial_hits
+        self.misses += other.misses
+        self.evictions += other.evictions
+        if entries:
+            self.positive += other.positive
+            self.negative += other.negative
+
+
 @dataclass(slots=True)
 class WatchCounters:
     """One watcher (a resource, in one namespace or all)."""
@@ -45,7 +89,9 @@ class WatchCounters:
 class State:
     """Readiness and every counter of one kdns instance."""
 
-    def __init__(self, *, time_requests: bool = True) -> None:
+    def __init__(self, *, time_requests: bool = True, workers_serving: Callable[[], bool] | None = None) -> None:
+        """`workers_serving`, with `--workers`: whether every worker process is serving (the
+        instance is not ready while one is being restarted)."""
         self.queries = QueryCounters()
         # Each query's duration, when someone reads it (the metrics endpoint is on): two clock
         # reads and a histogram update a query, which the listeners skip when this is None.
@@ -53,7 +99,7 @@ class State:
         self.upstreams: dict[str, UpstreamCounters] = {}
         self.programming = ProgrammingDurations()  # from a change in the cluster to it being served
         self.watches: dict[str, WatchCounters] = {}
-        self.cache: ForwardCache | None = None  # its own counters: hits, misses, inserts, evictions
+        self.cache: CacheCounters | None = None  # its own counters: hits, misses, inserts, evictions
         self.tcp_connections = 0  # open now
         self.tcp_refused = 0  # closed at once: over --max-tcp-connections
         self.udp_receive_errors = 0
@@ -64,6 +110,10 @@ class State:
         self.reload_failures = 0  # new configurations refused (the old one kept serving)
         self._following = False  # whether a live source must list before kdns is ready
         self.draining = False  # shutting down: still answering, no longer ready (lameduck)
+        self._workers_serving = workers_serving
+        self.workers = 1  # processes answering queries (`--workers`)
+        self.worker_restarts = 0
+        self.replies_by_worker: dict[int, int] = {}  # replies sent by each worker now running
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -80,8 +130,9 @@ class State:
         return not self._following or all(watch.listed for watch in self.watches.values())
 
     def ready(self) -> bool:
-        """Synced and not draining: what `/ready` says."""
-        return not self.draining and self.synced()
+        """Synced, not draining, and every worker serving: what `/ready` says."""
+        serving = self._workers_serving is None or self._workers_serving()
+        return not self.draining and self.synced() and serving
 
     # -- registries ------------------------------------------------------------------------
 
@@ -90,3 +141,114 @@ class State:
 
     def watch(self, name: str) -> WatchCounters:
         return self.watches.setdefault(name, WatchCounters())
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def with_workers(self, figures: Mapping[int, WorkerFigures], retired: WorkerFigures) -> State:
+        """The instance's state with `--workers`: this (the supervisor's) watches, programming,
+        readiness and reloads, and the query side summed over the workers' last `figures`
+        and what workers that have since ended counted (`retired`); `figures` by worker number."""
+        view = State(time_requests=self.durations is not None, workers_serving=self._workers_serving)
+        for name in ("programming", "watches", "objects_rejected", "reloads", "reload_failures"):
+            setattr(view, name, getattr(self, name))
+        view._following, view.draining = self._following, self.draining
+        view.workers, view.worker_restarts = self.workers, self.worker_restarts
+        cache = CacheTotals()
+        for number, each in figures.items():
+            each.add_to(view, cache, live=True)
+            view.replies_by_worker[number] = each.queries.total()
+        retired.add_to(view, cache, live=False)
+        view.cache = cache
+        return view
+
+
+@dataclass(slots=True)
+class WorkerFigures:
+    """What one worker process counted: the query side of its `State`, sent to the supervisor
+    (pickled) to be summed for metrics. Counters only grow; `tcp_connections` and the cache's
+    entries are gauges, summed over live workers only."""
+
+    queries: QueryCounters = field(default_factory=QueryCounters)
+    durations: RequestDurations | None = None
+    upstreams: dict[str, UpstreamCounters] = field(default_factory=dict)
+    cache: CacheTotals | None = None
+    tcp_connections: int = 0
+    tcp_refused: int = 0
+    udp_receive_errors: int = 0
+    panics: int = 0
+    healthcheck_broken: int = 0
+
+    @classmethod
+    def of(cls, state: State) -> WorkerFigures:
+        cache = CacheTotals.of(state.cache) if state.cache is not None else None
+        return cls(
+            state.queries,
+            state.durations,
+            state.upstreams,
+            cache,
+            state.tcp_connections,
+            state.tcp_refused,
+            state.udp_receive_errors,
+            state.panics,
+            state.healthcheck_broken,
+        )
+
+    def retire(self, into: WorkerFigures) -> None:
+        """Add this ended worker's counters to `into`, which keeps them for good."""
+        into.queries.dropped += self.queries.dropped
+        _add_counts(into.queries.replies, self.queries.replies)
+        if self.durations is not None:
+            into.durations = into.durations or RequestDurations()
+            _add_histograms(into.durations.by_type, self.durations.by_type)
+        for address, upstream in self.upstreams.items():
+            _add_upstream(into.upstreams.setdefault(address, UpstreamCounters()), upstream)
+        if self.cache is not None:
+            into.cache = into.cache or CacheTotals()
+            into.cache.add(self.cache, entries=False)
+        into.tcp_refused += self.tcp_refused
+        into.udp_receive_errors += self.udp_receive_errors
+        into.panics += self.panics
+        into.healthcheck_broken += self.healthcheck_broken
+
+    def add_to(self, view: State, cache: CacheTotals, *, live: bool) -> None:
+        view.queries.dropped += self.queries.dropped
+        _add_counts(view.queries.replies, self.queries.replies)
+        if view.durations is not None and self.durations is not None:
+            _add_histograms(view.durations.by_type, self.durations.by_type)
+        for address, upstream in self.upstreams.items():
+            _add_upstream(view.upstream(address), upstream)
+        if self.cache is not None:
+            cache.add(self.cache, entries=live)
+        if live:
+            view.tcp_connections += self.tcp_connections
+        view.tcp_refused += self.tcp_refused
+        view.udp_receive_errors += self.udp_receive_errors
+        view.panics += self.panics
+        view.healthcheck_broken += self.healthcheck_broken
+
+
+def _add_counts(into: dict[tuple[str, int, int, int], int], counts: dict[tuple[str, int, int, int], int]) -> None:
+    for key, count in counts.items():
+        into[key] = into.get(key, 0) + count
+
+
+def _add_histograms(into: dict[int, Histogram], histograms: dict[int, Histogram]) -> None:
+    for key, histogram in histograms.items():
+        mine = into.get(key)
+        into[key] = histogram if mine is None else Histogram.merged([mine, histogram])
+
+
+def _add_upstream(into: UpstreamCounters, other: UpstreamCounters) -> None:
+    into.requests += other.requests
+    into.failures += other.failures
+    into.dropped += other.dropped
+    into.malformed += other.malformed
+    _add_rcodes(into.responses, other.responses)
+    into.latency = Histogram.merged([into.latency, other.latency])
+    into.healthcheck_failures += other.healthcheck_failures
+    into.down = into.down or other.down
+
+
+def _add_rcodes(into: dict[int, int], counts: dict[int, int]) -> None:
+    for key, count in counts.items():
+        into[key] = into.get(key, 0) + count

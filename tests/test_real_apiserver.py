@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import signal
 import ssl
 import urllib.error
@@ -25,7 +26,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.utils import create_from_dict
 
 from tests.builders import endpoint, endpoint_slice, headless, namespace, service
-from tests.kubeapi import ADMIN_TOKEN, MANIFESTS, RealApiServer, assets, real_apiserver
+from tests.kubeapi import ADMIN_TOKEN, MANIFESTS, RealApiServer, _get, assets, real_apiserver
 from tests.process import KdnsServer
 from tests.test_live import (
     FAST,
@@ -248,3 +249,31 @@ def test_every_manifest_passes_a_server_side_dry_run_with_strict_field_validatio
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, context=context, timeout=10)
         assert refused.value.code in (400, 422) and b"livenesProbe" in refused.value.read()
+
+
+def _kdns_watches(api: RealApiServer) -> int:
+    """Open WATCH requests on the resources kdns follows, from the API server's own metrics."""
+    text = _get(f"{api.url}/metrics", ADMIN_TOKEN, api.ca) or ""
+    total = 0.0
+    for line in text.splitlines():
+        ours = re.search(r'resource="(services|endpointslices|namespaces)"', line)
+        if line.startswith("apiserver_longrunning_requests{") and 'verb="WATCH"' in line and ours:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def test_two_workers_cost_the_real_api_server_one_set_of_watches(real_api: RealApiServer, tmp_path: Path) -> None:
+    """Issue 11, point 2: whatever the number of workers, the API server sees one set of watches
+    (the API server's own informers are counted before kdns starts, and left out)."""
+    before = _kdns_watches(real_api)
+    server = _kdns(real_api, tmp_path, "--workers", "2", *METRICS)
+    try:
+        _synced(server)
+        _wait(lambda: _kdns_watches(real_api) - before == 3, 10, "three watches: Namespace, Service, EndpointSlice")
+        real_api.create(service("prod", "fanned", ["10.96.0.78"]))
+        for _ in range(40):  # from fresh source ports: whichever worker answers has the change
+            _wait(lambda: _ask(server, "fanned.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.78"]), 3, "change")
+        assert _kdns_watches(real_api) - before == 3
+        real_api.delete("Service", "prod", "fanned")
+    finally:
+        assert server.stop() == 0

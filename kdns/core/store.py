@@ -11,6 +11,7 @@ import enum
 import gc
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import NamedTuple
 
 from kdns.core import records
 from kdns.core.model import ClusterObject, EndpointSlice, IPAddress, Kind, Namespace, Pod, Service
@@ -41,6 +42,31 @@ def bulk_change() -> Iterator[None]:
         gc.freeze()
 
 
+class Upsert(NamedTuple):
+    """A journaled change: `obj` added or replaced."""
+
+    obj: ClusterObject
+
+
+class Delete(NamedTuple):
+    """A journaled change: the object of `kind` at `key` removed."""
+
+    kind: Kind
+    key: tuple[str, str]
+
+
+class Serial(NamedTuple):
+    """A journaled change: the zone's SOA serial set."""
+
+    serial: int
+
+
+# What a store's journal is told, in order: replayed with `ClusterStore.replay` on another store
+# built alike (a worker process's), it makes the same zone. Small tuples: they are pickled to
+# each worker for every change.
+Change = Upsert | Delete | Serial
+
+
 class PodMode(enum.Enum):
     """CoreDNS's `pods` option (spec 2.6.1 pod records)."""
 
@@ -60,10 +86,14 @@ class ClusterStore:
         dns_service: tuple[str, str] = ("kube-system", "kube-dns"),
         fallback_ns_addresses: Iterable[IPAddress] = (),
         report: Callable[[Omission], None] = lambda omission: None,
+        journal: Callable[[Change], None] | None = None,
     ) -> None:
-        """`report` is told once of each part of an object left out of DNS (`Omission`)."""
+        """`report` is told once of each part of an object left out of DNS (`Omission`);
+        `journal`, of every change before it is applied (`--workers`: the supervisor's store
+        feeds the workers' stores)."""
         self.domain = domain.rstrip(".").lower()
         self.report = report
+        self._journal = journal
         # What is left out of DNS now, by the contributor whose records it would be part of.
         self.omissions: dict[Hashable, tuple[Omission, ...]] = {}
         self.omissions_reported = 0  # every omission reported so far: a counter for metrics
@@ -107,6 +137,8 @@ class ClusterStore:
 
     def upsert(self, obj: ClusterObject) -> None:
         """Add or replace one object and republish what it feeds."""
+        if self._journal is not None:
+            self._journal(Upsert(obj))  # before: a replay fails (or not) exactly as this does
         if isinstance(obj, Service):
             if obj.key not in self.services:
                 self._ref_namespace(obj.namespace, +1)
@@ -131,6 +163,8 @@ class ClusterStore:
     def delete(self, kind: Kind | str, key: tuple[str, str]) -> None:
         """Remove the object of `kind` at (namespace, name); a Namespace's key is ("", name)."""
         kind = Kind(kind)
+        if self._journal is not None:
+            self._journal(Delete(kind, key))
         if kind == Kind.SERVICE:
             if self.services.pop(key, None) is not None:
                 self._ref_namespace(key[0], -1)
@@ -145,6 +179,31 @@ class ClusterStore:
         elif kind == Kind.POD and self.pods.delete(key):
             self._ref_namespace(key[0], -1)
             self.zone.touch()
+
+    def bump_serial(self, now: int) -> None:
+        """A change was applied at `now` (Unix seconds): move the SOA serial (`Zone.bump_serial`)."""
+        self.zone.bump_serial(now)
+        if self._journal is not None:
+            self._journal(Serial(self.zone.serial))
+
+    def replay(self, change: Change) -> None:
+        """Apply a change another store journaled."""
+        if isinstance(change, Upsert):
+            self.upsert(change.obj)
+        elif isinstance(change, Delete):
+            self.delete(change.kind, change.key)
+        else:
+            self.zone.set_serial(change.serial)
+
+    def objects(self) -> Iterator[ClusterObject]:
+        """Every object held: what `load` on an empty store makes this store again."""
+        yield from self.namespaces.values()
+        for key in self.pods.keys(None):
+            pod = self.pods.get(key)
+            if pod is not None:
+                yield pod
+        yield from self.services.values()
+        yield from self.slices.values()
 
     def get(self, kind: Kind | str, key: tuple[str, str]) -> ClusterObject | None:
         """The object of `kind` at (namespace, name); a Namespace's key is ("", name)."""

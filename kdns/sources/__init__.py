@@ -1,1 +1,95 @@
-"""Where cluster objects come from: a snapshot file, or (later) the live API."""
+"""Where cluster objects come from: a snapshot file (`snapshot`), or the live API (`kube`); and
+what kdns serves from them (`Sources`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kdns.config import ServeConfig
+from kdns.core.convert import key_of
+from kdns.core.model import ClusterObject, IPAddress
+from kdns.core.records import Omission
+from kdns.core.store import Change, ClusterStore, PodMode
+from kdns.sources import snapshot
+from kdns.state import State
+
+if TYPE_CHECKING:
+    from kdns.sources.kube import ClusterFollower
+
+log = logging.getLogger(__name__)
+
+
+def build_store(
+    path: Path,
+    domain: str,
+    ttl: int,
+    pod_mode: PodMode,
+    fallback_ns_addresses: tuple[IPAddress, ...] = (),
+    journal: Callable[[Change], None] | None = None,
+) -> tuple[snapshot.Snapshot, ClusterStore]:
+    """A store filled from a snapshot file, its serial set to now, and what the file held."""
+    loaded = snapshot.load(path)
+    store = ClusterStore(
+        domain, ttl, pod_mode, fallback_ns_addresses=fallback_ns_addresses, report=report_omission, journal=journal
+    )
+    store.load(loaded.objects, on_error=_object_failed)
+    store.bump_serial(int(time.time()))
+    return loaded, store
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What kdns serves: its state, the store, and what keeps the store following the cluster
+    (None for a snapshot). Made before anything runs (`--workers` forks after the first build)."""
+
+    state: State
+    store: ClusterStore
+    follower: ClusterFollower | None
+
+
+def open_sources(
+    config: ServeConfig,
+    fallback_ns_addresses: tuple[IPAddress, ...],
+    journal: Callable[[Change], None] | None = None,
+    workers_serving: Callable[[], bool] | None = None,
+) -> Sources:
+    """The state and store of `config`: loaded from its snapshot, or empty and followed."""
+    # Queries are timed only when someone can read the figures: the metrics endpoint is on.
+    state = State(time_requests=config.ops.metrics is not None, workers_serving=workers_serving)
+    if config.snapshot is not None:
+        loaded, store = build_store(
+            config.snapshot, config.cluster_domain, config.ttl, config.pod_mode, fallback_ns_addresses, journal
+        )
+        snapshot.report(loaded)
+        counts = ", ".join(f"{count} {what}" for what, count in store.counts().items())
+        log.info("loaded %s: %s", loaded.path, counts)
+        return Sources(state, store, None)
+    # Only a live source needs the kubernetes client: importing it costs about 45 MB and a second
+    # at start, which a snapshot (or a node cache) does without.
+    from kdns.sources.kube import ClusterFollower, load_api_client
+
+    api_client = load_api_client(config.kubeconfig, config.context)
+    store = ClusterStore(
+        config.cluster_domain,
+        config.ttl,
+        config.pod_mode,
+        fallback_ns_addresses=fallback_ns_addresses,
+        report=report_omission,
+        journal=journal,
+    )
+    return Sources(state, store, ClusterFollower(store, api_client, config.watch, state))
+
+
+def report_omission(omission: Omission) -> None:
+    """Log, once, a part of an object that DNS cannot carry (the rest of it is served)."""
+    log.warning("left out of DNS: %s", omission)
+
+
+def _object_failed(obj: ClusterObject, error: Exception) -> None:
+    """An object the store could not apply: logged; it never stops the others."""
+    log.error("could not apply %s %s: %s: %s", type(obj).__name__, key_of(obj), type(error).__name__, error)

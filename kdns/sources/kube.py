@@ -13,6 +13,7 @@ classes are built, and API dicts go straight to `kdns.core.convert`.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,7 @@ class Applier:
         elif not self._guarded_apply(kind, prepared):
             return False
         now = self.clock()
-        self.store.zone.bump_serial(int(now))
+        self.store.bump_serial(int(now))
         if event_type != "DELETED":
             self._programmed(kind, event_type, prepared, now)
         return True
@@ -220,7 +221,7 @@ class Applier:
             for key in self.store.keys(kind, namespace):
                 if key not in listed:
                     self.store.delete(kind, key)
-        self.store.zone.bump_serial(int(self.clock()))
+        self.store.bump_serial(int(self.clock()))
 
     def _guarded_apply(self, kind: Kind, prepared: Prepared) -> bool:
         """`_apply`, with any failure logged and contained: nothing about one object may stop
@@ -283,6 +284,13 @@ def backoff(initial: float, maximum: float, rng: random.Random) -> Iterator[floa
         delay = min(delay * 2, maximum)
 
 
+class _Outcome(enum.Enum):
+    DONE = "done"
+    AGAIN = "again"  # at once: list afresh
+    FAILED = "failed"  # after a backoff delay
+    FINISHED = "finished"  # kdns is shutting down
+
+
 class ResourceWatcher:
     """List-then-watch of one resource, run in a worker thread; changes are handed to `deliver`,
     which runs them on the trio side."""
@@ -324,35 +332,53 @@ class ResourceWatcher:
     def run(self) -> None:
         """Follow the resource until `stop` is set."""
         while not self.stop.is_set():
-            try:
-                if self._version is None:
-                    self._list()
-                self._watch()
-            except MalformedEvent as error:
-                # Watching again resumes at the same version; if the stream breaks there again,
-                # the line would come back forever: list afresh instead, past it.
-                if self._malformed_at == self._version:
-                    log.warning("%s: %s, again at resourceVersion %s: listing again", self.name, error, self._version)
-                    self._version = None
-                    continue
-                self._malformed_at = self._version
-                self._failed(str(error))
-            except ApiException as error:
-                if error.status == GONE:
-                    log.info("%s: resourceVersion %s is too old (410 Gone): listing again", self.name, self._version)
-                    self._version = None
-                    continue
-                self._failed(f"API answered {error.status} {error.reason}{_ADVICE.get(error.status, '')}")
-            except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
-                self._failed(f"{type(error).__name__}: {error}")
-            except trio.RunFinishedError:
-                return  # kdns is shutting down
-            except Exception as error:  # a bug or a client surprise: retry, never stop serving
-                log.exception("%s: unexpected error while following the API", self.name)
-                self._failed(f"{type(error).__name__}: {error}")
-            else:
-                continue
-            self.pause(next(self._delays))
+            outcome = self._attempt(self._follow)
+            if outcome is _Outcome.FINISHED:
+                return
+            if outcome is _Outcome.FAILED:
+                self.pause(next(self._delays))
+
+    def list_first(self) -> bool:
+        """List once, now, on the calling thread (a supervisor's first build, before it forks
+        its workers); whether that worked. `run` then watches from the version listed, or lists
+        again if this failed."""
+        return self._attempt(self._list) is _Outcome.DONE
+
+    def _follow(self) -> None:
+        if self._version is None:
+            self._list()
+        self._watch()
+
+    def _attempt(self, step: Callable[[], None]) -> _Outcome:
+        """Run `step`, turning every failure into what `run` does next: this module's whole
+        error policy for talking to the API."""
+        try:
+            step()
+        except MalformedEvent as error:
+            # Watching again resumes at the same version; if the stream breaks there again,
+            # the line would come back forever: list afresh instead, past it.
+            if self._malformed_at == self._version:
+                log.warning("%s: %s, again at resourceVersion %s: listing again", self.name, error, self._version)
+                self._version = None
+                return _Outcome.AGAIN
+            self._malformed_at = self._version
+            self._failed(str(error))
+        except ApiException as error:
+            if error.status == GONE:
+                log.info("%s: resourceVersion %s is too old (410 Gone): listing again", self.name, self._version)
+                self._version = None
+                return _Outcome.AGAIN
+            self._failed(f"API answered {error.status} {error.reason}{_ADVICE.get(error.status, '')}")
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+            self._failed(f"{type(error).__name__}: {error}")
+        except trio.RunFinishedError:
+            return _Outcome.FINISHED  # kdns is shutting down
+        except Exception as error:  # a bug or a client surprise: retry, never stop serving
+            log.exception("%s: unexpected error while following the API", self.name)
+            self._failed(f"{type(error).__name__}: {error}")
+        else:
+            return _Outcome.DONE
+        return _Outcome.FAILED
 
     def _failed(self, reason: str) -> None:
         self.counters.errors += 1  # only this watcher's thread writes it
@@ -507,49 +533,42 @@ def list_all(function: Callable[..., Any], scope: Mapping[str, Any], options: Wa
     return [item for page, _ in list_pages(function, scope, options) for item in page]
 
 
-@dataclass
 class ClusterFollower:
     """Every watcher kdns needs, and whether all of them have listed once."""
 
-    store: ClusterStore
-    api_client: client.ApiClient
-    options: WatchOptions
-    state: State
-    watchers: list[ResourceWatcher] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self, store: ClusterStore, api_client: client.ApiClient, options: WatchOptions, state: State) -> None:
+        self.store = store
+        self.options = options
+        self.state = state
         # Not ready until every watcher has listed: from now, before anything is served.
         self.state.follow([watcher_name(resource, namespace) for resource, namespace in self._scopes()])
+        self._stop = threading.Event()
+        # Where changes are applied: on this thread until `run` starts, then on trio's.
+        self._token: trio.lowlevel.TrioToken | None = None
+        applier = Applier(store, options, programming=state.programming)
+        self.watchers = [
+            ResourceWatcher(
+                api_client,
+                resource,
+                namespace,
+                options,
+                applier,
+                self._deliver,
+                state.watch(watcher_name(resource, namespace)),
+                self._listed,
+                self._stop,
+            )
+            for resource, namespace in self._scopes()
+        ]
+
+    def prime(self) -> bool:
+        """List every resource once, on this thread, one after the other (no thread is left
+        running: `--workers` forks next); whether all of them listed. What failed is listed again
+        by `run`."""
+        return all([watcher.list_first() for watcher in self.watchers])
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        token = trio.lowlevel.current_trio_token()
-        stop = threading.Event()
-        applier = Applier(self.store, self.options, programming=self.state.programming)
-        scoped = list(self._scopes())
-
-        def guarded(change: Callable[[], None]) -> None:
-            try:
-                change()
-            except Exception:
-                log.exception("error applying a cluster change; the zone keeps what it had")
-
-        def deliver(change: Callable[[], None]) -> None:
-            trio.from_thread.run_sync(guarded, change, trio_token=token)
-
-        for resource, namespace in scoped:
-            self.watchers.append(
-                ResourceWatcher(
-                    self.api_client,
-                    resource,
-                    namespace,
-                    self.options,
-                    applier,
-                    deliver,
-                    self.state.watch(watcher_name(resource, namespace)),
-                    self._listed,
-                    stop,
-                )
-            )
+        self._token = trio.lowlevel.current_trio_token()
         limiter = trio.CapacityLimiter(len(self.watchers))
         try:
             async with trio.open_nursery() as nursery:
@@ -559,7 +578,15 @@ class ClusterFollower:
                     )
                 task_status.started()
         finally:
-            stop.set()
+            self._stop.set()
+
+    def _deliver(self, change: Callable[[], None]) -> None:
+        """Run a watcher's change where the store is changed: on trio's thread once `run` has
+        started (every change in one place, between queries), on the caller's before."""
+        if self._token is None:
+            _guarded(change)
+        else:
+            trio.from_thread.run_sync(_guarded, change, trio_token=self._token)
 
     def _scopes(self) -> Iterator[tuple[Resource, str]]:
         kinds = [Kind.NAMESPACE, Kind.SERVICE, Kind.ENDPOINT_SLICE] + ([Kind.POD] if self.options.watch_pods else [])
@@ -571,6 +598,13 @@ class ClusterFollower:
         """A watcher has listed for the first time (on the trio side)."""
         if self.state.synced():
             log.info("synced: every watcher has listed once; serving the cluster")
+
+
+def _guarded(change: Callable[[], None]) -> None:
+    try:
+        change()
+    except Exception:
+        log.exception("error applying a cluster change; the zone keeps what it had")
 
 
 def watcher_name(resource: Resource, namespace: str) -> str:

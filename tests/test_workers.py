@@ -1,0 +1,301 @@
+"""`kdns serve --workers N` (issue 11, point 2): the real process, its worker processes on one
+port with SO_REUSEPORT, one set of watches on the API server whatever N is, the instance's
+health, readiness and metrics, and workers that die started again.
+
+The supervisor/worker pipes' framing and the figures' sums are tested here too; the store's
+journal (what the workers replay) in tests/core/test_store.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from kdns.core.counters import QueryCounters, RequestDurations
+from kdns.state import CacheTotals, State, UpstreamCounters, WorkerFigures
+from kdns.workers import Batch, FrameReader, frame
+from tests.apiserver import FakeApiServer
+from tests.builders import service
+from tests.process import KdnsServer, run_kdns
+from tests.test_live import FAST, _http_get, _http_port, _synced, _wait
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAPSHOT = ROOT / "examples" / "cluster.yaml"
+OPS = ("--health-listen", "127.0.0.1:0", "--ready-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _udp_ports(pid: int) -> set[int]:
+    """The local ports of the UDP sockets process `pid` holds (from /proc: no tool needed)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes:
+            ports.add(int(fields[1].split(":")[1], 16))
+    return ports
+
+
+def _ask_from_new_port(server: KdnsServer, name: str) -> tuple[str, list[str]]:
+    """One query from a fresh socket (a new source port): the kernel picks a worker per port."""
+    reply = dns.query.udp(dns.message.make_query(name, "A"), server.host, port=server.port, timeout=3)
+    return dns.rcode.to_text(reply.rcode()), sorted(item.to_text() for rrset in reply.answer for item in rrset)
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+
+
+def _scrape(server: KdnsServer) -> str:
+    return _http_get(_http_port(server, "/metrics"), "/metrics")[1]
+
+
+def _workers(server: KdnsServer, count: int) -> list[int]:
+    _wait(lambda: len(_children(server.process.pid)) == count, 10, f"{count} workers")
+    return _children(server.process.pid)
+
+
+def test_two_workers_each_hold_their_own_socket_on_the_one_port_and_share_the_queries() -> None:
+    server = KdnsServer("--snapshot", str(SNAPSHOT), "--workers", "2", *OPS, listen=("127.0.0.1:0",))
+    try:
+        workers = _workers(server, 2)
+        assert server.port not in _udp_ports(server.process.pid)  # the supervisor answers nothing
+        for pid in workers:
+            assert server.port in _udp_ports(pid)
+        for _ in range(200):
+            assert _ask_from_new_port(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.12.34"])
+        # The instance's metrics sum the workers' (each reports within a second)...
+        _wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 200, 5, "200 requests counted")
+        scraped = _scrape(server)
+        assert _metric(scraped, "kdns_workers") == 2
+        # ... and say how the kernel spread them: 200 source ports leave neither worker idle.
+        by_worker = dict(re.findall(r'^kdns_worker_replies_total{worker="(\d)"} (\S+)$', scraped, re.MULTILINE))
+        assert set(by_worker) == {"0", "1"} and all(float(count) > 0 for count in by_worker.values()), by_worker
+        assert _http_get(_http_port(server, "/ready"), "/ready")[0] == 200
+    finally:
+        assert server.stop(signal.SIGINT) == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists(), "a worker outlived kdns"
+
+
+def test_a_killed_worker_is_logged_and_started_again_and_metrics_never_go_backwards() -> None:
+    server = KdnsServer("--snapshot", str(SNAPSHOT), "--workers", "2", *OPS, listen=("127.0.0.1:0",))
+    try:
+        first, second = _workers(server, 2)
+        for _ in range(50):
+            assert _ask_from_new_port(server, "web.prod.svc.cluster.local")[0] == "NOERROR"
+        _wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 50, 5, "50 requests counted")
+        os.kill(second, signal.SIGKILL)
+        _wait(lambda: "ended by signal 9" in server.log_text(), 5, "the death logged")
+        _wait(lambda: "started again" in server.log_text(), 10, "the restart logged")
+        _wait(lambda: _http_get(_http_port(server, "/ready"), "/ready")[0] == 200, 10, "ready again")
+        workers = _children(server.process.pid)
+        assert first in workers and second not in workers and len(workers) == 2
+        replacement = next(pid for pid in workers if pid != first)
+        _wait(lambda: server.port in _udp_ports(replacement), 5, "the new worker's socket")
+        for _ in range(100):  # every query answered, whichever worker the kernel picks
+            assert _ask_from_new_port(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.12.34"])
+        # What the dead worker counted stays counted: Prometheus sees no counter reset.
+        _wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 150, 5, "150 requests counted")
+        assert _metric(_scrape(server), "kdns_worker_restarts_total") == 1
+    finally:
+        assert server.stop(signal.SIGINT) == 0
+
+
+def test_workers_end_with_the_supervisor_even_when_it_is_killed() -> None:
+    server = KdnsServer("--snapshot", str(SNAPSHOT), "--workers", "2", listen=("127.0.0.1:0",))
+    workers = _workers(server, 2)
+    server.stop(signal.SIGKILL)
+    # Their feed closes with the supervisor: they exit rather than answer an unfollowed zone.
+    _wait(lambda: not any(_alive(pid) for pid in workers), 5, "the workers end")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended (its parent, killed, reaps nothing)
+
+
+def test_sigterm_keeps_every_worker_answering_through_lameduck_then_ends_them() -> None:
+    server = KdnsServer(
+        "--snapshot", str(SNAPSHOT), "--workers", "2", "--lameduck", "1s", *OPS, listen=("127.0.0.1:0",)
+    )
+    workers = _workers(server, 2)
+    ready = _http_port(server, "/ready")  # the supervisor handles signals from here on
+    server.process.send_signal(signal.SIGTERM)
+    _wait(lambda: "lameduck" in server.log_text(), 5, "lameduck")
+    assert _http_get(ready, "/ready")[0] == 503
+    for _ in range(20):
+        assert _ask_from_new_port(server, "web.prod.svc.cluster.local")[0] == "NOERROR"
+    assert server.process.wait(10) == 0
+    _wait(lambda: not any(_alive(pid) for pid in workers), 5, "the workers end")
+
+
+def test_the_api_server_sees_one_set_of_lists_and_watches_whatever_the_workers(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    server = KdnsServer(
+        "--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, "--workers", "3", *OPS, listen=("127.0.0.1:0",)
+    )
+    try:
+        _workers(server, 3)
+        _synced(server)
+        # Namespaces, Services, EndpointSlices: one list and one watch each, for the instance.
+        _wait(lambda: api.watch_count() == 3, 5, "three watches")
+        lists = [request for request in api.requests if "watch=true" not in request]
+        assert len(lists) == 3, lists
+        # A change reaches every worker: asked from 60 source ports, no worker answers late.
+        api.apply(service("prod", "late", ["10.96.0.9"]))
+        _wait(lambda: _ask_from_new_port(server, "late.prod.svc.cluster.local")[0] == "NOERROR", 5, "the change")
+        _wait(
+            lambda: all(
+                _ask_from_new_port(server, "late.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.9"])
+                for _ in range(60)
+            ),
+            5,
+            "every worker serving the change",
+        )
+        api.delete("Service", "prod", "late")
+        _wait(
+            lambda: all(_ask_from_new_port(server, "late.prod.svc.cluster.local")[0] == "NXDOMAIN" for _ in range(60)),
+            5,
+            "every worker serving the deletion",
+        )
+        assert api.watch_count() == 3
+        assert _metric(_scrape(server), "kdns_watch_events_total") >= 2
+    finally:
+        assert server.stop(signal.SIGINT) == 0
+
+
+def test_a_worker_started_again_gets_the_changes_made_while_it_was_down(api: FakeApiServer, tmp_path: Path) -> None:
+    server = KdnsServer(
+        "--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, "--workers", "2", *OPS, listen=("127.0.0.1:0",)
+    )
+    try:
+        second = _workers(server, 2)[1]
+        _synced(server)
+        os.kill(second, signal.SIGSTOP)  # it hears nothing ...
+        api.apply(service("prod", "while-down", ["10.96.0.10"]))
+        _wait(lambda: _metric(_scrape(server), "kdns_watch_events_total") >= 1, 5, "the supervisor has the change")
+        os.kill(second, signal.SIGKILL)  # ... and dies
+        _wait(lambda: "started again" in server.log_text(), 10, "the restart")
+        _wait(lambda: _http_get(_http_port(server, "/ready"), "/ready")[0] == 200, 10, "ready again")
+        api.apply(service("prod", "after", ["10.96.0.11"]))
+        for _ in range(60):
+            assert _ask_from_new_port(server, "while-down.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.10"])
+        _wait(
+            lambda: all(
+                _ask_from_new_port(server, "after.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.11"])
+                for _ in range(60)
+            ),
+            5,
+            "a change after the restart on every worker",
+        )
+        assert api.watch_count() == 3  # a restart is not a relist
+    finally:
+        assert server.stop(signal.SIGINT) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many", "257"])
+def test_a_bad_worker_count_exits_2_naming_the_flag(value: str) -> None:
+    result = run_kdns("serve", "--snapshot", str(SNAPSHOT), "--listen", "127.0.0.1:0", "--workers", value)
+    assert result.returncode == 2
+    assert "--workers" in result.stderr
+
+
+def test_workers_auto_is_one_per_cpu_kdns_may_run_on() -> None:
+    server = KdnsServer("--snapshot", str(SNAPSHOT), "--workers", "auto", listen=("127.0.0.1:0",))
+    try:
+        expected = len(os.sched_getaffinity(0))
+        if expected == 1:
+            time.sleep(0.2)
+            assert _children(server.process.pid) == []  # one CPU: kdns's one process answers
+        else:
+            assert len(_workers(server, expected)) == expected
+    finally:
+        server.stop(signal.SIGINT)
+
+
+def test_a_port_taken_by_another_program_is_an_error_before_any_worker_starts() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = run_kdns("serve", "--snapshot", str(SNAPSHOT), "--listen", f"127.0.0.1:{port}", "--workers", "2")
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "worker" not in result.stderr
+
+
+# -- the pipes and the sums -------------------------------------------------------------------
+
+
+def test_frames_come_out_whole_however_the_pipe_splits_them() -> None:
+    batches = [Batch(True, []), Batch(False, []), Batch(True, [])]
+    data = b"".join(frame(batch) for batch in batches)
+    for size in (1, 3, 7, len(data)):
+        reader, out = FrameReader(), []
+        for start in range(0, len(data), size):
+            out += reader.feed(data[start : start + size])
+        assert out == batches
+
+
+def _figures(replies: int, tcp_connections: int = 0, cache_entries: int = 0) -> WorkerFigures:
+    queries = QueryCounters()
+    for _ in range(replies):
+        queries.count(False, 1, 0)
+    durations = RequestDurations()
+    durations.observe(1, 0.001)
+    upstream = UpstreamCounters(requests=replies)
+    upstream.answered(0, 0.01)
+    cache = CacheTotals(hits=replies, positive=cache_entries)
+    return WorkerFigures(queries, durations, {"10.0.0.1:53": upstream}, cache, tcp_connections=tcp_connections)
+
+
+def test_the_instance_sums_its_workers_counters_and_keeps_those_of_ended_workers() -> None:
+    supervisor = State()
+    retired = WorkerFigures()
+    view = supervisor.with_workers({0: _figures(5, 1, 10), 1: _figures(7, 2, 20)}, retired)
+    assert view.queries.total() == 12 and view.replies_by_worker == {0: 5, 1: 7}
+    assert view.upstreams["10.0.0.1:53"].requests == 12
+    assert sum(view.upstreams["10.0.0.1:53"].latency.counts) == 2
+    assert view.durations is not None and sum(view.durations.by_type[1].counts) == 2
+    assert view.tcp_connections == 3
+    assert view.cache is not None and view.cache.hits == 12 and view.cache.entries_by_kind() == (30, 0)
+    # Worker 1 ends: its counters stay in the sums, its gauges (connections, entries) go.
+    _figures(7, 2, 20).retire(retired)
+    view = supervisor.with_workers({0: _figures(5, 1, 10)}, retired)
+    assert view.queries.total() == 12 and view.replies_by_worker == {0: 5}
+    assert view.tcp_connections == 1
+    assert view.cache is not None and view.cache.hits == 12 and view.cache.entries_by_kind() == (10, 0)
+    assert view.upstreams["10.0.0.1:53"].requests == 12
+
+
+def test_a_worker_view_keeps_the_supervisors_watches_and_readiness() -> None:
+    supervisor = State(workers_serving=lambda: False)
+    supervisor.follow(["Service"])
+    supervisor.watch("Service").listed = True
+    supervisor.watch("Service").events = 4
+    view = supervisor.with_workers({}, WorkerFigures())
+    assert view.watches["Service"].events == 4
+    assert supervisor.synced() and not supervisor.ready() and not view.ready()  # a worker is not serving
