@@ -182,7 +182,11 @@ def _published_addresses(service: Service, slices: Iterable[EndpointSlice]) -> d
 
 
 def service_records(
-    service: Service, slices: Sequence[EndpointSlice], domain: str, omitted: list[Omission]
+    service: Service,
+    slices: Sequence[EndpointSlice],
+    domain: str,
+    omitted: list[Omission],
+    parts: PartCache | None = None,
 ) -> RecordSets:
     """Every record a Service publishes, from the Service and its EndpointSlices (spec 2.3, 2.4).
 
@@ -197,6 +201,9 @@ def service_records(
     A part that would make a name too long for DNS is left out and noted in `omitted`; the rest
     is published (a port name of 63 characters is valid in Kubernetes, but `_` and it are not a
     valid label).
+
+    With `parts` (kept by the caller for this Service object, emptied when it changes), a
+    headless Service's slices are built only when they change (`HeadlessPart`).
     """
     try:
         base = to_wire(service_name(service.namespace, service.name, domain))
@@ -240,6 +247,31 @@ def service_records(
         return sets
 
     # headless, spec 2.4: the EndpointSlice's ports, one SRV per ready endpoint
+    if parts is None:
+        return _headless_records(service, slices, base, omitted)
+    used: list[HeadlessPart] = []
+    for slice_ in slices:
+        kept = parts.get(slice_.name)
+        if kept is None or kept.slice_ is not slice_:  # new or changed: only this slice is built again
+            kept = parts[slice_.name] = HeadlessPart.of(service, slice_, base)
+        used.append(kept)
+    if len(parts) > len(used):
+        current = {slice_.name for slice_ in slices}
+        for gone in [name for name in parts if name not in current]:
+            del parts[gone]
+    merged = _merged_parts(base, used)
+    if merged is None:  # two slices share an endpoint name: merged record by record
+        return _headless_records(service, slices, base, omitted)
+    for each in used:
+        omitted.extend(each.omitted)
+    return merged
+
+
+def _headless_records(
+    service: Service, slices: Sequence[EndpointSlice], base: bytes, omitted: list[Omission]
+) -> RecordTuples:
+    """A headless Service's records built from all of its slices at once."""
+    out = _Builder()
     ready = _fitting(base, _ready_addresses(service, slices), omitted)
     owners = _endpoint_records(base, ready, out)
     srv_owners = {
@@ -256,6 +288,89 @@ def service_records(
                 out.add_srv(owner, port_number, target)
             out.add_srv(base, port_number, target)
     return out.result()
+
+
+class HeadlessPart:
+    """What one EndpointSlice of a headless Service publishes, kept by the store between events
+    so that an event builds only the slice it changed: one endpoint turning ready in a
+    3,000-endpoint Service used to rebuild all 3,000 endpoints' records (70 to 100 ms).
+
+    `own` holds the slice's endpoint names and their PTR names (names no other slice has, unless
+    two slices briefly share an endpoint: `_merged_parts` then gives up); `addresses` its records
+    at the Service's name; `srv` how many SRV targets it adds under each SRV owner, whose records
+    are made per weight (the weight depends on every slice: CoreDNS's 100 / records in the set)
+    and kept, since the weight seldom changes (it is 0 beyond 100 targets)."""
+
+    __slots__ = ("_srv_records", "addresses", "omitted", "own", "slice_", "srv")
+
+    def __init__(
+        self,
+        slice_: EndpointSlice,
+        own: RecordTuples,
+        addresses: tuple[Record, ...],
+        srv: dict[bytes, list[tuple[int, bytes]]],
+        omitted: tuple[Omission, ...],
+    ) -> None:
+        self.slice_ = slice_
+        self.own = own
+        self.addresses = addresses
+        self.srv = srv
+        self.omitted = omitted
+        self._srv_records: dict[tuple[bytes, int], tuple[Record, ...]] = {}
+
+    @classmethod
+    def of(cls, service: Service, slice_: EndpointSlice, base: bytes) -> HeadlessPart:
+        omitted: list[Omission] = []
+        out = _Builder()
+        ready = _fitting(base, _ready_addresses(service, [slice_]), omitted)
+        targets = _endpoint_records(base, ready, out)
+        srv: dict[bytes, dict[tuple[int, bytes], None]] = {}
+        owners = [
+            (_srv_owner(port, base, slice_, f"ports[{index}].name", omitted) if port.name else None, port.port)
+            for index, port in enumerate(slice_.ports)
+        ]
+        for target in targets:
+            for owner, port_number in owners:
+                if owner is not None:
+                    srv.setdefault(owner, {})[(port_number, target)] = None
+                srv.setdefault(base, {})[(port_number, target)] = None
+        addresses = tuple(dict.fromkeys(rdata.address(address) for _, address, _, _ in ready))
+        by_owner = {owner: list(pairs) for owner, pairs in srv.items()}
+        return cls(slice_, out.result(), addresses, by_owner, tuple(omitted))
+
+    def srv_records(self, owner: bytes, weight: int) -> tuple[Record, ...]:
+        found = self._srv_records.get((owner, weight))
+        if found is None:
+            found = tuple(rdata.srv(0, weight, port, target) for port, target in self.srv.get(owner, ()))
+            self._srv_records[(owner, weight)] = found
+        return found
+
+
+PartCache = dict[str, HeadlessPart]  # a headless Service's parts, by slice name
+
+
+def _merged_parts(base: bytes, parts: Sequence[HeadlessPart]) -> RecordTuples | None:
+    """The Service's records from its slices' parts: what `_headless_records` makes, in the same
+    order, or None when two slices share a name (then only that merges them right)."""
+    sets: RecordTuples = {}
+    count = 0
+    for part in parts:
+        sets.update(part.own)
+        count += len(part.own)
+    if len(sets) != count or base in sets:
+        return None
+    addresses = tuple(dict.fromkeys(record for part in parts for record in part.addresses))
+    counts: dict[bytes, int] = {}
+    for part in parts:
+        for owner, pairs in part.srv.items():
+            counts[owner] = counts.get(owner, 0) + len(pairs)
+    if addresses:
+        sets[base] = addresses
+    for owner, total in counts.items():
+        weight = 100 // total  # CoreDNS: the weights of an answer add up to (about) 100
+        records = tuple(record for part in parts for record in part.srv_records(owner, weight))
+        sets[owner] = sets.get(owner, ()) + records
+    return sets
 
 
 def _srv_owner(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 from kdns.core import records
-from kdns.core.model import ClusterObject, EndpointSlice, IPAddress, Kind, Namespace, Pod, Service
+from kdns.core.model import ClusterObject, EndpointSlice, IPAddress, Kind, Namespace, Pod, Service, ServiceType
 from kdns.core.pods import PodIndex
 from kdns.core.records import Omission
 from kdns.core.zone import Zone
@@ -111,6 +111,7 @@ class ClusterStore:
         self.slices: dict[tuple[str, str], EndpointSlice] = {}
         self.pods = PodIndex()  # only what `--pods verified` needs: which namespace has an address
         self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
+        self._parts: dict[tuple[str, str], tuple[Service, records.PartCache]] = {}
         # A namespace exists while its Namespace object or any Service or Pod in it does: a
         # snapshot need not list Namespace objects for its pods to resolve.
         self._namespace_refs: Counter[str] = Counter()
@@ -242,14 +243,28 @@ class ClusterStore:
         contributor = ("svc", key)
         omitted: list[Omission] = []
         if service is None:
+            self._parts.pop(key, None)
             self.zone.replace(contributor, {})
         else:
             slices = self._slices_by_service.get(key, {})
             ordered = [slices[name] for name in sorted(slices)]
-            self.zone.replace(contributor, records.service_records(service, ordered, self.domain, omitted))
+            parts = self._parts_of(service, len(ordered))
+            self.zone.replace(contributor, records.service_records(service, ordered, self.domain, omitted, parts))
         self._note_omissions(contributor, omitted)
         if key == self.dns_service:
             self._publish_apex()
+
+    def _parts_of(self, service: Service, slices: int) -> records.PartCache | None:
+        """The parts kept for a headless Service of several slices (`records.HeadlessPart`): an
+        event then builds only the slice it changed. Kept only where they save work: they hold
+        a reference to each slice's records, a few pointers per endpoint."""
+        if service.type is not ServiceType.HEADLESS or slices < 2:
+            self._parts.pop(service.key, None)
+            return None
+        held = self._parts.get(service.key)
+        if held is None or held[0] is not service:  # a changed Service changes every part
+            held = self._parts[service.key] = (service, {})
+        return held[1]
 
     def _publish_apex(self) -> None:
         service = self.services.get(self.dns_service)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from itertools import accumulate
+from itertools import accumulate, groupby
+from operator import attrgetter
 
 from kdns.core import rdata
 from kdns.core.message import AA, HEADER_LENGTH, NOERROR, NXDOMAIN, QR, RCODE_MASK
@@ -31,6 +32,7 @@ QUESTION_POINTER = b"\xc0\x0c"  # the question's name always starts right after 
 # The largest record data a message can carry over TCP (65535) less the header, the longest
 # question and an OPT record. An answer set beyond it is cut to what fits.
 MAX_RECORDS_LENGTH = 65535 - 12 - (255 + 4) - 11
+LARGE_SET = 1000  # records in an answer set beyond which its encodings are kept between rebuilds
 
 REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
 
@@ -187,6 +189,10 @@ class Zone:
         self._cname: dict[bytes, Answer] = {}
         self._nodes: dict[bytes, _Node] = {}
         self._contributors: dict[Hashable, tuple[bytes, ...]] = {}
+        # Each contributor's names with SRV or NS records: answers carrying their targets'
+        # addresses, rebuilt when another name of the contribution changes. Kept rather than
+        # found by scanning every name (a 3,000-endpoint Service has 6,000 of them) on each change.
+        self._target_owners: dict[Hashable, tuple[bytes, ...]] = {}
         # parent name -> who answers the names below it on demand; contributor -> that parent
         self._on_demand_children: dict[bytes, OnDemandRecords] = {}
         self._children_parent: dict[Hashable, bytes] = {}
@@ -196,6 +202,10 @@ class Zone:
         self._soa_times = b""  # the SOA's five 32-bit fields, from the serial on
         self._soa_answer: Answer | None = None
         self._addresses_memo: dict[bytes, list[bytes]] | None = None  # set only inside `replace`
+        # The encoded records of each answer set of over LARGE_SET records, by (name, type): an
+        # event on a Service of thousands of endpoints changes a few of them, and encoding the
+        # others again cost most of its rebuild. About 70 bytes a record, for those sets only.
+        self._large: dict[tuple[bytes, int], dict[Record, bytes]] = {}
         # Moves on with every change to what the zone answers: whoever keeps replies made from
         # it (the handler's reply cache) drops them when it differs from what they were made at.
         self.generation = 0
@@ -313,6 +323,7 @@ class Zone:
         self.generation += 1
         new = record_sets
         old_keys = self._contributors.pop(contributor, ())
+        old_target_owners = self._target_owners.pop(contributor, ())
         self._replace_children(contributor, new)
         changed: dict[bytes, None] = {}  # an ordered set: membership is tested below
         for key in old_keys:
@@ -347,12 +358,16 @@ class Zone:
             any_change = True
         if new:
             self._contributors[contributor] = tuple(new)
+        # SRV and NS answers carry their targets' addresses: rebuild them when any name of the
+        # same contribution changed (targets always belong to the contributor of the SRV). A
+        # name whose records did not change keeps having targets or not; a changed one is
+        # rebuilt anyway. (A new contribution has none: its SRV and NS names are all changed.)
+        dependants = [key for key in old_target_owners if key in new and key not in changed]
+        target_owners = dependants + [key for key in changed if key in new and _has_targets(new[key])]
+        if target_owners:
+            self._target_owners[contributor] = tuple(target_owners)
         if not any_change:
             return
-        # SRV and NS answers carry their targets' addresses: rebuild them when any name of the
-        # same contribution changed (targets always belong to the contributor of the SRV).
-        # (A new contribution has none: its SRV and NS names are all in `changed`.)
-        dependants = [key for key in new if key not in changed and _has_targets(self._nodes[key])] if old_keys else []
         self._addresses_memo = {}
         try:
             for key in changed:
@@ -460,20 +475,23 @@ class Zone:
         node = self._nodes.get(key)
         if node is None:
             return  # withdrawn earlier in the same change, answers and all
+        types = node.types
         self._drop_answers(key, node)
         if not _exists(node):
+            for rtype in types:
+                self._large.pop((key, rtype), None)
             self._unlink(key)
             return
         if isinstance(node.records, OnDemandRecords) and node.others is None:
             return  # answered when asked
         records = _merged(key, node)
         first_type = records[0].rtype if records else 0
-        if all(record.rtype == first_type for record in records):  # the usual name: one type
-            by_type = {first_type: records} if records else {}
+        if records[-1:] and records[-1].rtype == first_type and all(record.rtype == first_type for record in records):
+            by_type = {first_type: records}  # the usual name: one type
         else:
             by_type = {}
-            for record in records:
-                by_type.setdefault(record.rtype, []).append(record)
+            for rtype, run in groupby(records, _RTYPE):  # in runs: a headless Service's A, then SRV
+                by_type.setdefault(rtype, []).extend(run)
         if rdata.CNAME in by_type:
             self._cname[key] = self._prepare(key, by_type[rdata.CNAME])
             return
@@ -488,21 +506,34 @@ class Zone:
         if len(records) == 1 and records[0].rtype not in (rdata.SRV, rdata.NS):  # most names
             single = encode_rr(QUESTION_POINTER, records[0], ttl)
             return Answer(NOERROR, 1, 0, 0, single)
-        answer = [encode_rr(QUESTION_POINTER, record, ttl) for record in records]
-        if len(records) > 1000:
-            total = 0
-            for count, item in enumerate(answer):
+        if len(records) > LARGE_SET:  # thousands of endpoints: encoded only as far as a message holds
+            answer, total = [], 0
+            before = self._large.get((key, records[0].rtype), {})
+            encoded: dict[Record, bytes] = {}
+            for record in records:
+                item = before.get(record)
+                if item is None:
+                    item = encode_rr(QUESTION_POINTER, record, ttl)
                 total += len(item)
-                if total > MAX_RECORDS_LENGTH:  # thousands of endpoints: serve what a message holds
-                    answer = answer[:count]
+                if total > MAX_RECORDS_LENGTH:
                     break
+                encoded[record] = item
+                answer.append(item)
+            self._large[(key, records[0].rtype)] = encoded
+        else:
+            answer = [encode_rr(QUESTION_POINTER, record, ttl) for record in records]
         additional: list[bytes] = []
         if records[0].rtype in (rdata.SRV, rdata.NS):  # a set holds one type
             # Targets' addresses only when all of them fit beside the answer: none otherwise.
             # Stopping as soon as they cannot fit spares a large headless Service's SRV sets
             # (thousands of targets, never all sent) most of their rebuild on every event.
             room = MAX_RECORDS_LENGTH - sum(map(len, answer))
-            for target in dict.fromkeys(_target(record) for record in records):
+            seen: set[bytes] = set()
+            for record in records:
+                target = _target(record)
+                if target in seen:
+                    continue
+                seen.add(target)
                 found = self._addresses_of(target)
                 room -= sum(map(len, found))
                 if room < 0:
@@ -571,10 +602,9 @@ def _target(record: Record) -> bytes:
     return rdata.srv_targets(record) if record.rtype == rdata.SRV else record.rdata
 
 
-def _has_targets(node: _Node) -> bool:
-    return any(
-        record.rtype in (rdata.SRV, rdata.NS)
-        for records in node.record_sets()
-        if not isinstance(records, OnDemandRecords)
-        for record in records
-    )
+def _has_targets(records: Contribution) -> bool:
+    """Whether a contribution at a name holds SRV or NS records."""
+    return not isinstance(records, OnDemandRecords) and any(record.rtype in (rdata.SRV, rdata.NS) for record in records)
+
+
+_RTYPE = attrgetter("rtype")

@@ -3,9 +3,14 @@ asked through the pure handler and read back with dnspython."""
 
 from __future__ import annotations
 
+import random
+
 import dns.rdatatype
 import dns.reversename
 
+from kdns.core.convert import convert
+from kdns.core.model import EndpointSlice, Service
+from kdns.core.records import Omission, PartCache, service_records
 from kdns.core.store import ClusterStore, PodMode
 from tests.builders import (
     Obj,
@@ -513,3 +518,45 @@ def test_zone_transfers_are_refused() -> None:
     store = store_of(service("prod", "web"))
     assert rcode(ask(store, "cluster.local", "AXFR", tcp=True)) == "REFUSED"
     assert rcode(ask(store, "cluster.local", "IXFR", tcp=True)) == "REFUSED"
+
+
+def test_a_headless_service_built_from_kept_slice_parts_equals_one_built_whole() -> None:
+    """Issue 11: an event on a large headless Service builds only the slice it changed
+    (`HeadlessPart`); what it publishes is exactly what building every slice again gives, in the
+    same order, across ready flips, slices coming and going, the SRV weight crossing 100
+    targets (where it becomes 0), an address in two slices, and a too-long port name."""
+    rng = random.Random(11)
+    ports = [
+        {"name": "http", "port": 80, "protocol": "TCP"},
+        {"name": "p" * 63, "port": 81, "protocol": "TCP"},  # no SRV name: an omission per slice
+    ]
+    service_obj = convert("Service", headless("prod", "big", ports=ports))
+    assert isinstance(service_obj, Service)
+
+    def make_slice(number: int) -> EndpointSlice:
+        endpoints = [
+            endpoint(f"10.200.{number}.{j}", ready=rng.random() < 0.8, hostname=f"big-{number}-{j}" if j % 3 else None)
+            for j in range(rng.randrange(1, 45))
+        ]
+        if rng.random() < 0.1:  # briefly in two slices, as during an EndpointSlice controller move
+            endpoints.append(endpoint("10.200.0.1", hostname="big-0-1"))
+        obj = convert("EndpointSlice", endpoint_slice("prod", f"big-{number}", "big", endpoints, ports=ports))
+        assert isinstance(obj, EndpointSlice)
+        return obj
+
+    slices = {number: make_slice(number) for number in range(4)}
+    parts: PartCache = {}
+    for step in range(80):
+        number = rng.randrange(6)
+        if number in slices and rng.random() < 0.2:
+            del slices[number]
+        else:
+            slices[number] = make_slice(number)
+        ordered = [slices[key] for key in sorted(slices)]
+        kept_omitted: list[Omission] = []
+        whole_omitted: list[Omission] = []
+        kept = service_records(service_obj, ordered, "cluster.local", kept_omitted, parts)
+        whole = service_records(service_obj, ordered, "cluster.local", whole_omitted)
+        assert dict(kept) == dict(whole), step  # every name, and every record in its order
+        assert sorted(kept_omitted) == sorted(whole_omitted), step
+        assert set(parts) == {slice_.name for slice_ in ordered}
