@@ -12,17 +12,23 @@ rates vary with the load on these shared machines.
 
 Rows: Unbound with 1 and 2 threads; CoreDNS with GOMAXPROCS 1 and 2 (skipped, with the reason,
 when its binary or the API server is missing); kdns over UDP, over TCP (`dnsperf -m tcp`,
-pipelined on a few connections), answering forwarded names from a warm cache (1,000 names of an
-Unbound upstream asked once before), and with `/metrics` on. Then p50 and p99 latency at a fixed
-20,000 queries per second, and lost queries over `--steady` seconds at 80% of kdns's measured rate.
-With `--sync N`: the real `kdns serve` and CoreDNS, one after the other, started against a real
-kube-apiserver holding N Services (about 10 endpoints each): time until the names created last
-answer, CPU seconds, RSS.
+pipelined on a few connections), with two workers (`--workers 2`), answering forwarded names from
+a warm cache (1,000 names of an Unbound upstream asked once before), and with `/metrics` on.
+dnsperf runs eight client sockets (`-c 8`) so that SO_REUSEPORT can spread them over Unbound's
+threads and kdns's workers. Then p50 and p99 latency at a fixed 20,000 queries per second, and
+lost queries over `--steady` seconds at 80% of kdns's measured rate.
+Then kdns's memory (PSS summed over its processes) with 1, 2 and 4 workers at `--memory`
+Services; the zone's build time, time per event and RSS at `--zone` sizes, 150,000 Pods in
+`--pods verified` mode and one event on a 3,000-endpoint headless Service (bench/zone_build.py,
+each in fresh processes); and with `--sync N`: the real `kdns serve` and CoreDNS, one after the
+other, started against a real kube-apiserver holding N Services (about 10 endpoints each): time
+until the names created last answer, CPU seconds, RSS.
 
 Installs nothing: `apt-get install -y dnsperf unbound zstd` and `tests/envtest.sh` (the test
 command does both); CoreDNS is unpacked from ../shared/coredns into .bench/ on first use.
 
     .venv/bin/python bench/compare.py [--seconds 5] [--rounds 3] [--services 1000] [--steady 60]
+        [--memory 10000] [--zone 1000,10000,50000] [--pods 150000] [--headless 3000] [--sync 10000]
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import zone_build  # noqa: E402
 from udp_throughput import (  # noqa: E402
     cpu_seconds,
     free_port,
@@ -361,6 +368,9 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--steady", type=float, default=60, help="seconds at 80%% of kdns's rate, for lost queries")
     parser.add_argument("--rate", type=int, default=20_000, help="queries per second for the latency figures")
+    parser.add_argument("--zone", default="1000,10000,50000", help="zone build sizes in Services ('': not)")
+    parser.add_argument("--pods", type=int, default=150_000, help="Pods loaded in --pods verified mode (0: not)")
+    parser.add_argument("--headless", type=int, default=3000, help="endpoints of the headless Service (0: not)")
     parser.add_argument(
         "--memory", type=int, default=10_000, help="PSS of kdns with 1, 2, 4 workers at this many Services (0: not)"
     )
@@ -483,6 +493,26 @@ def _compare(args: argparse.Namespace) -> int:
                 f"--workers {workers}: PSS {pss:.0f} MB in all ({rss:.0f} MB RSS summed), "
                 f"{after:.0f} MB PSS after {args.seconds:g} s of queries"
             )
+    if args.zone:
+        print(f"\n{'Services':>9} {'endpoints':>10} {'build s':>8} {'event avg ms':>13} {'RSS MB':>7} {'zone MB':>8}")
+        for size in (int(text) for text in args.zone.split(",")):
+            r = zone_build.best_of(["--one", str(size), "--events", "2000"], 1)
+            print(
+                f"{r['services']:>9.0f} {r['endpoints']:>10.0f} {r['build_s']:>8.2f} {r['event_avg_ms']:>13.3f} "
+                f"{r['rss_mb']:>7.0f} {r['rss_mb'] - r['baseline_mb']:>8.0f}"
+            )
+    if args.pods:
+        r = zone_build.best_of(["--pods-one", str(args.pods)], 1)
+        print(
+            f"{r['pods']:.0f} Pods, --pods verified: loaded in {r['load_s']:.2f} s, the index {r['index_mb']:.1f} MB, "
+            f"{r['event_avg_ms']:.3f} ms per Pod event"
+        )
+    if args.headless:
+        r = zone_build.measure_headless_event(args.headless, 200)
+        print(
+            f"one event on a {r['endpoints']:.0f}-endpoint headless Service: {r['event_avg_ms']:.2f} ms average, "
+            f"{r['event_worst_ms']:.2f} ms worst"
+        )
     if args.sync:
         with tempfile.TemporaryDirectory(prefix="kdns-sync-") as tmp:
             print(f"\nsyncing {args.sync} Services from a real kube-apiserver, one server after the other:")

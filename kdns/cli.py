@@ -7,6 +7,7 @@ exit status is 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -181,6 +182,23 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("--snapshot", type=Path, required=True)
     zone_options(dump)
 
+    explain = commands.add_parser(
+        "explain", parents=[common], help="say what kdns answers for a name, and why (objects, rule, nearest name)"
+    )
+    explain.add_argument("name", help="the name asked, e.g. web.prod.svc.cluster.local")
+    explain.add_argument("type", nargs="?", default="A", help="the record type asked (default A)")
+    explain.add_argument(
+        "--snapshot", type=Path, help="explain from this snapshot file (default: list the cluster once)"
+    )
+    api_options(explain)
+    zone_options(explain)
+    explain.add_argument(
+        "--upstream", action="append", metavar="ADDR[:PORT]", help="the upstreams kdns forwards to (as serve)"
+    )
+    explain.add_argument("--resolv-conf", default="/etc/resolv.conf", help="where kdns reads its default upstreams")
+    explain.add_argument("--stub-domain", action="append", default=[], metavar="DOMAIN=ADDR[,ADDR]")
+    explain.add_argument("--output", choices=["text", "json"], default="text", help="plain words, or JSON for scripts")
+
     take = commands.add_parser("snapshot", parents=[common], help="list the cluster once and write a snapshot file")
     api_options(take)
     take.add_argument("--output", type=Path, help="file to write (default: standard output)")
@@ -205,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "snapshot":
             return _snapshot(args)
+        if args.command == "explain":
+            return _explain(args)
         return _dump(args)
     except KdnsError as error:
         print(f"kdns: error: {error}", file=sys.stderr)
@@ -343,6 +363,66 @@ def _snapshot(args: argparse.Namespace) -> int:
             raise KdnsError(f"{args.output}: cannot write: {error}") from None
         print(f"{args.output}: {len(items)} objects", file=sys.stderr)
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from kdns.core.explain import Context, explain, qtype_known
+
+    if not qtype_known(args.type):
+        raise KdnsError(f"{args.type!r} is not a record type (A, AAAA, SRV, PTR, TXT, CNAME, SOA, NS, ANY...)")
+    domain = config.cluster_domain(args.cluster_domain)
+    options = _watch_options(args, watch_pods=PodMode(args.pods) is PodMode.VERIFIED)
+    if args.snapshot is not None:
+        loaded, store = build_store(args.snapshot, domain, config.ttl(args.ttl), PodMode(args.pods))
+        snapshot.report(loaded)
+    else:
+        store = _listed_store(args, options, domain)
+    if args.upstream:
+        upstreams, source = tuple(SocketAddress.parse(text, "--upstream") for text in args.upstream), "--upstream"
+    elif Path(args.resolv_conf).exists() or args.resolv_conf != "/etc/resolv.conf":
+        upstreams, source = tuple(resolv_conf_upstreams(args.resolv_conf)), args.resolv_conf
+    else:
+        upstreams, source = (), args.resolv_conf
+    stubs = tuple(config.stub_domain(text) for text in args.stub_domain)
+    context = Context(
+        namespaces=options.namespaces,
+        upstreams=tuple(str(address) for address in upstreams),
+        upstreams_from=source,
+        stubs=tuple((name, tuple(str(address) for address in addresses)) for name, addresses in stubs),
+    )
+    explanation = explain(store, args.name, args.type, context)
+    if args.output == "json":
+        print(json.dumps(explanation.as_json(), indent=2))
+    else:
+        print(explanation.text())
+    return 0
+
+
+def _listed_store(args: argparse.Namespace, options: WatchOptions, domain: str) -> ClusterStore:
+    """The cluster listed once (as `kdns snapshot` lists it), in a store."""
+    from kubernetes.client.rest import ApiException  # the client only where a cluster is read
+
+    from kdns.core.convert import ConversionError, convert
+    from kdns.sources.kube import load_api_client, snapshot_items
+
+    try:
+        items = snapshot_items(load_api_client(args.kubeconfig, args.context), options)
+    except ApiException as error:
+        raise KdnsError(f"listing the cluster failed: API answered {error.status} {error.reason}") from None
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+        raise KdnsError(f"listing the cluster failed: {error}") from None
+    objects = []
+    for item in items:
+        try:
+            converted = convert(item["kind"], item)
+        except ConversionError as error:
+            log.warning("skipped %s", error)
+            continue
+        if converted is not None:
+            objects.append(converted)
+    store = ClusterStore(domain, config.ttl(args.ttl), PodMode(args.pods))
+    store.load(objects, on_error=lambda obj, error: log.warning("could not apply %s: %s", obj, error))
+    return store
 
 
 def _store_from(args: argparse.Namespace) -> tuple[snapshot.Snapshot, ClusterStore]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.apiserver import FakeApiServer
 from tests.builders import endpoint, endpoint_slice, service
 from tests.process import EXAMPLE, run_kdns
 
@@ -160,3 +162,31 @@ def test_duplicate_objects_are_warned_about_and_the_later_one_is_served(tmp_path
     assert result.returncode == 0
     assert "warning: Service a/web at List.items[1] repeats the one at List.items[0]" in result.stdout
     assert "10.96.0.2" in run_kdns("dump", "--snapshot", str(path)).stdout
+
+
+def test_explain_says_what_is_answered_and_why_in_words_and_in_json() -> None:
+    """Issue 12, point 3: `kdns explain` on a snapshot (each reason: tests/core/test_explain.py)."""
+    result = run_kdns("explain", "web.default.svc.cluster.local", "--snapshot", str(EXAMPLE), "--upstream", "10.0.0.2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "web.default.svc.cluster.local. A: NXDOMAIN"
+    assert "why: there is no Service default/web" in result.stdout
+    assert "nearest: web.prod.svc.cluster.local" in result.stdout
+    result = run_kdns(
+        "explain", "_http._tcp.web.prod.svc.cluster.local", "SRV", "--snapshot", str(EXAMPLE), "--output", "json"
+    )
+    data = json.loads(result.stdout)
+    assert data["rcode"] == "NOERROR" and data["objects"] == ["Service prod/web"]
+    assert data["answer"] == ["_http._tcp.web.prod.svc.cluster.local. 30 IN SRV 0 100 80 web.prod.svc.cluster.local."]
+
+
+def test_explain_of_an_unknown_type_exits_2() -> None:
+    result = run_kdns("explain", "web.prod.svc.cluster.local", "BOGUS", "--snapshot", str(EXAMPLE))
+    assert result.returncode == 2 and "'BOGUS' is not a record type" in result.stderr
+
+
+def test_explain_lists_a_live_cluster_once(api: FakeApiServer, tmp_path: Path) -> None:
+    kubeconfig = api.kubeconfig(tmp_path)
+    result = run_kdns("explain", "web.prod.svc.cluster.local", "--kubeconfig", str(kubeconfig), "--output", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["answer"] == ["web.prod.svc.cluster.local. 30 IN A 10.96.0.5"]
+    assert api.watch_count() == 0  # listed, never watched
