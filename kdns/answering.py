@@ -13,9 +13,11 @@ import trio
 
 from kdns.address import SocketAddress
 from kdns.config import ServeConfig
+from kdns.core.autopath import Autopath
 from kdns.core.cache import ForwardCache
 from kdns.core.handler import Handler, HandlerOptions, LoopProbes
 from kdns.core.model import IPAddress
+from kdns.core.names import to_wire
 from kdns.core.zone import Zone
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder
@@ -39,12 +41,22 @@ class Answerer:
         state.cache = self.cache
 
     async def run(
-        self, zone: Zone, synced: Callable[[], bool], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        zone: Zone,
+        synced: Callable[[], bool],
+        namespace_of: Callable[[str], str | None] | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> int:
         """Answer until cancelled, or until a forwarding loop is found: then the status is 2.
         `synced` says whether the cluster has been listed (before that, a name missing from the
-        zone is not known to be missing); not readiness, which turns False in lameduck."""
+        zone is not known to be missing); not readiness, which turns False in lameduck.
+        `namespace_of` gives the namespace of the Pod at a client address (`--autopath`)."""
         config, forwarder = self.config, self.forwarder
+        autopath = None
+        if config.autopath and namespace_of is not None:
+            search = tuple(to_wire(domain) for domain in config.search)
+            autopath = Autopath(to_wire(config.cluster_domain), search, namespace_of)
         async with trio.open_nursery() as nursery:
             self.loop_exit.scope = nursery.cancel_scope
             handler = Handler(
@@ -54,6 +66,7 @@ class Answerer:
                 counters=self.state.queries,
                 ready=synced,
                 loop_probes=forwarder.loop_probes if forwarder is not None else None,
+                autopath=autopath,
             )
             if forwarder is not None:
                 await nursery.start(forwarder.run)

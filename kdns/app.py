@@ -82,7 +82,9 @@ async def run(
             async def serving(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 nonlocal status
                 if pool is None:
-                    status = await answerer.run(store.zone, state.synced, task_status=task_status)
+                    status = await answerer.run(
+                        store.zone, state.synced, store.pods.namespace_of, task_status=task_status
+                    )
                 else:
                     status = await pool.run(task_status=task_status)
                 nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)

@@ -158,6 +158,12 @@ def _parser() -> argparse.ArgumentParser:
         "kubeadm's `lameduck 5s`); SIGINT stops at once",
     )
     serve.add_argument(
+        "--autopath",
+        action="store_true",
+        help="answer a Pod's query from its search path in one round trip (CoreDNS's autopath @kubernetes); "
+        "watches Pods, holding only their addresses",
+    )
+    serve.add_argument(
         "--workers",
         metavar="N",
         default="1",
@@ -270,7 +276,7 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         snapshot=args.snapshot,
         kubeconfig=args.kubeconfig,
         context=args.context,
-        watch=_watch_options(args, watch_pods=pod_mode is PodMode.VERIFIED),
+        watch=_watch_options(args, watch_pods=pod_mode is PodMode.VERIFIED or args.autopath),
         listen=tuple(SocketAddress.parse(text, "--listen", lowest_port=0) for text in (args.listen or ["0.0.0.0:53"])),
         cluster_domain=config.cluster_domain(args.cluster_domain),
         pod_mode=pod_mode,
@@ -292,6 +298,8 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         log_format=args.log_format,
         config_file=getattr(args, "config", None),
         workers=config.workers(str(args.workers), len(os.sched_getaffinity(0))),
+        autopath=args.autopath,
+        search=config.resolv_conf_search(args.resolv_conf) if args.autopath else (),
         forward=_forward_config(args),
     )
 

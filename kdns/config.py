@@ -128,6 +128,8 @@ class ServeConfig:
     log_format: str = "text"
     config_file: str | None = None  # where settings were read from, watched for changes
     workers: int = 1  # processes answering queries on the same ports (`--workers`)
+    autopath: bool = False  # answer a Pod's query from its search path (`--autopath`)
+    search: tuple[str, ...] = ()  # kdns's own resolv.conf search domains: autopath's last steps
 
 
 # Settings a reload applies at once; every other change waits for a restart (logged as such).
@@ -241,4 +243,19 @@ def resolv_conf_upstreams(path: str) -> list[SocketAddress]:
                 found.append(SocketAddress.parse(parts[1], f"{path}: line {number}: nameserver"))
             except KdnsError as error:
                 log.warning("%s", error)
+    return found
+
+
+def resolv_conf_search(path: str) -> tuple[str, ...]:
+    """The domains of a resolv.conf file's last `search` (or `domain`) line, as glibc reads them;
+    none when the file cannot be read."""
+    try:
+        lines = open(path, encoding="utf-8", errors="replace").read().splitlines()  # noqa: SIM115
+    except OSError:
+        return ()
+    found: tuple[str, ...] = ()
+    for line in lines:
+        parts = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(parts) >= 2 and parts[0] in ("search", "domain"):
+            found = tuple(part.rstrip(".").lower() for part in parts[1:] if part.rstrip("."))
     return found

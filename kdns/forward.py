@@ -150,12 +150,16 @@ class Forwarder:
         """The reply to an admitted `forward`: upstream's answer, or what the handler makes of
         none (serve-stale, SERVFAIL)."""
         try:
-            try:
-                forwarded = await self.forward(forward.query, forward.tcp)
-            except Exception:
-                log.exception("error forwarding a query")
-                forwarded = None
-            return handler.finish_forward(forward, forwarded)
+            while True:  # more than once for autopath: one search path name after another
+                try:
+                    forwarded = await self.forward(forward.query, forward.tcp)
+                except Exception:
+                    log.exception("error forwarding a query")
+                    forwarded = None
+                step = handler.after_forward(forward, forwarded)
+                if isinstance(step, bytes):
+                    return step
+                forward = step
         finally:
             self.in_flight -= 1
 

@@ -131,6 +131,11 @@ class StateCollector(Collector):
                 total = Histogram.merged(histograms)  # every type CoreDNS calls "other" in one series
                 durations.add_metric([self.server, ZONE, VIEW, type_name], _buckets(total), total.total)
             yield durations
+        autopath = CounterMetricFamily(
+            "coredns_autopath_success", "Counter of requests that did autopath.", labels=["server"]
+        )
+        autopath.add_metric([self.server], self.state.queries.autopath)
+        yield autopath
         panics = CounterMetricFamily("coredns_panics", "A metrics that counts the number of panics.")
         panics.add_metric([], self.state.panics)
         yield panics

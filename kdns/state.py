@@ -196,6 +196,7 @@ class WorkerFigures:
     def retire(self, into: WorkerFigures) -> None:
         """Add this ended worker's counters to `into`, which keeps them for good."""
         into.queries.dropped += self.queries.dropped
+        into.queries.autopath += self.queries.autopath
         _add_counts(into.queries.replies, self.queries.replies)
         if self.durations is not None:
             into.durations = into.durations or RequestDurations()
@@ -212,6 +213,7 @@ class WorkerFigures:
 
     def add_to(self, view: State, cache: CacheTotals, *, live: bool) -> None:
         view.queries.dropped += self.queries.dropped
+        view.queries.autopath += self.queries.autopath
         _add_counts(view.queries.replies, self.queries.replies)
         if view.durations is not None and self.durations is not None:
             _add_histograms(view.durations.by_type, self.durations.by_type)

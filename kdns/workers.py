@@ -407,7 +407,7 @@ async def _work(
 
         async def answering(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             nonlocal status
-            status = await answerer.run(store.zone, feed.synced, task_status=task_status)
+            status = await answerer.run(store.zone, feed.synced, store.pods.namespace_of, task_status=task_status)
             nursery.cancel_scope.cancel()
 
         await nursery.start(answering)

@@ -26,11 +26,22 @@ class ReplyOptions(Protocol):
 
 
 def compose(
-    query: wire.Query, target_query: wire.Query, ttl: int, target: Answer, tcp: bool, options: ReplyOptions
+    query: wire.Query,
+    target_query: wire.Query,
+    ttl: int,
+    target: Answer,
+    tcp: bool,
+    options: ReplyOptions,
+    max_ttl: int | None = None,
 ) -> bytes:
-    """The reply to `query` (for an ExternalName service): its CNAME to `target_query`'s name,
-    then the records of `target`, the answer to `target_query`, under the target's rcode."""
+    """The reply to `query` (for an ExternalName service, or a name found by autopath): its
+    CNAME to `target_query`'s name, then the records of `target`, the answer to `target_query`,
+    under the target's rcode; with `max_ttl`, no record's TTL above it."""
     target_message = DNSRecord.parse(wire.reply(target_query, target, TCP_LIMIT, options.max_udp, False))
+    if max_ttl is not None:
+        for rr in (*target_message.rr, *target_message.auth, *target_message.ar):
+            if rr.rtype != QTYPE.OPT:
+                rr.ttl = min(rr.ttl, max_ttl)
     qname = from_wire(query.question[:-4]) + "."
     header = DNSHeader(
         id=query.id,

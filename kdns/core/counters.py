@@ -107,6 +107,7 @@ class QueryCounters:
 
     replies: dict[tuple[str, int, int, int], int] = field(default_factory=dict)
     dropped: int = 0  # responses, header fragments: no reply (never amplified)
+    autopath: int = 0  # queries answered from the client's search path (CoreDNS's autopath success)
     # The type of the query counted last (0 when it did not parse): the listener reads it right
     # after `Handler.handle` returns, with no await between, to file the query's duration.
     last_qtype: int = 0

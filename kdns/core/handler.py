@@ -11,9 +11,10 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from kdns.core import chase, rdata, wire
+from kdns.core.autopath import AUTOPATH_TTL, Autopath
 from kdns.core.cache import CacheKey, ForwardCache
 from kdns.core.counters import TCP, UDP, QueryCounters
-from kdns.core.message import DEFAULT_MAX_UDP, RCODE_MASK, REFUSED, SERVFAIL, TCP_LIMIT
+from kdns.core.message import DEFAULT_MAX_UDP, NXDOMAIN, RCODE_MASK, REFUSED, SERVFAIL, TCP_LIMIT
 from kdns.core.upstream import ForwardedAnswer
 from kdns.core.zone import Answer, Zone
 
@@ -43,6 +44,9 @@ class Forward:
     tcp: bool
     chased_from: wire.Query | None = None
     family: int = 1  # the client's address family (1 IPv4, 2 IPv6), for the counters
+    # With autopath: `query` is a name of the client's search path (`chased_from` the name it
+    # asked), and these the names still to try after it, should it not exist.
+    autopath: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +108,10 @@ class Handler:
         counters: QueryCounters | None = None,
         ready: Callable[[], bool] = _always,
         loop_probes: LoopProbes | None = None,
+        autopath: Autopath | None = None,
     ) -> None:
         self.zone = zone
+        self._autopath = autopath
         self.options = options
         self.cache = cache
         self.counters = counters if counters is not None else QueryCounters()
@@ -168,7 +174,7 @@ class Handler:
                     cache_missed = answer is None
                 if answer is None:
                     checked = wire.checked(packet, query)
-                    decided = self._answer_checked(checked, tcp, cache_missed and checked is query)
+                    decided = self._answer_checked(checked, tcp, cache_missed and checked is query, client)
                     if isinstance(decided, bytes):
                         self.counters.count(tcp, checked.qtype, decided[3] & RCODE_MASK, _family(client))
                         return decided
@@ -189,7 +195,10 @@ class Handler:
         self.counters.count(tcp, query.qtype, rcode, _family(client))
         limit = TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
         reply = wire.reply(query, answer, limit, options.max_udp, options.recursion_available)
-        if from_zone or (cache_key is not None and not cache_missed):
+        # With autopath, an NXDOMAIN from the zone depends on who asks (a Pod is answered from its
+        # search path): not kept for the next asker.
+        keep = from_zone and not (rcode == NXDOMAIN and self._autopath is not None)
+        if keep or (cache_key is not None and not cache_missed):
             if len(kept) >= MAX_KEPT_REPLIES:
                 kept.clear()
             transport = TCP if tcp else UDP
@@ -204,7 +213,9 @@ class Handler:
             kept.clear()
         self._kept_generation = generation
 
-    def _answer_checked(self, query: wire.Query, tcp: bool, cache_missed: bool) -> Answer | bytes | Forward:
+    def _answer_checked(
+        self, query: wire.Query, tcp: bool, cache_missed: bool, client: ClientAddress | None = None
+    ) -> Answer | bytes | Forward:
         """A well-formed query with no prepared answer: refused, answered from the zone, or from
         the cache (unless `cache_missed` says it was just asked) or upstream."""
         if query.qclass != rdata.CLASS_IN:
@@ -216,9 +227,11 @@ class Handler:
                 return self._status(query, REFUSED)  # not ours, and nowhere to forward it
             cached = None if cache_missed else self.cache.get(ForwardCache.key(query))
             return cached if cached is not None else self._forward(query, tcp)
-        return self._answer_slow(query, tcp)
+        return self._answer_slow(query, tcp, client)
 
-    def _answer_slow(self, query: wire.Query, tcp: bool) -> Answer | bytes | Forward:
+    def _answer_slow(
+        self, query: wire.Query, tcp: bool, client: ClientAddress | None = None
+    ) -> Answer | bytes | Forward:
         """A name that may be ours but has no prepared answer of this type: an ExternalName to
         chase, a negative or dynamic answer from the zone, or, for a name the zone does not hold
         (a reverse name CoreDNS falls through for), the cache or upstream."""
@@ -230,6 +243,12 @@ class Handler:
             if chased is not None:
                 return chased
         answer = zone.answer(query.key, query.qtype)
+        autopath = self._autopath
+        if autopath is not None and client is not None and answer is not None and self._ready():
+            candidates = autopath.candidates(query.key, client[0]) if answer.flags & RCODE_MASK == NXDOMAIN else ()
+            walked = self._autopath_walk(query, tcp, candidates) if candidates else None
+            if walked is not None:
+                return walked
         if answer is not None:
             if not answer.answer_count and not self._ready():
                 # Not every watcher has listed yet: a missing name may only be missing from us.
@@ -255,6 +274,18 @@ class Handler:
         domain = self._domain_key
         return domain is not None and (key.endswith(domain) or key.endswith(b"\x04arpa\x00"))
 
+    def after_forward(self, forward: Forward, forwarded: ForwardedAnswer | None) -> bytes | Forward:
+        """What follows a forwarded query's answer (or its failure, None): the reply
+        (`finish_forward`), or for an autopath step whose name does not exist, the next step: a
+        `Forward` to ask in turn."""
+        if forward.autopath is None:
+            return self.finish_forward(forward, forwarded)
+        step = self._finish_autopath(forward, forwarded)
+        if isinstance(step, bytes):
+            original = forward.chased_from or forward.query
+            self.counters.count(forward.tcp, original.qtype, step[3] & RCODE_MASK, forward.family)
+        return step
+
     def finish_forward(self, forward: Forward, forwarded: ForwardedAnswer | None) -> bytes:
         """The reply to a forwarded query: the upstream's answer (cached for the next asker); with
         none, an expired one where serve-stale allows (RFC 8767), else SERVFAIL."""
@@ -263,6 +294,58 @@ class Handler:
             forward.tcp, (forward.chased_from or forward.query).qtype, reply[3] & RCODE_MASK, forward.family
         )
         return reply
+
+    def _finish_autopath(self, forward: Forward, forwarded: ForwardedAnswer | None) -> bytes | Forward:
+        """A search path name's upstream answer: the reply if it exists; else the next name;
+        after the last, or on a failure, the ordinary NXDOMAIN for the name asked."""
+        original, query = forward.chased_from, forward.query
+        assert original is not None and forward.autopath is not None
+        if forwarded is not None:
+            if self.cache is not None:
+                self.cache.put(ForwardCache.key(query), forwarded)
+            answer = forwarded.answer()
+            if answer.flags & RCODE_MASK != NXDOMAIN:
+                return self._autopathed(original, query, answer, forward.tcp)
+            walked = self._autopath_walk(original, forward.tcp, forward.autopath) if forward.autopath else None
+            if walked is not None:
+                return replace(walked, family=forward.family) if isinstance(walked, Forward) else walked
+        zone = self.zone
+        assert zone is not None
+        negative = zone.answer(original.key, original.qtype)
+        assert negative is not None
+        limit = TCP_LIMIT if forward.tcp else wire.udp_limit(original.edns, self.options.max_udp)
+        return wire.reply(original, negative, limit, self.options.max_udp, self.options.recursion_available)
+
+    def _autopath_walk(self, query: wire.Query, tcp: bool, candidates: tuple[bytes, ...]) -> bytes | Forward | None:
+        """Try the search path's names in turn (the zone's at once, others from the cache or
+        upstream) until one exists: its reply, a `Forward` to ask upstream first, or None when
+        none exists (the ordinary NXDOMAIN is sent)."""
+        zone = self.zone
+        assert zone is not None
+        for index, target in enumerate(candidates):
+            target_query = wire.Query(
+                query.id, query.flags, target + query.question[-4:], target, query.qtype, query.qclass, query.edns
+            )
+            if zone.in_zones(target):
+                inner = zone.answer(target, query.qtype)
+                if inner is None or inner.flags & RCODE_MASK == NXDOMAIN:
+                    continue
+                return self._autopathed(query, target_query, inner, tcp)
+            if self.cache is None:
+                return None  # nowhere to ask: the client walks its search path itself
+            cached = self.cache.get(ForwardCache.key(target_query))
+            if cached is None:
+                return Forward(target_query, tcp, chased_from=query, autopath=candidates[index + 1 :])
+            if cached.flags & RCODE_MASK == NXDOMAIN:
+                continue
+            return self._autopathed(query, target_query, cached, tcp)
+        return None
+
+    def _autopathed(self, query: wire.Query, target_query: wire.Query, answer: Answer, tcp: bool) -> bytes:
+        """The name asked, a CNAME to the search path's name that exists, and its records (as
+        CoreDNS's autopath `cnamer`), every TTL at most AUTOPATH_TTL."""
+        self.counters.autopath += 1
+        return chase.compose(query, target_query, AUTOPATH_TTL, answer, tcp, self.options, max_ttl=AUTOPATH_TTL)
 
     def _finish_forward(self, forward: Forward, forwarded: ForwardedAnswer | None) -> bytes:
         options = self.options

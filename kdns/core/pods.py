@@ -53,6 +53,18 @@ class PodIndex:
             return False
         return owner == namespace if isinstance(owner, str) else namespace in owner
 
+    def namespace_of(self, host: str) -> str | None:
+        """The namespace of the Pods at the address `host` (a client's, as the socket gives it),
+        or None when no Pod has it, or Pods of several namespaces do (host-network Pods share
+        their node's address): `--autopath` then leaves the query alone. One lookup."""
+        try:
+            owner = self._owners.get(_number(ipaddress.ip_address(host.partition("%")[0])))
+        except ValueError:
+            return None
+        if owner is None or isinstance(owner, str):
+            return owner
+        return next(iter(owner)) if len(owner) == 1 else None
+
     def get(self, key: tuple[str, str]) -> Pod | None:
         addresses = self._pods.get(key[0], {}).get(key[1])
         if addresses is None:

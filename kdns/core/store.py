@@ -159,7 +159,8 @@ class ClusterStore:
         elif isinstance(obj, Pod):
             if self.pods.upsert(obj):  # O(addresses of the Pod), whatever the number of Pods
                 self._ref_namespace(obj.namespace, +1)
-            self.zone.touch()  # pod records are verified against them
+            if self.pod_mode is PodMode.VERIFIED:
+                self.zone.touch()  # pod records are verified against them
 
     def delete(self, kind: Kind | str, key: tuple[str, str]) -> None:
         """Remove the object of `kind` at (namespace, name); a Namespace's key is ("", name)."""
@@ -179,7 +180,8 @@ class ClusterStore:
                 self._ref_namespace(key[1], -1)
         elif kind == Kind.POD and self.pods.delete(key):
             self._ref_namespace(key[0], -1)
-            self.zone.touch()
+            if self.pod_mode is PodMode.VERIFIED:
+                self.zone.touch()
 
     def bump_serial(self, now: int) -> None:
         """A change was applied at `now` (Unix seconds): move the SOA serial (`Zone.bump_serial`)."""
