@@ -361,6 +361,58 @@ def measure_workers_memory(services: int, seconds: float) -> list[tuple[int, flo
     return rows
 
 
+def measure_autopath(lookups: int) -> list[tuple[str, float, float]]:
+    """glibc's resolver in a network namespace with a pod's resolv.conf (search path of three,
+    ndots:5), looking up `lookups` external names and as many short names of another namespace,
+    through kdns with and without `--autopath`: queries reaching kdns per lookup, and
+    milliseconds per lookup. Needs root (skipped, saying so, without)."""
+    from tests.builders import namespace, pod, service
+    from tests.fakeupstream import FakeUpstream
+    from tests.netns import pod_namespace
+
+    rows = []
+    resolv = "nameserver 10.250.9.1\nsearch bench.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+    with tempfile.TemporaryDirectory(prefix="kdns-autopath-") as tmp, pod_namespace(9, resolv) as ns:
+        objects = [namespace("bench"), namespace("other"), pod("bench", "client", ns.address)]
+        objects += [service("other", f"svc-{i}", [f"10.96.9.{i + 1}"]) for i in range(lookups)]
+        snapshot = Path(tmp) / "cluster.yaml"
+        snapshot.write_text(yaml.safe_dump({"kind": "List", "items": objects}))
+        upstream = FakeUpstream(address="192.0.2.9")
+        try:
+            for autopath in (False, True):
+                port = free_port()
+                command = kdns_command(
+                    snapshot, 53, "--upstream", upstream.spec, "--metrics-listen", f"127.0.0.1:{port}"
+                )
+                command[command.index("--listen") + 1] = f"{ns.host_address}:53"
+                with running(command + (["--autopath"] if autopath else [])):
+                    wait_until_answering(53, "svc-0.other.svc.cluster.local", host=ns.host_address)
+                    before = _requests(port)
+                    for kind, names in (
+                        ("external", [f"name-{i}.example.test" for i in range(lookups)]),
+                        ("short, another namespace", [f"svc-{i}.other" for i in range(lookups)]),
+                    ):
+                        started = time.monotonic()
+                        for name in names:
+                            ns.run("getent", "ahostsv4", name)
+                        elapsed = time.monotonic() - started
+                        after = _requests(port)
+                        label = f"{kind}, {'with' if autopath else 'without'} --autopath"
+                        rows.append((label, (after - before) / lookups, elapsed / lookups * 1000))
+                        before = after
+        finally:
+            upstream.close()
+    return rows
+
+
+def _requests(metrics_port: int) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(value) for value in re.findall(r"^coredns_dns_requests_total{[^}]*} (\S+)$", text, re.M))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5)
@@ -368,6 +420,7 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--steady", type=float, default=60, help="seconds at 80%% of kdns's rate, for lost queries")
     parser.add_argument("--rate", type=int, default=20_000, help="queries per second for the latency figures")
+    parser.add_argument("--autopath", type=int, default=20, help="lookups for the autopath saving (0: not)")
     parser.add_argument("--zone", default="1000,10000,50000", help="zone build sizes in Services ('': not)")
     parser.add_argument("--pods", type=int, default=150_000, help="Pods loaded in --pods verified mode (0: not)")
     parser.add_argument("--headless", type=int, default=3000, help="endpoints of the headless Service (0: not)")
@@ -493,6 +546,15 @@ def _compare(args: argparse.Namespace) -> int:
                 f"--workers {workers}: PSS {pss:.0f} MB in all ({rss:.0f} MB RSS summed), "
                 f"{after:.0f} MB PSS after {args.seconds:g} s of queries"
             )
+    if args.autopath:
+        try:
+            rows_autopath = measure_autopath(args.autopath)
+        except Exception as error:  # pytest.skip's exception too: no root, no `ip`
+            print(f"\n(autopath: skipped: {error})")
+        else:
+            print(f"\nglibc in a pod's network namespace (search path of 3, ndots:5), {args.autopath} lookups each:")
+            for label, queries, millis in rows_autopath:
+                print(f"{label:45} {queries:5.2f} queries reaching kdns per lookup, {millis:6.2f} ms per lookup")
     if args.zone:
         print(f"\n{'Services':>9} {'endpoints':>10} {'build s':>8} {'event avg ms':>13} {'RSS MB':>7} {'zone MB':>8}")
         for size in (int(text) for text in args.zone.split(",")):

@@ -124,12 +124,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def wait_until_answering(port: int, name: str) -> None:
-    """Wait until a DNS server on 127.0.0.1:`port` answers `name` with an address."""
+def wait_until_answering(port: int, name: str, host: str = "127.0.0.1") -> None:
+    """Wait until a DNS server on `host`:`port` answers `name` with an address."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.5)
+            reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=port, timeout=0.5)
         except (dns.exception.Timeout, OSError):
             time.sleep(0.2)
             continue

@@ -42,7 +42,7 @@ class Answerer:
 
     async def run(
         self,
-        zone: Zone,
+        zone: Zone | None,
         synced: Callable[[], bool],
         namespace_of: Callable[[str], str | None] | None = None,
         *,
@@ -102,9 +102,14 @@ def forwarding(
     log.info("forwarding to %s", ", ".join(str(u) for u in forward.upstreams) or "stub domains only")
     # The cache reads trio's clock: the one every timeout of the program uses (and tests can mock).
     cache = ForwardCache(
-        forward.cache_size, trio.current_time, stale_for=forward.serve_stale, prefetch=forward.prefetch
+        forward.cache_size,
+        trio.current_time,
+        stale_for=forward.serve_stale,
+        prefetch=forward.prefetch,
+        denial_size=forward.denial_cache_size,
     )
-    return Forwarder(forward.upstreams, stubs, forward.options, state, cache, probes), cache
+    forwarder = Forwarder(forward.upstreams, stubs, forward.options, state, cache, probes, forward.tcp_upstreams)
+    return forwarder, cache
 
 
 def check_upstreams(config: ServeConfig, addresses: Sequence[SocketAddress]) -> None:

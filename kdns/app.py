@@ -39,7 +39,7 @@ class Running:
     ready: SocketAddress | None
     metrics: SocketAddress | None
     state: State
-    store: ClusterStore
+    store: ClusterStore | None  # None for a node cache
 
 
 async def run(
@@ -82,9 +82,8 @@ async def run(
             async def serving(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 nonlocal status
                 if pool is None:
-                    status = await answerer.run(
-                        store.zone, state.synced, store.pods.namespace_of, task_status=task_status
-                    )
+                    zone, pods = (store.zone, store.pods.namespace_of) if store is not None else (None, None)
+                    status = await answerer.run(zone, state.synced, pods, task_status=task_status)
                 else:
                     status = await pool.run(task_status=task_status)
                 nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
@@ -92,7 +91,8 @@ async def run(
             await nursery.start(serving)
             view: Callable[[], State] = (lambda: state) if pool is None else pool.view
             bound: dict[str, SocketAddress] = {}
-            collector = StateCollector(view, f"dns://{addresses[0]}", store.zone.name_count, wall_clock)
+            names = store.zone.name_count if store is not None else _no_names
+            collector = StateCollector(view, f"dns://{addresses[0]}", names, wall_clock)
             routes = {"/health": health, "/ready": readiness(state.ready), "/metrics": metrics_route(collector)}
             for sock, path in http:
                 await nursery.start(serve_http, sock, {path: routes[path]}, config.ops.limits)
@@ -111,6 +111,10 @@ async def run(
         for sock, _ in http:
             sock.close()
     return status
+
+
+def _no_names() -> int:
+    return 0  # a node cache holds no zone
 
 
 def main(config: ServeConfig, reload: Callable[[], ServeConfig] | None = None) -> int:

@@ -205,6 +205,62 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--stub-domain", action="append", default=[], metavar="DOMAIN=ADDR[,ADDR]")
     explain.add_argument("--output", choices=["text", "json"], default="text", help="plain words, or JSON for scripts")
 
+    node = commands.add_parser(
+        "node-cache",
+        parents=[common],
+        help="a node-local DNS cache (NodeLocal DNSCache): the cluster domain from the cluster DNS over TCP, "
+        "the rest from the node's resolvers; no zone, no API watch",
+    )
+    node.add_argument(
+        "--config",
+        metavar="PATH",
+        help="read settings from this YAML file too (keys: the flags without --); also KDNS_CONFIG",
+    )
+    node.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR:PORT",
+        help=f"serve UDP and TCP here; repeatable (default {config.NODE_LOCAL_ADDRESS}:53; add the kube-dns "
+        "Service IP to take its traffic too)",
+    )
+    node.add_argument(
+        "--cluster-dns",
+        metavar="ADDR[:PORT]",
+        help="the cluster DNS (a Service in front of kdns serve or CoreDNS), asked over TCP for the cluster "
+        "domain and the reverse zones",
+    )
+    node.add_argument("--cluster-domain", default="cluster.local", help="the cluster domain (default cluster.local)")
+    node.add_argument("--upstream", action="append", metavar="ADDR[:PORT]", help="resolvers for other names")
+    node.add_argument(
+        "--resolv-conf", default="/etc/resolv.conf", help="the node's resolvers (default /etc/resolv.conf)"
+    )
+    node.add_argument("--cache-size", type=int, default=config.NODE_CACHE_SUCCESS[0], help="positive answers held")
+    node.add_argument("--cache-max-ttl", type=int, default=config.NODE_CACHE_SUCCESS[1], help="longest TTL of those")
+    node.add_argument(
+        "--denial-cache-size", type=int, default=config.NODE_CACHE_DENIAL[0], help="negative answers held"
+    )
+    node.add_argument("--denial-max-ttl", type=int, default=config.NODE_CACHE_DENIAL[1], help="longest TTL of those")
+    node.add_argument("--cache-min-ttl", type=int, default=0)
+    node.add_argument(
+        "--serve-stale",
+        metavar="DURATION",
+        default=config.NODE_CACHE_SERVE_STALE,
+        help=f"serve expired answers this long while upstreams fail (default {config.NODE_CACHE_SERVE_STALE})",
+    )
+    node.add_argument("--prefetch", action="store_true", help="refresh popular answers before they expire")
+    node.add_argument("--policy", choices=[policy.value for policy in Policy], default="random")
+    node.add_argument("--upstream-timeout", type=float, default=2.0)
+    node.add_argument("--max-concurrent", type=int, default=1000)
+    node.add_argument("--max-udp-size", type=int, default=1232)
+    node.add_argument("--tcp-idle-timeout", type=float, default=10.0)
+    node.add_argument("--tcp-write-timeout", type=float, default=2.0)
+    node.add_argument("--max-tcp-connections", type=int, default=1000)
+    node.add_argument("--health-listen", metavar="ADDR:PORT", default=config.NODE_CACHE_HEALTH_LISTEN)
+    node.add_argument("--ready-listen", metavar="ADDR:PORT", default=config.NODE_CACHE_READY_LISTEN)
+    node.add_argument("--metrics-listen", metavar="ADDR:PORT", default=config.NODE_CACHE_METRICS_LISTEN)
+    node.add_argument("--log-queries", action="store_true")
+    node.add_argument("--lameduck", metavar="DURATION", default=f"{config.DEFAULT_LAMEDUCK:g}s")
+
     take = commands.add_parser("snapshot", parents=[common], help="list the cluster once and write a snapshot file")
     api_options(take)
     take.add_argument("--output", type=Path, help="file to write (default: standard output)")
@@ -231,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _snapshot(args)
         if args.command == "explain":
             return _explain(args)
+        if args.command == "node-cache":
+            node_config = _node_cache_config(_serve_settings(parser, argv, args, os.environ, "node-cache"))
+            logs.configure(node_config.log_level, node_config.log_format)
+            return app.main(node_config)
         return _dump(args)
     except KdnsError as error:
         print(f"kdns: error: {error}", file=sys.stderr)
@@ -238,13 +298,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve_settings(
-    parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace, environ: Mapping[str, str]
+    parser: argparse.ArgumentParser,
+    argv: list[str],
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    command: str = "serve",
 ) -> argparse.Namespace:
-    """The command line's settings, with the config file's and the environment's under them."""
-    serve = _subcommand(parser, "serve")
-    rest = argv[argv.index("serve") + 1 :]
+    """The command line's settings, with the config file's and the environment's under them
+    (`serve`, or `node-cache`, which reads them the same way)."""
+    sub = _subcommand(parser, command)
+    rest = argv[argv.index(command) + 1 :]
     path = args.config or environ.get("KDNS_CONFIG")
-    merged = settings.merge(serve, rest, args, path, environ)
+    merged = settings.merge(sub, rest, args, path, environ)
     merged.config = path
     return merged
 
@@ -371,6 +436,69 @@ def _snapshot(args: argparse.Namespace) -> int:
             raise KdnsError(f"{args.output}: cannot write: {error}") from None
         print(f"{args.output}: {len(items)} objects", file=sys.stderr)
     return 0
+
+
+def _node_cache_config(args: argparse.Namespace) -> config.ServeConfig:
+    """`kdns node-cache`: a ServeConfig with no zone, whose cluster domain and reverse zones are a
+    stub domain of the cluster DNS, asked over TCP (NodeLocal DNSCache's Corefile)."""
+    if args.max_concurrent < 1 or args.upstream_timeout <= 0 or args.cache_size < 0 or args.denial_cache_size < 0:
+        raise KdnsError("--max-concurrent and --upstream-timeout must be positive, cache sizes not negative")
+    if not 0 <= args.cache_min_ttl <= min(args.cache_max_ttl, args.denial_max_ttl):
+        raise KdnsError("--cache-min-ttl, --cache-max-ttl, --denial-max-ttl: need 0 <= min <= each max")
+    if not args.cluster_dns:
+        raise KdnsError("--cluster-dns: required: the cluster DNS's address (a Service in front of kdns serve)")
+    cluster_dns = SocketAddress.parse(args.cluster_dns, "--cluster-dns")
+    domain = config.cluster_domain(args.cluster_domain)
+    if args.upstream:
+        upstreams = tuple(SocketAddress.parse(text, "--upstream") for text in args.upstream)
+        source = "--upstream"
+    else:
+        upstreams, source = tuple(resolv_conf_upstreams(args.resolv_conf)), args.resolv_conf
+    listen = args.listen or [f"{config.NODE_LOCAL_ADDRESS}:53"]
+    return config.ServeConfig(
+        snapshot=None,
+        kubeconfig=None,
+        context=None,
+        watch=WatchOptions(),
+        listen=tuple(SocketAddress.parse(text, "--listen", lowest_port=0) for text in listen),
+        cluster_domain=domain,
+        pod_mode=PodMode.DISABLED,
+        ttl=0,
+        max_udp=config.max_udp(args.max_udp_size),
+        tcp=TcpLimits(
+            idle_timeout=args.tcp_idle_timeout,
+            max_connections=args.max_tcp_connections,
+            write_timeout=args.tcp_write_timeout,
+        ),
+        ops=config.OpsListeners(
+            health=config.ops_address("--health-listen", args.health_listen),
+            ready=config.ops_address("--ready-listen", args.ready_listen),
+            metrics=config.ops_address("--metrics-listen", args.metrics_listen),
+        ),
+        forward=config.ForwardConfig(
+            upstreams=upstreams,
+            upstreams_from=source,
+            stubs=tuple((zone, (cluster_dns,)) for zone in (domain, *config.REVERSE_ZONES)),
+            options=ForwardOptions(
+                policy=Policy(args.policy),
+                timeout=args.upstream_timeout,
+                max_concurrent=args.max_concurrent,
+                min_ttl=args.cache_min_ttl,
+                max_ttl=args.cache_max_ttl,
+                max_negative_ttl=args.denial_max_ttl,
+            ),
+            cache_size=args.cache_size,
+            serve_stale=config.duration("--serve-stale", args.serve_stale),
+            prefetch=args.prefetch,
+            denial_cache_size=args.denial_cache_size,
+            tcp_upstreams=(cluster_dns,),
+        ),
+        lameduck=config.duration("--lameduck", args.lameduck),
+        log_queries=args.log_queries,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        node_cache=True,
+    )
 
 
 def _explain(args: argparse.Namespace) -> int:

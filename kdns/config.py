@@ -39,6 +39,7 @@ class ForwardOptions:
     max_concurrent: int = 1000
     min_ttl: int = 0
     max_ttl: int = 3600
+    max_negative_ttl: int | None = None  # None: `max_ttl` for negative answers too
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,16 @@ DEFAULT_HEALTH_LISTEN = "0.0.0.0:8080"  # CoreDNS's `health`
 DEFAULT_READY_LISTEN = "0.0.0.0:8181"  # CoreDNS's `ready`
 DEFAULT_METRICS_LISTEN = "0.0.0.0:9153"  # CoreDNS's `prometheus`
 OFF = ("off", "none", "")
+# `kdns node-cache`: NodeLocal DNSCache's address and Corefile (`cache { success 9984 30; denial
+# 9984 5 }`, health on the local address, metrics on 9253).
+NODE_LOCAL_ADDRESS = "169.254.20.10"
+NODE_CACHE_HEALTH_LISTEN = f"{NODE_LOCAL_ADDRESS}:8080"
+NODE_CACHE_READY_LISTEN = f"{NODE_LOCAL_ADDRESS}:8181"
+NODE_CACHE_METRICS_LISTEN = "0.0.0.0:9253"
+NODE_CACHE_SUCCESS = (9984, 30)  # capacity, longest TTL
+NODE_CACHE_DENIAL = (9984, 5)
+NODE_CACHE_SERVE_STALE = "1h"  # cached names keep resolving while the cluster DNS is away
+REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
 
 
 def ops_address(flag: str, text: str) -> SocketAddress | None:
@@ -106,6 +117,8 @@ class ForwardConfig:
     cache_size: int
     serve_stale: float  # seconds an expired answer may still be served when upstreams fail; 0: never
     prefetch: bool
+    denial_cache_size: int | None = None  # negative answers' own capacity (CoreDNS's cache `denial`)
+    tcp_upstreams: tuple[SocketAddress, ...] = ()  # always asked over TCP (CoreDNS's forward `force_tcp`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +142,7 @@ class ServeConfig:
     config_file: str | None = None  # where settings were read from, watched for changes
     workers: int = 1  # processes answering queries on the same ports (`--workers`)
     autopath: bool = False  # answer a Pod's query from its search path (`--autopath`)
+    node_cache: bool = False  # `kdns node-cache`: a node-local cache, no zone and no API watch
     search: tuple[str, ...] = ()  # kdns's own resolv.conf search domains: autopath's last steps
 
 

@@ -60,6 +60,7 @@ Received = ForwardedAnswer | MalformedResponse
 class Upstream:
     address: SocketAddress
     counters: UpstreamCounters = field(default_factory=UpstreamCounters)  # in the state seam
+    tcp_only: bool = False  # every query over TCP (CoreDNS's `force_tcp`: NodeLocal DNSCache's to the cluster DNS)
     fails: int = 0
     sockets: list[trio.socket.SocketType] = field(default_factory=list)
     pending: dict[tuple[int, int], tuple[bytes, trio.MemorySendChannel[Received]]] = field(default_factory=dict)
@@ -93,9 +94,11 @@ class Forwarder:
         state: State | None = None,
         cache: ForwardCache | None = None,
         loop_probes: LoopProbes | None = None,
+        tcp_only: Sequence[SocketAddress] = (),
     ) -> None:
         """`cache`, when given, is refreshed here (its prefetches); `loop_probes`, when given, get
-        one probe sent through each upstream at start (CoreDNS's `loop`)."""
+        one probe sent through each upstream at start (CoreDNS's `loop`); `tcp_only` upstreams
+        are always asked over TCP."""
         self.options = options
         self.state = state if state is not None else State()
         self.cache = cache
@@ -104,7 +107,7 @@ class Forwarder:
 
         def upstream(address: SocketAddress) -> Upstream:
             if address not in known:
-                known[address] = Upstream(address, self.state.upstream(str(address)))
+                known[address] = Upstream(address, self.state.upstream(str(address)), address in tcp_only)
             return known[address]
 
         self.default = [upstream(address) for address in default]
@@ -211,8 +214,9 @@ class Forwarder:
             started = trio.current_time()
             with trio.move_on_after(self.options.timeout):
                 try:
-                    answer = await (self._tcp(upstream, query) if tcp else self._udp(upstream, query))
-                    if answer.truncated and not tcp:
+                    over_tcp = tcp or upstream.tcp_only
+                    answer = await (self._tcp(upstream, query) if over_tcp else self._udp(upstream, query))
+                    if answer.truncated and not over_tcp:
                         answer = await self._tcp(upstream, query)
                 except (OSError, BadResponse, trio.BrokenResourceError, trio.ClosedResourceError) as error:
                     log.debug("upstream %s: %s", upstream.address, error)
@@ -267,7 +271,9 @@ class Forwarder:
                 continue
             answer: Received
             try:
-                answer = read_response(data, query_id, waiting[0], options.min_ttl, options.max_ttl)
+                answer = read_response(
+                    data, query_id, waiting[0], options.min_ttl, options.max_ttl, options.max_negative_ttl
+                )
             except MalformedResponse as error:
                 # The answer to our question, but not one we can relay: this try has failed
                 # (SERVFAIL unless another upstream answers), and nothing is cached.
@@ -292,7 +298,10 @@ class Forwarder:
                 if not chunk:
                     raise BadResponse("connection closed before the answer")
                 data += chunk
-        return read_response(data[2 : 2 + length], query_id, query.question, self.options.min_ttl, self.options.max_ttl)
+        options = self.options
+        return read_response(
+            data[2 : 2 + length], query_id, query.question, options.min_ttl, options.max_ttl, options.max_negative_ttl
+        )
 
     async def _probe_while_down(self, upstream: Upstream) -> None:
         """Ask `. IN NS` every HEALTH_INTERVAL while the upstream is down; any answer brings it back."""

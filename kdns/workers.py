@@ -47,6 +47,7 @@ from kdns.answering import Answerer, check_upstreams, ns_addresses
 from kdns.config import ServeConfig
 from kdns.core.model import ClusterObject, IPAddress
 from kdns.core.store import Change, ClusterStore, bulk_change
+from kdns.errors import KdnsError
 from kdns.serve import BoundListener, bind
 from kdns.sources import open_sources
 from kdns.state import State, WorkerFigures
@@ -151,6 +152,9 @@ class WorkerPool:
         self._closed = False
         self.sources = open_sources(config, ns_addresses(addresses), journal=self.record, workers_serving=self.serving)
         self.sources.state.workers = config.workers
+        if self.sources.store is None:
+            raise KdnsError("--workers: only `kdns serve` runs workers (a node cache is one process)")
+        self.store = self.sources.store
 
     # -- before trio -------------------------------------------------------------------------
 
@@ -198,7 +202,7 @@ class WorkerPool:
                     for fd in (feed_write, report_read, *self._supervisor_fds()):
                         os.close(fd)
                     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor's to handle
-                    store = self.sources.store
+                    store = self.store
                     reader = FrameReader()
                     status = trio.run(_work, self.config, store, listeners, feed_read, report_write, synced, reader)
                 except BaseException:
@@ -322,7 +326,7 @@ class WorkerPool:
         )
         os.close(feed_read)
         os.close(report_write)
-        store: ClusterStore = self.sources.store
+        store = self.store
         start = Start(
             self.config,
             worker.number,

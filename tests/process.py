@@ -55,12 +55,16 @@ class KdnsServer:
         listen: tuple[str, ...] = ("127.0.0.1:0", "[::1]:0"),
         prefix: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        command: str = "serve",
     ) -> None:
-        """`prefix` runs kdns through another command (one that ends by exec-ing its arguments)."""
-        command = [*prefix, *kdns_command(), "serve", *local_only(args)]
+        """`prefix` runs kdns through another command (one that ends by exec-ing its arguments);
+        `command` is `serve` or `node-cache`."""
+        command_line = [*prefix, *kdns_command(), command, *local_only(args)]
         for address in listen:
-            command += ["--listen", address]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+            command_line += ["--listen", address]
+        self.process = subprocess.Popen(
+            command_line, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+        )
         self.log: list[str] = []
         self.addresses: list[tuple[str, int]] = []
         self._ready = threading.Event()

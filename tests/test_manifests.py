@@ -107,3 +107,63 @@ def test_the_configmap_is_mounted_where_the_deployment_reads_it_and_is_valid(tmp
     settings = cli._checked_serve_config(cli._serve_settings(parser, argv, args, {}))
     assert settings.ttl == 30 and settings.cluster_domain == "cluster.local" and settings.log_format == "json"
     assert settings.forward.cache_size == 9984
+
+
+# -- manifests/node-local: kdns node-cache as a kustomize component (issue 12, point 2) ----------
+
+NODE_LOCAL = MANIFESTS / "node-local"
+
+
+def _node_local() -> dict[str, dict[str, Any]]:
+    component = yaml.safe_load((NODE_LOCAL / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    present = {path.name for path in NODE_LOCAL.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(component["resources"]) == present
+    documents = [doc for name in component["resources"] for doc in yaml.safe_load_all((NODE_LOCAL / name).read_text())]
+    return {doc["kind"]: doc for doc in documents if doc}
+
+
+def test_the_node_cache_daemonset_runs_kdns_node_cache_with_its_configmap(tmp_path: Path) -> None:
+    docs = _node_local()
+    pod = docs["DaemonSet"]["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] and pod["dnsPolicy"] == "Default" and not pod["automountServiceAccountToken"]
+    container = pod["containers"][0]
+    args = container["args"]
+    config_path = args[args.index("--config") + 1]
+    directory, _, key = config_path.rpartition("/")
+    (volume,) = pod["volumes"]
+    assert volume["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
+    (mount,) = container["volumeMounts"]
+    assert mount["name"] == volume["name"] and mount["mountPath"] == directory and mount["readOnly"]
+    local = tmp_path / key
+    local.write_text(docs["ConfigMap"]["data"][key])
+    # kubelet expands $(KDNS_UPSTREAM_SERVICE_HOST) from the kdns-upstream Service's link.
+    assert "$(KDNS_UPSTREAM_SERVICE_HOST)" in args
+    argv = [
+        local.as_posix() if a == config_path else a.replace("$(KDNS_UPSTREAM_SERVICE_HOST)", "10.96.0.11") for a in args
+    ]
+    parser = cli._parser()
+    parsed = cli._serve_settings(parser, argv, parser.parse_args(argv), {}, "node-cache")
+    settings = cli._node_cache_config(parsed)
+    assert settings.node_cache and [str(a) for a in settings.listen] == ["169.254.20.10:53"]
+    assert [str(a) for a in settings.forward.tcp_upstreams] == ["10.96.0.11:53"]
+    assert dict(settings.forward.stubs)["cluster.local"] == settings.forward.tcp_upstreams
+    assert (settings.forward.cache_size, settings.forward.options.max_ttl) == (9984, 30)
+    assert (settings.forward.denial_cache_size, settings.forward.options.max_negative_ttl) == (9984, 5)
+    assert settings.forward.serve_stale == 3600 and settings.log_format == "json"
+    # The probes ask the endpoints where the settings serve them.
+    assert settings.ops.health is not None and settings.ops.ready is not None
+    for probe, address, path in (
+        (container["livenessProbe"], settings.ops.health, "/health"),
+        (container["readinessProbe"], settings.ops.ready, "/ready"),
+    ):
+        get = probe["httpGet"]
+        assert (get["host"], get["port"], get["path"]) == (address.host, address.port, path)
+
+
+def test_the_node_caches_reach_the_cluster_dns_through_a_service_of_its_own() -> None:
+    upstream = _node_local()["Service"]
+    assert upstream["metadata"]["name"] == "kdns-upstream"  # kubelet's KDNS_UPSTREAM_SERVICE_HOST
+    labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(key) == value for key, value in upstream["spec"]["selector"].items())
+    assert {(p["port"], p["protocol"]) for p in upstream["spec"]["ports"]} == {(53, "UDP"), (53, "TCP")}

@@ -223,13 +223,15 @@ def test_every_manifest_passes_a_server_side_dry_run_with_strict_field_validatio
     """Issue 10, point 6: `kubectl apply --dry-run=server --validate=strict`, through the API
     itself: every object of manifests/ is accepted as it is, and a misspelt field is not."""
     kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    node_local = yaml.safe_load((MANIFESTS / "node-local" / "kustomization.yaml").read_text())
     documents = [
         document
-        for name in kustomization["resources"]
-        for document in yaml.safe_load_all((MANIFESTS / name).read_text())
+        for path in [MANIFESTS / name for name in kustomization["resources"]]
+        + [MANIFESTS / "node-local" / name for name in node_local["resources"]]
+        for document in yaml.safe_load_all(path.read_text())
         if document
     ]
-    assert {document["kind"] for document in documents} >= {"Deployment", "Service", "ClusterRole"}
+    assert {document["kind"] for document in documents} >= {"Deployment", "Service", "ClusterRole", "DaemonSet"}
     with real_apiserver(tmp_path / "api") as api:
         admin = api.api_client()
         for document in documents:

@@ -59,7 +59,16 @@ class ForwardCache:
     through `prefetch_due`, for the forwarder to refresh while it is still being served.
     """
 
-    def __init__(self, size: int, clock: Callable[[], float], stale_for: float = 0, prefetch: bool = False) -> None:
+    def __init__(
+        self,
+        size: int,
+        clock: Callable[[], float],
+        stale_for: float = 0,
+        prefetch: bool = False,
+        denial_size: int | None = None,
+    ) -> None:
+        """`denial_size`: negative answers (NXDOMAIN, NODATA) held apart, in an LRU of their own
+        (CoreDNS's cache `success` and `denial` capacities); None: one LRU for both."""
         self.clock = clock
         # Plain counters, read by the state seam (`kdns.state`) for metrics.
         self.hits = 0
@@ -73,6 +82,7 @@ class ForwardCache:
         # expired one (kept for serve-stale) simply ages out. cachetools' TLRUCache would keep
         # a timer heap too, at five times the cost of a lookup.
         self._entries = _CountingLRU(maxsize=max(size, 1))
+        self._denials = _CountingLRU(maxsize=max(denial_size, 1)) if denial_size is not None else self._entries
         self.enabled = size > 0
 
     @staticmethod
@@ -84,12 +94,12 @@ class ForwardCache:
         try:
             entry: _Entry | None = self._entries[key]  # not `.get`: it looks the key up twice
         except KeyError:
-            entry = None
+            entry = self._denials.get(key) if self._denials is not self._entries else None
         now = self.clock()
         if entry is None or now >= entry.expires:  # absent, or only there to be served stale
             self.misses += 1
             if entry is not None and now >= entry.expires + self.stale_for:
-                del self._entries[key]
+                self._lru_of(entry.answer).pop(key, None)
             return None
         self.hits += 1
         if not entry.answer.answer_count:
@@ -112,7 +122,7 @@ class ForwardCache:
 
     def get_stale(self, key: CacheKey) -> Answer | None:
         """An expired answer still within `stale_for`, its TTLs set to 30 s (RFC 8767 4)."""
-        entry = self._entries.get(key) if self.stale_for else None
+        entry = (self._entries.get(key) or self._denials.get(key)) if self.stale_for else None
         now = self.clock()
         if entry is None or now < entry.expires or now >= entry.expires + self.stale_for:
             return None
@@ -120,8 +130,16 @@ class ForwardCache:
 
     def put(self, key: CacheKey, answer: ForwardedAnswer) -> None:
         if self.enabled and answer.cache_ttl > 0:
-            self._entries[key] = _Entry(answer, self.clock())
+            lru = self._lru_of(answer)
+            if lru is not self._entries:
+                self._entries.pop(key, None)  # a name that stopped existing: one entry, in its kind's LRU
+            elif self._denials is not self._entries:
+                self._denials.pop(key, None)
+            lru[key] = _Entry(answer, self.clock())
             self.inserts += 1
+
+    def _lru_of(self, answer: ForwardedAnswer) -> _CountingLRU:
+        return self._entries if answer.answer_count else self._denials
 
     @property
     def prefetch_due(self) -> list[CacheKey]:
@@ -135,14 +153,17 @@ class ForwardCache:
 
     def entries_by_kind(self) -> tuple[int, int]:
         """(positive, negative) entries held: O(entries), for metrics at scrape time."""
+        if self._denials is not self._entries:
+            return len(self._entries), len(self._denials)
         negative = sum(1 for entry in self._entries.values() if not entry.answer.answer_count)
         return len(self._entries) - negative, negative
 
     @property
     def evictions(self) -> int:
         """Entries dropped to stay within the size (expired ones age out the same way)."""
-        return self._entries.evictions
+        apart = self._denials.evictions if self._denials is not self._entries else 0
+        return self._entries.evictions + apart
 
     def __len__(self) -> int:
         """Entries held, fresh or kept for serve-stale."""
-        return len(self._entries)
+        return len(self._entries) + (len(self._denials) if self._denials is not self._entries else 0)

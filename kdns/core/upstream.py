@@ -108,7 +108,14 @@ class ForwardedAnswer:
         )
 
 
-def read_response(response: bytes, expected_id: int, question: bytes, min_ttl: int, max_ttl: int) -> ForwardedAnswer:
+def read_response(
+    response: bytes,
+    expected_id: int,
+    question: bytes,
+    min_ttl: int,
+    max_ttl: int,
+    max_negative_ttl: int | None = None,
+) -> ForwardedAnswer:
     """Check an upstream's response to our query and take it apart.
 
     `BadResponse` if it is not the answer to the question we asked (RFC 5452 9.1: ID and question
@@ -116,6 +123,7 @@ def read_response(response: bytes, expected_id: int, question: bytes, min_ttl: i
     `MalformedResponse` if it is the answer but does not parse (a name that runs off or points
     forwards, record data whose length does not fit its type): it is neither relayed nor cached,
     and the client gets SERVFAIL, as from CoreDNS.
+    `max_negative_ttl` caps how long a negative answer is cached apart (CoreDNS's cache `denial`).
     """
     if len(response) < HEADER_LENGTH:
         raise BadResponse("shorter than a header")
@@ -179,7 +187,8 @@ def read_response(response: bytes, expected_id: int, question: bytes, min_ttl: i
     elif rcode == NOERROR and answer_ttls:
         cache_ttl = _clamp(min(answer_ttls), min_ttl, max_ttl)
     elif rcode in (NOERROR, NXDOMAIN) and negative_ttl is not None:
-        cache_ttl = _clamp(negative_ttl, min_ttl, max_ttl)
+        high = max_ttl if max_negative_ttl is None else min(max_ttl, max_negative_ttl)
+        cache_ttl = _clamp(negative_ttl, min(min_ttl, high), high)
     else:
         cache_ttl = 0  # negative without an SOA (RFC 2308 5: not cached), or another rcode
     records = b"".join(kept)

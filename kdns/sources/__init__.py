@@ -48,7 +48,7 @@ class Sources:
     (None for a snapshot). Made before anything runs (`--workers` forks after the first build)."""
 
     state: State
-    store: ClusterStore
+    store: ClusterStore | None  # None for a node cache: it holds no zone
     follower: ClusterFollower | None
 
 
@@ -61,6 +61,8 @@ def open_sources(
     """The state and store of `config`: loaded from its snapshot, or empty and followed."""
     # Queries are timed only when someone can read the figures: the metrics endpoint is on.
     state = State(time_requests=config.ops.metrics is not None, workers_serving=workers_serving)
+    if config.node_cache:
+        return Sources(state, None, None)
     if config.snapshot is not None:
         loaded, store = build_store(
             config.snapshot, config.cluster_domain, config.ttl, config.pod_mode, fallback_ns_addresses, journal
