@@ -120,6 +120,21 @@ class ForwardCache:
         assert entry.served is not None
         return entry.served
 
+    def served_until(self, key: CacheKey) -> float:
+        """Until when (this cache's clock) `get` serves the very answer it served last for `key`:
+        the next second of its TTLs, or its expiry; 0 when there is none."""
+        entry = self._entries.get(key) or self._denials.get(key)
+        if entry is None or entry.served is None:
+            return 0.0
+        return min(entry.expires, entry.stored + entry.served_at + 1)
+
+    def count_hit(self, denial: bool) -> None:
+        """A hit on an answer served again without `get` (the handler's kept reply, within
+        `served_until`): counted as `get` counts one."""
+        self.hits += 1
+        if denial:
+            self.denial_hits += 1
+
     def get_stale(self, key: CacheKey) -> Answer | None:
         """An expired answer still within `stale_for`, its TTLs set to 30 s (RFC 8767 4)."""
         entry = (self._entries.get(key) or self._denials.get(key)) if self.stale_for else None

@@ -30,6 +30,10 @@ class _Kept(NamedTuple):
     ipv6_key: tuple[str, int, int, int]
     cache_key: CacheKey | None  # for a forward cache answer: its key, and the answer it was made from
     served: Answer | None
+    # ... and until when (the cache's clock) the cache serves that same answer: its TTLs move
+    # once a second. Until then a hit needs one clock read, not the cache's LRU (a third of a
+    # cache hit's cost); the cache is asked again after, which keeps its recency and prefetch.
+    served_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,13 +146,20 @@ class Handler:
         kept = self._kept[tcp]
         hit = kept.get(packet[2:])
         fetched: tuple[CacheKey, Answer | None] | None = None  # a forward cache answer asked for already
-        if hit is not None and hit.cache_key is not None:
-            assert self.cache is not None
-            fetched = (hit.cache_key, self.cache.get(hit.cache_key))  # counted as a hit (or a miss) there, once
-            if fetched[1] is not hit.served:
-                hit = None  # its TTLs moved on, or it expired: made again below from `fetched`
+        kept_key = hit.cache_key if hit is not None else None
+        if hit is not None and kept_key is not None:
+            cache = self.cache
+            assert cache is not None and hit.served is not None
+            if cache.clock() < hit.served_until:
+                cache.count_hit(not hit.served.answer_count)
+            else:
+                fetched = (kept_key, cache.get(kept_key))  # counted as a hit (or a miss) there, once
+                if fetched[1] is not hit.served:
+                    hit = None  # its TTLs moved on, or it expired: made again below from `fetched`
+                else:
+                    kept[packet[2:]] = hit._replace(served_until=cache.served_until(kept_key))
         if hit is not None:
-            body, qtype, ipv4_key, ipv6_key, _, _ = hit
+            body, qtype, ipv4_key, ipv6_key, _, _, _ = hit
             counters = self.counters
             key = ipv6_key if client is not None and len(client) == 4 else ipv4_key
             replies = counters.replies
@@ -204,7 +215,10 @@ class Handler:
             transport = TCP if tcp else UDP
             counter_keys = (transport, 1, query.qtype, rcode), (transport, 2, query.qtype, rcode)
             served = None if from_zone else answer
-            kept[packet[2:]] = _Kept(reply[2:], query.qtype, *counter_keys, None if from_zone else cache_key, served)
+            until = 0.0 if from_zone or self.cache is None or cache_key is None else self.cache.served_until(cache_key)
+            kept[packet[2:]] = _Kept(
+                reply[2:], query.qtype, *counter_keys, None if from_zone else cache_key, served, until
+            )
         return reply
 
     def _forget_replies(self, generation: int) -> None:

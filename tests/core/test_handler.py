@@ -8,13 +8,14 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
-from kdns.core.cache import ForwardCache
+from kdns.core.cache import CacheKey, ForwardCache
 from kdns.core.convert import convert
 from kdns.core.counters import QueryCounters
 from kdns.core.handler import MAX_KEPT_REPLIES, Forward, Handler, HandlerOptions, LoopProbes
 from kdns.core.names import to_wire
 from kdns.core.store import PodMode
 from kdns.core.upstream import read_response
+from kdns.core.zone import Answer
 from tests.builders import endpoint, endpoint_slice, headless, namespace, pod, service, store_of
 
 
@@ -153,6 +154,40 @@ def test_forwarded_answers_are_kept_only_while_the_cache_serves_the_same_ttls() 
     now += 300
     assert isinstance(handler.handle(query.to_wire(), False), Forward)  # expired: asked again
     assert cache.misses == 2 and cache.hits == 3
+
+
+class _CountingCache(ForwardCache):
+    """The forward cache, counting the lookups made through its LRU (`get`)."""
+
+    lookups = 0
+
+    def get(self, key: CacheKey) -> Answer | None:
+        self.lookups += 1
+        return super().get(key)
+
+
+def test_within_its_second_a_kept_forwarded_reply_is_counted_without_asking_the_cache_lru() -> None:
+    """The kept reply of a forward cache answer is sent again until the cache's TTLs move (the
+    next second) with one clock read; the cache's LRU is asked again after that, so its recency
+    and prefetch still see the name once a second."""
+    now = 100.0
+    cache = _CountingCache(10, lambda: now)
+    handler = Handler(store_of().zone, HandlerOptions(recursion_available=True), cache)
+    query = dns.message.make_query("www.example.com", "A")
+    forward = handler.handle(query.to_wire(), False)
+    assert isinstance(forward, Forward)
+    response = dns.message.make_response(query)
+    response.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "A", "192.0.2.1"))
+    handler.finish_forward(forward, read_response(response.to_wire(), query.id, forward.query.question, 0, 3600))
+    cache.lookups = 0
+    for _ in range(5):
+        assert _reply(handler, "www.example.com").answer[0].ttl == 300
+    assert cache.lookups == 1  # the first: the reply is kept, then sent on the clock alone
+    assert cache.hits == 5
+    now += 1.0  # the TTLs move: asked of the cache again, once
+    for _ in range(3):
+        assert _reply(handler, "www.example.com").answer[0].ttl == 299
+    assert cache.lookups == 2 and cache.hits == 8
 
 
 def test_the_reply_cache_is_bounded() -> None:
