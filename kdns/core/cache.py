@@ -22,12 +22,12 @@ from kdns.core.zone import Answer
 CacheKey = tuple[bytes, int, int, bool, bool]
 
 
-class _CountingLRU(LRUCache[CacheKey, "_Entry"]):
+class _CountingLRU(LRUCache[CacheKey, "Entry"]):
     """cachetools' LRU, counting what it evicts to stay within its size."""
 
     evictions = 0
 
-    def popitem(self) -> tuple[CacheKey, _Entry]:
+    def popitem(self) -> tuple[CacheKey, Entry]:
         self.evictions += 1
         return super().popitem()
 
@@ -37,10 +37,14 @@ PREFETCH_HITS = 2  # an entry asked for this often is refreshed before it expire
 PREFETCH_FRACTION = 0.1  # ... once no more than this part of its TTL is left (CoreDNS's 10%)
 
 
-class _Entry:
-    __slots__ = ("answer", "expires", "hits", "prefetching", "served", "served_at", "stored")
+class Entry:
+    """One cached answer. Outside this module only a handle: the handler keeps it beside a reply
+    it made from it, to count a hit (`ForwardCache.kept_hit`) without the LRU."""
 
-    def __init__(self, answer: ForwardedAnswer, stored: float) -> None:
+    __slots__ = ("answer", "expires", "hits", "key", "prefetching", "served", "served_at", "stored", "superseded")
+
+    def __init__(self, key: CacheKey, answer: ForwardedAnswer, stored: float) -> None:
+        self.key = key
         self.answer = answer
         self.stored = stored
         self.expires = stored + answer.cache_ttl
@@ -48,6 +52,7 @@ class _Entry:
         self.served: Answer | None = None
         self.hits = 0
         self.prefetching = False
+        self.superseded = False  # a newer answer for its key was put: replies made from it are stale
 
 
 class ForwardCache:
@@ -92,7 +97,7 @@ class ForwardCache:
 
     def get(self, key: CacheKey) -> Answer | None:
         try:
-            entry: _Entry | None = self._entries[key]  # not `.get`: it looks the key up twice
+            entry: Entry | None = self._entries[key]  # not `.get`: it looks the key up twice
         except KeyError:
             entry = self._denials.get(key) if self._denials is not self._entries else None
         now = self.clock()
@@ -101,6 +106,15 @@ class ForwardCache:
             if entry is not None and now >= entry.expires + self.stale_for:
                 self._lru_of(entry.answer).pop(key, None)
             return None
+        self._hit(entry, now)
+        elapsed = int(now - entry.stored)
+        if elapsed != entry.served_at:  # TTLs change once a second: patch them once a second
+            entry.served = entry.answer.answer(elapsed)
+            entry.served_at = elapsed
+        assert entry.served is not None
+        return entry.served
+
+    def _hit(self, entry: Entry, now: float) -> None:
         self.hits += 1
         if not entry.answer.answer_count:
             self.denial_hits += 1  # NXDOMAIN, NODATA: CoreDNS's cache counts them apart
@@ -112,28 +126,25 @@ class ForwardCache:
             and entry.expires - now <= entry.answer.cache_ttl * PREFETCH_FRACTION
         ):
             entry.prefetching = True
-            self._due.append(key)
-        elapsed = int(now - entry.stored)
-        if elapsed != entry.served_at:  # TTLs change once a second: patch them once a second
-            entry.served = entry.answer.answer(elapsed)
-            entry.served_at = elapsed
-        assert entry.served is not None
-        return entry.served
+            self._due.append(entry.key)
 
-    def served_until(self, key: CacheKey) -> float:
-        """Until when (this cache's clock) `get` serves the very answer it served last for `key`:
-        the next second of its TTLs, or its expiry; 0 when there is none."""
+    def served(self, key: CacheKey) -> tuple[Entry, float] | None:
+        """The entry `get` just served for `key`, and until when (this cache's clock) `get` would
+        serve that very answer again: the next second of its TTLs, or its expiry."""
         entry = self._entries.get(key) or self._denials.get(key)
         if entry is None or entry.served is None:
-            return 0.0
-        return min(entry.expires, entry.stored + entry.served_at + 1)
+            return None
+        return entry, min(entry.expires, entry.stored + entry.served_at + 1)
 
-    def count_hit(self, denial: bool) -> None:
-        """A hit on an answer served again without `get` (the handler's kept reply, within
-        `served_until`): counted as `get` counts one."""
-        self.hits += 1
-        if denial:
-            self.denial_hits += 1
+    def kept_hit(self, entry: Entry, now: float) -> bool:
+        """A hit on `entry`'s answer served again without `get` (the handler's kept reply, before
+        the time `served` gave): counted, and its prefetch planned, as `get` does; the LRU is not
+        touched (`get` is asked again once a second). False, counting nothing, when a newer
+        answer has replaced it (a prefetch): the reply must be made again."""
+        if entry.superseded:
+            return False
+        self._hit(entry, now)
+        return True
 
     def get_stale(self, key: CacheKey) -> Answer | None:
         """An expired answer still within `stale_for`, its TTLs set to 30 s (RFC 8767 4)."""
@@ -145,12 +156,11 @@ class ForwardCache:
 
     def put(self, key: CacheKey, answer: ForwardedAnswer) -> None:
         if self.enabled and answer.cache_ttl > 0:
-            lru = self._lru_of(answer)
-            if lru is not self._entries:
-                self._entries.pop(key, None)  # a name that stopped existing: one entry, in its kind's LRU
-            elif self._denials is not self._entries:
-                self._denials.pop(key, None)
-            lru[key] = _Entry(answer, self.clock())
+            for lru in (self._entries, self._denials):  # one entry a name, in its kind's LRU
+                old = lru.pop(key, None)
+                if old is not None:
+                    old.superseded = True
+            self._lru_of(answer)[key] = Entry(key, answer, self.clock())
             self.inserts += 1
 
     def _lru_of(self, answer: ForwardedAnswer) -> _CountingLRU:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from kdns.core import chase, rdata, wire
 from kdns.core.autopath import AUTOPATH_TTL, Autopath
-from kdns.core.cache import CacheKey, ForwardCache
+from kdns.core.cache import CacheKey, Entry, ForwardCache
 from kdns.core.counters import TCP, UDP, QueryCounters
 from kdns.core.message import DEFAULT_MAX_UDP, NXDOMAIN, RCODE_MASK, REFUSED, SERVFAIL, TCP_LIMIT
 from kdns.core.upstream import ForwardedAnswer
@@ -30,9 +30,10 @@ class _Kept(NamedTuple):
     ipv6_key: tuple[str, int, int, int]
     cache_key: CacheKey | None  # for a forward cache answer: its key, and the answer it was made from
     served: Answer | None
-    # ... and until when (the cache's clock) the cache serves that same answer: its TTLs move
-    # once a second. Until then a hit needs one clock read, not the cache's LRU (a third of a
-    # cache hit's cost); the cache is asked again after, which keeps its recency and prefetch.
+    # ... the cache's entry and until when (the cache's clock) it serves that same answer: its
+    # TTLs move once a second. Until then a hit needs one clock read, not the cache's LRU (a
+    # third of a cache hit's cost); the cache is asked again after, which keeps its recency.
+    entry: Entry | None = None
     served_until: float = 0.0
 
 
@@ -149,17 +150,17 @@ class Handler:
         kept_key = hit.cache_key if hit is not None else None
         if hit is not None and kept_key is not None:
             cache = self.cache
-            assert cache is not None and hit.served is not None
-            if cache.clock() < hit.served_until:
-                cache.count_hit(not hit.served.answer_count)
-            else:
+            assert cache is not None
+            now = cache.clock()
+            if hit.entry is None or now >= hit.served_until or not cache.kept_hit(hit.entry, now):
                 fetched = (kept_key, cache.get(kept_key))  # counted as a hit (or a miss) there, once
-                if fetched[1] is not hit.served:
+                serving = cache.served(kept_key) if fetched[1] is hit.served else None
+                if serving is None:
                     hit = None  # its TTLs moved on, or it expired: made again below from `fetched`
                 else:
-                    kept[packet[2:]] = hit._replace(served_until=cache.served_until(kept_key))
+                    kept[packet[2:]] = hit = hit._replace(entry=serving[0], served_until=serving[1])
         if hit is not None:
-            body, qtype, ipv4_key, ipv6_key, _, _, _ = hit
+            body, qtype, ipv4_key, ipv6_key, _, _, _, _ = hit
             counters = self.counters
             key = ipv6_key if client is not None and len(client) == 4 else ipv4_key
             replies = counters.replies
@@ -215,9 +216,9 @@ class Handler:
             transport = TCP if tcp else UDP
             counter_keys = (transport, 1, query.qtype, rcode), (transport, 2, query.qtype, rcode)
             served = None if from_zone else answer
-            until = 0.0 if from_zone or self.cache is None or cache_key is None else self.cache.served_until(cache_key)
+            entry = None if from_zone or self.cache is None or cache_key is None else self.cache.served(cache_key)
             kept[packet[2:]] = _Kept(
-                reply[2:], query.qtype, *counter_keys, None if from_zone else cache_key, served, until
+                reply[2:], query.qtype, *counter_keys, None if from_zone else cache_key, served, *(entry or (None, 0.0))
             )
         return reply
 
