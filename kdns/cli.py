@@ -333,9 +333,51 @@ def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.Argument
     raise LookupError(name)
 
 
-def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
+def _tcp_limits(args: argparse.Namespace) -> TcpLimits:
     if args.tcp_idle_timeout <= 0 or args.max_tcp_connections < 1 or args.tcp_write_timeout <= 0:
         raise KdnsError("--tcp-idle-timeout, --tcp-write-timeout and --max-tcp-connections must be positive")
+    return TcpLimits(
+        idle_timeout=args.tcp_idle_timeout,
+        max_connections=args.max_tcp_connections,
+        write_timeout=args.tcp_write_timeout,
+    )
+
+
+def _ops_listeners(args: argparse.Namespace) -> config.OpsListeners:
+    return config.OpsListeners(
+        health=config.ops_address("--health-listen", args.health_listen),
+        ready=config.ops_address("--ready-listen", args.ready_listen),
+        metrics=config.ops_address("--metrics-listen", args.metrics_listen),
+    )
+
+
+def _upstreams(args: argparse.Namespace) -> tuple[tuple[SocketAddress, ...], str]:
+    """`--upstream`s, else the nameservers of `--resolv-conf` (none when the default file is
+    missing: not an error), and where they came from."""
+    if args.upstream:
+        return tuple(SocketAddress.parse(text, "--upstream") for text in args.upstream), "--upstream"
+    if args.resolv_conf == "/etc/resolv.conf" and not Path(args.resolv_conf).exists():
+        return (), args.resolv_conf
+    return tuple(resolv_conf_upstreams(args.resolv_conf)), args.resolv_conf
+
+
+def _forward_options(args: argparse.Namespace, max_negative_ttl: int | None = None) -> ForwardOptions:
+    if args.max_concurrent < 1 or args.upstream_timeout <= 0 or args.cache_size < 0:
+        raise KdnsError("--max-concurrent and --upstream-timeout must be positive, --cache-size not negative")
+    highest = args.cache_max_ttl if max_negative_ttl is None else min(args.cache_max_ttl, max_negative_ttl)
+    if not 0 <= args.cache_min_ttl <= highest:
+        raise KdnsError("--cache-min-ttl, --cache-max-ttl (and --denial-max-ttl): need 0 <= min <= max")
+    return ForwardOptions(
+        policy=Policy(args.policy),
+        timeout=args.upstream_timeout,
+        max_concurrent=args.max_concurrent,
+        min_ttl=args.cache_min_ttl,
+        max_ttl=args.cache_max_ttl,
+        max_negative_ttl=max_negative_ttl,
+    )
+
+
+def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
     pod_mode = PodMode(args.pods)
     return config.ServeConfig(
         snapshot=args.snapshot,
@@ -347,16 +389,8 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         pod_mode=pod_mode,
         ttl=config.ttl(args.ttl),
         max_udp=config.max_udp(args.max_udp_size),
-        tcp=TcpLimits(
-            idle_timeout=args.tcp_idle_timeout,
-            max_connections=args.max_tcp_connections,
-            write_timeout=args.tcp_write_timeout,
-        ),
-        ops=config.OpsListeners(
-            health=config.ops_address("--health-listen", args.health_listen),
-            ready=config.ops_address("--ready-listen", args.ready_listen),
-            metrics=config.ops_address("--metrics-listen", args.metrics_listen),
-        ),
+        tcp=_tcp_limits(args),
+        ops=_ops_listeners(args),
         lameduck=config.duration("--lameduck", args.lameduck),
         log_queries=args.log_queries,
         log_level=args.log_level,
@@ -370,28 +404,13 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
 
 
 def _forward_config(args: argparse.Namespace) -> config.ForwardConfig:
-    if args.max_concurrent < 1 or args.upstream_timeout <= 0 or args.cache_size < 0:
-        raise KdnsError("--max-concurrent and --upstream-timeout must be positive, --cache-size not negative")
-    if not 0 <= args.cache_min_ttl <= args.cache_max_ttl:
-        raise KdnsError("--cache-min-ttl and --cache-max-ttl: need 0 <= min <= max")
-    if args.upstream:
-        upstreams = tuple(SocketAddress.parse(text, "--upstream") for text in args.upstream)
-        source = "--upstream"
-    elif args.resolv_conf == "/etc/resolv.conf" and not Path(args.resolv_conf).exists():
-        upstreams, source = (), args.resolv_conf  # the default file missing: no upstream, not an error
-    else:
-        upstreams, source = tuple(resolv_conf_upstreams(args.resolv_conf)), args.resolv_conf
+    options = _forward_options(args)
+    upstreams, source = _upstreams(args)
     return config.ForwardConfig(
         upstreams=upstreams,
         upstreams_from=source,
         stubs=tuple(config.stub_domain(text) for text in args.stub_domain),
-        options=ForwardOptions(
-            policy=Policy(args.policy),
-            timeout=args.upstream_timeout,
-            max_concurrent=args.max_concurrent,
-            min_ttl=args.cache_min_ttl,
-            max_ttl=args.cache_max_ttl,
-        ),
+        options=options,
         cache_size=args.cache_size,
         serve_stale=config.duration("--serve-stale", args.serve_stale),
         prefetch=args.prefetch,
@@ -441,19 +460,14 @@ def _snapshot(args: argparse.Namespace) -> int:
 def _node_cache_config(args: argparse.Namespace) -> config.ServeConfig:
     """`kdns node-cache`: a ServeConfig with no zone, whose cluster domain and reverse zones are a
     stub domain of the cluster DNS, asked over TCP (NodeLocal DNSCache's Corefile)."""
-    if args.max_concurrent < 1 or args.upstream_timeout <= 0 or args.cache_size < 0 or args.denial_cache_size < 0:
-        raise KdnsError("--max-concurrent and --upstream-timeout must be positive, cache sizes not negative")
-    if not 0 <= args.cache_min_ttl <= min(args.cache_max_ttl, args.denial_max_ttl):
-        raise KdnsError("--cache-min-ttl, --cache-max-ttl, --denial-max-ttl: need 0 <= min <= each max")
     if not args.cluster_dns:
         raise KdnsError("--cluster-dns: required: the cluster DNS's address (a Service in front of kdns serve)")
+    if args.denial_cache_size < 0:
+        raise KdnsError(f"--denial-cache-size {args.denial_cache_size}: must not be negative")
     cluster_dns = SocketAddress.parse(args.cluster_dns, "--cluster-dns")
     domain = config.cluster_domain(args.cluster_domain)
-    if args.upstream:
-        upstreams = tuple(SocketAddress.parse(text, "--upstream") for text in args.upstream)
-        source = "--upstream"
-    else:
-        upstreams, source = tuple(resolv_conf_upstreams(args.resolv_conf)), args.resolv_conf
+    options = _forward_options(args, max_negative_ttl=args.denial_max_ttl)
+    upstreams, source = _upstreams(args)
     listen = args.listen or [f"{config.NODE_LOCAL_ADDRESS}:53"]
     return config.ServeConfig(
         snapshot=None,
@@ -465,28 +479,13 @@ def _node_cache_config(args: argparse.Namespace) -> config.ServeConfig:
         pod_mode=PodMode.DISABLED,
         ttl=0,
         max_udp=config.max_udp(args.max_udp_size),
-        tcp=TcpLimits(
-            idle_timeout=args.tcp_idle_timeout,
-            max_connections=args.max_tcp_connections,
-            write_timeout=args.tcp_write_timeout,
-        ),
-        ops=config.OpsListeners(
-            health=config.ops_address("--health-listen", args.health_listen),
-            ready=config.ops_address("--ready-listen", args.ready_listen),
-            metrics=config.ops_address("--metrics-listen", args.metrics_listen),
-        ),
+        tcp=_tcp_limits(args),
+        ops=_ops_listeners(args),
         forward=config.ForwardConfig(
             upstreams=upstreams,
             upstreams_from=source,
             stubs=tuple((zone, (cluster_dns,)) for zone in (domain, *config.REVERSE_ZONES)),
-            options=ForwardOptions(
-                policy=Policy(args.policy),
-                timeout=args.upstream_timeout,
-                max_concurrent=args.max_concurrent,
-                min_ttl=args.cache_min_ttl,
-                max_ttl=args.cache_max_ttl,
-                max_negative_ttl=args.denial_max_ttl,
-            ),
+            options=options,
             cache_size=args.cache_size,
             serve_stale=config.duration("--serve-stale", args.serve_stale),
             prefetch=args.prefetch,
@@ -497,6 +496,7 @@ def _node_cache_config(args: argparse.Namespace) -> config.ServeConfig:
         log_queries=args.log_queries,
         log_level=args.log_level,
         log_format=args.log_format,
+        config_file=getattr(args, "config", None),
         node_cache=True,
     )
 
@@ -513,12 +513,7 @@ def _explain(args: argparse.Namespace) -> int:
         snapshot.report(loaded)
     else:
         store = _listed_store(args, options, domain)
-    if args.upstream:
-        upstreams, source = tuple(SocketAddress.parse(text, "--upstream") for text in args.upstream), "--upstream"
-    elif Path(args.resolv_conf).exists() or args.resolv_conf != "/etc/resolv.conf":
-        upstreams, source = tuple(resolv_conf_upstreams(args.resolv_conf)), args.resolv_conf
-    else:
-        upstreams, source = (), args.resolv_conf
+    upstreams, source = _upstreams(args)
     stubs = tuple(config.stub_domain(text) for text in args.stub_domain)
     context = Context(
         namespaces=options.namespaces,
