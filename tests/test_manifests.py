@@ -57,9 +57,7 @@ def test_rbac_grants_list_and_watch_on_every_resource_kdns_follows_and_nothing_m
         for group in rule["apiGroups"]
         for resource in rule["resources"]
     }
-    needed = {
-        ("" if r.api_version == "v1" else r.api_version.split("/")[0], r.kind.lower() + "s") for r in RESOURCES.values()
-    }
+    needed = {("" if r.api_version == "v1" else r.api_version.split("/")[0], r.plural) for r in RESOURCES.values()}
     assert set(granted) == needed
     assert all(verbs == {"list", "watch"} for verbs in granted.values())
     binding = _one("ClusterRoleBinding")
