@@ -299,3 +299,26 @@ def test_a_worker_view_keeps_the_supervisors_watches_and_readiness() -> None:
     view = supervisor.with_workers({}, WorkerFigures())
     assert view.watches["Service"].events == 4
     assert supervisor.synced() and not supervisor.ready() and not view.ready()  # a worker is not serving
+
+
+def test_workers_start_while_the_api_fails_and_serve_the_cluster_once_it_answers(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    """The first list fails (the API answers 500): the workers are forked all the same, not ready,
+    and get the whole cluster through the feed once the API answers."""
+    api.fail()
+    server = KdnsServer(
+        "--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, "--workers", "2", *OPS, listen=("127.0.0.1:0",)
+    )
+    try:
+        _workers(server, 2)
+        ready = _http_port(server, "/ready")
+        assert _http_get(ready, "/ready")[0] == 503
+        assert _ask_from_new_port(server, "web.prod.svc.cluster.local")[0] == "SERVFAIL"  # not known yet
+        api.fail(False)
+        _synced(server)
+        _wait(lambda: _http_get(ready, "/ready")[0] == 200, 10, "ready")
+        for _ in range(60):
+            assert _ask_from_new_port(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
+    finally:
+        assert server.stop(signal.SIGINT) == 0
