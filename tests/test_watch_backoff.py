@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
 
 from kdns.config import WatchOptions
 from kdns.core.model import Kind
@@ -120,3 +121,27 @@ def _wait_for(check: Callable[[], bool], attempts: int = 500) -> bool:
             return True
         event.wait(0.02)
     return False
+
+
+async def test_a_first_sync_that_never_completes_serves_what_was_listed_after_the_hold_limit(
+    api: FakeApiServer, tmp_path: Path, autojump_clock: object
+) -> None:
+    """Services are held back until every watcher has listed once (`ClusterStore.hold`); a
+    resource the API keeps refusing must not keep the listed ones from being served for more
+    than HOLD_LIMIT seconds (on virtual time here)."""
+    from kdns.sources.kube import HOLD_LIMIT, ClusterFollower
+    from kdns.state import State
+
+    api.forbidden.add("EndpointSlice")
+    store = ClusterStore("cluster.local", 30)
+    state = State()
+    options = WatchOptions(backoff_initial=0.05, backoff_max=0.1, request_timeout=5, watch_timeout=60)
+    follower = ClusterFollower(store, load_api_client(str(api.kubeconfig(tmp_path)), None), options, state)
+    assert follower.prime() is False  # Services and Namespaces listed, EndpointSlices refused
+    assert rcode(ask(store, "web.prod.svc.cluster.local")) == "NXDOMAIN"  # held back
+    async with trio.open_nursery() as nursery:
+        await nursery.start(follower.run)
+        await trio.sleep(HOLD_LIMIT + 1)
+        assert not state.synced()
+        assert rcode(ask(store, "web.prod.svc.cluster.local")) == "NOERROR"  # served, not ready
+        nursery.cancel_scope.cancel()

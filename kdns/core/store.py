@@ -61,10 +61,14 @@ class Serial(NamedTuple):
     serial: int
 
 
+class Release(NamedTuple):
+    """A journaled change: what `ClusterStore.hold` kept back is published."""
+
+
 # What a store's journal is told, in order: replayed with `ClusterStore.replay` on another store
 # built alike (a worker process's), it makes the same zone. Small tuples: they are pickled to
 # each worker for every change.
-Change = Upsert | Delete | Serial
+Change = Upsert | Delete | Serial | Release
 
 
 class PodMode(enum.Enum):
@@ -112,6 +116,8 @@ class ClusterStore:
         self.pods = PodIndex()  # only what `--pods verified` needs: which namespace has an address
         self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
         self._parts: dict[tuple[str, str], tuple[Service, records.PartCache]] = {}
+        # While held (`hold`): the Services whose records wait to be published by `release`.
+        self._held: set[tuple[str, str]] | None = None
         # A namespace exists while its Namespace object or any Service or Pod in it does: a
         # snapshot need not list Namespace objects for its pods to resolve.
         self._namespace_refs: Counter[str] = Counter()
@@ -183,6 +189,23 @@ class ClusterStore:
             if self.pod_mode is PodMode.VERIFIED:
                 self.zone.touch()
 
+    def hold(self) -> None:
+        """Publish no Service's records until `release`: for a first sync, where a Service listed
+        before its EndpointSlices (the lists run side by side) would be built twice. Namespaces,
+        the apex and Pods are applied as they come."""
+        if self._held is None:
+            self._held = set()
+
+    def release(self) -> None:
+        """Publish what `hold` kept back, each Service once (and journal it)."""
+        held, self._held = self._held, None
+        if self._journal is not None:
+            self._journal(Release())
+        if held:
+            with bulk_change():
+                for key in sorted(held):
+                    self._publish_service(key)
+
     def bump_serial(self, now: int) -> None:
         """A change was applied at `now` (Unix seconds): move the SOA serial (`Zone.bump_serial`)."""
         self.zone.bump_serial(now)
@@ -195,6 +218,8 @@ class ClusterStore:
             self.upsert(change.obj)
         elif isinstance(change, Delete):
             self.delete(change.kind, change.key)
+        elif isinstance(change, Release):
+            self.release()
         else:
             self.zone.set_serial(change.serial)
 
@@ -241,6 +266,9 @@ class ClusterStore:
         self._publish_service(old.service_key)
 
     def _publish_service(self, key: tuple[str, str]) -> None:
+        if self._held is not None:
+            self._held.add(key)
+            return
         service = self.services.get(key)
         contributor = ("svc", key)
         omitted: list[Omission] = []

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # failures are reported here, once
 
 GONE = 410
+# Seconds a first sync may hold back publishing Services (`ClusterStore.hold`) while waiting for
+# every watcher to list once: past it (a resource the API keeps refusing), what is listed is
+# served, not ready, as before any hold.
+HOLD_LIMIT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,6 +588,8 @@ class ClusterFollower:
         self.state = state
         # Not ready until every watcher has listed: from now, before anything is served.
         self.state.follow([watcher_name(resource, namespace) for resource, namespace in self._scopes()])
+        # Until then Services are published once, at the end (a first sync builds each once).
+        store.hold()
         self._stop = threading.Event()
         # Where changes are applied: on this thread until `run` starts, then on trio's.
         self._token: trio.lowlevel.TrioToken | None = None
@@ -614,6 +620,8 @@ class ClusterFollower:
         limiter = trio.CapacityLimiter(len(self.watchers))
         try:
             async with trio.open_nursery() as nursery:
+                if not self.state.synced():
+                    nursery.start_soon(self._release_after, HOLD_LIMIT)
                 for watcher in self.watchers:
                     nursery.start_soon(
                         partial(trio.to_thread.run_sync, watcher.run, abandon_on_cancel=True, limiter=limiter)
@@ -621,6 +629,12 @@ class ClusterFollower:
                 task_status.started()
         finally:
             self._stop.set()
+
+    async def _release_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        if not self.state.synced():
+            log.warning("not every watcher has listed after %g s: serving what has been listed (not ready)", seconds)
+            self.store.release()
 
     def _deliver(self, change: Callable[[], None]) -> None:
         """Run a watcher's change where the store is changed: on trio's thread once `run` has
@@ -637,8 +651,9 @@ class ClusterFollower:
                 yield RESOURCES[kind], namespace
 
     def _listed(self) -> None:
-        """A watcher has listed for the first time (on the trio side)."""
+        """A watcher has listed for the first time (on the trio side, or the priming thread)."""
         if self.state.synced():
+            self.store.release()
             log.info("synced: every watcher has listed once; serving the cluster")
 
 

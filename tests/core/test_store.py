@@ -326,3 +326,31 @@ def test_a_store_loaded_with_anothers_objects_ends_with_the_same_zone() -> None:
     replica.load(list(source.objects()))
     assert render(replica.zone) == render(source.zone)
     assert replica.counts() == source.counts()
+
+
+def test_a_held_store_publishes_each_service_once_at_release_as_a_store_never_held() -> None:
+    """A first sync (`hold`, then `release` once every watcher has listed): a Service listed before
+    its slices is built once, at the end; the zone is the one applying them as they came makes."""
+    objects = [
+        service("prod", "web", ["10.96.0.5"]),
+        headless("prod", "db"),
+        endpoint_slice("prod", "db-a", "db", [endpoint("10.244.0.1", hostname="db-0")]),
+        endpoint_slice("prod", "db-b", "db", [endpoint("10.244.0.2")]),
+    ]
+    journal: list[Change] = []
+    held = ClusterStore("cluster.local", 30, journal=journal.append)
+    held.hold()
+    for obj in objects:
+        _upsert(held, obj)
+    assert rcode(ask(held, "web.prod.svc.cluster.local")) == "NXDOMAIN"  # held back
+    held.release()
+    assert records(ask(held, "db-0.db.prod.svc.cluster.local")) == ["db-0.db.prod.svc.cluster.local. A 10.244.0.1"]
+    assert render(held.zone) == render(store_of(*objects).zone)
+    _upsert(held, service("prod", "late", ["10.96.0.9"]))  # after release: published at once
+    assert rcode(ask(held, "late.prod.svc.cluster.local")) == "NOERROR"
+    # A worker forked while the supervisor held replays the release with the rest.
+    replica = ClusterStore("cluster.local", 30)
+    replica.hold()
+    for change in journal:
+        replica.replay(change)
+    assert render(replica.zone) == render(held.zone)
