@@ -29,15 +29,15 @@ log = logging.getLogger(__name__)
 
 
 class Answerer:
-    """Answers on `listeners` from a zone and upstream. Built before anything runs, so that a
-    setup error (`KdnsError`: an upstream that is kdns itself) is raised at once."""
+    """Answers on `listeners` from a zone and upstream. Its upstreams are checked by whoever bound
+    the listeners (`check_upstreams`), once, before the cluster is loaded."""
 
     def __init__(self, config: ServeConfig, listeners: list[BoundListener], state: State) -> None:
         self.config = config
         self.listeners = listeners
         self.state = state
         self.loop_exit = LoopExit()
-        self.forwarder, self.cache = forwarding(config, listeners, state, LoopProbes(self.loop_exit))
+        self.forwarder, self.cache = forwarding(config, state, LoopProbes(self.loop_exit))
         state.cache = self.cache
 
     async def run(
@@ -85,13 +85,10 @@ def ns_addresses(addresses: Sequence[SocketAddress]) -> tuple[IPAddress, ...]:
     return tuple(ip for ip in ips if not ip.is_unspecified)
 
 
-def forwarding(
-    config: ServeConfig, listeners: list[BoundListener], state: State, probes: LoopProbes
-) -> tuple[Forwarder | None, ForwardCache | None]:
+def forwarding(config: ServeConfig, state: State, probes: LoopProbes) -> tuple[Forwarder | None, ForwardCache | None]:
     """The forwarder and its cache, or (None, None) with one warning when there is no upstream."""
     forward = config.forward
     stubs = dict(forward.stubs)
-    check_upstreams(config, [listener.address for listener in listeners])
     if not forward.upstreams and not stubs:
         log.warning(
             "no upstream resolver (%s gives none): names outside %s and the reverse zones are answered REFUSED",

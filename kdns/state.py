@@ -193,32 +193,22 @@ class WorkerFigures:
             state.healthcheck_broken,
         )
 
-    def retire(self, into: WorkerFigures) -> None:
-        """Add this ended worker's counters to `into`, which keeps them for good."""
-        into.queries.dropped += self.queries.dropped
-        into.queries.autopath += self.queries.autopath
-        _add_counts(into.queries.replies, self.queries.replies)
-        if self.durations is not None:
-            into.durations = into.durations or RequestDurations()
-            _add_histograms(into.durations.by_type, self.durations.by_type)
-        for address, upstream in self.upstreams.items():
-            _add_upstream(into.upstreams.setdefault(address, UpstreamCounters()), upstream)
-        if self.cache is not None:
-            into.cache = into.cache or CacheTotals()
-            into.cache.add(self.cache, entries=False)
-        into.tcp_refused += self.tcp_refused
-        into.udp_receive_errors += self.udp_receive_errors
-        into.panics += self.panics
-        into.healthcheck_broken += self.healthcheck_broken
+    @classmethod
+    def retired(cls) -> WorkerFigures:
+        """Where the counters of workers that have ended are kept for good (`add_to` it with
+        `live=False`, its own `cache` as the cache's sum)."""
+        return cls(durations=RequestDurations(), cache=CacheTotals())
 
-    def add_to(self, view: State, cache: CacheTotals, *, live: bool) -> None:
+    def add_to(self, view: State | WorkerFigures, cache: CacheTotals, *, live: bool) -> None:
+        """Add these figures to `view`'s, and the cache's to `cache`; gauges (open connections,
+        cache entries) only from a `live` worker."""
         view.queries.dropped += self.queries.dropped
         view.queries.autopath += self.queries.autopath
         _add_counts(view.queries.replies, self.queries.replies)
         if view.durations is not None and self.durations is not None:
             _add_histograms(view.durations.by_type, self.durations.by_type)
         for address, upstream in self.upstreams.items():
-            _add_upstream(view.upstream(address), upstream)
+            _add_upstream(view.upstreams.setdefault(address, UpstreamCounters()), upstream)
         if self.cache is not None:
             cache.add(self.cache, entries=live)
         if live:

@@ -75,7 +75,6 @@ class Start(NamedTuple):
     """Supervisor to a spawned worker, first: all it needs to answer as the others do."""
 
     config: ServeConfig
-    number: int
     addresses: tuple[SocketAddress, ...]  # with the ports the supervisor bound
     fallback_ns_addresses: tuple[IPAddress, ...]
     objects: list[ClusterObject]
@@ -148,7 +147,7 @@ class WorkerPool:
         self.config = config
         self.addresses = addresses
         self._workers: list[_Worker] = []
-        self._retired = WorkerFigures()  # what ended workers counted, kept for the metrics' sums
+        self._retired = WorkerFigures.retired()  # what ended workers counted, kept for the metrics' sums
         self._closed = False
         self.sources = open_sources(config, ns_addresses(addresses), journal=self.record, workers_serving=self.serving)
         self.sources.state.workers = config.workers
@@ -264,7 +263,8 @@ class WorkerPool:
             exit_code = await self._until_ended(worker)
             lived = time.monotonic() - worker.started
             if worker.figures is not None:
-                worker.figures.retire(self._retired)
+                assert self._retired.cache is not None
+                worker.figures.add_to(self._retired, self._retired.cache, live=False)
                 worker.figures = None
             if exit_code == LOOP_STATUS:
                 log.error("worker %d found a forwarding loop: kdns stops", worker.number)
@@ -329,7 +329,6 @@ class WorkerPool:
         store = self.store
         start = Start(
             self.config,
-            worker.number,
             self.addresses,
             store.fallback_ns_addresses,
             list(store.objects()),

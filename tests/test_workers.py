@@ -274,7 +274,7 @@ def _figures(replies: int, tcp_connections: int = 0, cache_entries: int = 0) -> 
 
 def test_the_instance_sums_its_workers_counters_and_keeps_those_of_ended_workers() -> None:
     supervisor = State()
-    retired = WorkerFigures()
+    retired = WorkerFigures.retired()
     view = supervisor.with_workers({0: _figures(5, 1, 10), 1: _figures(7, 2, 20)}, retired)
     assert view.queries.total() == 12 and view.replies_by_worker == {0: 5, 1: 7}
     assert view.upstreams["10.0.0.1:53"].requests == 12
@@ -283,7 +283,8 @@ def test_the_instance_sums_its_workers_counters_and_keeps_those_of_ended_workers
     assert view.tcp_connections == 3
     assert view.cache is not None and view.cache.hits == 12 and view.cache.entries_by_kind() == (30, 0)
     # Worker 1 ends: its counters stay in the sums, its gauges (connections, entries) go.
-    _figures(7, 2, 20).retire(retired)
+    assert retired.cache is not None
+    _figures(7, 2, 20).add_to(retired, retired.cache, live=False)
     view = supervisor.with_workers({0: _figures(5, 1, 10)}, retired)
     assert view.queries.total() == 12 and view.replies_by_worker == {0: 5}
     assert view.tcp_connections == 1

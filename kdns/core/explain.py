@@ -178,7 +178,7 @@ def _svc_why(store: ClusterStore, labels: list[str], qtype: str, rcode: str, ans
     if outside is not None:
         return outside
     if len(labels) == 1:
-        exists = namespace in store.namespaces or any(key[0] == namespace for key in store.services)
+        exists = store.namespace_exists(namespace)
         return _Why(
             f"the namespace {namespace} {'exists' if exists else 'does not exist'}: "
             f"{'its name is NODATA (no records of its own)' if exists else 'so its name does not either'}",
@@ -190,7 +190,7 @@ def _svc_why(store: ClusterStore, labels: list[str], qtype: str, rcode: str, ans
     service = store.services.get(key)
     if service is None:
         return _missing_service(store, namespace, service_label)
-    slices = _slices(store, key)
+    slices = store.slices_of(key)
     rest = labels[:-2]
     if not rest:
         return _service_name_why(service, slices, qtype, rcode, answered, domain)
@@ -212,7 +212,7 @@ def _filtered_out(namespace: str, context: Context) -> _Why | None:
 def _missing_service(store: ClusterStore, namespace: str, name: str) -> _Why:
     domain = store.domain
     elsewhere = sorted(ns for ns, service in store.services if service == name and ns != namespace)
-    namespace_exists = namespace in store.namespaces or any(key[0] == namespace for key in store.services)
+    namespace_exists = store.namespace_exists(namespace)
     reason = f"there is no Service {namespace}/{name}"
     if not namespace_exists:
         reason += f" (no namespace {namespace} is known either)"
@@ -378,7 +378,7 @@ def _pod_why(store: ClusterStore, labels: list[str], rcode: str, context: Contex
     if address is None:
         return _Why(f"{label} does not spell an address", "CoreDNS's kubernetes `pods` option (findPods)")
     if mode is PodMode.INSECURE:
-        exists = namespace in store.namespaces or any(key[0] == namespace for key in store.services)
+        exists = store.namespace_exists(namespace)
         return _Why(
             "with --pods insecure any address in an existing namespace answers, Pod or not"
             + ("" if exists else f"; the namespace {namespace} does not exist"),
@@ -450,10 +450,6 @@ def _address_of_reverse(name: str) -> IPAddress | None:
 
 
 # -- reading the store -------------------------------------------------------------------------
-
-
-def _slices(store: ClusterStore, key: tuple[str, str]) -> list[EndpointSlice]:
-    return sorted((s for s in store.slices.values() if s.service_key == key), key=lambda s: s.name)
 
 
 def _endpoints(service: Service, slices: Sequence[EndpointSlice]) -> tuple[list[str], list[str]]:

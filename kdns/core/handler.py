@@ -147,8 +147,7 @@ class Handler:
         kept = self._kept[tcp]
         hit = kept.get(packet[2:])
         fetched: tuple[CacheKey, Answer | None] | None = None  # a forward cache answer asked for already
-        kept_key = hit.cache_key if hit is not None else None
-        if hit is not None and kept_key is not None:
+        if hit is not None and (kept_key := hit.cache_key) is not None:
             cache = self.cache
             assert cache is not None
             now = cache.clock()

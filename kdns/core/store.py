@@ -233,6 +233,15 @@ class ClusterStore:
         yield from self.services.values()
         yield from self.slices.values()
 
+    def namespace_exists(self, name: str) -> bool:
+        """Whether the namespace exists: its Namespace object, or any Service or Pod in it."""
+        return name in self._namespace_refs
+
+    def slices_of(self, service_key: tuple[str, str]) -> list[EndpointSlice]:
+        """The EndpointSlices of a Service, by name."""
+        slices = self._slices_by_service.get(service_key, {})
+        return [slices[name] for name in sorted(slices)]
+
     def get(self, kind: Kind | str, key: tuple[str, str]) -> ClusterObject | None:
         """The object of `kind` at (namespace, name); a Namespace's key is ("", name)."""
         if kind == Kind.NAMESPACE:
@@ -276,8 +285,7 @@ class ClusterStore:
             self._parts.pop(key, None)
             self.zone.replace(contributor, {})
         else:
-            slices = self._slices_by_service.get(key, {})
-            ordered = [slices[name] for name in sorted(slices)]
+            ordered = self.slices_of(key)
             parts = self._parts_of(service, len(ordered))
             self.zone.replace(contributor, records.service_records(service, ordered, self.domain, omitted, parts))
         self._note_omissions(contributor, omitted)
