@@ -39,6 +39,8 @@ class Answerer:
         self.loop_exit = LoopExit()
         self.forwarder, self.cache = forwarding(config, state, LoopProbes(self.loop_exit))
         state.cache = self.cache
+        if self.cache is not None:
+            state.add_stores(self.cache.stores)
 
     async def run(
         self,
@@ -61,13 +63,19 @@ class Answerer:
             self.loop_exit.scope = nursery.cancel_scope
             handler = Handler(
                 zone,
-                HandlerOptions(max_udp=config.max_udp, recursion_available=forwarder is not None),
+                HandlerOptions(
+                    max_udp=config.max_udp,
+                    recursion_available=forwarder is not None,
+                    reply_cache_bytes=config.reply_cache_bytes,
+                ),
                 self.cache,
                 counters=self.state.queries,
                 ready=synced,
                 loop_probes=forwarder.loop_probes if forwarder is not None else None,
                 autopath=autopath,
             )
+            kept = handler.kept
+            self.state.add_stores(lambda: {"reply_cache_udp": kept[0].figures(), "reply_cache_tcp": kept[1].figures()})
             if forwarder is not None:
                 await nursery.start(forwarder.run)
             query_log = QueryLog() if config.log_queries else None
@@ -104,6 +112,8 @@ def forwarding(config: ServeConfig, state: State, probes: LoopProbes) -> tuple[F
         stale_for=forward.serve_stale,
         prefetch=forward.prefetch,
         denial_size=forward.denial_cache_size,
+        max_bytes=forward.cache_bytes,
+        denial_max_bytes=forward.denial_cache_bytes,
     )
     forwarder = Forwarder(forward.upstreams, stubs, forward.options, state, cache, probes, forward.tcp_upstreams)
     return forwarder, cache

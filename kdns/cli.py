@@ -20,12 +20,15 @@ import yaml
 from kdns import __version__, app, config, logs, settings
 from kdns.address import SocketAddress
 from kdns.config import ForwardOptions, Policy, TcpLimits, WatchOptions, resolv_conf_upstreams
+from kdns.core import budgets
 from kdns.core.store import ClusterStore, PodMode
 from kdns.core.zonefile import render
 from kdns.errors import KdnsError
 from kdns.sources import build_store, snapshot
 
 log = logging.getLogger("kdns")
+
+TCP_BUFFER_LOWEST = 128 * budgets.KIB  # room for a whole largest query and a batch of replies
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +53,29 @@ def _parser() -> argparse.ArgumentParser:
             "Pods in that namespace) or disabled (default insecure)",
         )
         sub.add_argument("--ttl", type=int, default=config.DEFAULT_TTL, help="TTL of every zone record (default 30)")
+
+    def budget_options(sub: argparse.ArgumentParser) -> None:
+        """The byte budgets `serve` and `node-cache` share (README "Budgets")."""
+        _size_flag(
+            sub,
+            "--reply-cache-bytes",
+            budgets.REPLY_CACHE_BYTES,
+            "replies kept for repeated queries, UDP and TCP together",
+        )
+        _size_flag(sub, "--cache-bytes", budgets.FORWARD_CACHE_BYTES, "the forward cache's answers")
+        _size_flag(
+            sub,
+            "--tcp-buffer-bytes",
+            budgets.TCP_BUFFER_BYTES,
+            "partial queries and unsent replies of every TCP connection",
+        )
+        sub.add_argument(
+            "--config-max-bytes",
+            metavar="SIZE",
+            default=_size_text(budgets.CONFIG_FILE_BYTES),
+            help=f"the largest --config file read (default {_size_text(budgets.CONFIG_FILE_BYTES)}); "
+            "also KDNS_CONFIG_MAX_BYTES",
+        )
 
     def api_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG, ~/.kube/config)")
@@ -177,6 +203,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"serve Prometheus /metrics here, or off (default {config.DEFAULT_METRICS_LISTEN}, as CoreDNS)",
     )
     zone_options(serve)
+    budget_options(serve)
+    _size_flag(serve, "--pod-index-bytes", budgets.POD_INDEX_BYTES, "the Pods' addresses (--pods verified, --autopath)")
+    _size_flag(
+        serve,
+        "--worker-queue-bytes",
+        budgets.WORKER_QUEUE_BYTES,
+        "changes queued for one worker; past it, it is replaced",
+    )
 
     check = commands.add_parser(
         "check", parents=[common], help="validate a snapshot and summarise what would be served"
@@ -260,11 +294,30 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--metrics-listen", metavar="ADDR:PORT", default=config.NODE_CACHE_METRICS_LISTEN)
     node.add_argument("--log-queries", action="store_true")
     node.add_argument("--lameduck", metavar="DURATION", default=f"{config.DEFAULT_LAMEDUCK:g}s")
+    budget_options(node)
+    _size_flag(node, "--denial-cache-bytes", budgets.DENIAL_CACHE_BYTES, "the negative answers cached")
 
     take = commands.add_parser("snapshot", parents=[common], help="list the cluster once and write a snapshot file")
     api_options(take)
     take.add_argument("--output", type=Path, help="file to write (default: standard output)")
     return parser
+
+
+def _size_text(size: int) -> str:
+    """A byte count as its flag's default is written: `16Mi`, `64Ki`, or plain bytes."""
+    for unit, factor in (("Gi", budgets.MIB * 1024), ("Mi", budgets.MIB), ("Ki", budgets.KIB)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _size_flag(sub: argparse.ArgumentParser, flag: str, default: int, what: str) -> None:
+    sub.add_argument(
+        flag,
+        metavar="SIZE",
+        default=_size_text(default),
+        help=f"bytes of {what} at most (default {_size_text(default)}; 1048576, 64Mi, 1G)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,7 +362,10 @@ def _serve_settings(
     sub = _subcommand(parser, command)
     rest = argv[argv.index(command) + 1 :]
     path = args.config or environ.get("KDNS_CONFIG")
-    merged = settings.merge(sub, rest, args, path, environ)
+    given = settings.explicit(sub, rest)
+    limit = args.config_max_bytes if "config_max_bytes" in given else environ.get("KDNS_CONFIG_MAX_BYTES")
+    max_bytes = config.byte_size("--config-max-bytes", limit or args.config_max_bytes)
+    merged = settings.merge(sub, rest, args, path, environ, max_bytes)
     merged.config = path
     return merged
 
@@ -340,6 +396,7 @@ def _tcp_limits(args: argparse.Namespace) -> TcpLimits:
         idle_timeout=args.tcp_idle_timeout,
         max_connections=args.max_tcp_connections,
         write_timeout=args.tcp_write_timeout,
+        buffer_bytes=config.byte_size("--tcp-buffer-bytes", args.tcp_buffer_bytes, lowest=TCP_BUFFER_LOWEST),
     )
 
 
@@ -400,6 +457,9 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         autopath=args.autopath,
         search=config.resolv_conf_search(args.resolv_conf) if args.autopath else (),
         forward=_forward_config(args),
+        reply_cache_bytes=config.byte_size("--reply-cache-bytes", args.reply_cache_bytes, lowest=0),
+        pod_index_bytes=config.byte_size("--pod-index-bytes", args.pod_index_bytes),
+        worker_queue_bytes=config.byte_size("--worker-queue-bytes", args.worker_queue_bytes),
     )
 
 
@@ -414,6 +474,7 @@ def _forward_config(args: argparse.Namespace) -> config.ForwardConfig:
         cache_size=args.cache_size,
         serve_stale=config.duration("--serve-stale", args.serve_stale),
         prefetch=args.prefetch,
+        cache_bytes=config.byte_size("--cache-bytes", args.cache_bytes),
     )
 
 
@@ -491,6 +552,8 @@ def _node_cache_config(args: argparse.Namespace) -> config.ServeConfig:
             prefetch=args.prefetch,
             denial_cache_size=args.denial_cache_size,
             tcp_upstreams=(cluster_dns,),
+            cache_bytes=config.byte_size("--cache-bytes", args.cache_bytes),
+            denial_cache_bytes=config.byte_size("--denial-cache-bytes", args.denial_cache_bytes),
         ),
         lameduck=config.duration("--lameduck", args.lameduck),
         log_queries=args.log_queries,
@@ -498,6 +561,7 @@ def _node_cache_config(args: argparse.Namespace) -> config.ServeConfig:
         log_format=args.log_format,
         config_file=getattr(args, "config", None),
         node_cache=True,
+        reply_cache_bytes=config.byte_size("--reply-cache-bytes", args.reply_cache_bytes, lowest=0),
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdns.address import SocketAddress
+from kdns.core import budgets
 from kdns.core.names import InvalidName, to_wire
 from kdns.core.store import PodMode
 from kdns.errors import KdnsError
@@ -45,10 +46,13 @@ class ForwardOptions:
 @dataclass(frozen=True, slots=True)
 class TcpLimits:
     idle_timeout: float = 10.0  # seconds a connection may sit without a complete query
-    max_connections: int = 1000  # beyond it, new connections are closed at once
+    max_connections: int = 1000  # beyond it, the connection idle longest is closed for a new one
     # Seconds a reply may take to be written: a client that stops reading cannot hold its
     # connection (RFC 7766 6.2.3 and 10); miekg/dns, and so CoreDNS, use 2 s.
     write_timeout: float = 2.0
+    # Bytes every connection holds at once (partial queries, replies not yet written); past it,
+    # the connection holding the most is closed.
+    buffer_bytes: int = budgets.TCP_BUFFER_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,8 @@ class ForwardConfig:
     prefetch: bool
     denial_cache_size: int | None = None  # negative answers' own capacity (CoreDNS's cache `denial`)
     tcp_upstreams: tuple[SocketAddress, ...] = ()  # always asked over TCP (CoreDNS's forward `force_tcp`)
+    cache_bytes: int = budgets.FORWARD_CACHE_BYTES  # the cache's (positive answers') bytes
+    denial_cache_bytes: int = budgets.DENIAL_CACHE_BYTES  # with `denial_cache_size`: negative answers' bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +150,9 @@ class ServeConfig:
     autopath: bool = False  # answer a Pod's query from its search path (`--autopath`)
     node_cache: bool = False  # `kdns node-cache`: a node-local cache, no zone and no API watch
     search: tuple[str, ...] = ()  # kdns's own resolv.conf search domains: autopath's last steps
+    reply_cache_bytes: int = budgets.REPLY_CACHE_BYTES  # kept replies, UDP and TCP together
+    pod_index_bytes: int = budgets.POD_INDEX_BYTES  # the Pods' addresses (`--pods verified`, `--autopath`)
+    worker_queue_bytes: int = budgets.WORKER_QUEUE_BYTES  # changes queued for one worker
 
 
 # Settings a reload applies at once; every other change waits for a restart (logged as such).
@@ -206,6 +215,49 @@ def workers(text: str, cpus: int | None) -> int:
     if not 1 <= count <= MAX_WORKERS:
         raise KdnsError(f"--workers {text}: must be between 1 and {MAX_WORKERS}")
     return count
+
+
+# Suffixes of a size in bytes, as Kubernetes writes quantities (`64Mi`, `1G`), and with a B.
+_BYTE_UNITS = {
+    "": 1,
+    "k": 1000,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+}
+_BYTE_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def byte_size(flag: str, text: str, lowest: int = 1) -> int:
+    """A size in bytes: `1048576`, `1Mi`, `64MiB`, `2G`; at least `lowest`."""
+    match = _BYTE_SIZE_RE.match(str(text))
+    if match is None or match.group(2) not in _BYTE_UNITS:
+        raise KdnsError(f"{flag} {quoted(text)}: expected a size in bytes such as 1048576, 64Mi or 1G")
+    size = int(float(match.group(1)) * _BYTE_UNITS[match.group(2)])
+    if size < lowest:
+        raise KdnsError(f"{flag} {quoted(text)}: must be at least {lowest} bytes")
+    return size
+
+
+QUOTED_LIMIT = 80  # characters of a value quoted in an error message
+
+
+def quoted(value: object) -> str:
+    """`value` as an error message quotes it: a scalar's repr cut short (a value may be
+    megabytes), a list's or mapping's kind and length (its repr may expand YAML aliases)."""
+    if isinstance(value, (list, dict)):
+        return f"a {'list' if isinstance(value, list) else 'mapping'} of {len(value)} items"
+    text = repr(value) if isinstance(value, (str, int, float, type(None))) else f"a {type(value).__name__}"
+    return text if len(text) <= QUOTED_LIMIT else text[: QUOTED_LIMIT - 3] + "..."
 
 
 def positive(flag: str, value: float) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 from dnslib import QTYPE, RCODE
 
 from kdns.core.message import HEADER_LENGTH, RCODE_MASK, name_end
-from kdns.core.names import from_wire
+from kdns.core.names import presentation
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUERY_LOGGER = "kdns.queries"
@@ -42,10 +42,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
+# Control characters (C0, DEL, C1) as they are written into a text log line: escaped, so that a
+# value quoted from a packet or an object can neither end the line nor move the terminal.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record: every control character of the message escaped (names from packets
+    are in presentation format already; this holds for whatever else a message quotes)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_CONTROLS)
+
+
 def configure(level: str, log_format: str) -> None:
     """Log to standard error at `level`, as text or JSON."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -63,7 +76,7 @@ class QueryLog:
         if end < 0 or end + 4 > len(packet):
             name, qtype = "?", 0
         else:
-            name = from_wire(packet[HEADER_LENGTH:end]) + "."
+            name = presentation(packet[HEADER_LENGTH:end])  # escaped: a name cannot forge a line
             qtype = struct.unpack_from("!H", packet, end)[0]
         type_name = str(QTYPE.get(qtype, str(qtype)))
         rcode = str(RCODE.get(reply[3] & RCODE_MASK, "?")) if len(reply) > 3 else "?"

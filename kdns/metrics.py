@@ -19,38 +19,22 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 
-from dnslib import QTYPE, RCODE
+from dnslib import RCODE
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from kdns import __version__
-from kdns.core.counters import TCP, Histogram
+from kdns.core.counters import COUNTED_TYPES, TCP, Histogram
 from kdns.ops import Response
 from kdns.state import State
 
 ZONE = "."  # kdns is one server block for every name, as kubeadm's Corefile `.:53`
 VIEW = ""
-# CoreDNS labels these types by name and every other type "other" (plugin/pkg/dnstest monitor).
-_TYPE_NAMES = (
-    "A",
-    "AAAA",
-    "NS",
-    "PTR",
-    "SOA",
-    "CNAME",
-    "MX",
-    "TXT",
-    "SRV",
-    "ANY",
-    "DS",
-    "DNSKEY",
-    "NAPTR",
-    "IXFR",
-    "AXFR",
-)
-_TYPES: dict[int, str] = {int(getattr(QTYPE, name)): name for name in _TYPE_NAMES}
+# CoreDNS labels the types it names by name and every other type "other"; the counters have
+# folded those into OTHER_TYPE already (`counters.counted_type`).
+_TYPES: dict[int, str] = {number: name for name, number in COUNTED_TYPES.items()}
 
 
 def _type_name(qtype: int) -> str:
@@ -244,6 +228,24 @@ class StateCollector(Collector):
             by_worker.add_metric([str(number)], count)
         yield from (ready, names, dropped, malformed, tcp, refused, reloads, reload_failures, workers, restarts)
         yield by_worker
+        yield from self._stores()
+
+    def _stores(self) -> Iterator[Metric]:
+        """Every bounded store (README "Budgets"): its budget, what it holds, its evictions."""
+        budget = GaugeMetricFamily("kdns_store_budget_bytes", "Bytes a bounded store may hold.", labels=["store"])
+        held = GaugeMetricFamily("kdns_store_bytes", "Bytes a bounded store holds now.", labels=["store"])
+        entries = GaugeMetricFamily("kdns_store_entries", "Entries a bounded store holds now.", labels=["store"])
+        dropped = CounterMetricFamily(
+            "kdns_store_dropped",
+            "Entries a bounded store evicted, or did not take in, to stay within its budget.",
+            labels=["store"],
+        )
+        for name, size in sorted(self.state.store_sizes().items()):
+            budget.add_metric([name], size.budget)
+            held.add_metric([name], size.size)
+            entries.add_metric([name], size.entries)
+            dropped.add_metric([name], size.dropped)
+        yield from (budget, held, entries, dropped)
 
 
 def _buckets(histogram: Histogram) -> list[tuple[str, float]]:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kdns.core.budgets import StoreSize
 from kdns.core.counters import Histogram, ProgrammingDurations, QueryCounters, RequestDurations
 
 
@@ -114,6 +115,23 @@ class State:
         self.workers = 1  # processes answering queries (`--workers`)
         self.worker_restarts = 0
         self.replies_by_worker: dict[int, int] = {}  # replies sent by each worker now running
+        # Readers of the bounded stores this process holds (README "Budgets"), by whoever owns
+        # each: read when metrics are scraped or a worker reports, never on the query path.
+        self._store_readers: list[Callable[[], Mapping[str, StoreSize]]] = []
+
+    # -- bounded stores ----------------------------------------------------------------------
+
+    def add_stores(self, reader: Callable[[], Mapping[str, StoreSize]]) -> None:
+        """Report the stores `reader` gives (name -> `StoreSize`) with this state's."""
+        self._store_readers.append(reader)
+
+    def store_sizes(self) -> dict[str, StoreSize]:
+        """Every bounded store of this process (or instance) now."""
+        sizes: dict[str, StoreSize] = {}
+        for reader in self._store_readers:
+            for name, size in reader().items():
+                sizes[name] = sizes[name].plus(size) if name in sizes else size
+        return sizes
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -159,6 +177,9 @@ class State:
             view.replies_by_worker[number] = each.queries.total()
         retired.add_to(view, cache, live=False)
         view.cache = cache
+        stores = _sum_stores([each.stores for each in figures.values()], retired.stores)
+        view.add_stores(self.store_sizes)  # the supervisor's own (its queues to the workers)
+        view.add_stores(lambda: stores)
         return view
 
 
@@ -177,6 +198,7 @@ class WorkerFigures:
     udp_receive_errors: int = 0
     panics: int = 0
     healthcheck_broken: int = 0
+    stores: dict[str, StoreSize] = field(default_factory=dict)  # for ended workers: only evictions count
 
     @classmethod
     def of(cls, state: State) -> WorkerFigures:
@@ -191,6 +213,7 @@ class WorkerFigures:
             state.udp_receive_errors,
             state.panics,
             state.healthcheck_broken,
+            state.store_sizes(),
         )
 
     @classmethod
@@ -217,6 +240,19 @@ class WorkerFigures:
         view.udp_receive_errors += self.udp_receive_errors
         view.panics += self.panics
         view.healthcheck_broken += self.healthcheck_broken
+        if not live and isinstance(view, WorkerFigures):  # an ended worker: what it evicted stays counted
+            for name, size in self.stores.items():
+                evicted = StoreSize(0, 0, 0, size.dropped)
+                view.stores[name] = view.stores[name].plus(evicted) if name in view.stores else evicted
+
+
+def _sum_stores(live: list[dict[str, StoreSize]], retired: dict[str, StoreSize]) -> dict[str, StoreSize]:
+    """The stores of every live worker summed, with what ended workers evicted."""
+    total: dict[str, StoreSize] = {}
+    for stores in (*live, retired):
+        for name, size in stores.items():
+            total[name] = total[name].plus(size) if name in total else size
+    return total
 
 
 def _add_counts(into: dict[tuple[str, int, int, int], int], counts: dict[tuple[str, int, int, int], int]) -> None:

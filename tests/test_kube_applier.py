@@ -10,9 +10,9 @@ from typing import Any
 from kdns.config import WatchOptions
 from kdns.core.counters import ProgrammingDurations
 from kdns.core.model import ClusterObject
-from kdns.core.store import ClusterStore
+from kdns.core.store import ClusterStore, PodMode
 from kdns.sources.kube import Applier, backoff
-from tests.builders import ask, endpoint, endpoint_slice, headless, namespace, rcode, records, service
+from tests.builders import ask, endpoint, endpoint_slice, headless, namespace, pod, rcode, records, service
 
 
 def _applier(**options: Any) -> tuple[ClusterStore, Applier]:
@@ -167,3 +167,29 @@ def test_programming_latency_is_counted_per_kind_from_the_changes_own_time() -> 
     assert applier.event("EndpointSlice", "DELETED", slice_)
     assert sum(programming.by_kind["headless_with_selector"].counts) == 1
     assert set(programming.by_kind) == {"cluster_ip", "headless_with_selector"}
+
+
+def test_a_pod_that_finishes_or_terminates_stops_verifying_and_mapping_its_address() -> None:
+    """Issue 17, K10: with `--pods verified`, a Pod that has Succeeded (or is being deleted) kept
+    its name, and when its address was reused, names and autopath spoke for the wrong namespace.
+    CoreDNS leaves terminating and finished Pods out."""
+    store = ClusterStore("cluster.local", 30, PodMode.VERIFIED)
+    applier = Applier(store, WatchOptions(), clock=lambda: 1_000_000)
+    applier.reconcile("Namespace", None, [namespace("a"), namespace("b")])
+    running = {**pod("a", "job", "10.244.0.7"), "status": {"phase": "Running", "podIP": "10.244.0.7"}}
+    applier.event("Pod", "ADDED", running)
+    assert rcode(ask(store, "10-244-0-7.a.pod.cluster.local")) == "NOERROR"
+    assert store.pods.namespace_of("10.244.0.7") == "a"
+    applier.event("Pod", "MODIFIED", {**running, "status": {"phase": "Succeeded", "podIP": "10.244.0.7"}})
+    assert rcode(ask(store, "10-244-0-7.a.pod.cluster.local")) == "NXDOMAIN"
+    assert store.pods.namespace_of("10.244.0.7") is None
+    # The address goes to a Pod of another namespace: only that one verifies, and autopath maps to it.
+    applier.event("Pod", "ADDED", {**pod("b", "web", "10.244.0.7"), "status": {"podIP": "10.244.0.7"}})
+    assert rcode(ask(store, "10-244-0-7.a.pod.cluster.local")) == "NXDOMAIN"
+    assert rcode(ask(store, "10-244-0-7.b.pod.cluster.local")) == "NOERROR"
+    assert store.pods.namespace_of("10.244.0.7") == "b"
+    deleting = {**pod("b", "web", "10.244.0.7"), "status": {"podIP": "10.244.0.7"}}
+    deleting["metadata"] = {**deleting["metadata"], "deletionTimestamp": "2026-12-07T10:00:00Z"}
+    applier.event("Pod", "MODIFIED", deleting)
+    assert rcode(ask(store, "10-244-0-7.b.pod.cluster.local")) == "NXDOMAIN"
+    assert store.pods.namespace_of("10.244.0.7") is None

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from cachetools import LRUCache
 
+from kdns.core.budgets import DENIAL_CACHE_BYTES, FORWARD_CACHE_BYTES, LARGEST_ITEM_SHARE, StoreSize
 from kdns.core.message import CD
 from kdns.core.upstream import ForwardedAnswer
 from kdns.core.wire import Query
@@ -22,14 +23,32 @@ from kdns.core.zone import Answer
 CacheKey = tuple[bytes, int, int, bool, bool]
 
 
-class _CountingLRU(LRUCache[CacheKey, "Entry"]):
-    """cachetools' LRU, counting what it evicts to stay within its size."""
+class _BudgetedLRU(LRUCache[CacheKey, "Entry"]):
+    """cachetools' LRU within `max_entries` entries and `max_bytes` bytes (each entry's
+    `Entry.size`: cachetools keeps the sum as `currsize`), counting what it evicts."""
 
     evictions = 0
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        super().__init__(maxsize=max_bytes, getsizeof=_entry_size)
+        self.max_entries = max_entries
+
+    def __setitem__(self, key: CacheKey, value: Entry) -> None:
+        super().__setitem__(key, value)  # evicts the least recently used beyond `max_bytes`
+        while len(self) > self.max_entries:
+            self.popitem()
 
     def popitem(self) -> tuple[CacheKey, Entry]:
         self.evictions += 1
         return super().popitem()
+
+
+def _entry_size(entry: Entry) -> int:
+    return entry.size
+
+
+def _figures(lru: _BudgetedLRU) -> StoreSize:
+    return StoreSize(int(lru.maxsize), int(lru.currsize), len(lru), lru.evictions)
 
 
 STALE_TTL = 30  # RFC 8767 4: the TTL of an answer served stale
@@ -37,15 +56,41 @@ PREFETCH_HITS = 2  # an entry asked for this often is refreshed before it expire
 PREFETCH_FRACTION = 0.1  # ... once no more than this part of its TTL is left (CoreDNS's 10%)
 
 
+# Bytes an entry holds beyond twice its records (the answer as it came, and the copy served with
+# its TTLs lowered) and its name: the Entry, the ForwardedAnswer and the served Answer, the key,
+# the LRU's three dictionary slots; and per record its end, TTL offset and TTL as Python integers
+# (3 x 36 bytes).
+# tests/core/test_cache.py measures it with tracemalloc and fails if an entry holds more.
+ENTRY_OVERHEAD = 1024
+RECORD_OVERHEAD = 128
+
+
+def entry_size(key: CacheKey, answer: ForwardedAnswer) -> int:
+    """What caching `answer` under `key` holds, in bytes: its budget's measure."""
+    return 2 * len(answer.records) + len(key[0]) + ENTRY_OVERHEAD + RECORD_OVERHEAD * len(answer.ends)
+
+
 class Entry:
     """One cached answer. Outside this module only a handle: the handler keeps it beside a reply
     it made from it, to count a hit (`ForwardCache.kept_hit`) without the LRU."""
 
-    __slots__ = ("answer", "expires", "hits", "key", "prefetching", "served", "served_at", "stored", "superseded")
+    __slots__ = (
+        "answer",
+        "expires",
+        "hits",
+        "key",
+        "prefetching",
+        "served",
+        "served_at",
+        "size",
+        "stored",
+        "superseded",
+    )
 
     def __init__(self, key: CacheKey, answer: ForwardedAnswer, stored: float) -> None:
         self.key = key
         self.answer = answer
+        self.size = entry_size(key, answer)
         self.stored = stored
         self.expires = stored + answer.cache_ttl
         self.served_at = -1
@@ -56,8 +101,9 @@ class Entry:
 
 
 class ForwardCache:
-    """Forwarded answers by (lowercased name, type, class, DO bit), LRU beyond `size` entries,
-    each kept for its `cache_ttl` and served with TTLs lowered by the time it has been held.
+    """Forwarded answers by (lowercased name, type, class, DO bit), LRU beyond `size` entries or
+    `max_bytes` bytes (`entry_size`), each kept for its `cache_ttl` and served with TTLs lowered
+    by the time it has been held.
 
     With `stale_for` (RFC 8767), an expired answer is kept that much longer, for `get_stale` to
     serve when no upstream answers. With `prefetch`, `get` reports a popular entry close to expiry
@@ -71,23 +117,30 @@ class ForwardCache:
         stale_for: float = 0,
         prefetch: bool = False,
         denial_size: int | None = None,
+        max_bytes: int = FORWARD_CACHE_BYTES,
+        denial_max_bytes: int = DENIAL_CACHE_BYTES,
     ) -> None:
         """`denial_size`: negative answers (NXDOMAIN, NODATA) held apart, in an LRU of their own
-        (CoreDNS's cache `success` and `denial` capacities); None: one LRU for both."""
+        (CoreDNS's cache `success` and `denial` capacities) within `denial_max_bytes`; None: one
+        LRU for both, within `max_bytes`. An answer over 1/LARGEST_ITEM_SHARE of its LRU's
+        bytes is relayed but never cached."""
         self.clock = clock
         # Plain counters, read by the state seam (`kdns.state`) for metrics.
         self.hits = 0
         self.denial_hits = 0  # of `hits`, those of negative answers
         self.misses = 0
         self.inserts = 0
+        self.too_large = 0  # answers relayed but not cached: over 1/LARGEST_ITEM_SHARE of a budget
         self.stale_for = stale_for
         self.prefetch = prefetch
         self._due: list[CacheKey] = []  # popular entries close to expiry, for the forwarder
         # A plain LRU: each entry knows when it expires, which `get` checks anyway, and an
         # expired one (kept for serve-stale) simply ages out. cachetools' TLRUCache would keep
         # a timer heap too, at five times the cost of a lookup.
-        self._entries = _CountingLRU(maxsize=max(size, 1))
-        self._denials = _CountingLRU(maxsize=max(denial_size, 1)) if denial_size is not None else self._entries
+        self._entries = _BudgetedLRU(max(size, 1), max(max_bytes, 1))
+        self._denials = (
+            _BudgetedLRU(max(denial_size, 1), max(denial_max_bytes, 1)) if denial_size is not None else self._entries
+        )
         self.enabled = size > 0
 
     @staticmethod
@@ -160,10 +213,15 @@ class ForwardCache:
                 old = lru.pop(key, None)
                 if old is not None:
                     old.superseded = True
-            self._lru_of(answer)[key] = Entry(key, answer, self.clock())
+            entry = Entry(key, answer, self.clock())
+            lru = self._lru_of(answer)
+            if entry.size * LARGEST_ITEM_SHARE > lru.maxsize:
+                self.too_large += 1  # one answer must not take a whole budget: relayed only
+                return
+            lru[key] = entry
             self.inserts += 1
 
-    def _lru_of(self, answer: ForwardedAnswer) -> _CountingLRU:
+    def _lru_of(self, answer: ForwardedAnswer) -> _BudgetedLRU:
         return self._entries if answer.answer_count else self._denials
 
     @property
@@ -182,6 +240,22 @@ class ForwardCache:
             return len(self._entries), len(self._denials)
         negative = sum(1 for entry in self._entries.values() if not entry.answer.answer_count)
         return len(self._entries) - negative, negative
+
+    def bytes_by_kind(self) -> tuple[int, int]:
+        """(positive, negative) bytes held (`entry_size`); O(entries) when they share one LRU,
+        for metrics at scrape time."""
+        if self._denials is not self._entries:
+            return int(self._entries.currsize), int(self._denials.currsize)
+        negative = sum(entry.size for entry in self._entries.values() if not entry.answer.answer_count)
+        return int(self._entries.currsize) - negative, negative
+
+    def stores(self) -> dict[str, StoreSize]:
+        """Its LRUs as bounded stores: `forward_cache`, and `denial_cache` when negative answers
+        are held apart."""
+        stores = {"forward_cache": _figures(self._entries)}
+        if self._denials is not self._entries:
+            stores["denial_cache"] = _figures(self._denials)
+        return stores
 
     @property
     def evictions(self) -> int:

@@ -315,9 +315,22 @@ def _condition_error(r: _Reader, i: int, conditions: dict[str, Any]) -> Conversi
     return r.fail(f"endpoints[{i}].conditions.{name}", f"expected a boolean, got {_type(value)}")
 
 
-def convert_pod(obj: Any) -> Pod:
+# Pods that have finished or can no longer be running: CoreDNS lists and watches Pods with the
+# field selector `status.phase!=Succeeded,status.phase!=Failed,status.phase!=Unknown`
+# (plugin/kubernetes/controller.go podListFunc), so such a Pod leaves its index as it finishes.
+FINISHED_PHASES = frozenset({"Succeeded", "Failed", "Unknown"})
+
+
+def convert_pod(obj: Any) -> Pod | None:
+    """A Pod's addresses; None (so it is removed, or never added) for a Pod that is terminating
+    or has finished: its address may be handed to another Pod at any moment, and a name it
+    verifies, or an autopath answer from its address, would then speak for the wrong namespace.
+    CoreDNS ignores terminating Pods (object/pod.go `errPodTerminating`) and lists no finished
+    ones (FINISHED_PHASES)."""
     r = _Reader("Pod", obj)
     namespace, name = r.identify(namespaced=True)
+    if r.get("metadata.deletionTimestamp", str) or r.get("status.phase", str) in FINISHED_PHASES:
+        return None
     texts = [item.get("ip") if isinstance(item, dict) else item for item in r.get("status.podIPs", list, [])]
     if not texts:
         single = r.get("status.podIP", str)

@@ -13,6 +13,36 @@ from dataclasses import dataclass, field
 UDP = "udp"
 TCP = "tcp"
 
+# The query types counted by their own number: those CoreDNS's metrics name (plugin/pkg/dnstest's
+# monitor). Every other type is counted as OTHER_TYPE before any table is touched, so that a
+# client asking each of the 65,536 types grows no counter, histogram or report: every key of
+# `QueryCounters.replies` is one of 2 transports x 2 families x 16 types x 16 rcodes (at most
+# 1,024 keys, about 100 KB), and `RequestDurations` holds at most 16 histograms.
+COUNTED_TYPES = {
+    "A": 1,
+    "NS": 2,
+    "CNAME": 5,
+    "SOA": 6,
+    "PTR": 12,
+    "MX": 15,
+    "TXT": 16,
+    "AAAA": 28,
+    "SRV": 33,
+    "NAPTR": 35,
+    "DS": 43,
+    "DNSKEY": 48,
+    "IXFR": 251,
+    "AXFR": 252,
+    "ANY": 255,
+}
+OTHER_TYPE = 0  # every type not in COUNTED_TYPES (and a query whose type could not be read)
+_COUNTED = frozenset(COUNTED_TYPES.values())
+
+
+def counted_type(qtype: int) -> int:
+    """The type a query is counted under: its own when CoreDNS names it, else OTHER_TYPE."""
+    return qtype if qtype in _COUNTED else OTHER_TYPE
+
 # Upper bounds, in seconds, of every latency histogram's buckets: CoreDNS's `plugin.TimeBuckets`
 # (prometheus.ExponentialBuckets(0.00025, 2, 16)), so that dashboards' quantiles compare.
 LATENCY_BUCKETS = (
@@ -87,15 +117,15 @@ class RequestDurations:
     by_type: dict[int, Histogram] = field(default_factory=dict)
 
     def observe(self, qtype: int, seconds: float) -> None:
-        histogram = self.by_type.get(qtype)
+        histogram = self.by_type.get(qtype)  # a folded type, or an unfolded one not kept yet
         if histogram is None:
             histogram = self.histogram(qtype)
         histogram.observe(seconds)
 
     def histogram(self, qtype: int) -> Histogram:
-        """The histogram of `qtype`, made on its first query (the UDP listener inlines
-        `observe` with it, as that runs once per query)."""
-        return self.by_type.setdefault(qtype, Histogram())
+        """The histogram of `qtype` (folded by `counted_type`), made on its first query (the UDP
+        listener inlines `observe` with it, as that runs once per query)."""
+        return self.by_type.setdefault(counted_type(qtype), Histogram())
 
 
 @dataclass(slots=True)
@@ -103,7 +133,9 @@ class QueryCounters:
     """Replies by (transport, address family, query type, rcode); queries dropped with no reply.
 
     The family is 1 for IPv4 and 2 for IPv6 (IANA address family numbers, as CoreDNS labels
-    them), told by the client's address: IPv6 socket addresses have four parts."""
+    them), told by the client's address: IPv6 socket addresses have four parts. The type is
+    folded by `counted_type` and the rcode is the header's four bits: the table is bounded by
+    construction (at most 1,024 keys), whatever clients ask."""
 
     replies: dict[tuple[str, int, int, int], int] = field(default_factory=dict)
     dropped: int = 0  # responses, header fragments: no reply (never amplified)
@@ -113,6 +145,7 @@ class QueryCounters:
     last_qtype: int = 0
 
     def count(self, tcp: bool, qtype: int, rcode: int, family: int = 1) -> None:
+        qtype = qtype if qtype in _COUNTED else OTHER_TYPE  # `counted_type`, inlined
         key = (TCP if tcp else UDP, family, qtype, rcode)
         self.replies[key] = self.replies.get(key, 0) + 1
         self.last_qtype = qtype

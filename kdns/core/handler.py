@@ -6,35 +6,22 @@ the zone index, and a reply assembled from prepared bytes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NamedTuple
 
 from kdns.core import chase, rdata, wire
 from kdns.core.autopath import AUTOPATH_TTL, Autopath
-from kdns.core.cache import CacheKey, Entry, ForwardCache
-from kdns.core.counters import TCP, UDP, QueryCounters
+from kdns.core.budgets import REPLY_CACHE_BYTES
+from kdns.core.cache import CacheKey, ForwardCache
+from kdns.core.counters import TCP, UDP, QueryCounters, counted_type
+from kdns.core.kept import KeptReplies, KeptReply
 from kdns.core.message import DEFAULT_MAX_UDP, NXDOMAIN, RCODE_MASK, REFUSED, SERVFAIL, TCP_LIMIT
 from kdns.core.upstream import ForwardedAnswer
 from kdns.core.zone import Answer, Zone
 
 ClientAddress = tuple[str, int] | tuple[str, int, int, int]  # IPv4, IPv6 socket addresses
-
-
-class _Kept(NamedTuple):
-    """A kept reply (a tuple: one is made per distinct query, and unpacked on every hit)."""
-
-    body: bytes  # the reply after its ID
-    qtype: int
-    ipv4_key: tuple[str, int, int, int]  # the counters' keys for an IPv4 and an IPv6 client
-    ipv6_key: tuple[str, int, int, int]
-    cache_key: CacheKey | None  # for a forward cache answer: its key, and the answer it was made from
-    served: Answer | None
-    # ... the cache's entry and until when (the cache's clock) it serves that same answer: its
-    # TTLs move once a second. Until then a hit needs one clock read, not the cache's LRU (a
-    # third of a cache hit's cost); the cache is asked again after, which keeps its recency.
-    entry: Entry | None = None
-    served_until: float = 0.0
+CounterKey = tuple[str, int, int, int]  # `QueryCounters.replies`: transport, family, type, rcode
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +45,7 @@ class Forward:
 class HandlerOptions:
     max_udp: int = DEFAULT_MAX_UDP  # the largest UDP reply we send and advertise in OPT
     recursion_available: bool = False  # set once queries outside the zones can be forwarded
+    reply_cache_bytes: int = REPLY_CACHE_BYTES  # kept replies, UDP and TCP together (half each)
 
 
 class LoopProbes:
@@ -84,9 +72,11 @@ def _always() -> bool:
     return True
 
 
-# Replies kept per transport by the reply cache; when full it is emptied and fills again with
-# what is asked next (an attacker asking random names can only make it start over).
-MAX_KEPT_REPLIES = 10_000
+@functools.cache
+def _counter_keys(transport: str, qtype: int, rcode: int) -> tuple[CounterKey, CounterKey]:
+    """The counters' keys of a kept reply for an IPv4 and an IPv6 client: shared by every reply
+    of the same transport, type and rcode (at most 2 x 16 x 16 of them, as types are folded)."""
+    return (transport, 1, qtype, rcode), (transport, 2, qtype, rcode)
 
 
 def _family(client: ClientAddress | None) -> int:
@@ -135,7 +125,10 @@ class Handler:
         # cached answer it was made from. Their TTLs run down, so such a reply is sent again only
         # while the cache still serves that same answer object (it makes a new one each second,
         # and none once expired), and the cache counts the hit and plans its prefetch as usual.
-        self._kept: tuple[dict[bytes, _Kept], dict[bytes, _Kept]] = ({}, {})  # UDP, TCP
+        # Each transport keeps replies within half of `options.reply_cache_bytes` (`KeptReplies`).
+        half = options.reply_cache_bytes // 2
+        self.kept = (KeptReplies(half), KeptReplies(half))  # UDP, TCP
+        self._kept = (self.kept[0].entries, self.kept[1].entries)  # read on the hot path
         self._kept_generation = zone.generation if zone is not None else 0
 
     def handle(self, packet: bytes, tcp: bool, client: ClientAddress | None = None) -> bytes | Forward | None:
@@ -157,7 +150,8 @@ class Handler:
                 if serving is None:
                     hit = None  # its TTLs moved on, or it expired: made again below from `fetched`
                 else:
-                    kept[packet[2:]] = hit = hit._replace(entry=serving[0], served_until=serving[1])
+                    hit = hit._replace(entry=serving[0], served_until=serving[1])
+                    self.kept[tcp].replace(packet[2:], hit)
         if hit is not None:
             body, qtype, ipv4_key, ipv6_key, _, _, _, _ = hit
             counters = self.counters
@@ -210,20 +204,21 @@ class Handler:
         # search path): not kept for the next asker.
         keep = from_zone and not (rcode == NXDOMAIN and self._autopath is not None)
         if keep or (cache_key is not None and not cache_missed):
-            if len(kept) >= MAX_KEPT_REPLIES:
-                kept.clear()
-            transport = TCP if tcp else UDP
-            counter_keys = (transport, 1, query.qtype, rcode), (transport, 2, query.qtype, rcode)
+            qtype = counted_type(query.qtype)  # as `QueryCounters.count` files it
+            counter_keys = _counter_keys(TCP if tcp else UDP, qtype, rcode)
             served = None if from_zone else answer
             entry = None if from_zone or self.cache is None or cache_key is None else self.cache.served(cache_key)
-            kept[packet[2:]] = _Kept(
-                reply[2:], query.qtype, *counter_keys, None if from_zone else cache_key, served, *(entry or (None, 0.0))
+            self.kept[tcp].keep(
+                packet[2:],
+                KeptReply(
+                    reply[2:], qtype, *counter_keys, None if from_zone else cache_key, served, *(entry or (None, 0.0))
+                ),
             )
         return reply
 
     def _forget_replies(self, generation: int) -> None:
         """The zone changed: no reply made before may be sent again."""
-        for kept in self._kept:
+        for kept in self.kept:
             kept.clear()
         self._kept_generation = generation
 

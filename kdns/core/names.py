@@ -55,6 +55,31 @@ def from_wire(wire: bytes) -> str:
     return ".".join(labels)
 
 
+# RFC 1035 5.1: in presentation format these stand for themselves only escaped with a backslash
+# (`.` separates labels, the others are master-file syntax); BIND's dig and CoreDNS (miekg/dns)
+# escape the same set, and write every byte outside printable ASCII, space included, as \DDD.
+_SPECIAL = frozenset(b'."();\\@$')
+_PRESENTED = [
+    "\\" + chr(byte) if byte in _SPECIAL else chr(byte) if 0x21 <= byte <= 0x7E else f"\\{byte:03d}"
+    for byte in range(256)
+]
+
+
+def presentation(wire: bytes) -> str:
+    """An uncompressed wire-form name in presentation format, as dig prints it: absolute (the
+    trailing dot; the root is `.`), special characters escaped (`\\.` for a dot inside a label)
+    and other bytes as `\\DDD` (RFC 1035 5.1), so that a name quoted in a log line can never
+    hold a line break, an escape sequence or a NUL. A name that runs off the bytes given ends
+    where they do."""
+    labels = []
+    i = 0
+    while i < len(wire) and wire[i]:
+        length = wire[i]
+        labels.append("".join([_PRESENTED[byte] for byte in wire[i + 1 : i + 1 + length]]))
+        i += 1 + length
+    return ".".join(labels) + "."
+
+
 def at_label_boundary(key: bytes, offset: int) -> bool:
     """Whether a label starts at `offset` of the wire name `key` (so a suffix match is a real
     parent name and not the tail of a label that happens to hold the same bytes)."""

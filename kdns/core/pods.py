@@ -13,6 +13,7 @@ import ipaddress
 import sys
 from collections.abc import Iterator
 
+from kdns.core.budgets import POD_INDEX_BYTES, StoreSize
 from kdns.core.model import IPAddress, Pod
 
 _IPV6 = 1 << 128  # IPv6 addresses are kept above every IPv4 one: `::a.b.c.d` is not `a.b.c.d`
@@ -33,18 +34,45 @@ def _numbers(addresses: _Addresses) -> tuple[int, ...]:
     return (addresses,) if isinstance(addresses, int) else addresses
 
 
-class PodIndex:
-    """Pods by namespace and name, and which namespaces hold each address."""
+# Bytes one Pod holds in the index beyond its name's characters: the name string's header and
+# its slot in its namespace's dictionary; per address the integer (44 bytes for IPv6) and its
+# slot in `_owners`; and the tuple of a Pod with several addresses (tests/core/test_pods.py
+# measures it with tracemalloc and fails if a Pod holds more).
+POD_OVERHEAD = 112
+ADDRESS_OVERHEAD = 128
+ADDRESSES_TUPLE = 72
 
-    def __init__(self) -> None:
+
+def pod_size(pod: Pod) -> int:
+    """What indexing `pod` holds, in bytes: the index's budget's measure."""
+    return _size(pod.name, len(pod.ips))
+
+
+def _size(name: str, addresses: int) -> int:
+    return POD_OVERHEAD + len(name) + ADDRESS_OVERHEAD * addresses + (ADDRESSES_TUPLE if addresses > 1 else 0)
+
+
+class PodIndex:
+    """Pods by namespace and name, and which namespaces hold each address, within `budget`
+    bytes (`pod_size` each). When full, a new Pod is not taken in (counted in `refused`) until
+    deletions make room: the Pods indexed keep their answers, and a tenant creating Pods cannot
+    grow kdns past its budget. A Pod already indexed is always updated."""
+
+    def __init__(self, budget: int = POD_INDEX_BYTES) -> None:
         self._pods: dict[str, dict[str, _Addresses]] = {}  # namespace -> name -> addresses
         # address -> the namespace of the one Pod that has it, or (rarely: host-network Pods
         # share their node's address) how many Pods in each namespace have it.
         self._owners: dict[int, str | dict[str, int]] = {}
         self._count = 0
+        self.budget = budget
+        self.size = 0  # bytes held, as `pod_size` counts them
+        self.refused = 0  # new Pods not taken in: the index was full
 
     def __len__(self) -> int:
         return self._count
+
+    def figures(self) -> StoreSize:
+        return StoreSize(self.budget, self.size, self._count, self.refused)
 
     def has(self, namespace: str, address: IPAddress) -> bool:
         """Whether a Pod in `namespace` has `address`: one lookup."""
@@ -78,12 +106,19 @@ class PodIndex:
                 yield (name_space, name)
 
     def upsert(self, pod: Pod) -> bool:
-        """Add or replace `pod`; whether it is new (not a replacement)."""
+        """Add or replace `pod`; whether it is new (not a replacement, nor refused: see
+        `refused`)."""
         namespace = sys.intern(pod.namespace)  # shared by every Pod and address of the namespace
+        old = self._pods.get(namespace, {}).get(pod.name)
+        size = pod_size(pod)
+        if old is None and self.size + size > self.budget:
+            self.refused += 1
+            return False
         names = self._pods.setdefault(namespace, {})
-        old = names.get(pod.name)
         if old is not None:
             self._release(namespace, _numbers(old))
+            self.size -= _size(pod.name, len(_numbers(old)))
+        self.size += size
         numbers = tuple(_number(address) for address in pod.ips)
         names[pod.name] = numbers[0] if len(numbers) == 1 else numbers
         for number in numbers:
@@ -101,6 +136,7 @@ class PodIndex:
         if not names:
             del self._pods[key[0]]
         self._release(key[0], _numbers(old))
+        self.size -= _size(key[1], len(_numbers(old)))
         self._count -= 1
         return True
 

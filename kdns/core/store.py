@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 from kdns.core import records
+from kdns.core.budgets import POD_INDEX_BYTES
 from kdns.core.model import ClusterObject, EndpointSlice, IPAddress, Kind, Namespace, Pod, Service, ServiceType
 from kdns.core.pods import PodIndex
 from kdns.core.records import Omission
@@ -71,6 +72,12 @@ class Release(NamedTuple):
 Change = Upsert | Delete | Serial | Release
 
 
+POD_INDEX_FULL = (
+    "the pod index holds --pod-index-bytes: this and later new Pods are not taken in (no verified "
+    "pod name, no autopath) until some are deleted"
+)
+
+
 class PodMode(enum.Enum):
     """CoreDNS's `pods` option (spec 2.6.1 pod records)."""
 
@@ -91,10 +98,11 @@ class ClusterStore:
         fallback_ns_addresses: Iterable[IPAddress] = (),
         report: Callable[[Omission], None] = lambda omission: None,
         journal: Callable[[Change], None] | None = None,
+        pod_budget: int = POD_INDEX_BYTES,
     ) -> None:
         """`report` is told once of each part of an object left out of DNS (`Omission`);
         `journal`, of every change before it is applied (`--workers`: the supervisor's store
-        feeds the workers' stores)."""
+        feeds the workers' stores); `pod_budget` bounds the pod index, in bytes."""
         self.domain = domain.rstrip(".").lower()
         self.report = report
         self._journal = journal
@@ -113,7 +121,8 @@ class ClusterStore:
         self.namespaces: dict[str, Namespace] = {}
         self.services: dict[tuple[str, str], Service] = {}
         self.slices: dict[tuple[str, str], EndpointSlice] = {}
-        self.pods = PodIndex()  # only what `--pods verified` needs: which namespace has an address
+        self.pods = PodIndex(pod_budget)  # only what `--pods verified` needs: which namespace has an address
+        self._pod_index_full = False  # reported once each time it fills
         self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
         self._parts: dict[tuple[str, str], tuple[Service, records.PartCache]] = {}
         # While held (`hold`): the Services whose records wait to be published by `release`.
@@ -163,8 +172,13 @@ class ClusterStore:
                 self._ref_namespace(obj.name, +1)
             self.namespaces[obj.name] = obj
         elif isinstance(obj, Pod):
+            refused = self.pods.refused
             if self.pods.upsert(obj):  # O(addresses of the Pod), whatever the number of Pods
                 self._ref_namespace(obj.namespace, +1)
+                self._pod_index_full = False
+            elif self.pods.refused != refused and not self._pod_index_full:
+                self._pod_index_full = True
+                self.report(Omission("Pod", f"{obj.namespace}/{obj.name}", "status.podIPs", POD_INDEX_FULL))
             if self.pod_mode is PodMode.VERIFIED:
                 self.zone.touch()  # pod records are verified against them
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from kdns.config import ServeConfig
 from kdns.core.convert import key_of
+from kdns.core.budgets import POD_INDEX_BYTES
 from kdns.core.model import ClusterObject, IPAddress
 from kdns.core.records import Omission
 from kdns.core.store import Change, ClusterStore, PodMode
@@ -31,11 +32,18 @@ def build_store(
     pod_mode: PodMode,
     fallback_ns_addresses: tuple[IPAddress, ...] = (),
     journal: Callable[[Change], None] | None = None,
+    pod_budget: int = POD_INDEX_BYTES,
 ) -> tuple[snapshot.Snapshot, ClusterStore]:
     """A store filled from a snapshot file, its serial set to now, and what the file held."""
     loaded = snapshot.load(path)
     store = ClusterStore(
-        domain, ttl, pod_mode, fallback_ns_addresses=fallback_ns_addresses, report=report_omission, journal=journal
+        domain,
+        ttl,
+        pod_mode,
+        fallback_ns_addresses=fallback_ns_addresses,
+        report=report_omission,
+        journal=journal,
+        pod_budget=pod_budget,
     )
     store.load(loaded.objects, on_error=_object_failed)
     store.bump_serial(int(time.time()))
@@ -65,11 +73,18 @@ def open_sources(
         return Sources(state, None, None)
     if config.snapshot is not None:
         loaded, store = build_store(
-            config.snapshot, config.cluster_domain, config.ttl, config.pod_mode, fallback_ns_addresses, journal
+            config.snapshot,
+            config.cluster_domain,
+            config.ttl,
+            config.pod_mode,
+            fallback_ns_addresses,
+            journal,
+            config.pod_index_bytes,
         )
         snapshot.report(loaded)
         counts = ", ".join(f"{count} {what}" for what, count in store.counts().items())
         log.info("loaded %s: %s", loaded.path, counts)
+        report_stores(state, store)
         return Sources(state, store, None)
     # Only a live source needs the kubernetes client: importing it costs about 45 MB and a second
     # at start, which a snapshot (or a node cache) does without.
@@ -83,8 +98,16 @@ def open_sources(
         fallback_ns_addresses=fallback_ns_addresses,
         report=report_omission,
         journal=journal,
+        pod_budget=config.pod_index_bytes,
     )
+    report_stores(state, store)
     return Sources(state, store, ClusterFollower(store, api_client, config.watch, state))
+
+
+def report_stores(state: State, store: ClusterStore) -> None:
+    """Report the store's bounded parts (the pod index) with the state's other stores."""
+    pods = store.pods
+    state.add_stores(lambda: {"pod_index": pods.figures()})
 
 
 def report_omission(omission: Omission) -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import dns.message
 import dns.rcode
 import dns.rrset
@@ -96,3 +98,53 @@ def test_negative_answers_are_cached_no_longer_than_their_own_cap() -> None:
     capped = read_response(response.to_wire(), asked.id, query.question, 0, 30, max_negative_ttl=5)
     assert capped.cache_ttl == 5 and max(capped.ttls) == 5  # what clients are told too
     assert read_response(response.to_wire(), asked.id, query.question, 0, 30).cache_ttl == 30
+
+
+def _many(name: str, count: int) -> tuple[wire.Query, ForwardedAnswer]:
+    """An answer of `count` A records with TTLs over 256 (Python keeps only small ints shared)."""
+    asked = dns.message.make_query(name, "A", use_edns=0)
+    query = wire.parse_query(asked.to_wire())
+    response = dns.message.make_response(asked)
+    addresses = [f"192.0.{i // 250}.{i % 250}" for i in range(count)]
+    response.answer.append(dns.rrset.from_text_list(name + ".", 3000, "IN", "A", addresses))
+    return query, read_response(response.to_wire(max_size=65535), asked.id, query.question, 0, 3600)
+
+
+def test_an_entrys_counted_size_is_at_least_what_the_cache_holds_for_it() -> None:
+    now = 0.0
+    cache = ForwardCache(100_000, lambda: now, max_bytes=1 << 30)
+    for count in (1, 8, 100):
+        before_bytes = cache.bytes_by_kind()[0]
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        for i in range(200):
+            query, answer = _many(f"n{i}-{count}.example.com", count)
+            key = ForwardCache.key(query)
+            cache.put(key, answer)
+            now += 1.5
+            assert cache.get(key) is not None  # served with lowered TTLs: a copy of its records
+        del query, answer
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        counted = cache.bytes_by_kind()[0] - before_bytes
+        assert held <= counted, f"{count} records: held {held / 200:.0f} bytes an entry, counted {counted / 200:.0f}"
+
+
+def test_the_cache_stays_within_its_bytes_whatever_the_entry_count() -> None:
+    """Issue 17, K2: 10,000 names with 60 KB answers took the node cache to 803 MB: it was bounded
+    by count only. Now each LRU is bounded in bytes too, the least recently used going first, and
+    an answer over a sixteenth of the budget is relayed but not cached."""
+    budget = 400_000
+    cache = ForwardCache(10_000, lambda: 0.0, max_bytes=budget, denial_size=10_000, denial_max_bytes=budget // 4)
+    for i in range(300):
+        query, answer = _many(f"n{i}.example.com", 40)
+        cache.put(ForwardCache.key(query), answer)
+        negative, denial = _forwarded(f"x{i}.example.com", negative=True)
+        cache.put(ForwardCache.key(negative), denial)
+        positive_bytes, negative_bytes = cache.bytes_by_kind()
+        assert positive_bytes <= budget and negative_bytes <= budget // 4
+    assert cache.evictions > 0 and cache.get(ForwardCache.key(query)) is not None  # the newest stays
+    huge, answer = _many("huge.example.com", 600)
+    cache.put(ForwardCache.key(huge), answer)
+    assert cache.get(ForwardCache.key(huge)) is None and cache.too_large == 1

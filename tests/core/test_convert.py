@@ -113,13 +113,31 @@ def test_endpoint_slice_errors_name_the_field() -> None:
     assert bad_type.field == "addressType"
 
 
+def _pod_ips(obj: Any) -> list[str]:
+    converted = convert_pod(obj)
+    assert converted is not None
+    return [str(ip) for ip in converted.ips]
+
+
 def test_pod_ips_from_pod_ips_or_pod_ip() -> None:
-    assert [str(ip) for ip in convert_pod(pod("a", "p", "10.0.0.1", "fd00::1")).ips] == ["10.0.0.1", "fd00::1"]
+    assert _pod_ips(pod("a", "p", "10.0.0.1", "fd00::1")) == ["10.0.0.1", "fd00::1"]
     single = {"metadata": {"name": "p", "namespace": "a"}, "status": {"podIP": "10.0.0.2"}}
-    assert [str(ip) for ip in convert_pod(single).ips] == ["10.0.0.2"]
+    assert _pod_ips(single) == ["10.0.0.2"]
     pending = {"metadata": {"name": "p", "namespace": "a"}, "status": {"phase": "Pending"}}
-    assert convert_pod(pending).ips == ()
+    assert _pod_ips(pending) == []
     assert _error("Pod", pod("a", "p", "nope")).field == "status.podIPs[0].ip"
+
+
+def test_terminating_and_finished_pods_are_not_kept_as_coredns_leaves_them_out() -> None:
+    """Issue 17, K10: a Pod being deleted, or one that has Succeeded, Failed or is Unknown, gives
+    up its address (CoreDNS: object/pod.go errPodTerminating, and controller.go's field selector
+    status.phase!=Succeeded,status.phase!=Failed,status.phase!=Unknown)."""
+    running = {**pod("a", "p", "10.0.0.1"), "status": {"phase": "Running", "podIP": "10.0.0.1"}}
+    assert _pod_ips(running) == ["10.0.0.1"]
+    deleting = {**running, "metadata": {"name": "p", "namespace": "a", "deletionTimestamp": "2026-12-07T10:00:00Z"}}
+    assert convert_pod(deleting) is None
+    for phase in ("Succeeded", "Failed", "Unknown"):
+        assert convert_pod({**running, "status": {"phase": phase, "podIP": "10.0.0.1"}}) is None
 
 
 def test_endpoint_conditions_node_and_selector_are_kept() -> None:

@@ -11,7 +11,8 @@ import dns.rrset
 from kdns.core.cache import CacheKey, ForwardCache
 from kdns.core.convert import convert
 from kdns.core.counters import QueryCounters
-from kdns.core.handler import MAX_KEPT_REPLIES, Forward, Handler, HandlerOptions, LoopProbes
+from kdns.core.handler import Forward, Handler, HandlerOptions, LoopProbes
+from kdns.core.kept import KEPT_OVERHEAD
 from kdns.core.names import to_wire
 from kdns.core.store import PodMode
 from kdns.core.upstream import read_response
@@ -190,11 +191,19 @@ def test_within_its_second_a_kept_forwarded_reply_is_counted_without_asking_the_
     assert cache.lookups == 2 and cache.hits == 8
 
 
-def test_the_reply_cache_is_bounded() -> None:
-    handler = Handler(store_of(service("prod", "web")).zone)
-    for i in range(MAX_KEPT_REPLIES + 5):
+def test_the_reply_cache_is_bounded_in_bytes_per_transport_and_keeps_the_newest() -> None:
+    """Issue 17, K1: kept replies were bounded by count only, so 10,000 queries with large replies
+    (a big headless Service asked with ever different EDNS sizes) held 620 MB."""
+    budget = 64 * 1024
+    handler = Handler(store_of(service("prod", "web")).zone, HandlerOptions(reply_cache_bytes=budget))
+    for i in range(2000):
         assert _reply(handler, f"n{i}.prod.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
-    assert 0 < len(handler._kept[0]) <= MAX_KEPT_REPLIES
+        assert handler.kept[0].size <= budget // 2
+    udp = handler.kept[0]
+    assert udp.evictions > 0 and 0 < len(udp) < 2000
+    assert udp.size == sum(len(key) + len(reply.body) + KEPT_OVERHEAD for key, reply in udp.entries.items())
+    newest = dns.message.make_query("n1999.prod.svc.cluster.local", "A").to_wire()[2:]
+    assert newest in udp.entries and len(handler.kept[1]) == 0  # TCP has its own half
 
 
 def test_a_servfail_before_sync_is_not_kept() -> None:
@@ -243,3 +252,14 @@ def test_forwarded_and_refused_queries_are_counted_under_the_clients_address_fam
     handler.finish_forward(forward, None)  # no answer: SERVFAIL
     handler.refuse(refused)
     assert counters.replies == {("udp", 2, 1, dns.rcode.SERVFAIL): 1, ("udp", 2, 1, dns.rcode.REFUSED): 1}
+
+
+def test_queries_of_every_type_leave_the_counters_and_kept_replies_bounded() -> None:
+    """Issue 17, K6, through the handler: unknown types are counted as one, kept or not."""
+    counters = QueryCounters()
+    handler = Handler(store_of(service("prod", "web", ["10.96.0.5"])).zone, counters=counters)
+    for qtype in range(1, 65536, 7):
+        question = to_wire("web.prod.svc.cluster.local") + qtype.to_bytes(2, "big") + b"\x00\x01"
+        for _ in range(2):  # the second from the kept reply
+            handler.handle(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + question, False, ("10.0.0.1", 53))
+    assert len(counters.replies) <= 16 * 16 and counters.total() == 2 * len(range(1, 65536, 7))

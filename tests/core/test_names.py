@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import dns.name
 import pytest
 
 from kdns.core.model import Endpoint
@@ -14,6 +15,7 @@ from kdns.core.names import (
     endpoint_label,
     from_wire,
     parse_pod_label,
+    presentation,
     reverse_wire,
     service_name,
     to_wire,
@@ -65,3 +67,17 @@ def test_pod_labels_follow_coredns_three_dashes_rule() -> None:
     assert parse_pod_label("fd00--1") == ipaddress.ip_address("fd00::1")
     assert parse_pod_label("1-2-3") is None
     assert parse_pod_label("10-244-1-x") is None
+
+
+def test_presentation_format_escapes_what_dig_escapes() -> None:
+    """Issue 17, K8: a name quoted in a log is in presentation format (RFC 1035 5.1), as dig and
+    dnspython print it: no byte of it can end a log line or reach a terminal as a control."""
+    labels = [b"a.b", b"x\ny\r\x00", b"\x1b[31m", b'"();\\@$', b"sp ace", b"caf\xc3\xa9"]
+    wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+    expected = dns.name.Name([*labels, b""]).to_text()
+    assert presentation(wire) == expected
+    assert expected == 'a\\.b.x\\010y\\013\\000.\\027[31m.\\"\\(\\)\\;\\\\\\@\\$.sp\\032ace.caf\\195\\169.'
+    assert presentation(b"\x00") == "." and presentation(to_wire("web.prod.svc.cluster.local")) == (
+        "web.prod.svc.cluster.local."
+    )
+    assert all(0x20 < ord(char) < 0x7F for char in presentation(b"\x3f" + bytes(range(1, 64)) + b"\x00"))
