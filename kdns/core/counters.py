@@ -43,6 +43,7 @@ def counted_type(qtype: int) -> int:
     """The type a query is counted under: its own when CoreDNS names it, else OTHER_TYPE."""
     return qtype if qtype in _COUNTED else OTHER_TYPE
 
+
 # Upper bounds, in seconds, of every latency histogram's buckets: CoreDNS's `plugin.TimeBuckets`
 # (prometheus.ExponentialBuckets(0.00025, 2, 16)), so that dashboards' quantiles compare.
 LATENCY_BUCKETS = (
