@@ -95,7 +95,7 @@ async def run(
             collector = StateCollector(view, f"dns://{addresses[0]}", names, wall_clock)
             routes = {"/health": health, "/ready": readiness(state.ready), "/metrics": metrics_route(collector)}
             for sock, path in http:
-                await nursery.start(serve_http, sock, {path: routes[path]}, config.ops.limits)
+                await nursery.start(serve_http, sock, {path: routes[path]}, config.ops.limits, state.http_room_made)
                 host, port = sock.getsockname()[:2]
                 bound[path] = SocketAddress(host, port)
                 log.info("%s on http://%s%s", path[1:], bound[path], path)

@@ -60,7 +60,10 @@ class HttpLimits:
     """Bounds on every HTTP listener (/health, /ready): holding them open cannot starve DNS or
     the probes. The kubelet and Prometheus each use a connection or two."""
 
-    max_connections: int = 64
+    max_connections: int = 64  # beyond it, the connection idle longest is closed for a new one
+    # One address at its cap makes room among its own connections: many tenants may share a
+    # node's address (host-network Pods), and the kubelet's probes come from it too.
+    max_per_address: int = 8
     max_header_bytes: int = 8192  # the request line and headers of one request
     read_timeout: float = 5.0  # seconds for a whole request to arrive (a probe's own timeout is 1 s)
     write_timeout: float = 5.0  # seconds for a response to be taken

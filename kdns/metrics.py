@@ -209,8 +209,20 @@ class StateCollector(Collector):
         malformed.add_metric([], state.queries.by_rcode(1))
         tcp = GaugeMetricFamily("kdns_tcp_connections", "Open TCP connections.")
         tcp.add_metric([], state.tcp_connections)
-        refused = CounterMetricFamily("kdns_tcp_refused", "TCP connections closed at once: over the cap.")
+        refused = CounterMetricFamily(
+            "kdns_tcp_refused", "TCP connections closed to admit another, over the cap (the one idle longest)."
+        )
         refused.add_metric([], state.tcp_refused)
+        buffer_closed = CounterMetricFamily(
+            "kdns_tcp_buffer_closed",
+            "TCP connections closed to keep every connection's buffers within their budget (the one holding most).",
+        )
+        buffer_closed.add_metric([], state.tcp_buffer_closed)
+        http_closed = CounterMetricFamily(
+            "kdns_http_connections_closed",
+            "HTTP connections (health, ready, metrics) closed to admit another (the one idle longest).",
+        )
+        http_closed.add_metric([], state.http_closed_for_room)
         reloads = CounterMetricFamily("kdns_reloads", "Configurations reloaded and applied.")
         reloads.add_metric([], state.reloads)
         reload_failures = CounterMetricFamily("kdns_reload_failures", "New configurations refused.")
@@ -227,7 +239,7 @@ class StateCollector(Collector):
         for number, count in sorted(state.replies_by_worker.items()):
             by_worker.add_metric([str(number)], count)
         yield from (ready, names, dropped, malformed, tcp, refused, reloads, reload_failures, workers, restarts)
-        yield by_worker
+        yield from (by_worker, buffer_closed, http_closed)
         yield from self._stores()
 
     def _stores(self) -> Iterator[Metric]:

@@ -6,10 +6,11 @@ listed the cluster once, and 503 before: a kdns that cannot yet answer for the c
 traffic from the kube-dns Service.
 
 Every listener is bounded so that holding it open cannot starve DNS or the other probes: at most
-`max_connections` connections (more are closed at once), request headers of at most
-`max_header_bytes`, a request must arrive within `read_timeout` and its response be taken within
-`write_timeout`. Connections are kept alive between requests (as the kubelet and Prometheus
-do), each new request again within `read_timeout`.
+`max_connections` connections and `max_per_address` from one address (a new one past either
+closes the connection idle longest: `kdns.connections`, so no client can keep a probe out),
+request headers of at most `max_header_bytes` (else 431), a request must arrive within
+`read_timeout` and its response be taken within `write_timeout`. Connections are kept alive
+between requests (as Prometheus does), each new request again within `read_timeout`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import h11
 import trio
 
 from kdns.config import HttpLimits
+from kdns.connections import ConnectionTable
 
 log = logging.getLogger(__name__)
 
@@ -57,36 +59,43 @@ async def serve_http(
     sock: socket.socket,
     routes: Mapping[str, Route],
     limits: HttpLimits,
+    on_room: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer HTTP requests on a bound, listening `sock` until cancelled."""
+    """Answer HTTP requests on a bound, listening `sock` until cancelled; `on_room` is told of
+    each connection closed to admit another."""
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-    open_connections = 0
+    table = ConnectionTable(limits.max_connections, limits.max_per_address, on_room)
 
     async def connection(stream: trio.SocketStream) -> None:
-        nonlocal open_connections
-        if open_connections >= limits.max_connections:
-            await trio.aclose_forcefully(stream)
-            return
-        open_connections += 1
         try:
-            await _serve_connection(stream, routes, limits)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the client went away
-        finally:
-            open_connections -= 1
-            await trio.aclose_forcefully(stream)
+            address = str(stream.socket.getpeername()[0])
+        except OSError:
+            address = ""  # gone already: served (and closed) as any other
+        with trio.CancelScope() as scope:
+            slot = table.admit(address, scope)
+            try:
+                await _serve_connection(stream, routes, limits, lambda: table.active(slot))
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass  # the client went away
+            finally:
+                table.release(slot)
+        await trio.aclose_forcefully(stream)
 
     task_status.started()
     await trio.serve_listeners(connection, [listener])
 
 
-async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Route], limits: HttpLimits) -> None:
+async def _serve_connection(
+    stream: trio.SocketStream, routes: Mapping[str, Route], limits: HttpLimits, active: Callable[[], None]
+) -> None:
+    """Requests and their responses until the client closes, idles past `read_timeout` or asks
+    something we refuse; `active` is told of each request answered."""
     connection = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
     while True:
         request = None
         with trio.move_on_after(limits.read_timeout):
-            request = await _next_request(stream, connection)
+            request = await _next_request(stream, connection, limits.max_header_bytes)
         if request is None:
             return  # closed, timed out, or not HTTP we accept (answered already where we could)
         response = _route(request, routes)
@@ -94,14 +103,25 @@ async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Rout
             await _send(stream, connection, request, response)
         if writing.cancelled_caught or connection.our_state is not h11.DONE:
             return
+        active()
         try:
             connection.start_next_cycle()
         except h11.LocalProtocolError:
             return  # the client asked to close, or did not finish its request
 
 
-async def _next_request(stream: trio.SocketStream, connection: h11.Connection) -> h11.Request | None:
-    """The next complete request (its body, if any, read and dropped); None when there is none."""
+def _head_size(request: h11.Request) -> int:
+    """The bytes of a request's line and headers as sent (h11 checks only an incomplete head
+    against its limit: one that arrives whole in a read is taken at any size)."""
+    line = len(request.method) + len(request.target) + len(b" HTTP/1.1\r\n") + 1
+    return line + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
+
+
+async def _next_request(
+    stream: trio.SocketStream, connection: h11.Connection, max_header_bytes: int
+) -> h11.Request | None:
+    """The next complete request (its body, if any, read and dropped); None when there is none,
+    or when its head is over `max_header_bytes` (answered 431)."""
     request: h11.Request | None = None
     while True:
         try:
@@ -114,6 +134,9 @@ async def _next_request(stream: trio.SocketStream, connection: h11.Connection) -
             connection.receive_data(data)  # b"" marks the end of the stream
             continue
         if isinstance(event, h11.Request):
+            if _head_size(event) > max_header_bytes:
+                await _refuse(stream, connection, 431)  # RFC 6585 5: Request Header Fields Too Large
+                return None
             request = event
         elif isinstance(event, h11.EndOfMessage):
             return request

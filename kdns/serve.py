@@ -21,6 +21,7 @@ import trio
 
 from kdns.address import SocketAddress
 from kdns.config import TcpLimits
+from kdns.connections import BufferBudget, ConnectionTable, Slot
 from kdns.core.counters import LATENCY_BUCKETS, RequestDurations
 from kdns.core.handler import ClientAddress, Forward, Handler
 from kdns.core.message import frame, framed_length
@@ -234,39 +235,54 @@ async def serve_tcp(
     forwarder: Forwarder | None = None,
     state: State | None = None,
     query_log: QueryLog | None = None,
+    buffers: BufferBudget | None = None,
 ) -> None:
-    """Accept TCP connections on `sock` until cancelled (RFC 7766)."""
+    """Accept TCP connections on `sock` until cancelled (RFC 7766). Past `limits.max_connections`
+    the connection idle longest is closed for the new one (RFC 7766 6.2.3: a server may close
+    idle connections when it needs the resources): idle clients cannot keep others out. Every
+    connection of the process holds its buffers within `buffers`."""
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     counts = state if state is not None else State()  # open connections: this listener's and others'
-    open_here = 0
+    budget = buffers if buffers is not None else BufferBudget(limits.buffer_bytes, counts.tcp_buffer_overflowed)
+    # No cap per address: a node's clients may all come from its address (a node-local cache
+    # opens a connection per query it forwards over TCP).
+    table = ConnectionTable(limits.max_connections, on_room=counts.tcp_room_made)
 
     async def connection(stream: trio.SocketStream) -> None:
-        nonlocal open_here
-        if open_here >= limits.max_connections:
-            counts.tcp_refused += 1
-            await stream.aclose()
-            return
-        open_here += 1
-        counts.tcp_connections += 1
         try:
-            await _serve_connection(stream, handler, limits, forwarder, counts, query_log)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the client went away
-        finally:
-            open_here -= 1
-            counts.tcp_connections -= 1
+            client = stream.socket.getpeername()
+        except OSError:
             await trio.aclose_forcefully(stream)
+            return  # gone before it was served
+        counts.tcp_connections += 1
+        with trio.CancelScope() as scope:
+            slot = table.admit(str(client[0]), scope)
+            try:
+                await _serve_connection(
+                    stream, client, handler, limits, forwarder, counts, query_log, slot, budget, table
+                )
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass  # the client went away
+            finally:
+                table.release(slot)
+                budget.release(slot)
+                counts.tcp_connections -= 1
+        await trio.aclose_forcefully(stream)
 
     await trio.serve_listeners(connection, [listener])
 
 
 async def _serve_connection(
     stream: trio.SocketStream,
+    client: ClientAddress,
     handler: Handler,
     limits: TcpLimits,
     forwarder: Forwarder | None,
     state: State,
-    query_log: QueryLog | None = None,
+    query_log: QueryLog | None,
+    slot: Slot,
+    budget: BufferBudget,
+    table: ConnectionTable,
 ) -> None:
     """Answer length-prefixed queries until the client closes the connection, goes
     `limits.idle_timeout` without completing a query (a client that drips bytes does not keep a
@@ -274,14 +290,15 @@ async def _serve_connection(
 
     Queries are answered concurrently (RFC 7766 6.2.1.1): a zone answer is written at once, a
     forwarded one when upstream answers, each with its own ID, so a slow upstream never holds
-    the answers behind it. Replies are written whole, one at a time.
+    the answers behind it. Replies are written whole, one at a time. What the connection holds
+    (its partial query, the replies being written) is held within `budget`: past it, the
+    connection holding the most, maybe this one, is closed.
     """
     buffer = bytearray()
-    try:
-        client = stream.socket.getpeername()
-    except OSError:
-        return  # gone before it was served
     writing = trio.Lock()
+
+    def holding(extra: int = 0) -> None:
+        budget.hold(slot, len(buffer) + extra)
 
     async def write(framed: bytes) -> None:
         """Write length-prefixed replies, whole; close the connection if the client does not
@@ -298,6 +315,7 @@ async def _serve_connection(
     async def forwarded(forward: Forward, forwarder: Forwarder, packet: bytes, started: float) -> None:
         reply = await forwarder.reply(forward, handler)
         await write(frame(reply))
+        table.active(slot)
         _finished(forward, client, packet, reply, True, started, durations, query_log)
 
     # Zone and cache answers to the queries a read brought are written together, in one send
@@ -311,7 +329,10 @@ async def _serve_connection(
             return
         data = bytes(batch)
         batch.clear()
+        holding(len(data))  # until it is written
         await write(data)
+        holding()
+        table.active(slot)
         now = perf_counter()
         for qtype, packet, reply, started in answered:
             if durations is not None:
@@ -357,6 +378,7 @@ async def _serve_connection(
                 if not data:
                     return  # the client is done sending: its pending answers are still written
                 buffer += data
+                holding()
                 continue
             return  # idle for too long (answers in flight are still written)
 
@@ -373,8 +395,10 @@ async def serve(
     """Serve UDP and TCP on every bound listener until cancelled; with `query_log`, one log line
     per answered query."""
     state = state if state is not None else State()
+    buffers = BufferBudget(limits.buffer_bytes, state.tcp_buffer_overflowed)  # every TCP connection's
+    state.add_stores(lambda: {"tcp_buffers": buffers.figures()})
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(serve_udp, listener.udp, handler, forwarder, state, query_log)
-            nursery.start_soon(serve_tcp, listener.tcp, handler, limits, forwarder, state, query_log)
+            nursery.start_soon(serve_tcp, listener.tcp, handler, limits, forwarder, state, query_log, buffers)
         task_status.started()

@@ -102,7 +102,9 @@ class State:
         self.watches: dict[str, WatchCounters] = {}
         self.cache: CacheCounters | None = None  # its own counters: hits, misses, inserts, evictions
         self.tcp_connections = 0  # open now
-        self.tcp_refused = 0  # closed at once: over --max-tcp-connections
+        self.tcp_refused = 0  # closed to admit another: over --max-tcp-connections (the one idle longest)
+        self.tcp_buffer_closed = 0  # closed to stay within --tcp-buffer-bytes (the one holding the most)
+        self.http_closed_for_room = 0  # HTTP connections closed to admit another (the one idle longest)
         self.udp_receive_errors = 0
         self.objects_rejected = 0  # API objects that could not be converted or applied
         self.panics = 0  # queries whose handling raised (answered SERVFAIL, logged)
@@ -118,6 +120,18 @@ class State:
         # Readers of the bounded stores this process holds (README "Budgets"), by whoever owns
         # each: read when metrics are scraped or a worker reports, never on the query path.
         self._store_readers: list[Callable[[], Mapping[str, StoreSize]]] = []
+
+    def http_room_made(self) -> None:
+        """An HTTP listener closed its connection idle longest to admit another."""
+        self.http_closed_for_room += 1
+
+    def tcp_room_made(self) -> None:
+        """A DNS TCP listener closed its connection idle longest to admit another."""
+        self.tcp_refused += 1
+
+    def tcp_buffer_overflowed(self) -> None:
+        """The TCP connection holding the most was closed to keep within --tcp-buffer-bytes."""
+        self.tcp_buffer_closed += 1
 
     # -- bounded stores ----------------------------------------------------------------------
 
@@ -167,7 +181,14 @@ class State:
         readiness and reloads, and the query side summed over the workers' last `figures`
         and what workers that have since ended counted (`retired`); `figures` by worker number."""
         view = State(time_requests=self.durations is not None, workers_serving=self._workers_serving)
-        for name in ("programming", "watches", "objects_rejected", "reloads", "reload_failures"):
+        for name in (
+            "programming",
+            "watches",
+            "objects_rejected",
+            "reloads",
+            "reload_failures",
+            "http_closed_for_room",
+        ):
             setattr(view, name, getattr(self, name))
         view._following, view.draining = self._following, self.draining
         view.workers, view.worker_restarts = self.workers, self.worker_restarts
@@ -195,6 +216,7 @@ class WorkerFigures:
     cache: CacheTotals | None = None
     tcp_connections: int = 0
     tcp_refused: int = 0
+    tcp_buffer_closed: int = 0
     udp_receive_errors: int = 0
     panics: int = 0
     healthcheck_broken: int = 0
@@ -210,6 +232,7 @@ class WorkerFigures:
             cache,
             state.tcp_connections,
             state.tcp_refused,
+            state.tcp_buffer_closed,
             state.udp_receive_errors,
             state.panics,
             state.healthcheck_broken,
@@ -237,6 +260,7 @@ class WorkerFigures:
         if live:
             view.tcp_connections += self.tcp_connections
         view.tcp_refused += self.tcp_refused
+        view.tcp_buffer_closed += self.tcp_buffer_closed
         view.udp_receive_errors += self.udp_receive_errors
         view.panics += self.panics
         view.healthcheck_broken += self.healthcheck_broken

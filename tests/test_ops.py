@@ -4,6 +4,7 @@ oversized clients from starving the probes or DNS."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -78,15 +79,62 @@ async def test_idle_and_slow_clients_beyond_the_cap_never_starve_a_probe(
     held = [await trio.open_tcp_stream(*address) for _ in range(5)]
     for stream in held[:2]:
         await stream.send_all(b"GET /hea")  # slow-loris: never finishes its request
-    extra = await trio.open_tcp_stream(*address)  # beyond the cap: closed at once
+    await trio.sleep(0.1)
+    # Beyond the cap, the newcomer is served and the connection idle longest is closed.
+    reply = await _request(address, b"GET /health HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ")
     with trio.fail_after(1):
-        assert await _receive_all(extra) == b""
+        assert await _receive_all(held[0]) == b""
     await trio.sleep(6)  # virtual: past the read timeout, every held connection is closed
-    for stream in held:
+    for stream in held[1:]:
         with trio.fail_after(1):
             await _receive_all(stream)
     reply = await _request(address, b"GET /health HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200 ")
+    nursery.cancel_scope.cancel()
+
+
+async def _keep_alive(stream: trio.SocketStream, every: float) -> None:
+    """A client that holds its connection by asking /health every `every` seconds, forever."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while True:
+            await stream.send_all(b"GET /health HTTP/1.1\r\nHost: k\r\n\r\n")
+            if not await stream.receive_some(4096):
+                return
+            await trio.sleep(every)
+
+
+async def test_a_probe_gets_through_while_64_keep_alive_connections_are_held(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Issue 17, K3: 64 keep-alive connections asking /health every 4 s filled the cap, and every
+    probe was reset (24 of 24) for as long as the holder liked: the liveness probe restarted
+    kdns, readiness took it out of the Service. Now a newcomer closes the connection idle
+    longest; one address may hold at most `max_per_address`, making room among its own."""
+    address = await _start(nursery, HttpLimits())  # 64 connections, 8 per address
+    # 8 connections from each of 8 addresses: the listener is full, no address past its cap.
+    holders = [await trio.open_tcp_stream(*address, local_address=f"127.0.0.{2 + i % 8}") for i in range(64)]
+    for stream in holders:
+        nursery.start_soon(_keep_alive, stream, 4.0)
+    await trio.sleep(1)
+    for _ in range(24):  # the kubelet's probes: a new connection each, every 10 s
+        probe = await _request(address, b"GET /health HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n")
+        assert probe.startswith(b"HTTP/1.1 200 "), probe
+        await trio.sleep(10)
+    nursery.cancel_scope.cancel()
+
+
+async def test_headers_over_the_limit_are_refused_even_when_they_arrive_in_one_read(nursery: trio.Nursery) -> None:
+    """Issue 17, K11: a 9 KB request head got 200 (h11 checks only heads still incomplete)."""
+    address = await _start(nursery, HttpLimits())
+    head = b"GET /health HTTP/1.1\r\nHost: k\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"
+    stream = await trio.open_tcp_stream(*address)
+    await stream.send_all(head)  # arrives in one piece over loopback
+    with trio.fail_after(10):
+        reply = await _receive_all(stream)
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:40]
+    just_under = b"GET /health HTTP/1.1\r\nHost: k\r\nConnection: close\r\nX-Big: " + b"a" * 8000 + b"\r\n\r\n"
+    assert (await _request(address, just_under)).startswith(b"HTTP/1.1 200 ")
     nursery.cancel_scope.cancel()
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kdns.config import ServeConfig
-from kdns.core.convert import key_of
 from kdns.core.budgets import POD_INDEX_BYTES
+from kdns.core.convert import key_of
 from kdns.core.model import ClusterObject, IPAddress
 from kdns.core.records import Omission
 from kdns.core.store import Change, ClusterStore, PodMode
