@@ -18,8 +18,8 @@ import pytest
 from kdns.core.handler import Handler
 from tests.apiserver import FakeApiServer
 from tests.builders import Obj, ask, namespace, records, service, store_of
+from tests.helpers import FAST, QueryLoop, ask_server, synced, wait
 from tests.process import KdnsServer
-from tests.test_live import FAST, QueryLoop, _ask, _synced, _wait
 
 STEADY = {"web.prod.svc.cluster.local": ["10.96.0.5"], "db.prod.svc.cluster.local": ["10.96.0.6"]}
 
@@ -51,12 +51,12 @@ def test_garbled_streams_and_hostile_events_never_disturb_the_names_that_exist(
     server = _start(api, tmp_path)
     loop = None
     try:
-        _synced(server)
+        synced(server)
         loop = QueryLoop(server, STEADY)
         # A connection cut in the middle of an event: truncated JSON, then the whole event again.
         api.cut_next_event()
         api.apply(service("prod", "cut", ["10.96.0.7"]))
-        _wait(lambda: _ask(server, "cut.prod.svc.cluster.local")[1] == ["10.96.0.7"], 10, "the cut event, resent")
+        wait(lambda: ask_server(server, "cut.prod.svc.cluster.local")[1] == ["10.96.0.7"], 10, "the cut event, resent")
         # Events of an unknown type, foreign kinds, and objects kdns cannot read.
         version = {"resourceVersion": "1"}
         hostile = [
@@ -77,10 +77,10 @@ def test_garbled_streams_and_hostile_events_never_disturb_the_names_that_exist(
         api.inject("Service", b"[1, 2, 3]\n")
         api.inject("Service", b'{"type": "ADDED", "object": {"metadata": {"name": "x\xff\xfe"}}}\n')
         api.apply(service("prod", "after", ["10.96.0.9"]))  # the watch still follows the cluster
-        _wait(lambda: _ask(server, "after.prod.svc.cluster.local")[1] == ["10.96.0.9"], 10, "a change after them")
-        assert _ask(server, "weird.prod.svc.cluster.local")[0] == "NXDOMAIN"
-        assert _ask(server, "cm.prod.svc.cluster.local")[0] == "NXDOMAIN"
-        assert _ask(server, "huge.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        wait(lambda: ask_server(server, "after.prod.svc.cluster.local")[1] == ["10.96.0.9"], 10, "a change after them")
+        assert ask_server(server, "weird.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        assert ask_server(server, "cm.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        assert ask_server(server, "huge.prod.svc.cluster.local")[0] == "NXDOMAIN"
         loop.wait_for(21)
         loop.stop()
         assert loop.asked > 20 and loop.wrong == []
@@ -97,7 +97,7 @@ def test_a_flood_of_10000_events_is_followed_to_the_last_with_no_failed_query(
     server = _start(api, tmp_path)
     loop = None
     try:
-        _synced(server)
+        synced(server)
         loop = QueryLoop(server, STEADY)
         final: dict[str, Obj] = {}
         started = time.monotonic()
@@ -114,14 +114,14 @@ def test_a_flood_of_10000_events_is_followed_to_the_last_with_no_failed_query(
         api.apply(service("prod", "sentinel", ["10.96.0.100"]))  # events arrive in order: the last one
         expected = store_of(namespace("prod"), service("prod", "web", ["10.96.0.5"]), *final.values())
         handler = Handler(expected.zone)
-        _wait(lambda: _ask(server, "sentinel.prod.svc.cluster.local")[1] == ["10.96.0.100"], 30, "the flood's end")
+        wait(lambda: ask_server(server, "sentinel.prod.svc.cluster.local")[1] == ["10.96.0.100"], 30, "the flood's end")
         loop.wait_for(21)
         loop.stop()
         assert loop.asked > 20 and loop.wrong == [], loop.wrong[:5]
         for i in range(500):  # every name ends where a fresh build of the final objects is
             name = f"f{i}.prod.svc.cluster.local"
             want = ask(handler, name)
-            got = _ask(server, name)
+            got = ask_server(server, name)
             assert got == (_rcode_text(want), [line.split()[-1] for line in records(want)]), name
         print(f"10,000 events written in {flood_seconds:.1f} s")
     finally:
@@ -142,8 +142,12 @@ def test_a_relist_of_50000_objects_loses_no_name_and_ends_where_a_fresh_build_do
     server = _start(api, tmp_path, "--api-timeout", "30")
     loop = None
     try:
-        _wait(lambda: _ask(server, "kdns-sync-check.nowhere.svc.cluster.local")[0] == "NXDOMAIN", 120, "the first list")
-        assert _ask(server, "bulk49999.prod.svc.cluster.local")[0] == "NOERROR"
+        wait(
+            lambda: ask_server(server, "kdns-sync-check.nowhere.svc.cluster.local")[0] == "NXDOMAIN",
+            120,
+            "the first list",
+        )
+        assert ask_server(server, "bulk49999.prod.svc.cluster.local")[0] == "NOERROR"
         loop = QueryLoop(server, {**STEADY, "bulk12345.prod.svc.cluster.local": ["10.98.49.96"]})
         for i in range(0, 50_000, 1000):  # while kdns is away, a fiftieth of the cluster changes
             api.delete("Service", "prod", f"bulk{i}")
@@ -151,13 +155,13 @@ def test_a_relist_of_50000_objects_loses_no_name_and_ends_where_a_fresh_build_do
         api.compact()
         api.drop_connections()  # its watch resumes from a compacted version: 410, and a relist
         try:
-            _wait(lambda: _ask(server, "relisted.prod.svc.cluster.local")[1] == ["10.96.0.44"], 300, "the relist")
+            wait(lambda: ask_server(server, "relisted.prod.svc.cluster.local")[1] == ["10.96.0.44"], 300, "the relist")
         except AssertionError as error:
             raise AssertionError(f"{error}\n{server.log_text()[-4000:]}") from None
         # What the relist did not hold goes once its last page is in.
-        _wait(lambda: _ask(server, "bulk1000.prod.svc.cluster.local")[0] == "NXDOMAIN", 30, "the deletions")
-        assert _ask(server, "bulk49000.prod.svc.cluster.local")[0] == "NXDOMAIN"
-        assert _ask(server, "bulk1001.prod.svc.cluster.local")[1] == ["10.98.4.2"]
+        wait(lambda: ask_server(server, "bulk1000.prod.svc.cluster.local")[0] == "NXDOMAIN", 30, "the deletions")
+        assert ask_server(server, "bulk49000.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        assert ask_server(server, "bulk1001.prod.svc.cluster.local")[1] == ["10.98.4.2"]
         loop.stop()
         assert loop.asked > 10 and loop.wrong == [], loop.wrong[:5]
         assert "410" in server.log_text()
@@ -176,19 +180,19 @@ def test_a_service_published_in_part_never_blanks_its_page_at_start_or_after_a_r
         api.apply(service("prod", f"s{i}", [f"10.96.1.{i}"]))
     server = _start(api, tmp_path, "--api-page-size", "2")
     try:
-        _synced(server)
+        synced(server)
         expected = {f"s{i}.prod.svc.cluster.local": [f"10.96.1.{i}"] for i in range(1, 4)}
         for name, addresses in expected.items():
-            assert _ask(server, name) == ("NOERROR", addresses)
+            assert ask_server(server, name) == ("NOERROR", addresses)
         loop = QueryLoop(server, {**expected, "bad.prod.svc.cluster.local": ["10.96.1.9"]})
         try:
             api.stop()
-            _wait(lambda: server.log_text().count("cannot reach the API") == 3, 10, "every watcher saw the outage")
+            wait(lambda: server.log_text().count("cannot reach the API") == 3, 10, "every watcher saw the outage")
             loop.wait_for(11)
             api.apply(service("prod", "s4", ["10.96.1.4"]))
             api.compact()
             api.start()
-            _wait(lambda: _ask(server, "s4.prod.svc.cluster.local")[1] == ["10.96.1.4"], 20, "the relist")
+            wait(lambda: ask_server(server, "s4.prod.svc.cluster.local")[1] == ["10.96.1.4"], 20, "the relist")
         finally:
             loop.stop()
         assert loop.wrong == [] and loop.asked > 10

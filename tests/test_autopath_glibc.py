@@ -14,9 +14,9 @@ import yaml
 
 from tests.builders import namespace, pod, service
 from tests.fakeupstream import FakeUpstream
+from tests.helpers import http_get, http_port, wait
 from tests.netns import Namespace, pod_namespace
 from tests.process import KdnsServer
-from tests.test_live import _http_get, _http_port, _wait
 
 POD_RESOLV_CONF = (
     "nameserver {server}\nsearch staging.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
@@ -43,7 +43,7 @@ def _snapshot(tmp_path: Path, pod_address: str) -> Path:
 
 
 def _requests(server: KdnsServer) -> int:
-    text = _http_get(_http_port(server, "/metrics"), "/metrics")[1]
+    text = http_get(http_port(server, "/metrics"), "/metrics")[1]
     return int(sum(float(value) for value in re.findall(r"^coredns_dns_requests_total{[^}]*} (\S+)$", text, re.M)))
 
 
@@ -73,9 +73,9 @@ def test_an_external_name_costs_one_query_with_autopath_and_four_without(
     server = _kdns(tmp_path, pod_ns, upstream, *(("--autopath",) if autopath else ()))
     try:
         assert _getent(pod_ns, "ext.example.test") == {"192.0.2.44"}
-        _wait(lambda: _requests(server) >= expected, 5, f"{expected} queries counted")
+        wait(lambda: _requests(server) >= expected, 5, f"{expected} queries counted")
         assert _requests(server) == expected
-        metrics = _http_get(_http_port(server, "/metrics"), "/metrics")[1]
+        metrics = http_get(http_port(server, "/metrics"), "/metrics")[1]
         successes = re.search(r"^coredns_autopath_success_total{[^}]*} (\S+)$", metrics, re.M)
         assert successes is not None and float(successes.group(1)) == (1.0 if autopath else 0.0)
     finally:

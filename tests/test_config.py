@@ -13,8 +13,8 @@ import yaml
 from kdns import cli
 from kdns.config import ServeConfig
 from kdns.errors import KdnsError
+from tests.helpers import QueryLoop, wait
 from tests.process import EXAMPLE, KdnsServer, run_kdns
-from tests.test_live import QueryLoop, _wait
 
 
 def _settings(argv: list[str], environ: dict[str, str] | None = None) -> ServeConfig:
@@ -91,7 +91,7 @@ def test_reload_on_sighup_and_on_a_configmap_style_swap_with_no_failed_query(tmp
         # SIGHUP with a changed file: the log level applies at once, the TTL at the next restart.
         _write(first / "kdns.yaml", {"log-level": "debug", "ttl": 60})
         server.process.send_signal(signal.SIGHUP)
-        _wait(lambda: "reload applied: log_level" in server.log_text(), 5, "SIGHUP reload")
+        wait(lambda: "reload applied: log_level" in server.log_text(), 5, "SIGHUP reload")
         assert "ttl changed; applied at the next restart" in server.log_text()
         # A ConfigMap update swaps the directory; a bad configuration is refused, the old one stays.
         second = tmp_path / "..2026_12_02"
@@ -100,7 +100,7 @@ def test_reload_on_sighup_and_on_a_configmap_style_swap_with_no_failed_query(tmp
         swap = tmp_path / "..data_tmp"
         swap.symlink_to(second.name)
         os.replace(swap, tmp_path / "..data")
-        _wait(lambda: "reload refused" in server.log_text(), 10, "the swapped file to be read")
+        wait(lambda: "reload refused" in server.log_text(), 10, "the swapped file to be read")
         assert "key ttl" in server.log_text()
         loop.wait_for(11)  # and the old configuration keeps answering
     finally:

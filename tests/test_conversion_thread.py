@@ -16,7 +16,7 @@ from kdns.config import WatchOptions
 from kdns.sources import kube
 from tests.apiserver import FakeApiServer
 from tests.builders import namespace, service
-from tests.test_app import _ask, _config
+from tests.helpers import ask_in_process, serve_config
 
 
 async def test_objects_are_converted_in_the_watch_threads_never_on_the_event_loop(
@@ -33,16 +33,18 @@ async def test_objects_are_converted_in_the_watch_threads_never_on_the_event_loo
         return real_convert(kind, raw)
 
     monkeypatch.setattr(kube, "convert", recording)
-    config = _config(snapshot=None, kubeconfig=str(api.kubeconfig(tmp_path)), watch=WatchOptions(watch_timeout=5))
+    config = serve_config(snapshot=None, kubeconfig=str(api.kubeconfig(tmp_path)), watch=WatchOptions(watch_timeout=5))
     try:
         running: app.Running = await nursery.start(app.run, config)
         with trio.fail_after(10):
             while not running.state.ready():
                 await trio.sleep(0.02)
-        assert (await _ask(running.addresses[0], "web.prod.svc.cluster.local")).answer[0][0].address == "10.96.0.5"
+        assert (await ask_in_process(running.addresses[0], "web.prod.svc.cluster.local")).answer[0][
+            0
+        ].address == "10.96.0.5"
         await trio.to_thread.run_sync(api.apply, service("prod", "late", ["10.96.0.9"]))
         with trio.fail_after(10):
-            while not (await _ask(running.addresses[0], "late.prod.svc.cluster.local")).answer:
+            while not (await ask_in_process(running.addresses[0], "late.prod.svc.cluster.local")).answer:
                 await trio.sleep(0.02)
         assert len(converted_on) >= 3 and not any(converted_on)
         watches = running.state.watches

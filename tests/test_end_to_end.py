@@ -21,6 +21,7 @@ import yaml
 
 from tests.builders import endpoint, endpoint_slice, headless, service
 from tests.fakeupstream import read_exactly
+from tests.helpers import http_get, http_port
 from tests.process import KdnsServer, dig, run_kdns
 
 pytestmark = pytest.mark.usefixtures("dig_installed")
@@ -272,11 +273,10 @@ def test_listen_address_in_use_exits_2() -> None:
 def test_sigterm_starts_a_lameduck_that_answers_every_query_while_ready_turns_503() -> None:
     """CoreDNS's `health { lameduck 5s }`: after SIGTERM the kube-dns Service stops routing to
     the pod (ready 503) while the pod still answers what is in flight or already routed to it."""
-    from tests.test_live import _http_get, _http_port
 
     server = KdnsServer("--snapshot", "examples/cluster.yaml", "--lameduck", "2s", "--ready-listen", "127.0.0.1:0")
-    ready = _http_port(server, "/ready")
-    assert _http_get(ready, "/ready")[0] == 200
+    ready = http_port(server, "/ready")
+    assert http_get(ready, "/ready")[0] == 200
     answered, failed = 0, 0
     started = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
@@ -290,7 +290,7 @@ def test_sigterm_starts_a_lameduck_that_answers_every_query_while_ready_turns_50
         except dns.exception.Timeout:
             failed += 1
         if not saw_503:
-            saw_503 = _http_get(ready, "/ready")[0] == 503
+            saw_503 = http_get(ready, "/ready")[0] == 503
         time.sleep(0.02)
     assert saw_503 and answered > 20 and failed == 0
     assert server.process.wait(10) == 0

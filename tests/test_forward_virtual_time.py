@@ -23,7 +23,7 @@ from kdns.forward import Forwarder
 from kdns.state import State
 from tests.builders import store_of
 from tests.fakeupstream import FakeUpstream
-from tests.test_app import _ask, _config
+from tests.helpers import ask_in_process, serve_config
 
 
 @pytest.fixture
@@ -134,11 +134,11 @@ def _forwarding_config(upstream: FakeUpstream, **forward: object) -> ServeConfig
         "prefetch": False,
     }
     fields.update(forward)
-    return _config(forward=ForwardConfig(**fields))  # type: ignore[arg-type]
+    return serve_config(forward=ForwardConfig(**fields))  # type: ignore[arg-type]
 
 
 async def _ask_app(running: app.Running, name: str) -> dns.message.Message:
-    return await _ask(running.addresses[0], name)
+    return await ask_in_process(running.addresses[0], name)
 
 
 async def test_cached_answers_count_their_ttl_down_on_the_programs_clock(

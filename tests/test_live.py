@@ -4,107 +4,36 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
-import dns.message
-import dns.query
-import dns.rcode
 import pytest
 import yaml
 
 from tests.apiserver import TOKEN, FakeApiServer, make_tls_files
 from tests.builders import Obj, endpoint, endpoint_slice, headless, namespace, pod, service
+from tests.helpers import (
+    FAST,
+    METRICS,
+    QueryLoop,
+    ask_server,
+    failures_grow,
+    http_get,
+    http_port,
+    synced,
+    wait,
+)
 from tests.process import EXAMPLE, KdnsServer, run_kdns
-
-FAST = ("--api-timeout", "2", "--watch-timeout", "5", "--api-backoff-max", "1")
 
 
 def _start(api: FakeApiServer, tmp_path: Path, *args: str) -> KdnsServer:
     return KdnsServer("--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, *args, listen=("127.0.0.1:0",))
 
 
-def _ask(server: KdnsServer, name: str, rdtype: str = "A", tcp: bool = False) -> tuple[str, list[str]]:
-    query = dns.message.make_query(name, rdtype)
-    send = dns.query.tcp if tcp else dns.query.udp
-    reply = send(query, server.host, port=server.port, timeout=3)
-    return dns.rcode.to_text(reply.rcode()), sorted(item.to_text() for rrset in reply.answer for item in rrset)
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
 def _count_is(count: Callable[[], int], expected: int) -> bool:
     return count() == expected
-
-
-def _synced(server: KdnsServer) -> None:
-    """Wait until every watcher has listed: until then a missing name is SERVFAIL, not NXDOMAIN."""
-    _wait(lambda: _ask(server, "kdns-sync-check.nowhere.svc.cluster.local")[0] == "NXDOMAIN", 10, "first sync")
-
-
-class QueryLoop:
-    """Asks names in a loop on a thread, recording every answer that differs from the expected."""
-
-    def __init__(self, server: KdnsServer, expected: dict[str, list[str]]) -> None:
-        self.server = server
-        self.expected = expected
-        self.asked = 0
-        self.wrong: list[tuple[str, str, list[str]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name, addresses in self.expected.items():
-                try:
-                    rcode, answer = _ask(self.server, name)
-                except dns.exception.Timeout:
-                    rcode, answer = "TIMEOUT", []
-                self.asked += 1
-                if (rcode, answer) != ("NOERROR", addresses):
-                    self.wrong.append((name, rcode, answer))
-            time.sleep(0.02)
-
-    def wait_for(self, more: int, timeout: float = 10) -> None:
-        """Wait until the loop has asked `more` further names (instead of sleeping a while)."""
-        target = self.asked + more
-        _wait(lambda: self.asked >= target, timeout, f"{more} more queries from the loop")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
-def _watch_errors(server: KdnsServer) -> int:
-    """Failed API requests so far, over every watcher (`kdns_watch_errors_total`); kdns must have
-    been started with `--metrics-listen`."""
-    body = _http_get(_http_port(server, "/metrics"), "/metrics")[1]
-    return int(
-        sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith("kdns_watch_errors_total{"))
-    )
-
-
-def _failures_grow(server: KdnsServer, more: int, timeout: float, what: str) -> None:
-    """Wait until `more` further API requests have failed: the outage has been met and retried."""
-    target = _watch_errors(server) + more
-    _wait(lambda: _watch_errors(server) >= target, timeout, what)
-
-
-METRICS = ("--metrics-listen", "127.0.0.1:0")
 
 
 def test_service_created_after_start_resolves_and_deleted_goes_nxdomain_within_2s(
@@ -112,13 +41,13 @@ def test_service_created_after_start_resolves_and_deleted_goes_nxdomain_within_2
 ) -> None:
     server = _start(api, tmp_path)
     try:
-        _synced(server)
+        synced(server)
         api.apply(service("prod", "late", ["10.96.0.9"]))
-        _wait(lambda: _ask(server, "late.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.9"]), 2, "new service")
+        wait(lambda: ask_server(server, "late.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.9"]), 2, "new service")
         api.delete("Service", "prod", "late")
-        _wait(lambda: _ask(server, "late.prod.svc.cluster.local")[0] == "NXDOMAIN", 2, "deleted service")
+        wait(lambda: ask_server(server, "late.prod.svc.cluster.local")[0] == "NXDOMAIN", 2, "deleted service")
         api.apply(service("prod", "web", ["10.96.0.5", "fd00::5"]))
-        _wait(lambda: _ask(server, "web.prod.svc.cluster.local", "AAAA")[1] == ["fd00::5"], 2, "modified service")
+        wait(lambda: ask_server(server, "web.prod.svc.cluster.local", "AAAA")[1] == ["fd00::5"], 2, "modified service")
     finally:
         assert server.stop() == 0
 
@@ -136,11 +65,11 @@ def test_endpoint_turning_not_ready_leaves_the_headless_answer_and_publish_not_r
     server = _start(api, tmp_path)
     try:
         both = ["10.244.0.1", "10.244.0.2"]
-        _wait(lambda: _ask(server, "db.prod.svc.cluster.local")[1] == both, 5, "both endpoints")
+        wait(lambda: ask_server(server, "db.prod.svc.cluster.local")[1] == both, 5, "both endpoints")
         api.apply(slice_("db", False))
         api.apply(slice_("all", False))
-        _wait(lambda: _ask(server, "db.prod.svc.cluster.local")[1] == ["10.244.0.1"], 2, "not-ready endpoint gone")
-        assert _ask(server, "all.prod.svc.cluster.local")[1] == both
+        wait(lambda: ask_server(server, "db.prod.svc.cluster.local")[1] == ["10.244.0.1"], 2, "not-ready endpoint gone")
+        assert ask_server(server, "all.prod.svc.cluster.local")[1] == both
     finally:
         assert server.stop() == 0
 
@@ -152,10 +81,10 @@ def test_before_the_first_list_completes_cluster_names_get_servfail_not_nxdomain
     server = _start(api, tmp_path)
     try:
         for name in ("web.prod.svc.cluster.local", "nope.prod.svc.cluster.local", "prod.svc.cluster.local"):
-            assert _ask(server, name)[0] == "SERVFAIL", name
+            assert ask_server(server, name)[0] == "SERVFAIL", name
         api.stall(False)
-        _synced(server)
-        assert _ask(server, "nope.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        synced(server)
+        assert ask_server(server, "nope.prod.svc.cluster.local")[0] == "NXDOMAIN"
     finally:
         assert server.stop() == 0
 
@@ -165,23 +94,23 @@ def test_api_server_stopped_names_keep_resolving_through_retries_and_changes_app
 ) -> None:
     server = _start(api, tmp_path, *METRICS)
     try:
-        _synced(server)
+        synced(server)
         loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.0.5"]})
         api.stop()
         api.apply(service("prod", "while-down", ["10.96.0.7"]))  # made while kdns cannot see it
         # Down until every watcher (3) has failed and retried at least twice more, and the loop
         # has been answered throughout.
-        _failures_grow(server, 9, 15, "three failed tries per watcher")
+        failures_grow(server, 9, 15, "three failed tries per watcher")
         loop.wait_for(100)
         api.start()
-        _wait(
-            lambda: _ask(server, "while-down.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.7"]),
+        wait(
+            lambda: ask_server(server, "while-down.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.7"]),
             5,
             "change made during the outage",
         )
         loop.stop()
         assert loop.asked > 100 and loop.wrong == []
-        _wait(lambda: server.log_text().count("API reachable again") == 3, 3, "every watcher recovered")
+        wait(lambda: server.log_text().count("API reachable again") == 3, 3, "every watcher recovered")
         log = server.log_text()
         # One warning per watcher for the whole outage, not one per retry.
         assert log.count("cannot reach the API") == 3, log
@@ -194,15 +123,15 @@ def test_410_during_watch_relists_without_any_name_flapping(api: FakeApiServer, 
     api.apply(service("prod", "doomed", ["10.96.0.8"]))
     server = _start(api, tmp_path)
     try:
-        _synced(server)
+        synced(server)
         loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.0.5"]})
         api.stop()
         api.apply(service("prod", "added", ["10.96.0.9"]))
         api.delete("Service", "prod", "doomed")
         api.compact()  # kdns's last resourceVersion is now too old: 410 Gone on resume
         api.start()
-        _wait(lambda: _ask(server, "added.prod.svc.cluster.local")[0] == "NOERROR", 5, "relist after 410")
-        _wait(lambda: _ask(server, "doomed.prod.svc.cluster.local")[0] == "NXDOMAIN", 2, "deletion seen by relist")
+        wait(lambda: ask_server(server, "added.prod.svc.cluster.local")[0] == "NOERROR", 5, "relist after 410")
+        wait(lambda: ask_server(server, "doomed.prod.svc.cluster.local")[0] == "NXDOMAIN", 2, "deletion seen by relist")
         loop.wait_for(20)
         loop.stop()
         assert loop.wrong == [] and loop.asked > 20
@@ -215,17 +144,17 @@ def test_api_answering_500_or_stalling_never_empties_the_zone(api: FakeApiServer
     # A stalled watch times out after its own timeout plus --api-timeout: 1 + 2 s here.
     server = _start(api, tmp_path, *METRICS, "--watch-timeout", "1")
     try:
-        _synced(server)
+        synced(server)
         loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.0.5"]})
         api.fail()
-        _failures_grow(server, 6, 15, "two 500s per watcher")
+        failures_grow(server, 6, 15, "two 500s per watcher")
         api.fail(False)
         api.stall()
-        _failures_grow(server, 3, 15, "a read timed out (--api-timeout) per watcher")
+        failures_grow(server, 3, 15, "a read timed out (--api-timeout) per watcher")
         loop.wait_for(20)
         api.stall(False)
         api.apply(service("prod", "after", ["10.96.0.4"]))
-        _wait(lambda: _ask(server, "after.prod.svc.cluster.local")[0] == "NOERROR", 8, "recovery")
+        wait(lambda: ask_server(server, "after.prod.svc.cluster.local")[0] == "NOERROR", 8, "recovery")
         loop.stop()
         assert loop.wrong == [] and loop.asked > 50
         assert "API answered 500" in server.log_text()
@@ -236,7 +165,7 @@ def test_api_answering_500_or_stalling_never_empties_the_zone(api: FakeApiServer
 def test_relist_answered_500_keeps_the_zone_until_a_list_succeeds(api: FakeApiServer, tmp_path: Path) -> None:
     server = _start(api, tmp_path)
     try:
-        _synced(server)
+        synced(server)
         loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.0.5"]})
         api.stop()
         api.compact()  # the resumed watch gets 410 ...
@@ -247,11 +176,11 @@ def test_relist_answered_500_keeps_the_zone_until_a_list_succeeds(api: FakeApiSe
             return sum(request.startswith("/api/v1/services?limit") for request in api.requests)
 
         first = relists()
-        _wait(lambda: relists() >= first + 3, 10, "three relist attempts, each answered 500")
-        assert _ask(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
+        wait(lambda: relists() >= first + 3, 10, "three relist attempts, each answered 500")
+        assert ask_server(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
         api.fail(False)
         api.apply(service("prod", "after", ["10.96.0.4"]))
-        _wait(lambda: _ask(server, "after.prod.svc.cluster.local")[0] == "NOERROR", 5, "relist succeeded")
+        wait(lambda: ask_server(server, "after.prod.svc.cluster.local")[0] == "NOERROR", 5, "relist succeeded")
         loop.stop()
         assert loop.wrong == []
         # Refused while stopped, then 500: one outage, so one warning (which of the two comes first
@@ -266,9 +195,9 @@ def test_lists_are_read_page_by_page(api: FakeApiServer, tmp_path: Path) -> None
         api.apply(service("prod", f"paged-{i}", [f"10.96.9.{i + 1}"]))
     server = _start(api, tmp_path, "--api-page-size", "7")
     try:
-        _synced(server)
+        synced(server)
         for i in (0, 13, 29):
-            assert _ask(server, f"paged-{i}.prod.svc.cluster.local")[1] == [f"10.96.9.{i + 1}"]
+            assert ask_server(server, f"paged-{i}.prod.svc.cluster.local")[1] == [f"10.96.9.{i + 1}"]
         pages = [
             request for request in api.requests if request.startswith("/api/v1/services?") and "watch" not in request
         ]
@@ -280,10 +209,10 @@ def test_lists_are_read_page_by_page(api: FakeApiServer, tmp_path: Path) -> None
 def test_watch_ending_normally_is_resumed_from_the_last_version(api: FakeApiServer, tmp_path: Path) -> None:
     server = _start(api, tmp_path, "--watch-timeout", "1")  # each watch asks the server to end it in 1 s
     try:
-        _synced(server)
-        _wait(lambda: api.watch_count() >= 9, 10, "every watch ended and resumed twice")
+        synced(server)
+        wait(lambda: api.watch_count() >= 9, 10, "every watch ended and resumed twice")
         api.apply(service("prod", "later", ["10.96.0.3"]))
-        _wait(lambda: _ask(server, "later.prod.svc.cluster.local")[0] == "NOERROR", 2, "event after resume")
+        wait(lambda: ask_server(server, "later.prod.svc.cluster.local")[0] == "NOERROR", 2, "event after resume")
         lists = [request for request in api.requests if "watch=true" not in request]
         assert len(lists) == 3  # resumed by watching again, never by listing again
         assert api.watch_count() >= 6
@@ -297,16 +226,16 @@ def test_namespaces_flag_watches_only_those_namespaces(api: FakeApiServer, tmp_p
         api.apply(service(name, "svc", ["10.96.1." + str(ord(name))]))
     server = _start(api, tmp_path, "--namespaces", "a,b")
     try:
-        _synced(server)
-        _wait(lambda: _ask(server, "svc.a.svc.cluster.local")[0] == "NOERROR", 5, "namespace a")
-        assert _ask(server, "svc.b.svc.cluster.local")[1] == ["10.96.1.98"]
-        assert _ask(server, "svc.c.svc.cluster.local")[0] == "NXDOMAIN"
-        assert _ask(server, "c.svc.cluster.local")[0] == "NXDOMAIN"
-        assert _ask(server, "web.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        synced(server)
+        wait(lambda: ask_server(server, "svc.a.svc.cluster.local")[0] == "NOERROR", 5, "namespace a")
+        assert ask_server(server, "svc.b.svc.cluster.local")[1] == ["10.96.1.98"]
+        assert ask_server(server, "svc.c.svc.cluster.local")[0] == "NXDOMAIN"
+        assert ask_server(server, "c.svc.cluster.local")[0] == "NXDOMAIN"
+        assert ask_server(server, "web.prod.svc.cluster.local")[0] == "NXDOMAIN"
         api.apply(service("c", "more", ["10.96.1.200"]))
         api.apply(service("a", "more", ["10.96.1.201"]))
-        _wait(lambda: _ask(server, "more.a.svc.cluster.local")[0] == "NOERROR", 2, "event in a")
-        assert _ask(server, "more.c.svc.cluster.local")[0] == "NXDOMAIN"
+        wait(lambda: ask_server(server, "more.a.svc.cluster.local")[0] == "NOERROR", 2, "event in a")
+        assert ask_server(server, "more.c.svc.cluster.local")[0] == "NXDOMAIN"
         service_paths = {request.split("?")[0] for request in api.requests if "services" in request}
         assert service_paths == {"/api/v1/namespaces/a/services", "/api/v1/namespaces/b/services"}
     finally:
@@ -319,17 +248,17 @@ def test_labels_flag_serves_only_matching_services(api: FakeApiServer, tmp_path:
     api.apply(chosen)
     server = _start(api, tmp_path, "--labels", "dns=public")
     try:
-        _synced(server)
-        _wait(lambda: _ask(server, "chosen.prod.svc.cluster.local")[0] == "NOERROR", 5, "labelled service")
-        assert _ask(server, "web.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        synced(server)
+        wait(lambda: ask_server(server, "chosen.prod.svc.cluster.local")[0] == "NOERROR", 5, "labelled service")
+        assert ask_server(server, "web.prod.svc.cluster.local")[0] == "NXDOMAIN"
         relabelled = service("prod", "chosen", ["10.96.0.20"])
         relabelled["metadata"]["labels"] = {"dns": "private"}
         api.apply(relabelled)  # no longer matches: the API sends DELETED to this watch
-        _wait(lambda: _ask(server, "chosen.prod.svc.cluster.local")[0] == "NXDOMAIN", 2, "relabelled service gone")
+        wait(lambda: ask_server(server, "chosen.prod.svc.cluster.local")[0] == "NXDOMAIN", 2, "relabelled service gone")
         later = service("prod", "later", ["10.96.0.21"])
         later["metadata"]["labels"] = {"dns": "public"}
         api.apply(later)
-        _wait(lambda: _ask(server, "later.prod.svc.cluster.local")[0] == "NOERROR", 2, "matching service")
+        wait(lambda: ask_server(server, "later.prod.svc.cluster.local")[0] == "NOERROR", 2, "matching service")
     finally:
         assert server.stop() == 0
 
@@ -346,18 +275,18 @@ def test_service_with_three_slices_of_100_endpoints_updated_one_at_a_time(api: F
     try:
 
         def count() -> int:
-            return len(_ask(server, "big.prod.svc.cluster.local", tcp=True)[1])
+            return len(ask_server(server, "big.prod.svc.cluster.local", tcp=True)[1])
 
-        _wait(lambda: count() == 300, 5, "300 endpoints")
+        wait(lambda: count() == 300, 5, "300 endpoints")
         expected = 300
         for index in range(3):
             api.apply(slice_(index, 50))
             expected -= 50
-            _wait(partial(_count_is, count, expected), 2, f"slice {index} update")
+            wait(partial(_count_is, count, expected), 2, f"slice {index} update")
         api.delete("EndpointSlice", "prod", "big-1")
-        _wait(lambda: count() == 100, 2, "slice deleted")
-        assert _ask(server, "10-244-0-1.big.prod.svc.cluster.local")[1] == ["10.244.0.1"]
-        assert _ask(server, "10-244-1-1.big.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        wait(lambda: count() == 100, 2, "slice deleted")
+        assert ask_server(server, "10-244-0-1.big.prod.svc.cluster.local")[1] == ["10.244.0.1"]
+        assert ask_server(server, "10-244-1-1.big.prod.svc.cluster.local")[0] == "NXDOMAIN"
     finally:
         assert server.stop() == 0
 
@@ -366,11 +295,11 @@ def test_verified_pod_records_follow_the_pod_watch(api: FakeApiServer, tmp_path:
     api.apply(pod("prod", "web-0", "10.244.3.3"))
     server = _start(api, tmp_path, "--pods", "verified")
     try:
-        _synced(server)
-        _wait(lambda: _ask(server, "10-244-3-3.prod.pod.cluster.local")[0] == "NOERROR", 5, "pod record")
-        assert _ask(server, "10-244-3-4.prod.pod.cluster.local")[0] == "NXDOMAIN"
+        synced(server)
+        wait(lambda: ask_server(server, "10-244-3-3.prod.pod.cluster.local")[0] == "NOERROR", 5, "pod record")
+        assert ask_server(server, "10-244-3-4.prod.pod.cluster.local")[0] == "NXDOMAIN"
         api.delete("Pod", "prod", "web-0")
-        _wait(lambda: _ask(server, "10-244-3-3.prod.pod.cluster.local")[0] == "NXDOMAIN", 2, "pod gone")
+        wait(lambda: ask_server(server, "10-244-3-3.prod.pod.cluster.local")[0] == "NXDOMAIN", 2, "pod gone")
     finally:
         assert server.stop() == 0
 
@@ -414,9 +343,9 @@ def test_serving_from_the_api_answers_as_serving_from_a_snapshot_of_the_same_obj
     live = _start(api, tmp_path)
     snapshot = KdnsServer("--snapshot", str(EXAMPLE), listen=("127.0.0.1:0",))
     try:
-        _synced(live)
+        synced(live)
         for name, rdtype in QUESTIONS:
-            assert _ask(live, name, rdtype) == _ask(snapshot, name, rdtype), (name, rdtype)
+            assert ask_server(live, name, rdtype) == ask_server(snapshot, name, rdtype), (name, rdtype)
     finally:
         assert live.stop() == 0 and snapshot.stop() == 0
         api.stop()
@@ -428,14 +357,14 @@ def test_rbac_refusing_one_resource_keeps_cluster_names_servfail_and_says_why(
     api.forbidden.add("EndpointSlice")
     server = _start(api, tmp_path)
     try:
-        _wait(lambda: "403" in server.log_text(), 5, "the refusal logged")
-        assert _ask(server, "nothing.prod.svc.cluster.local")[0] == "SERVFAIL"
+        wait(lambda: "403" in server.log_text(), 5, "the refusal logged")
+        assert ask_server(server, "nothing.prod.svc.cluster.local")[0] == "SERVFAIL"
         assert "EndpointSlice: cannot reach the API (API answered 403 Forbidden: kdns's account may not list" in (
             server.log_text()
         )
         api.forbidden.clear()  # the grant is added: kdns lists and serves
-        _synced(server)
-        assert _ask(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
+        synced(server)
+        assert ask_server(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
     finally:
         assert server.stop() == 0
 
@@ -467,37 +396,18 @@ def test_kdns_snapshot_against_an_unreachable_api_exits_2(tmp_path: Path) -> Non
     assert result.returncode == 2 and "listing the cluster failed" in result.stderr
 
 
-def _http_get(port: int, path: str) -> tuple[int, str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: kdns\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := conn.recv(4096):
-            data += chunk
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
-
-
-def _http_port(server: KdnsServer, path: str) -> int:
-    """The port the `path` endpoint is served on, from kdns's log (each has a listener of its own)."""
-    name = path.strip("/")
-    _wait(lambda: f"{name} on http://" in server.log_text(), 5, f"{path} listener")
-    match = re.search(rf"{name} on http://127\.0\.0\.1:(\d+){path}", server.log_text())
-    assert match, server.log_text()
-    return int(match.group(1))
-
-
 def test_ready_endpoint_is_503_until_every_watcher_has_listed(api: FakeApiServer, tmp_path: Path) -> None:
     api.stall()
     server = _start(api, tmp_path, "--health-listen", "127.0.0.1:0", "--ready-listen", "127.0.0.1:0")
     try:
-        ready, health = _http_port(server, "/ready"), _http_port(server, "/health")
+        ready, health = http_port(server, "/ready"), http_port(server, "/health")
         assert ready != health  # each on its own listener, as CoreDNS's health and ready
-        assert _http_get(ready, "/ready")[0] == 503
-        assert _http_get(health, "/health") == (200, "OK\n")
+        assert http_get(ready, "/ready")[0] == 503
+        assert http_get(health, "/health") == (200, "OK\n")
         api.stall(False)
-        _synced(server)
-        assert _http_get(ready, "/ready") == (200, "OK\n")
-        assert _http_get(ready, "/health")[0] == 404 and _http_get(health, "/nope")[0] == 404
+        synced(server)
+        assert http_get(ready, "/ready") == (200, "OK\n")
+        assert http_get(ready, "/health")[0] == 404 and http_get(health, "/nope")[0] == 404
     finally:
         assert server.stop() == 0
 
@@ -505,7 +415,7 @@ def test_ready_endpoint_is_503_until_every_watcher_has_listed(api: FakeApiServer
 def test_snapshot_server_is_ready_at_once() -> None:
     server = KdnsServer("--snapshot", str(EXAMPLE), "--ready-listen", "127.0.0.1:0", listen=("127.0.0.1:0",))
     try:
-        assert _http_get(_http_port(server, "/ready"), "/ready")[0] == 200
+        assert http_get(http_port(server, "/ready"), "/ready")[0] == 200
     finally:
         assert server.stop() == 0
 
@@ -545,10 +455,14 @@ def test_in_cluster_configuration_follows_the_api_over_tls_with_the_service_acco
 ) -> None:
     server = _in_pod(tls_api, tmp_path, TOKEN)
     try:
-        _synced(server)
-        assert _ask(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
+        synced(server)
+        assert ask_server(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
         tls_api.apply(service("prod", "new", ["10.96.0.9"]))
-        _wait(lambda: _ask(server, "new.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.9"]), 2, "a watched change")
+        wait(
+            lambda: ask_server(server, "new.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.9"]),
+            2,
+            "a watched change",
+        )
         assert tls_api.unauthorized == 0
         assert "in-cluster" not in server.log_text()  # no configuration error
     finally:
@@ -560,9 +474,9 @@ def test_service_account_token_the_api_refuses_keeps_cluster_names_servfail(
 ) -> None:
     server = _in_pod(tls_api, tmp_path, "expired-token")
     try:
-        _wait(lambda: tls_api.unauthorized >= 3, 10, "kdns retrying with backoff")
-        assert _ask(server, "web.prod.svc.cluster.local")[0] == "SERVFAIL"
-        assert _ask(server, "nothing.prod.svc.cluster.local")[0] == "SERVFAIL"
+        wait(lambda: tls_api.unauthorized >= 3, 10, "kdns retrying with backoff")
+        assert ask_server(server, "web.prod.svc.cluster.local")[0] == "SERVFAIL"
+        assert ask_server(server, "nothing.prod.svc.cluster.local")[0] == "SERVFAIL"
         assert "API answered 401 Unauthorized: it refuses kdns's credentials" in server.log_text()
     finally:
         assert server.stop() == 0

@@ -15,7 +15,7 @@ from kdns import app
 from kdns.address import SocketAddress
 from kdns.config import ForwardConfig, ForwardOptions, OpsListeners
 from tests.fakeupstream import FakeUpstream
-from tests.test_app import _ask, _config
+from tests.helpers import ask_in_process, serve_config
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -57,15 +57,15 @@ async def test_coredns_and_kdns_metrics_move_with_the_queries(nursery: trio.Nurs
         prefetch=False,
     )
     ops = OpsListeners(metrics=SocketAddress("127.0.0.1", 0))
-    running: app.Running = await nursery.start(app.run, _config(forward=forward, ops=ops))
+    running: app.Running = await nursery.start(app.run, serve_config(forward=forward, ops=ops))
     assert running.metrics is not None
     dns_address = running.addresses[0]
     server = f"dns://{dns_address}"
     for _ in range(3):
-        assert (await _ask(dns_address, "web.prod.svc.cluster.local")).answer
-    assert (await _ask(dns_address, "nope.prod.svc.cluster.local", "AAAA")).rcode() == dns.rcode.NXDOMAIN
-    assert (await _ask(dns_address, "www.example.com")).answer  # forwarded
-    assert (await _ask(dns_address, "www.example.com")).answer  # from the cache
+        assert (await ask_in_process(dns_address, "web.prod.svc.cluster.local")).answer
+    assert (await ask_in_process(dns_address, "nope.prod.svc.cluster.local", "AAAA")).rcode() == dns.rcode.NXDOMAIN
+    assert (await ask_in_process(dns_address, "www.example.com")).answer  # forwarded
+    assert (await ask_in_process(dns_address, "www.example.com")).answer  # from the cache
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         await sock.sendto(b"\x12\x34\x01", (dns_address.host, dns_address.port))  # dropped
         await trio.sleep(0.1)
@@ -96,7 +96,7 @@ async def test_coredns_and_kdns_metrics_move_with_the_queries(nursery: trio.Nurs
     assert _value(samples, "kdns_ready") == 1 and _value(samples, "kdns_zone_names") > 10
     assert _value(samples, "kdns_dropped_packets_total") == 1
     # Counters only grow: a second scrape after one more query.
-    await _ask(dns_address, "web.prod.svc.cluster.local")
+    await ask_in_process(dns_address, "web.prod.svc.cluster.local")
     again = await _scrape(running.metrics)
     assert _value(again, "coredns_dns_requests_total", **base, type="A") == 6
     upstream.close()

@@ -19,9 +19,9 @@ import yaml
 
 from kdns.config import NODE_LOCAL_ADDRESS
 from tests.builders import namespace, service
+from tests.helpers import wait
 from tests.netns import Namespace, node_namespace, pod_namespace
 from tests.process import KdnsServer
-from tests.test_live import _wait
 
 POD_RESOLV_CONF = (
     f"nameserver {NODE_LOCAL_ADDRESS}\nsearch prod.svc.cluster.local svc.cluster.local cluster.local\n"
@@ -138,7 +138,7 @@ def test_when_the_cluster_dns_dies_cached_names_are_served_stale_and_new_ones_fa
         assert _dig(pod, "web.prod.svc.cluster.local")[1] == ["10.96.0.5"]
         cluster_dns.stop()
         # Expired and the cluster DNS gone: still answered, with the stale TTL (RFC 8767: 30 s).
-        _wait(lambda: _dig(pod, "web.prod.svc.cluster.local")[2] == [30], 10, "a stale answer")
+        wait(lambda: _dig(pod, "web.prod.svc.cluster.local")[2] == [30], 10, "a stale answer")
         assert _dig(pod, "web.prod.svc.cluster.local")[1] == ["10.96.0.5"]
         started = time.monotonic()
         status = _dig(pod, "db.prod.svc.cluster.local")[0]

@@ -18,8 +18,8 @@ from kdns.address import SocketAddress
 from kdns.config import HttpLimits
 from kdns.ops import health, readiness, serve_http
 from kdns.serve import bind_tcp
+from tests.helpers import http_get, http_port
 from tests.process import EXAMPLE, KdnsServer
-from tests.test_live import _http_get, _http_port
 
 
 async def _start(nursery: trio.Nursery, limits: HttpLimits, ready: bool = True) -> tuple[str, int]:
@@ -162,7 +162,7 @@ def test_a_crowd_of_idle_http_clients_never_starves_dns_or_the_other_probe() -> 
     )
     crowd: list[socket.socket] = []
     try:
-        health_port, ready_port = _http_port(server, "/health"), _http_port(server, "/ready")
+        health_port, ready_port = http_port(server, "/health"), http_port(server, "/ready")
         for _ in range(600):
             crowd.append(socket.create_connection(("127.0.0.1", health_port), timeout=5))
         time.sleep(0.1)
@@ -170,7 +170,7 @@ def test_a_crowd_of_idle_http_clients_never_starves_dns_or_the_other_probe() -> 
             dns.message.make_query("web.prod.svc.cluster.local", "A"), server.host, port=server.port, timeout=3
         )
         assert reply.answer
-        assert _http_get(ready_port, "/ready")[0] == 200
+        assert http_get(ready_port, "/ready")[0] == 200
         fds = len(list(Path(f"/proc/{server.process.pid}/fd").iterdir()))
         assert fds < 200, f"{fds} open file descriptors"
     finally:

@@ -21,9 +21,9 @@ import dns.query
 import pytest
 
 from tests.fakeupstream import FakeUpstream
+from tests.helpers import http_port
 from tests.kubeapi import free_port
 from tests.process import EXAMPLE, KdnsServer
-from tests.test_live import _http_port
 
 RULES = Path(__file__).resolve().parent / "prometheus" / "coredns-mixin-alerts.yaml"
 
@@ -120,7 +120,7 @@ def test_the_coredns_mixin_alerts_read_kdns_metrics(
     )
     prometheus = None
     try:
-        metrics = _http_port(server, "/metrics")
+        metrics = http_port(server, "/metrics")
         prometheus = Prometheus(tmp_path, f"127.0.0.1:{metrics}")
         # Healthy: cluster and forwarded names answer; Prometheus scrapes kdns, no alert fires.
         deadline = time.monotonic() + 30

@@ -26,19 +26,9 @@ from kubernetes.client.rest import ApiException
 from kubernetes.utils import create_from_dict
 
 from tests.builders import endpoint, endpoint_slice, headless, namespace, service
+from tests.helpers import FAST, METRICS, QueryLoop, ask_server, failures_grow, http_get, http_port, synced, wait
 from tests.kubeapi import ADMIN_TOKEN, MANIFESTS, RealApiServer, _get, assets, real_apiserver
 from tests.process import KdnsServer
-from tests.test_live import (
-    FAST,
-    METRICS,
-    QueryLoop,
-    _ask,
-    _failures_grow,
-    _http_get,
-    _http_port,
-    _synced,
-    _wait,
-)
 
 LONG_PORT = "p" * 63  # valid in Kubernetes; `_` + it is no DNS label
 
@@ -80,30 +70,30 @@ def test_kdns_follows_the_real_api_server_with_exactly_the_manifests_rbac(
     ops = ("--health-listen", "127.0.0.1:0", "--ready-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
     server = _kdns(real_api, tmp_path, *ops)  # the Deployment's endpoints, on free ports
     try:
-        _synced(server)
-        assert _http_get(_http_port(server, "/ready"), "/ready")[0] == 200
-        assert _http_get(_http_port(server, "/health"), "/health")[0] == 200
-        scraped = _http_get(_http_port(server, "/metrics"), "/metrics")
+        synced(server)
+        assert http_get(http_port(server, "/ready"), "/ready")[0] == 200
+        assert http_get(http_port(server, "/health"), "/health")[0] == 200
+        scraped = http_get(http_port(server, "/metrics"), "/metrics")
         assert scraped[0] == 200 and "kdns_ready 1.0" in scraped[1]
         assert 'kdns_watch_events_total{resource="Service"}' in scraped[1]
-        assert _ask(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
-        assert _ask(server, "db.prod.svc.cluster.local") == ("NOERROR", ["10.244.0.1"])
-        assert _ask(server, "db-0.db.prod.svc.cluster.local") == ("NOERROR", ["10.244.0.1"])
-        srv = _ask(server, "_pg._tcp.db.prod.svc.cluster.local", "SRV")
+        assert ask_server(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
+        assert ask_server(server, "db.prod.svc.cluster.local") == ("NOERROR", ["10.244.0.1"])
+        assert ask_server(server, "db-0.db.prod.svc.cluster.local") == ("NOERROR", ["10.244.0.1"])
+        srv = ask_server(server, "_pg._tcp.db.prod.svc.cluster.local", "SRV")
         assert srv == ("NOERROR", ["0 100 5432 db-0.db.prod.svc.cluster.local."])
         # Issue 8 D1: a Service with a 63-character port name never takes its neighbours down.
-        assert _ask(server, "bad.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.9"])
+        assert ask_server(server, "bad.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.9"])
         for i in range(1, 4):
-            assert _ask(server, f"s{i}.prod.svc.cluster.local") == ("NOERROR", [f"10.96.1.{i}"])
+            assert ask_server(server, f"s{i}.prod.svc.cluster.local") == ("NOERROR", [f"10.96.1.{i}"])
         assert "left out of DNS: Service prod/bad: field spec.ports[0].name" in server.log_text()
         # Watched changes, from the real watch stream.
         real_api.create(service("prod", "late", ["10.96.0.77"]))
-        _wait(lambda: _ask(server, "late.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.77"]), 3, "new service")
+        wait(lambda: ask_server(server, "late.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.77"]), 3, "new service")
         # Its programming latency, from the creation time the API server stamped on it.
-        metrics = _http_get(_http_port(server, "/metrics"), "/metrics")[1]
+        metrics = http_get(http_port(server, "/metrics"), "/metrics")[1]
         assert 'kdns_dns_programming_duration_seconds_count{kind="cluster_ip"} 1.0' in metrics
         real_api.delete("Service", "prod", "late")
-        _wait(lambda: _ask(server, "late.prod.svc.cluster.local")[0] == "NXDOMAIN", 3, "deleted service")
+        wait(lambda: ask_server(server, "late.prod.svc.cluster.local")[0] == "NXDOMAIN", 3, "deleted service")
         assert "403" not in server.log_text() and "Forbidden" not in server.log_text()
     finally:
         assert server.stop() == 0
@@ -137,10 +127,10 @@ def test_namespace_and_label_filters_on_the_real_api_server(real_api: RealApiSer
     real_api.create(service("other", "unlabelled", ["10.96.2.2"]))
     server = _kdns(real_api, tmp_path, "--namespaces", "other", "--labels", "dns=yes")
     try:
-        _synced(server)
-        assert _ask(server, "picked.other.svc.cluster.local") == ("NOERROR", ["10.96.2.1"])
-        assert _ask(server, "unlabelled.other.svc.cluster.local")[0] == "NXDOMAIN"
-        assert _ask(server, "web.prod.svc.cluster.local")[0] == "NXDOMAIN"
+        synced(server)
+        assert ask_server(server, "picked.other.svc.cluster.local") == ("NOERROR", ["10.96.2.1"])
+        assert ask_server(server, "unlabelled.other.svc.cluster.local")[0] == "NXDOMAIN"
+        assert ask_server(server, "web.prod.svc.cluster.local")[0] == "NXDOMAIN"
     finally:
         assert server.stop() == 0
 
@@ -157,8 +147,8 @@ def test_a_real_410_after_compaction_leads_to_a_relist_that_loses_no_served_name
         api.create(service("prod", "doomed", ["10.96.3.99"]))
         server = _kdns(api, tmp_path)
         try:
-            _synced(server)
-            assert _ask(server, "doomed.prod.svc.cluster.local") == ("NOERROR", ["10.96.3.99"])
+            synced(server)
+            assert ask_server(server, "doomed.prod.svc.cluster.local") == ("NOERROR", ["10.96.3.99"])
             server.process.send_signal(signal.SIGSTOP)
             try:
                 api.delete("Service", "prod", "doomed")
@@ -172,8 +162,8 @@ def test_a_real_410_after_compaction_leads_to_a_relist_that_loses_no_served_name
             keep = {f"keep{i}.prod.svc.cluster.local": [f"10.96.3.{i}"] for i in range(1, 6)}
             loop = QueryLoop(server, keep)
             try:
-                _wait(lambda: _ask(server, "new29.prod.svc.cluster.local")[1] == ["10.96.4.30"], 20, "relisted")
-                _wait(lambda: _ask(server, "doomed.prod.svc.cluster.local")[0] == "NXDOMAIN", 5, "deletion")
+                wait(lambda: ask_server(server, "new29.prod.svc.cluster.local")[1] == ["10.96.4.30"], 20, "relisted")
+                wait(lambda: ask_server(server, "doomed.prod.svc.cluster.local")[0] == "NXDOMAIN", 5, "deletion")
                 loop.wait_for(21)
             finally:
                 loop.stop()
@@ -194,7 +184,7 @@ def test_api_server_stopped_and_restarted_under_a_query_loop(tmp_path: Path) -> 
         api.create(endpoint_slice("prod", "db-a", "db", [endpoint("10.244.0.1"), endpoint("10.244.0.2")]))
         server = _kdns(api, tmp_path, *METRICS)
         try:
-            _synced(server)
+            synced(server)
             expected = {
                 "web.prod.svc.cluster.local": ["10.96.0.5"],
                 "db.prod.svc.cluster.local": ["10.244.0.1", "10.244.0.2"],
@@ -203,12 +193,14 @@ def test_api_server_stopped_and_restarted_under_a_query_loop(tmp_path: Path) -> 
             try:
                 api.stop()
                 # The outage: every watcher (3) fails and retries with backoff, twice at least.
-                _failures_grow(server, 6, 20, "two failed tries per watcher")
+                failures_grow(server, 6, 20, "two failed tries per watcher")
                 loop.wait_for(51)
                 api.start()
                 api.create(service("prod", "after", ["10.96.0.8"]))
-                _wait(
-                    lambda: _ask(server, "after.prod.svc.cluster.local")[1] == ["10.96.0.8"], 20, "change after outage"
+                wait(
+                    lambda: ask_server(server, "after.prod.svc.cluster.local")[1] == ["10.96.0.8"],
+                    20,
+                    "change after outage",
                 )
             finally:
                 loop.stop()
@@ -270,11 +262,13 @@ def test_two_workers_cost_the_real_api_server_one_set_of_watches(real_api: RealA
     before = _kdns_watches(real_api)
     server = _kdns(real_api, tmp_path, "--workers", "2", *METRICS)
     try:
-        _synced(server)
-        _wait(lambda: _kdns_watches(real_api) - before == 3, 10, "three watches: Namespace, Service, EndpointSlice")
+        synced(server)
+        wait(lambda: _kdns_watches(real_api) - before == 3, 10, "three watches: Namespace, Service, EndpointSlice")
         real_api.create(service("prod", "fanned", ["10.96.0.78"]))
         for _ in range(40):  # from fresh source ports: whichever worker answers has the change
-            _wait(lambda: _ask(server, "fanned.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.78"]), 3, "change")
+            wait(
+                lambda: ask_server(server, "fanned.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.78"]), 3, "change"
+            )
         assert _kdns_watches(real_api) - before == 3
         real_api.delete("Service", "prod", "fanned")
     finally:

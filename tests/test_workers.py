@@ -25,8 +25,8 @@ from kdns.state import CacheTotals, State, UpstreamCounters, WorkerFigures
 from kdns.workers import Batch, FrameReader, frame
 from tests.apiserver import FakeApiServer
 from tests.builders import service
+from tests.helpers import FAST, http_get, http_port, synced, wait
 from tests.process import KdnsServer, run_kdns
-from tests.test_live import FAST, _http_get, _http_port, _synced, _wait
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = ROOT / "examples" / "cluster.yaml"
@@ -66,11 +66,11 @@ def _metric(text: str, name: str) -> float:
 
 
 def _scrape(server: KdnsServer) -> str:
-    return _http_get(_http_port(server, "/metrics"), "/metrics")[1]
+    return http_get(http_port(server, "/metrics"), "/metrics")[1]
 
 
 def _workers(server: KdnsServer, count: int) -> list[int]:
-    _wait(lambda: len(_children(server.process.pid)) == count, 10, f"{count} workers")
+    wait(lambda: len(_children(server.process.pid)) == count, 10, f"{count} workers")
     return _children(server.process.pid)
 
 
@@ -84,13 +84,13 @@ def test_two_workers_each_hold_their_own_socket_on_the_one_port_and_share_the_qu
         for _ in range(200):
             assert _ask_from_new_port(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.12.34"])
         # The instance's metrics sum the workers' (each reports within a second)...
-        _wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 200, 5, "200 requests counted")
+        wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 200, 5, "200 requests counted")
         scraped = _scrape(server)
         assert _metric(scraped, "kdns_workers") == 2
         # ... and say how the kernel spread them: 200 source ports leave neither worker idle.
         by_worker = dict(re.findall(r'^kdns_worker_replies_total{worker="(\d)"} (\S+)$', scraped, re.MULTILINE))
         assert set(by_worker) == {"0", "1"} and all(float(count) > 0 for count in by_worker.values()), by_worker
-        assert _http_get(_http_port(server, "/ready"), "/ready")[0] == 200
+        assert http_get(http_port(server, "/ready"), "/ready")[0] == 200
     finally:
         assert server.stop(signal.SIGINT) == 0
     for pid in workers:
@@ -103,19 +103,19 @@ def test_a_killed_worker_is_logged_and_started_again_and_metrics_never_go_backwa
         first, second = _workers(server, 2)
         for _ in range(50):
             assert _ask_from_new_port(server, "web.prod.svc.cluster.local")[0] == "NOERROR"
-        _wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 50, 5, "50 requests counted")
+        wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 50, 5, "50 requests counted")
         os.kill(second, signal.SIGKILL)
-        _wait(lambda: "ended by signal 9" in server.log_text(), 5, "the death logged")
-        _wait(lambda: "started again" in server.log_text(), 10, "the restart logged")
-        _wait(lambda: _http_get(_http_port(server, "/ready"), "/ready")[0] == 200, 10, "ready again")
+        wait(lambda: "ended by signal 9" in server.log_text(), 5, "the death logged")
+        wait(lambda: "started again" in server.log_text(), 10, "the restart logged")
+        wait(lambda: http_get(http_port(server, "/ready"), "/ready")[0] == 200, 10, "ready again")
         workers = _children(server.process.pid)
         assert first in workers and second not in workers and len(workers) == 2
         replacement = next(pid for pid in workers if pid != first)
-        _wait(lambda: server.port in _udp_ports(replacement), 5, "the new worker's socket")
+        wait(lambda: server.port in _udp_ports(replacement), 5, "the new worker's socket")
         for _ in range(100):  # every query answered, whichever worker the kernel picks
             assert _ask_from_new_port(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.12.34"])
         # What the dead worker counted stays counted: Prometheus sees no counter reset.
-        _wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 150, 5, "150 requests counted")
+        wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 150, 5, "150 requests counted")
         assert _metric(_scrape(server), "kdns_worker_restarts_total") == 1
     finally:
         assert server.stop(signal.SIGINT) == 0
@@ -126,7 +126,7 @@ def test_workers_end_with_the_supervisor_even_when_it_is_killed() -> None:
     workers = _workers(server, 2)
     server.stop(signal.SIGKILL)
     # Their feed closes with the supervisor: they exit rather than answer an unfollowed zone.
-    _wait(lambda: not any(_alive(pid) for pid in workers), 5, "the workers end")
+    wait(lambda: not any(_alive(pid) for pid in workers), 5, "the workers end")
 
 
 def _alive(pid: int) -> bool:
@@ -142,14 +142,14 @@ def test_sigterm_keeps_every_worker_answering_through_lameduck_then_ends_them() 
         "--snapshot", str(SNAPSHOT), "--workers", "2", "--lameduck", "1s", *OPS, listen=("127.0.0.1:0",)
     )
     workers = _workers(server, 2)
-    ready = _http_port(server, "/ready")  # the supervisor handles signals from here on
+    ready = http_port(server, "/ready")  # the supervisor handles signals from here on
     server.process.send_signal(signal.SIGTERM)
-    _wait(lambda: "lameduck" in server.log_text(), 5, "lameduck")
-    assert _http_get(ready, "/ready")[0] == 503
+    wait(lambda: "lameduck" in server.log_text(), 5, "lameduck")
+    assert http_get(ready, "/ready")[0] == 503
     for _ in range(20):
         assert _ask_from_new_port(server, "web.prod.svc.cluster.local")[0] == "NOERROR"
     assert server.process.wait(10) == 0
-    _wait(lambda: not any(_alive(pid) for pid in workers), 5, "the workers end")
+    wait(lambda: not any(_alive(pid) for pid in workers), 5, "the workers end")
 
 
 def test_the_api_server_sees_one_set_of_lists_and_watches_whatever_the_workers(
@@ -160,15 +160,15 @@ def test_the_api_server_sees_one_set_of_lists_and_watches_whatever_the_workers(
     )
     try:
         _workers(server, 3)
-        _synced(server)
+        synced(server)
         # Namespaces, Services, EndpointSlices: one list and one watch each, for the instance.
-        _wait(lambda: api.watch_count() == 3, 5, "three watches")
+        wait(lambda: api.watch_count() == 3, 5, "three watches")
         lists = [request for request in api.requests if "watch=true" not in request]
         assert len(lists) == 3, lists
         # A change reaches every worker: asked from 60 source ports, no worker answers late.
         api.apply(service("prod", "late", ["10.96.0.9"]))
-        _wait(lambda: _ask_from_new_port(server, "late.prod.svc.cluster.local")[0] == "NOERROR", 5, "the change")
-        _wait(
+        wait(lambda: _ask_from_new_port(server, "late.prod.svc.cluster.local")[0] == "NOERROR", 5, "the change")
+        wait(
             lambda: all(
                 _ask_from_new_port(server, "late.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.9"])
                 for _ in range(60)
@@ -177,7 +177,7 @@ def test_the_api_server_sees_one_set_of_lists_and_watches_whatever_the_workers(
             "every worker serving the change",
         )
         api.delete("Service", "prod", "late")
-        _wait(
+        wait(
             lambda: all(_ask_from_new_port(server, "late.prod.svc.cluster.local")[0] == "NXDOMAIN" for _ in range(60)),
             5,
             "every worker serving the deletion",
@@ -194,17 +194,17 @@ def test_a_worker_started_again_gets_the_changes_made_while_it_was_down(api: Fak
     )
     try:
         second = _workers(server, 2)[1]
-        _synced(server)
+        synced(server)
         os.kill(second, signal.SIGSTOP)  # it hears nothing ...
         api.apply(service("prod", "while-down", ["10.96.0.10"]))
-        _wait(lambda: _metric(_scrape(server), "kdns_watch_events_total") >= 1, 5, "the supervisor has the change")
+        wait(lambda: _metric(_scrape(server), "kdns_watch_events_total") >= 1, 5, "the supervisor has the change")
         os.kill(second, signal.SIGKILL)  # ... and dies
-        _wait(lambda: "started again" in server.log_text(), 10, "the restart")
-        _wait(lambda: _http_get(_http_port(server, "/ready"), "/ready")[0] == 200, 10, "ready again")
+        wait(lambda: "started again" in server.log_text(), 10, "the restart")
+        wait(lambda: http_get(http_port(server, "/ready"), "/ready")[0] == 200, 10, "ready again")
         api.apply(service("prod", "after", ["10.96.0.11"]))
         for _ in range(60):
             assert _ask_from_new_port(server, "while-down.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.10"])
-        _wait(
+        wait(
             lambda: all(
                 _ask_from_new_port(server, "after.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.11"])
                 for _ in range(60)
@@ -313,12 +313,12 @@ def test_workers_start_while_the_api_fails_and_serve_the_cluster_once_it_answers
     )
     try:
         _workers(server, 2)
-        ready = _http_port(server, "/ready")
-        assert _http_get(ready, "/ready")[0] == 503
+        ready = http_port(server, "/ready")
+        assert http_get(ready, "/ready")[0] == 503
         assert _ask_from_new_port(server, "web.prod.svc.cluster.local")[0] == "SERVFAIL"  # not known yet
         api.fail(False)
-        _synced(server)
-        _wait(lambda: _http_get(ready, "/ready")[0] == 200, 10, "ready")
+        synced(server)
+        wait(lambda: http_get(ready, "/ready")[0] == 200, 10, "ready")
         for _ in range(60):
             assert _ask_from_new_port(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
     finally:
