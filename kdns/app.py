@@ -14,7 +14,7 @@ import trio
 from kdns import logs
 from kdns.address import SocketAddress
 from kdns.answering import Answerer, check_upstreams, ns_addresses
-from kdns.config import LIVE_SETTINGS, ServeConfig
+from kdns.config import LIVE_SETTINGS, ServeConfig, quoted
 from kdns.core.store import ClusterStore
 from kdns.errors import KdnsError
 from kdns.metrics import StateCollector, metrics_route, wall_clock
@@ -157,7 +157,7 @@ async def _until_signalled(
                 name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
                     log.info("received SIGHUP: reloading the configuration")
-                    reloader.reload()
+                    nursery.start_soon(reloader.reload)  # off this loop: a signal during it still counts
                     continue
                 if signum == signal.SIGTERM and config.lameduck > 0 and not running.state.draining:
                     running.state.draining = True
@@ -173,22 +173,34 @@ async def _until_signalled(
 class Reloader:
     """Reads the configuration again (SIGHUP, or its file changed): a bad one is refused with an
     error and counted, and the old one keeps serving; a good one is applied where it can be at
-    once (`config.LIVE_SETTINGS`), and every other change is logged as waiting for a restart."""
+    once (`config.LIVE_SETTINGS`), and every other change is logged as waiting for a restart.
+
+    The file is read, parsed and validated on a worker thread (a 1 MiB file takes a while to
+    parse, and DNS is answered meanwhile), one reload at a time. Whatever goes wrong in it, a
+    reload is refused, never an exit: a `KdnsError` names the file and the key; anything else
+    (a parser's own failure, memory) is logged with its kind."""
 
     def __init__(self, config: ServeConfig, load: Callable[[], ServeConfig] | None, state: State) -> None:
         self.current = config
         self.load = load
         self.state = state
+        self._one_at_a_time = trio.Lock()
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
+        async with self._one_at_a_time:
+            await self._reload()
+
+    async def _reload(self) -> None:
         if self.load is None:
             log.warning("reload: kdns was not started from the command line; nothing to read")
             return
         try:
-            new = self.load()
+            new = await trio.to_thread.run_sync(self.load)
         except KdnsError as error:
-            self.state.reload_failures += 1
-            log.error("reload refused, the running configuration stays: %s", error)
+            self._refused(str(error))
+            return
+        except Exception as error:  # any fault of reading a new configuration refuses it
+            self._refused(f"{type(error).__name__} reading the configuration: {quoted(str(error))}")
             return
         changed = [field.name for field in fields(new) if getattr(new, field.name) != getattr(self.current, field.name)]
         if not changed:
@@ -204,16 +216,22 @@ class Reloader:
         if later:
             log.warning("reload: %s changed; applied at the next restart", ", ".join(later))
 
+    def _refused(self, why: str) -> None:
+        self.state.reload_failures += 1
+        log.error("reload refused, the running configuration stays: %s", why)
+
     async def watch_file(self, path: str) -> None:
-        """Reload when the file's content changes (polled: a ConfigMap update swaps a symlink)."""
-        seen = fingerprint(path)
+        """Reload when the file's content changes (polled: a ConfigMap update swaps a symlink);
+        the file is read on a worker thread, at most `--config-max-bytes` of it."""
+        limit = self.current.config_max_bytes
+        seen = await trio.to_thread.run_sync(fingerprint, path, limit)
         while True:
             await trio.sleep(CONFIG_POLL)
-            now = fingerprint(path)
+            now = await trio.to_thread.run_sync(fingerprint, path, limit)
             if now != seen:
                 seen = now
                 log.info("%s changed: reloading the configuration", path)
-                self.reload()
+                await self.reload()
 
 
 async def _stop_after(scope: trio.CancelScope, seconds: float) -> None:

@@ -329,7 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
 
             def load() -> config.ServeConfig:
-                return _checked_serve_config(_serve_settings(parser, argv, args, os.environ))
+                try:
+                    return _checked_serve_config(_serve_settings(parser, argv, args, os.environ))
+                except KdnsError:
+                    raise
+                except Exception as error:  # a fault of reading the settings is the settings' error
+                    source = args.config or os.environ.get("KDNS_CONFIG") or "the settings"
+                    problem = config.quoted(str(error))
+                    raise KdnsError(f"{source}: cannot be read: {type(error).__name__}: {problem}") from None
 
             first = load()
             logs.configure(first.log_level, first.log_format)
@@ -367,6 +374,7 @@ def _serve_settings(
     max_bytes = config.byte_size("--config-max-bytes", limit or args.config_max_bytes)
     merged = settings.merge(sub, rest, args, path, environ, max_bytes)
     merged.config = path
+    merged.config_max_bytes = max_bytes
     return merged
 
 
@@ -460,6 +468,7 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         reply_cache_bytes=config.byte_size("--reply-cache-bytes", args.reply_cache_bytes, lowest=0),
         pod_index_bytes=config.byte_size("--pod-index-bytes", args.pod_index_bytes),
         worker_queue_bytes=config.byte_size("--worker-queue-bytes", args.worker_queue_bytes),
+        config_max_bytes=args.config_max_bytes,
     )
 
 
@@ -562,6 +571,7 @@ def _node_cache_config(args: argparse.Namespace) -> config.ServeConfig:
         config_file=getattr(args, "config", None),
         node_cache=True,
         reply_cache_bytes=config.byte_size("--reply-cache-bytes", args.reply_cache_bytes, lowest=0),
+        config_max_bytes=args.config_max_bytes,
     )
 
 

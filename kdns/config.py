@@ -156,6 +156,7 @@ class ServeConfig:
     reply_cache_bytes: int = budgets.REPLY_CACHE_BYTES  # kept replies, UDP and TCP together
     pod_index_bytes: int = budgets.POD_INDEX_BYTES  # the Pods' addresses (`--pods verified`, `--autopath`)
     worker_queue_bytes: int = budgets.WORKER_QUEUE_BYTES  # changes queued for one worker
+    config_max_bytes: int = budgets.CONFIG_FILE_BYTES  # the largest `config_file` read
 
 
 # Settings a reload applies at once; every other change waits for a restart (logged as such).

@@ -25,10 +25,13 @@ FAST = ("--api-timeout", "2", "--watch-timeout", "5", "--api-backoff-max", "1")
 METRICS = ("--metrics-listen", "127.0.0.1:0")
 
 
-def ask_server(server: KdnsServer, name: str, rdtype: str = "A", tcp: bool = False) -> tuple[str, list[str]]:
+def ask_server(
+    server: KdnsServer, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 3.0
+) -> tuple[str, list[str]]:
+    """(rcode, sorted answer records) of one query to the real process."""
     query = dns.message.make_query(name, rdtype)
     send = dns.query.tcp if tcp else dns.query.udp
-    reply = send(query, server.host, port=server.port, timeout=3)
+    reply = send(query, server.host, port=server.port, timeout=timeout)
     return dns.rcode.to_text(reply.rcode()), sorted(item.to_text() for rrset in reply.answer for item in rrset)
 
 
@@ -49,9 +52,11 @@ def synced(server: KdnsServer) -> None:
 class QueryLoop:
     """Asks names in a loop on a thread, recording every answer that differs from the expected."""
 
-    def __init__(self, server: KdnsServer, expected: dict[str, list[str]]) -> None:
+    def __init__(self, server: KdnsServer, expected: dict[str, list[str]], timeout: float = 3.0) -> None:
+        """`timeout`: how long each query may take before it counts as lost."""
         self.server = server
         self.expected = expected
+        self.timeout = timeout
         self.asked = 0
         self.wrong: list[tuple[str, str, list[str]]] = []
         self._stop = threading.Event()
@@ -62,7 +67,7 @@ class QueryLoop:
         while not self._stop.is_set():
             for name, addresses in self.expected.items():
                 try:
-                    rcode, answer = ask_server(self.server, name)
+                    rcode, answer = ask_server(self.server, name, timeout=self.timeout)
                 except dns.exception.Timeout:
                     rcode, answer = "TIMEOUT", []
                 self.asked += 1
@@ -148,3 +153,8 @@ async def ask_in_process(address: SocketAddress, name: str, rdtype: str = "A") -
         await sock.sendto(query.to_wire(), (address.host, address.port))
         with trio.fail_after(5):
             return dns.message.from_wire(await sock.recv(65535))
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of every series of `name` in a Prometheus text exposition."""
+    return sum(float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))

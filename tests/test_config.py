@@ -13,7 +13,7 @@ import yaml
 from kdns import cli
 from kdns.config import ServeConfig
 from kdns.errors import KdnsError
-from tests.helpers import QueryLoop, wait
+from tests.helpers import METRICS, QueryLoop, http_get, http_port, metric, wait
 from tests.process import EXAMPLE, KdnsServer, run_kdns
 
 
@@ -107,3 +107,78 @@ def test_reload_on_sighup_and_on_a_configmap_style_swap_with_no_failed_query(tmp
         loop.stop()
         assert server.stop() == 0
     assert loop.asked > 10 and loop.wrong == []
+
+
+# -- hostile configuration files (issue 17, K7) ------------------------------------------------
+
+NESTED = "upstream: " + "[" * 5000 + "]" * 5000 + "\n"  # 10 KB: RecursionError in the Python composer
+# A "billion laughs": nine aliases of nine, 9**9 strings once expanded, a few hundred bytes as written.
+ALIAS_BOMB = (
+    'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+    + "".join(
+        f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + "upstream: *i\n"
+)
+
+
+def test_hostile_files_are_refused_with_the_file_named_never_a_crash(tmp_path: Path) -> None:
+    """A 10 KB nest of brackets raised RecursionError, and an alias bomb under `upstream:` was
+    expanded by the error message's repr until MemoryError: either ended kdns, at start and on a
+    reload. Each is now an error naming the file; so is a file over --config-max-bytes."""
+    base = ["serve", "--snapshot", str(EXAMPLE), "--config"]
+    big = "# " + "x" * 2_000_000 + "\nttl: 5\n"
+    long_value = {"pods": "v" * 100_000}
+    for name, text, message in (
+        ("nested.yaml", NESTED, "invalid YAML"),
+        ("bomb.yaml", ALIAS_BOMB, "aliases expand past 1048576 bytes"),
+        ("big.yaml", big, "larger than 1048576 bytes"),
+        ("long.yaml", yaml.safe_dump(long_value), "key pods: 'vvvv"),
+    ):
+        path = tmp_path / name
+        path.write_text(text)
+        try:
+            _settings([*base, str(path)])
+        except KdnsError as error:
+            assert str(path) in str(error) and message in str(error), str(error)
+            assert len(str(error)) < 600, f"{name}: the error quotes too much ({len(str(error))} characters)"
+        else:
+            raise AssertionError(f"{name} was accepted")
+    assert _settings([*base, str(tmp_path / "big.yaml"), "--config-max-bytes", "4Mi"]).ttl == 5
+    result = run_kdns("serve", "--config", str(tmp_path / "bomb.yaml"), "--listen", "127.0.0.1:0")
+    assert result.returncode == 2 and "aliases expand" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_hostile_reload_is_refused_and_counted_while_dns_is_answered(tmp_path: Path) -> None:
+    """The same files as a reload: refused, counted in kdns_reload_failures_total, the running
+    configuration kept; and a 1 MiB file is parsed off the event loop (it stalled DNS for 3 s,
+    losing 1,585 of 3,999 queries)."""
+    config = tmp_path / "kdns.yaml"
+    config.write_text("log-level: info\n")
+    server = KdnsServer("--snapshot", str(EXAMPLE), "--config", str(config), *METRICS, listen=("127.0.0.1:0",))
+    port = http_port(server, "/metrics")
+    loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.12.34"]}, timeout=1.0)
+
+    def refused(text: str, count: int, within: float = 20) -> None:
+        config.write_text(text)
+        server.process.send_signal(signal.SIGHUP)
+        failures = "kdns_reload_failures_total"
+        wait(lambda: metric(http_get(port, "/metrics")[1], failures) == count, within, f"reload {count} refused")
+
+    try:
+        for count, text in enumerate((NESTED, ALIAS_BOMB, "# " + "x" * 2_000_000), 1):
+            refused(text, count)
+            loop.wait_for(5)
+        heavy = "upstream:\n" + "".join(f"  - 10.{i >> 8 & 255}.{i & 255}.{i >> 16}\n" for i in range(60_000))
+        assert 900_000 < len(heavy) < 1 << 20
+        for count in (4, 5):  # about a second each to parse and check, on a thread
+            refused(heavy + "ttl: never\n", count, within=30)
+        assert server.alive() and "Traceback" not in server.log_text()
+        config.write_text("log-level: debug\n")
+        server.process.send_signal(signal.SIGHUP)
+        wait(lambda: "reload applied: log_level" in server.log_text(), 10, "a good reload after the bad ones")
+    finally:
+        loop.stop()
+        assert server.stop() == 0, server.log_text()
+    assert loop.asked > 20 and loop.wrong == [], loop.wrong[:5]

@@ -25,7 +25,7 @@ from kdns.state import CacheTotals, State, UpstreamCounters, WorkerFigures
 from kdns.workers import Batch, FrameReader, frame
 from tests.apiserver import FakeApiServer
 from tests.builders import service
-from tests.helpers import FAST, http_get, http_port, synced, wait
+from tests.helpers import FAST, http_get, http_port, metric, synced, wait
 from tests.process import KdnsServer, run_kdns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,10 +61,6 @@ def _ask_from_new_port(server: KdnsServer, name: str) -> tuple[str, list[str]]:
     return dns.rcode.to_text(reply.rcode()), sorted(item.to_text() for rrset in reply.answer for item in rrset)
 
 
-def _metric(text: str, name: str) -> float:
-    return sum(float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
-
-
 def _scrape(server: KdnsServer) -> str:
     return http_get(http_port(server, "/metrics"), "/metrics")[1]
 
@@ -84,9 +80,9 @@ def test_two_workers_each_hold_their_own_socket_on_the_one_port_and_share_the_qu
         for _ in range(200):
             assert _ask_from_new_port(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.12.34"])
         # The instance's metrics sum the workers' (each reports within a second)...
-        wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 200, 5, "200 requests counted")
+        wait(lambda: metric(_scrape(server), "coredns_dns_requests_total") == 200, 5, "200 requests counted")
         scraped = _scrape(server)
-        assert _metric(scraped, "kdns_workers") == 2
+        assert metric(scraped, "kdns_workers") == 2
         # ... and say how the kernel spread them: 200 source ports leave neither worker idle.
         by_worker = dict(re.findall(r'^kdns_worker_replies_total{worker="(\d)"} (\S+)$', scraped, re.MULTILINE))
         assert set(by_worker) == {"0", "1"} and all(float(count) > 0 for count in by_worker.values()), by_worker
@@ -103,7 +99,7 @@ def test_a_killed_worker_is_logged_and_started_again_and_metrics_never_go_backwa
         first, second = _workers(server, 2)
         for _ in range(50):
             assert _ask_from_new_port(server, "web.prod.svc.cluster.local")[0] == "NOERROR"
-        wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 50, 5, "50 requests counted")
+        wait(lambda: metric(_scrape(server), "coredns_dns_requests_total") == 50, 5, "50 requests counted")
         os.kill(second, signal.SIGKILL)
         wait(lambda: "ended by signal 9" in server.log_text(), 5, "the death logged")
         wait(lambda: "started again" in server.log_text(), 10, "the restart logged")
@@ -115,8 +111,8 @@ def test_a_killed_worker_is_logged_and_started_again_and_metrics_never_go_backwa
         for _ in range(100):  # every query answered, whichever worker the kernel picks
             assert _ask_from_new_port(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.12.34"])
         # What the dead worker counted stays counted: Prometheus sees no counter reset.
-        wait(lambda: _metric(_scrape(server), "coredns_dns_requests_total") == 150, 5, "150 requests counted")
-        assert _metric(_scrape(server), "kdns_worker_restarts_total") == 1
+        wait(lambda: metric(_scrape(server), "coredns_dns_requests_total") == 150, 5, "150 requests counted")
+        assert metric(_scrape(server), "kdns_worker_restarts_total") == 1
     finally:
         assert server.stop(signal.SIGINT) == 0
 
@@ -183,7 +179,7 @@ def test_the_api_server_sees_one_set_of_lists_and_watches_whatever_the_workers(
             "every worker serving the deletion",
         )
         assert api.watch_count() == 3
-        assert _metric(_scrape(server), "kdns_watch_events_total") >= 2
+        assert metric(_scrape(server), "kdns_watch_events_total") >= 2
     finally:
         assert server.stop(signal.SIGINT) == 0
 
@@ -197,7 +193,7 @@ def test_a_worker_started_again_gets_the_changes_made_while_it_was_down(api: Fak
         synced(server)
         os.kill(second, signal.SIGSTOP)  # it hears nothing ...
         api.apply(service("prod", "while-down", ["10.96.0.10"]))
-        wait(lambda: _metric(_scrape(server), "kdns_watch_events_total") >= 1, 5, "the supervisor has the change")
+        wait(lambda: metric(_scrape(server), "kdns_watch_events_total") >= 1, 5, "the supervisor has the change")
         os.kill(second, signal.SIGKILL)  # ... and dies
         wait(lambda: "started again" in server.log_text(), 10, "the restart")
         wait(lambda: http_get(http_port(server, "/ready"), "/ready")[0] == 200, 10, "ready again")
