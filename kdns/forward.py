@@ -83,6 +83,23 @@ class Upstream:
             log.warning("upstream %s marked down after %d failures; probing it", self.address, self.fails)
 
 
+class Admission:
+    """One forwarded query's place among the `max_concurrent` in flight: the client it is for,
+    and the scope that takes it back (`Forwarder.admit` may give it to a client holding less)."""
+
+    __slots__ = ("client", "preempted", "scope")
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+        self.scope = trio.CancelScope()
+        self.preempted = False
+
+
+# Why a forward was refused (`kdns_forward_refused_total{reason}`).
+OVER_SHARE = "over_share"  # at max_concurrent, its client already held its share or more
+PREEMPTED = "preempted"  # in flight, taken back for a client that held less (max-min fairness)
+
+
 class Forwarder:
     """Upstream resolvers for the default route and each stub domain."""
 
@@ -116,6 +133,9 @@ class Forwarder:
         }
         self.upstreams = list(known.values())
         self.in_flight = 0
+        # The admissions in flight by client address, oldest first: `max_concurrent` shared max-min
+        # fairly among the clients asking (at most `max_concurrent` entries in all).
+        self._admitted: dict[str, dict[Admission, None]] = {}
         self._turn = itertools.count()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -140,31 +160,69 @@ class Forwarder:
 
     # -- what listeners call -----------------------------------------------------------------
 
-    def admit(self) -> bool:
-        """Take one more query in flight, or say no (CoreDNS's `max_concurrent`: the caller
-        answers REFUSED at once). Counted here, when the query is accepted, so that a burst can
-        never overshoot the limit; every admitted query must go through `reply`."""
-        if self.in_flight >= self.options.max_concurrent:
-            return False
-        self.in_flight += 1
-        return True
+    def admit(self, client: str = "") -> Admission | None:
+        """Take one more query in flight for `client` (an address; "" for kdns's own refreshes),
+        or None: the caller answers REFUSED at once (CoreDNS's `max_concurrent`). Counted here,
+        when the query is accepted, so that a burst can never overshoot the limit; every admitted
+        query must go through `reply`.
 
-    async def reply(self, forward: Forward, handler: Handler) -> bytes:
+        When every place is taken, the places are shared max-min fairly among the clients that
+        hold them (CoreDNS has no answer to one client taking them all: coredns/coredns#7922):
+        a client that holds its share (`max_concurrent` / clients) or more is refused; one that
+        holds less takes a place back from the client holding the most, whose oldest query is
+        answered REFUSED. One client flooding names that are never answered therefore keeps
+        every other client's new names answered. O(1), but for a scan of the clients holding
+        places when one below its share arrives at a full table."""
+        mine = self._admitted.get(client)
+        if self.in_flight >= self.options.max_concurrent:
+            held = len(mine) if mine is not None else 0
+            if held * (len(self._admitted) + (mine is None)) >= self.options.max_concurrent:
+                self.state.count_forward_refused(OVER_SHARE)
+                return None
+            heaviest = max(self._admitted.values(), key=len)
+            if len(heaviest) <= held + 1:
+                self.state.count_forward_refused(OVER_SHARE)  # no one holds more: shares are even
+                return None
+            self._preempt(next(iter(heaviest)))
+        admission = Admission(client)
+        self._admitted.setdefault(client, {})[admission] = None
+        self.in_flight += 1
+        return admission
+
+    def _preempt(self, admission: Admission) -> None:
+        """Take `admission`'s place back now; its query ends REFUSED."""
+        admission.preempted = True
+        admission.scope.cancel()
+        self._release(admission)
+        self.state.count_forward_refused(PREEMPTED)
+
+    def _release(self, admission: Admission) -> None:
+        mine = self._admitted.get(admission.client)
+        if mine is None or admission not in mine:
+            return  # released already (preempted)
+        del mine[admission]
+        if not mine:
+            del self._admitted[admission.client]
+        self.in_flight -= 1
+
+    async def reply(self, forward: Forward, handler: Handler, admission: Admission) -> bytes:
         """The reply to an admitted `forward`: upstream's answer, or what the handler makes of
-        none (serve-stale, SERVFAIL)."""
+        none (serve-stale, SERVFAIL); REFUSED if its place was given to a fairer share."""
         try:
-            while True:  # more than once for autopath: one search path name after another
-                try:
-                    forwarded = await self.forward(forward.query, forward.tcp)
-                except Exception:
-                    log.exception("error forwarding a query")
-                    forwarded = None
-                step = handler.after_forward(forward, forwarded)
-                if isinstance(step, bytes):
-                    return step
-                forward = step
+            with admission.scope:
+                while True:  # more than once for autopath: one search path name after another
+                    try:
+                        forwarded = await self.forward(forward.query, forward.tcp)
+                    except Exception:
+                        log.exception("error forwarding a query")
+                        forwarded = None
+                    step = handler.after_forward(forward, forwarded)
+                    if isinstance(step, bytes):
+                        return step
+                    forward = step
+            return handler.refuse(forward)  # preempted: its place went to a client holding less
         finally:
-            self.in_flight -= 1
+            self._release(admission)
 
     async def _prefetch(self, cache: ForwardCache) -> None:
         """Refresh, in the background, the answers the cache finds popular and close to expiry."""
@@ -172,14 +230,16 @@ class Forwarder:
             while True:
                 await trio.sleep(PREFETCH_POLL)
                 for key in cache.take_prefetch_due():
-                    if self.admit():  # refreshes count against max_concurrent like any query
-                        nursery.start_soon(self._refresh, cache, key)
+                    admission = self.admit()  # refreshes count against max_concurrent like any query
+                    if admission is not None:
+                        nursery.start_soon(self._refresh, cache, key, admission)
 
-    async def _refresh(self, cache: ForwardCache, key: CacheKey) -> None:
+    async def _refresh(self, cache: ForwardCache, key: CacheKey, admission: Admission) -> None:
         try:
-            await refresh(self, cache, key)
+            with admission.scope:
+                await refresh(self, cache, key)
         finally:
-            self.in_flight -= 1
+            self._release(admission)
 
     def route(self, key: bytes) -> list[Upstream]:
         """The upstreams for a name: its longest stub domain's, else the default ones."""

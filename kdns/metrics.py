@@ -149,7 +149,15 @@ class StateCollector(Collector):
             "coredns_forward_healthcheck_broken", "Counter of the number of complete failures of the healthchecks."
         )
         broken.add_metric([], self.state.healthcheck_broken)
-        yield from (requests, responses, durations, failures, broken)
+        refused = CounterMetricFamily(
+            "kdns_forward_refused",
+            "Forwarded queries answered REFUSED at --max-concurrent: over_share (their client held its share "
+            "or more), preempted (in flight, their place given to a client holding less).",
+            labels=["reason"],
+        )
+        for reason in ("over_share", "preempted"):
+            refused.add_metric([reason], self.state.forward_refused.get(reason, 0))
+        yield from (requests, responses, durations, failures, broken, refused)
 
     def _cache(self) -> Iterator[Metric]:
         cache = self.state.cache

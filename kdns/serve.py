@@ -26,7 +26,7 @@ from kdns.core.counters import LATENCY_BUCKETS, RequestDurations
 from kdns.core.handler import ClientAddress, Forward, Handler
 from kdns.core.message import frame, framed_length
 from kdns.errors import KdnsError
-from kdns.forward import Forwarder
+from kdns.forward import Admission, Forwarder
 from kdns.logs import QueryLog
 from kdns.state import State
 
@@ -162,9 +162,21 @@ async def serve_udp(
                     if reply is None:
                         continue
                     assert isinstance(reply, Forward)
-                    if forwarder is not None and forwarder.admit():
+                    admission = forwarder.admit(peer[0]) if forwarder is not None else None
+                    if admission is not None:
+                        assert forwarder is not None
                         nursery.start_soon(
-                            _forward_udp, sock, peer, packet, reply, handler, forwarder, query_log, durations, started
+                            _forward_udp,
+                            sock,
+                            peer,
+                            packet,
+                            reply,
+                            handler,
+                            forwarder,
+                            admission,
+                            query_log,
+                            durations,
+                            started,
                         )
                         now = perf_counter() if timed else 0.0
                         continue
@@ -196,11 +208,12 @@ async def _forward_udp(
     forward: Forward,
     handler: Handler,
     forwarder: Forwarder,
+    admission: Admission,
     query_log: QueryLog | None,
     durations: RequestDurations | None,
     started: float,
 ) -> None:
-    reply = await forwarder.reply(forward, handler)
+    reply = await forwarder.reply(forward, handler, admission)
     try:
         sock.sendto(reply, peer)
     except OSError as error:
@@ -312,8 +325,10 @@ async def _serve_connection(
     durations = state.durations
     counters = handler.counters
 
-    async def forwarded(forward: Forward, forwarder: Forwarder, packet: bytes, started: float) -> None:
-        reply = await forwarder.reply(forward, handler)
+    async def forwarded(
+        forward: Forward, forwarder: Forwarder, admission: Admission, packet: bytes, started: float
+    ) -> None:
+        reply = await forwarder.reply(forward, handler, admission)
         await write(frame(reply))
         table.active(slot)
         _finished(forward, client, packet, reply, True, started, durations, query_log)
@@ -361,8 +376,10 @@ async def _serve_connection(
                     pending.cancel_scope.cancel()  # nothing sensible to say on this stream: close it
                     return
                 if isinstance(reply, Forward):
-                    if forwarder is not None and forwarder.admit():
-                        pending.start_soon(forwarded, reply, forwarder, packet, started)
+                    admission = forwarder.admit(str(client[0])) if forwarder is not None else None
+                    if admission is not None:
+                        assert forwarder is not None
+                        pending.start_soon(forwarded, reply, forwarder, admission, packet, started)
                         continue
                     reply = handler.refuse(reply)
                 # The type counted by `handle`, `refuse` or `failure_reply` just now.

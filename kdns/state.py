@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from kdns.core.budgets import StoreSize
 from kdns.core.counters import Histogram, ProgrammingDurations, QueryCounters, RequestDurations
@@ -109,6 +109,7 @@ class State:
         self.objects_rejected = 0  # API objects that could not be converted or applied
         self.panics = 0  # queries whose handling raised (answered SERVFAIL, logged)
         self.healthcheck_broken = 0  # times every upstream was down at once (CoreDNS's "broken")
+        self.forward_refused: dict[str, int] = {}  # forwarded queries refused at --max-concurrent, by reason
         self.reloads = 0  # configurations reloaded and applied
         self.reload_failures = 0  # new configurations refused (the old one kept serving)
         self._following = False  # whether a live source must list before kdns is ready
@@ -124,6 +125,11 @@ class State:
     def http_room_made(self) -> None:
         """An HTTP listener closed its connection idle longest to admit another."""
         self.http_closed_for_room += 1
+
+    def count_forward_refused(self, reason: str) -> None:
+        """A forwarded query refused at --max-concurrent, for `reason` (`forward.OVER_SHARE`,
+        `forward.PREEMPTED`)."""
+        self.forward_refused[reason] = self.forward_refused.get(reason, 0) + 1
 
     def tcp_room_made(self) -> None:
         """A DNS TCP listener closed its connection idle longest to admit another."""
@@ -220,6 +226,7 @@ class WorkerFigures:
     udp_receive_errors: int = 0
     panics: int = 0
     healthcheck_broken: int = 0
+    forward_refused: dict[str, int] = field(default_factory=dict)
     stores: dict[str, StoreSize] = field(default_factory=dict)  # for ended workers: only evictions count
 
     @classmethod
@@ -236,6 +243,7 @@ class WorkerFigures:
             state.udp_receive_errors,
             state.panics,
             state.healthcheck_broken,
+            state.forward_refused,
             state.store_sizes(),
         )
 
@@ -264,6 +272,7 @@ class WorkerFigures:
         view.udp_receive_errors += self.udp_receive_errors
         view.panics += self.panics
         view.healthcheck_broken += self.healthcheck_broken
+        _add_rcodes(view.forward_refused, self.forward_refused)  # a count per key, as rcodes are
         if not live and isinstance(view, WorkerFigures):  # an ended worker: what it evicted stays counted
             for name, size in self.stores.items():
                 evicted = StoreSize(0, 0, 0, size.dropped)
@@ -301,6 +310,6 @@ def _add_upstream(into: UpstreamCounters, other: UpstreamCounters) -> None:
     into.down = into.down or other.down
 
 
-def _add_rcodes(into: dict[int, int], counts: dict[int, int]) -> None:
+def _add_rcodes(into: dict[Any, int], counts: dict[Any, int]) -> None:
     for key, count in counts.items():
         into[key] = into.get(key, 0) + count

@@ -58,17 +58,20 @@ async def test_a_silent_upstream_fails_over_is_marked_down_and_comes_back_by_its
     await nursery.start(forwarder.run)
     started = trio.current_time()
     for i in range(2):  # each tries the silent one first, waits out its timeout, then fails over
-        assert forwarder.admit()
+        admission = forwarder.admit()
+        assert admission is not None
         handler = Handler(store_of().zone, HandlerOptions(recursion_available=True))
-        reply = dns.message.from_wire(await forwarder.reply(Forward(_query(f"q{i}.example.com"), False), handler))
+        forward = Forward(_query(f"q{i}.example.com"), False)
+        reply = dns.message.from_wire(await forwarder.reply(forward, handler, admission))
         assert reply.answer[0][0].address == "192.0.2.2"
     assert trio.current_time() - started >= 4.0  # two 2-second timeouts, in virtual time
     silent = state.upstreams[f"127.0.0.1:{first.port}"]
     assert silent.down and silent.failures == 2
     # Down: tried last, so the next query goes straight to the second upstream.
     started = trio.current_time()
-    assert forwarder.admit()
-    reply = dns.message.from_wire(await forwarder.reply(Forward(_query("q2.example.com"), False), handler))
+    admission = forwarder.admit()
+    assert admission is not None
+    reply = dns.message.from_wire(await forwarder.reply(Forward(_query("q2.example.com"), False), handler, admission))
     assert reply.answer[0][0].address == "192.0.2.2" and trio.current_time() - started < 1.0
     # The health probe (`. NS` every 0.5 s) keeps failing while it is silent ...
     await trio.sleep(3)  # a probe waits out the 2-second timeout too
@@ -78,8 +81,9 @@ async def test_a_silent_upstream_fails_over_is_marked_down_and_comes_back_by_its
     with trio.fail_after(5):
         while silent.down:
             await trio.sleep(0.5)
-    assert forwarder.admit()
-    reply = dns.message.from_wire(await forwarder.reply(Forward(_query("q3.example.com"), False), handler))
+    admission = forwarder.admit()
+    assert admission is not None
+    reply = dns.message.from_wire(await forwarder.reply(Forward(_query("q3.example.com"), False), handler, admission))
     assert reply.answer[0][0].address == "192.0.2.1" and forwarder.in_flight == 0
     nursery.cancel_scope.cancel()
 
@@ -98,8 +102,9 @@ async def test_serve_stale_and_prefetch_on_virtual_time(
     async def ask(name: str) -> dns.message.Message:
         decided = handler.handle(dns.message.make_query(name, "A").to_wire(), False)
         if isinstance(decided, Forward):
-            assert forwarder.admit()
-            decided = await forwarder.reply(decided, handler)
+            admission = forwarder.admit()
+            assert admission is not None
+            decided = await forwarder.reply(decided, handler, admission)
         assert isinstance(decided, bytes)
         return dns.message.from_wire(decided)
 

@@ -98,3 +98,47 @@ async def test_tcp_answers_a_zone_query_while_a_forward_on_the_same_connection_w
     await stream.aclose()
     fake.close()
     nursery.cancel_scope.cancel()
+
+
+async def test_one_client_flooding_never_answered_names_leaves_anothers_new_names_answered(
+    nursery: trio.Nursery,
+) -> None:
+    """Issue 17, fairness: at --max-concurrent 100 one address flooding names that are never
+    answered took every place in flight, and every other client's new names were REFUSED (0 of
+    40 answered). The places are now shared max-min fairly: the client over its share is refused,
+    and a newcomer takes a place back from the one holding the most (its oldest query REFUSED)."""
+    fake = FakeUpstream()
+    fake.mode = "script"  # names of the flood are never answered; others at once
+    fake.script = lambda query, wire: [] if query.question[0].name.to_text().startswith("flood") else [(wire, 0.0)]
+    address, forwarder = await _start(nursery, fake, max_concurrent=100)
+    with (
+        trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flooder,
+        trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other,
+    ):
+        await flooder.bind(("127.0.0.2", 0))
+        await other.bind(("127.0.0.3", 0))
+        for i in range(300):
+            await flooder.sendto(dns.message.make_query(f"flood{i}.example.com", "A").to_wire(), address)
+        with trio.fail_after(10):
+            refused = 0
+            while refused < 200:  # over its share from the 101st on: refused at once
+                refused += dns.message.from_wire(await flooder.recv(65535)).rcode() == dns.rcode.REFUSED
+        assert forwarder.in_flight == 100
+        answered = 0
+        for i in range(40):
+            await other.sendto(dns.message.make_query(f"new{i}.example.com", "A").to_wire(), address)
+            with trio.fail_after(5):
+                reply = dns.message.from_wire(await other.recv(65535))
+            answered += reply.rcode() == dns.rcode.NOERROR and bool(reply.answer)
+            # The flood goes on: it takes the place back as soon as the newcomer's query is done.
+            for j in range(5):
+                await flooder.sendto(dns.message.make_query(f"flood{i}-{j}.example.com", "A").to_wire(), address)
+            with trio.fail_after(5):
+                for _ in range(5):  # its oldest, preempted, and 4 of 5 over its share
+                    assert dns.message.from_wire(await flooder.recv(65535)).rcode() == dns.rcode.REFUSED
+        assert answered == 40
+        state = forwarder.state
+        assert state.forward_refused == {"over_share": 200 + 40 * 4, "preempted": 40}
+        assert state.queries.by_rcode(dns.rcode.REFUSED) == 400 and forwarder.in_flight == 100
+    fake.close()
+    nursery.cancel_scope.cancel()

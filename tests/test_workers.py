@@ -21,8 +21,10 @@ import dns.rcode
 import pytest
 
 from kdns.core.counters import QueryCounters, RequestDurations
+from kdns.core.model import Kind
+from kdns.core.store import Delete, Serial
 from kdns.state import CacheTotals, State, UpstreamCounters, WorkerFigures
-from kdns.workers import Batch, FrameReader, frame
+from kdns.workers.feed import FrameReader, Synced, frame
 from tests.apiserver import FakeApiServer
 from tests.builders import service
 from tests.helpers import FAST, http_get, http_port, metric, synced, wait
@@ -247,7 +249,7 @@ def test_a_port_taken_by_another_program_is_an_error_before_any_worker_starts() 
 
 
 def test_frames_come_out_whole_however_the_pipe_splits_them() -> None:
-    batches = [Batch(True, []), Batch(False, []), Batch(True, [])]
+    batches = [Synced(True), Serial(7), Delete(Kind.SERVICE, ("prod", "web")), Synced(False)]
     data = b"".join(frame(batch) for batch in batches)
     for size in (1, 3, 7, len(data)):
         reader, out = FrameReader(), []

@@ -99,6 +99,17 @@ class PodIndex:
             return None
         return Pod(key[0], key[1], tuple(_address(number) for number in _numbers(addresses)))
 
+    def snapshot(self) -> Iterator[Pod]:
+        """Every Pod held now, from a copy of the index made at the call (a dictionary copy per
+        namespace, in C: milliseconds at 100,000 Pods); the Pods are made as the iterator is
+        walked, which may be on another thread while this index changes."""
+        copies = [(namespace, names.copy()) for namespace, names in self._pods.items()]
+        return (
+            Pod(namespace, name, tuple(_address(number) for number in _numbers(addresses)))
+            for namespace, names in copies
+            for name, addresses in names.items()
+        )
+
     def keys(self, namespace: str | None = None) -> Iterator[tuple[str, str]]:
         namespaces = self._pods if namespace is None else {namespace: self._pods.get(namespace, {})}
         for name_space, names in namespaces.items():

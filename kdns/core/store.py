@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import gc
+import itertools
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import NamedTuple
@@ -86,6 +87,10 @@ class PodMode(enum.Enum):
     DISABLED = "disabled"  # no pod records at all: NXDOMAIN
 
 
+def _no_report(omission: Omission) -> None:
+    return None
+
+
 class ClusterStore:
     """Namespaces, Services, EndpointSlices and Pods, applied to a `Zone` one change at a time."""
 
@@ -96,7 +101,7 @@ class ClusterStore:
         pod_mode: PodMode = PodMode.INSECURE,
         dns_service: tuple[str, str] = ("kube-system", "kube-dns"),
         fallback_ns_addresses: Iterable[IPAddress] = (),
-        report: Callable[[Omission], None] = lambda omission: None,
+        report: Callable[[Omission], None] = _no_report,
         journal: Callable[[Change], None] | None = None,
         pod_budget: int = POD_INDEX_BYTES,
     ) -> None:
@@ -236,6 +241,23 @@ class ClusterStore:
             self.release()
         else:
             self.zone.set_serial(change.serial)
+
+    def snapshot(self) -> Iterator[ClusterObject]:
+        """Every object held now, in the order `load` applies fastest (Namespaces, Pods, slices,
+        then Services: each Service built once), from copies of the indexes made at the call
+        (C-level copies: milliseconds at 10,000 Services and 100,000 Pods). The copies are
+        walked as the iterator is, which may be on another thread while this store changes."""
+        namespaces = list(self.namespaces.values())
+        pods = self.pods.snapshot()
+        slices = list(self.slices.values())
+        services = list(self.services.values())
+        return itertools.chain(namespaces, pods, slices, services)
+
+    def as_replica(self) -> None:
+        """This store now replays another's journal (a forked worker's copy of the supervisor's):
+        it journals nothing and reports no omission; the store it follows does both, once."""
+        self._journal = None
+        self.report = _no_report
 
     def objects(self) -> Iterator[ClusterObject]:
         """Every object held: what `load` on an empty store makes this store again."""

@@ -1,110 +1,82 @@
-"""`kdns serve --workers N`: N processes answer on the same ports; one follows the cluster.
+"""The supervisor of `kdns serve --workers N`: it builds the zone, forks the workers, follows the
+cluster for them and feeds them its store's journal, watches them, and replaces any that ends,
+hangs or falls too far behind.
 
 The shape is nginx's master and workers, with kdns's one set of watches:
 
 - The supervisor (the process started) builds the zone first: it loads the snapshot, or lists
   every resource once (`ClusterFollower.prime`, on its own thread: nothing else runs yet). It
-  binds one UDP and one TCP socket per worker on each listen address with SO_REUSEPORT, freezes
-  the heap (`gc.freeze`: the collector never writes to those pages again) and forks the workers.
-  Each starts with the zone already built, its pages shared copy-on-write, and answers on its own
-  sockets; the kernel spreads clients over them by address and port.
+  binds one UDP and one TCP socket per worker on each listen address with SO_REUSEPORT, after
+  making sure no other process holds the port (a second kdns would silently join the group and
+  take a share of the queries), freezes the heap (`gc.freeze`: the collector never writes to those
+  pages again) and forks the workers. Each starts with the zone already built, its pages shared
+  copy-on-write, and answers on its own sockets; the kernel spreads clients over them.
+- A forked worker's store becomes a replica (`ClusterStore.as_replica`): it journals nothing and
+  reports no omission (the supervisor does both, once for the instance).
 - Then the supervisor runs trio: it watches the API (one set of watches, whatever N is) and
-  applies changes to its own store, whose journal (`ClusterStore(journal=)`) it streams to every
-  worker over a pipe; each worker replays it on its store. It serves /health, /ready and
-  /metrics for the instance: ready once synced and every worker serving; metrics the sum of the
-  figures each worker sends it every `REPORT_INTERVAL`, and of those of workers that ended.
+  applies changes to its own store, whose journal (`ClusterStore(journal=)`) it pickles once per
+  change and queues for every worker, within `--worker-queue-bytes` each. It serves /health,
+  /ready and /metrics for the instance: ready once synced and every worker serving; metrics the
+  sum of the figures each worker sends every REPORT_INTERVAL, and of those of workers that ended.
+- A worker that misses its reports for SILENT_AFTER seconds (stopped, or stuck) counts as not
+  serving: /ready says 503 and it is logged, until it reports again. One whose queue passes its
+  budget is replaced: killed, and started afresh with the whole cluster.
 - A worker that ends is logged and started again. Not forked (the supervisor now runs trio and
-  the watch threads, which a fork would copy mid-flight) but spawned afresh (`python -m
-  kdns.workers`), sent the configuration and every object, and only then does it bind its
-  sockets: no query reaches it before it can answer. A spawned worker shares no memory.
+  the watch threads, which a fork would copy mid-flight) but spawned (`python -m kdns.workers`)
+  and sent the configuration and every object, encoded on a worker thread a chunk at a time (the
+  event loop keeps answering probes and applying changes); it binds its sockets only once
+  loaded, so no query reaches it before it can answer. A spawned worker shares no memory.
 - A worker ends when its feed closes: the supervisor's end (even a SIGKILL) ends every worker.
   A worker that finds a forwarding loop ends with status 2, and so does the instance.
-
-Pipes carry frames: a 4-byte length and a pickle. Both ends are this program.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import os
-import pickle
 import signal
-import struct
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Protocol
 
 import trio
 
-from kdns import logs
 from kdns.address import SocketAddress
-from kdns.answering import Answerer, check_upstreams, ns_addresses
+from kdns.answering import check_upstreams, ns_addresses
 from kdns.config import ServeConfig
-from kdns.core.model import ClusterObject, IPAddress
-from kdns.core.store import Change, ClusterStore, bulk_change
+from kdns.core.budgets import StoreSize
+from kdns.core.model import ClusterObject
+from kdns.core.store import Change
 from kdns.errors import KdnsError
 from kdns.serve import BoundListener, bind
 from kdns.sources import open_sources
 from kdns.state import State, WorkerFigures
+from kdns.workers.feed import (
+    OBJECTS_PER_FRAME,
+    READ_SIZE,
+    REPORT_INTERVAL,
+    FrameReader,
+    Objects,
+    Start,
+    Synced,
+    frame,
+)
+from kdns.workers.worker import work
 
 log = logging.getLogger(__name__)
 
-REPORT_INTERVAL = 1.0  # seconds between a worker's figures sent to the supervisor
 LOOP_STATUS = 2  # a worker's exit status when it found a forwarding loop (as kdns's own)
 SHORT_LIFE = 10.0  # seconds: a worker that ends sooner is restarted after a backoff ...
 RESTART_BACKOFF = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)  # ... this long, more each time in a row
 STOP_WAIT = 5.0  # seconds the supervisor waits for workers to end before it kills them
-BULK_REPLAY = 100  # changes in a batch beyond which it is replayed with the collector paused
-_LENGTH = struct.Struct("!I")
-_READ = 1 << 16
-
-
-class Batch(NamedTuple):
-    """Supervisor to worker: changes to replay, and whether the cluster is synced after them."""
-
-    synced: bool
-    changes: list[Change]
-
-
-class Start(NamedTuple):
-    """Supervisor to a spawned worker, first: all it needs to answer as the others do."""
-
-    config: ServeConfig
-    addresses: tuple[SocketAddress, ...]  # with the ports the supervisor bound
-    fallback_ns_addresses: tuple[IPAddress, ...]
-    objects: list[ClusterObject]
-    serial: int
-    synced: bool
-
-
-def frame(message: object) -> bytes:
-    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(data)) + data
-
-
-class FrameReader:
-    """Whole messages out of the bytes of a pipe, however they were split."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        self._buffer += data
-        messages, offset, buffer = [], 0, self._buffer
-        while len(buffer) - offset >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer, offset)
-            end = offset + _LENGTH.size + length
-            if end > len(buffer):
-                break
-            messages.append(pickle.loads(buffer[offset + _LENGTH.size : end]))
-            offset = end
-        del buffer[:offset]
-        return messages
+SILENT_AFTER = 3 * REPORT_INTERVAL  # a worker silent this long is not serving
 
 
 class _Process(Protocol):
@@ -131,11 +103,20 @@ class _Worker:
     feed_fd: int  # the supervisor's (writing) end of the feed
     report_fd: int  # the supervisor's (reading) end of the figures
     started: float
-    frames: list[bytes] = field(default_factory=list)  # whole messages to send first (a `Start`)
-    changes: list[Change] = field(default_factory=list)  # journaled since the last batch sent
+    queue: list[bytes] = field(default_factory=list)  # frames waiting to be sent, oldest first
+    # Bytes of journaled changes queued, and being written to it: together bounded by
+    # --worker-queue-bytes (a worker that stops reading blocks the write).
+    queued: int = 0
+    sending: int = 0
+    accepting: bool = True  # its process is to be fed: False from its end (or replacement) to the next
+    synced_sent: bool | None = None  # the last `Synced` sent
     wake: trio.Event = field(default_factory=trio.Event)
     figures: WorkerFigures | None = None  # the last sent: None until it is serving
+    reported_at: float = 0.0  # when (trio's clock) it last sent figures
+    silent: bool = False  # missed its reports for SILENT_AFTER: not serving
+    replacing: bool = False  # killed for falling too far behind: its end is expected
     restarts_in_a_row: int = 0
+    replaced: int = 0  # times it was replaced for its queue (for the store's figures)
 
 
 class WorkerPool:
@@ -151,6 +132,7 @@ class WorkerPool:
         self._closed = False
         self.sources = open_sources(config, ns_addresses(addresses), journal=self.record, workers_serving=self.serving)
         self.sources.state.workers = config.workers
+        self.sources.state.add_stores(self._queue_sizes)
         if self.sources.store is None:
             raise KdnsError("--workers: only `kdns serve` runs workers (a node cache is one process)")
         self.store = self.sources.store
@@ -161,6 +143,8 @@ class WorkerPool:
     def start(cls, config: ServeConfig) -> WorkerPool:
         """Build the zone, bind every worker's sockets and fork the workers; in the supervisor,
         before trio runs. Setup errors are raised (`KdnsError`) before any worker exists."""
+        for address in config.listen:
+            _refuse_if_taken(address)
         sets = [[bind(address, reuse_port=True) for address in config.listen]]
         addresses = tuple(listener.address for listener in sets[0])
         try:
@@ -202,8 +186,11 @@ class WorkerPool:
                         os.close(fd)
                     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor's to handle
                     store = self.store
-                    reader = FrameReader()
-                    status = trio.run(_work, self.config, store, listeners, feed_read, report_write, synced, reader)
+                    store.as_replica()  # it replays the supervisor's journal; it keeps none
+                    self._workers = []  # the slots of the workers forked before: not this one's
+                    status = trio.run(
+                        work, self.config, store, listeners, feed_read, report_write, synced, FrameReader()
+                    )
                 except BaseException:
                     log.exception("worker %d failed", number)
                 finally:
@@ -221,16 +208,51 @@ class WorkerPool:
     # -- the journal, and what the instance reports ---------------------------------------------
 
     def record(self, change: Change) -> None:
-        """The supervisor's store changed: queue the change for every worker (on trio's thread;
-        before the workers exist, nothing: they are forked with the store as it is)."""
+        """The supervisor's store changed: queue the change for every worker, pickled once (on
+        trio's thread; before the workers exist, nothing: they are forked with the store as it
+        is). A worker whose queue passes --worker-queue-bytes is replaced."""
+        if not self._workers:
+            return
+        data = frame(change)
+        budget = self.config.worker_queue_bytes
         for worker in self._workers:
-            worker.changes.append(change)
+            if not worker.accepting:
+                continue  # ended: the one that replaces it gets the whole cluster
+            worker.queue.append(data)
+            worker.queued += len(data)
             worker.wake.set()
+            if worker.queued + worker.sending > budget:
+                self._replace(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        log.error(
+            "worker %d (pid %d) has %d bytes of changes waiting (over --worker-queue-bytes %d): replacing it",
+            worker.number,
+            worker.process.pid,
+            worker.queued + worker.sending,
+            self.config.worker_queue_bytes,
+        )
+        worker.accepting, worker.replacing = False, True
+        worker.replaced += 1
+        worker.queue, worker.queued = [], 0
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.process.pid, signal.SIGKILL)  # stopped or stuck, it ends all the same
+
+    def _queue_sizes(self) -> dict[str, StoreSize]:
+        budget = self.config.worker_queue_bytes
+        queues = [
+            StoreSize(budget, worker.queued + worker.sending, len(worker.queue), worker.replaced)
+            for worker in self._workers
+        ]
+        total = StoreSize(0, 0, 0, 0)
+        for queue in queues:
+            total = total.plus(queue)
+        return {"worker_queues": total} if queues else {}
 
     def serving(self) -> bool:
-        """Every worker is running and has reported since it started (a spawned one reports once
-        it has loaded the zone)."""
-        return all(worker.figures is not None for worker in self._workers)
+        """Every worker is running, has reported since it started (a spawned one reports once it
+        has loaded the zone) and has not gone silent since."""
+        return all(worker.figures is not None and not worker.silent for worker in self._workers)
 
     def view(self) -> State:
         """The instance's state, for metrics."""
@@ -251,16 +273,37 @@ class WorkerPool:
                     status = LOOP_STATUS
                     nursery.cancel_scope.cancel()
 
+            now = trio.current_time()
             for worker in self._workers:
+                worker.reported_at = now
                 nursery.start_soon(keep, worker)
+            nursery.start_soon(self._watch_reports)
             task_status.started()
         return status
+
+    async def _watch_reports(self) -> None:
+        """Count a worker that has not reported for SILENT_AFTER as not serving (and log it), and
+        as serving again once it reports."""
+        while True:
+            await trio.sleep(REPORT_INTERVAL)
+            now = trio.current_time()
+            for worker in self._workers:
+                quiet = worker.figures is not None and now - worker.reported_at > SILENT_AFTER
+                if quiet and not worker.silent:
+                    worker.silent = True
+                    log.error(
+                        "worker %d (pid %d) has not reported for %.0f s: not serving (/ready 503)",
+                        worker.number,
+                        worker.process.pid,
+                        now - worker.reported_at,
+                    )
 
     async def _keep(self, worker: _Worker) -> int:
         """Serve one slot: feed its worker until it ends, then start another in its place."""
         state = self.sources.state
         while True:
             exit_code = await self._until_ended(worker)
+            worker.accepting, worker.queue, worker.queued = False, [], 0
             lived = time.monotonic() - worker.started
             if worker.figures is not None:
                 assert self._retired.cache is not None
@@ -269,7 +312,9 @@ class WorkerPool:
             if exit_code == LOOP_STATUS:
                 log.error("worker %d found a forwarding loop: kdns stops", worker.number)
                 return LOOP_STATUS
-            worker.restarts_in_a_row = worker.restarts_in_a_row + 1 if lived < SHORT_LIFE else 0
+            replaced, worker.replacing, worker.silent = worker.replacing, False, False
+            short = lived < SHORT_LIFE and not replaced
+            worker.restarts_in_a_row = worker.restarts_in_a_row + 1 if short else 0
             delay = RESTART_BACKOFF[min(max(worker.restarts_in_a_row - 1, 0), len(RESTART_BACKOFF) - 1)]
             log.error(
                 "worker %d (pid %d) ended %s after %.1f s; starting another%s",
@@ -280,7 +325,7 @@ class WorkerPool:
                 f" in {delay:g} s" if delay else "",
             )
             await trio.sleep(delay)
-            self._spawn(worker)
+            await self._spawn(worker)
             state.worker_restarts += 1
 
     async def _until_ended(self, worker: _Worker) -> int:
@@ -292,9 +337,13 @@ class WorkerPool:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._send, worker, feed)
                 reader = FrameReader()
-                while data := await reports.receive_some(_READ):
+                while data := await reports.receive_some(READ_SIZE):
                     for figures in reader.feed(data):
                         worker.figures = figures
+                        worker.reported_at = trio.current_time()
+                        if worker.silent:
+                            worker.silent = False
+                            log.warning("worker %d (pid %d) reports again: serving", worker.number, worker.process.pid)
                 nursery.cancel_scope.cancel()  # its figures closed: it has ended
         finally:
             await feed.aclose()
@@ -307,37 +356,40 @@ class WorkerPool:
             while True:
                 await worker.wake.wait()
                 worker.wake = trio.Event()
-                frames, worker.frames = worker.frames, []
-                if worker.changes or not frames:
-                    changes, worker.changes = worker.changes, []
-                    frames.append(frame(Batch(state.synced(), changes)))
-                await feed.send_all(b"".join(frames))
+                synced = state.synced()
+                if synced != worker.synced_sent:
+                    worker.queue.append(frame(Synced(synced)))
+                    worker.synced_sent = synced
+                data, worker.queue = b"".join(worker.queue), []
+                worker.sending, worker.queued = worker.queued, 0
+                try:
+                    await feed.send_all(data)
+                finally:
+                    worker.sending = 0
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # it has ended: `_until_ended` sees its figures close
 
-    def _spawn(self, worker: _Worker) -> None:
-        """Start a fresh worker process in the slot: sent the whole zone as objects, then the feed."""
+    async def _spawn(self, worker: _Worker) -> None:
+        """Start a fresh worker process in the slot and queue it the whole cluster as objects,
+        encoded on a worker thread; every change from now on is queued after them."""
+        store = self.store
+        objects = store.snapshot()  # copies of the indexes, made at once: the loop moves on after
+        worker.queue, worker.queued, worker.synced_sent = [], 0, self.sources.state.synced()
+        worker.accepting = True  # every change from here on is queued after the objects
         feed_read, feed_write = os.pipe()
         report_read, report_write = os.pipe()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kdns.workers", str(feed_read), str(report_write)],
-            pass_fds=(feed_read, report_write),
-            stdin=subprocess.DEVNULL,
-        )
-        os.close(feed_read)
-        os.close(report_write)
-        store = self.store
+        try:
+            process = _spawn_process(feed_read, report_write)  # vfork and exec: no copy of our memory
+        finally:
+            os.close(feed_read)
+            os.close(report_write)
         start = Start(
-            self.config,
-            self.addresses,
-            store.fallback_ns_addresses,
-            list(store.objects()),
-            store.zone.serial,
-            self.sources.state.synced(),
+            self.config, self.addresses, store.fallback_ns_addresses, store.zone.serial, worker.synced_sent, 0
         )
-        # From here every change is queued after the objects: the worker misses none.
+        frames = await trio.to_thread.run_sync(_encode_start, start, objects)
         worker.process, worker.feed_fd, worker.report_fd = process, feed_write, report_read
-        worker.started, worker.frames, worker.changes = time.monotonic(), [frame(start)], []
+        worker.started, worker.reported_at = time.monotonic(), trio.current_time()
+        worker.queue[:0] = frames
         worker.wake = trio.Event()
         worker.wake.set()
         log.info("worker %d started again (pid %d): loading the zone", worker.number, process.pid)
@@ -372,107 +424,54 @@ class WorkerPool:
                     pass
 
 
+def _spawn_process(feed_read: int, report_write: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kdns.workers", str(feed_read), str(report_write)],
+        pass_fds=(feed_read, report_write),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _encode_start(start: Start, objects: Iterator[ClusterObject]) -> list[bytes]:
+    """The frames that start a spawned worker: `Start`, the objects OBJECTS_PER_FRAME at a time
+    (each chunk pickled apart, so that the GIL is let go between them and the event loop keeps
+    its turns), in the order a store loads fastest. On a worker thread."""
+    frames: list[bytes] = []
+    chunk: list[ClusterObject] = []
+    for obj in objects:
+        chunk.append(obj)
+        if len(chunk) == OBJECTS_PER_FRAME:
+            frames.append(frame(Objects(chunk)))
+            chunk = []
+    if chunk:
+        frames.append(frame(Objects(chunk)))
+    return [frame(start._replace(chunks=len(frames))), *frames]
+
+
+def _refuse_if_taken(address: SocketAddress) -> None:
+    """`KdnsError` if another process holds `address`'s port: SO_REUSEPORT would let this one
+    join it silently, each answering part of the queries. A socket without SO_REUSEPORT cannot be
+    bound where any other is (port 0 is always free)."""
+    if address.port == 0:
+        return
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(address.family, kind) as probe:
+            if address.family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if kind == socket.SOCK_STREAM:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as our listeners do
+            try:
+                probe.bind((address.host, address.port))
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise KdnsError(
+                        f"cannot listen on {address}: another process holds the port (another kdns?), "
+                        "and sharing it (SO_REUSEPORT) would hand that process part of the queries"
+                    ) from None
+                raise KdnsError(f"cannot listen on {address}: {error}") from None
+
+
 def _close(listeners: Sequence[BoundListener]) -> None:
     for listener in listeners:
         listener.udp.close()
         listener.tcp.close()
-
-
-# -- the worker ------------------------------------------------------------------------------
-
-
-class _Feed:
-    """What a worker knows of the cluster beyond its store: whether it has been listed."""
-
-    def __init__(self, synced: bool) -> None:
-        self.synced_now = synced
-
-    def synced(self) -> bool:
-        return self.synced_now
-
-
-async def _work(
-    config: ServeConfig,
-    store: ClusterStore,
-    listeners: list[BoundListener],
-    feed_fd: int,
-    report_fd: int,
-    synced: bool,
-    reader: FrameReader,
-) -> int:
-    """A worker: answer from `store`, replay the supervisor's feed on it, report figures; until
-    the feed closes (0) or a forwarding loop is found (LOOP_STATUS)."""
-    state = State(time_requests=config.ops.metrics is not None)
-    feed = _Feed(synced)
-    answerer = Answerer(config, listeners, state)
-    status = 0
-    async with trio.open_nursery() as nursery:
-
-        async def answering(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            nonlocal status
-            status = await answerer.run(store.zone, feed.synced, store.pods.namespace_of, task_status=task_status)
-            nursery.cancel_scope.cancel()
-
-        await nursery.start(answering)
-        reports = trio.lowlevel.FdStream(report_fd)
-        nursery.start_soon(_report, state, reports)
-        async with trio.lowlevel.FdStream(feed_fd) as stream:
-            while data := await stream.receive_some(_READ):
-                for batch in reader.feed(data):
-                    _replay(store, batch)
-                    feed.synced_now = batch.synced
-        nursery.cancel_scope.cancel()  # the supervisor has ended
-    return status
-
-
-def _replay(store: ClusterStore, batch: Batch) -> None:
-    """Apply the supervisor's changes, each under its own guard as the supervisor applied them."""
-    with bulk_change() if len(batch.changes) > BULK_REPLAY else contextlib.nullcontext():
-        for change in batch.changes:
-            try:
-                store.replay(change)
-            except Exception:  # it failed in the supervisor too: the zone keeps what it had
-                log.debug("replaying %r failed, as it did in the supervisor", change, exc_info=True)
-
-
-async def _report(state: State, reports: trio.lowlevel.FdStream) -> None:
-    """Send the worker's figures now (it is serving), then every REPORT_INTERVAL."""
-    try:
-        while True:
-            await reports.send_all(frame(WorkerFigures.of(state)))
-            await trio.sleep(REPORT_INTERVAL)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return  # the supervisor has ended: the feed closes too
-
-
-def spawned(argv: Sequence[str]) -> int:
-    """`python -m kdns.workers FEED_FD REPORT_FD`: a worker started in place of one that ended."""
-    feed_fd, report_fd = int(argv[0]), int(argv[1])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reader = FrameReader()
-    start: Start | None = None
-    while start is None:
-        data = os.read(feed_fd, _READ)
-        if not data:
-            return 0  # the supervisor ended first
-        messages = reader.feed(data)
-        if messages:
-            start = messages[0]
-            leftover = messages[1:]
-    config = start.config
-    logs.configure(config.log_level, config.log_format)
-    store = ClusterStore(
-        config.cluster_domain, config.ttl, config.pod_mode, fallback_ns_addresses=start.fallback_ns_addresses
-    )
-    store.load(start.objects)
-    store.zone.set_serial(start.serial)
-    for batch in leftover:
-        _replay(store, batch)
-    synced = leftover[-1].synced if leftover else start.synced
-    listeners = [bind(address, reuse_port=True) for address in start.addresses]  # loaded: now it may answer
-    del start, leftover  # the objects: the store holds what it needs of them
-    return trio.run(_work, config, store, listeners, feed_fd, report_fd, synced, reader)
-
-
-if __name__ == "__main__":
-    sys.exit(spawned(sys.argv[1:]))
