@@ -8,7 +8,9 @@ its connections busy still loses its oldest idle one to each newcomer. With a pe
 client at its cap makes room among its own connections first.
 
 The connections of a process also share one budget of buffered bytes (`BufferBudget`): a
-connection that would take it past its budget closes the connection holding the most.
+connection that would take it past its budget closes the connection that has held bytes longest
+without progress (a partial query never finished, replies its client never reads), never one
+that keeps completing queries and taking replies, however much it has in flight.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from kdns.core.budgets import StoreSize
 class Slot:
     """One open connection: where it comes from, and the scope that closes it."""
 
-    __slots__ = ("address", "held", "scope")
+    __slots__ = ("address", "held", "scope", "stalled_since")
 
     def __init__(self, address: str, scope: trio.CancelScope) -> None:
         self.address = address
         self.scope = scope
         self.held = 0  # bytes it holds now (`BufferBudget`)
+        self.stalled_since = 0.0  # when (trio's clock) it last made progress while holding bytes
 
     def close(self) -> None:
         self.scope.cancel()
@@ -93,9 +96,9 @@ class ConnectionTable:
 
 class BufferBudget:
     """The bytes every connection of a process holds at once (its partial query, its replies not
-    yet written), within `budget`: when a connection's holding would pass it, the connection
-    holding the most is closed (the one whose client sends or reads most slowly relative to what
-    it asks)."""
+    yet written), within `budget`: past it, the connection that has held bytes longest without
+    progress is closed, until the rest fit. O(1) a call; a scan of the connections holding bytes
+    only when the budget is passed."""
 
     def __init__(self, budget: int, on_close: Callable[[], None] | None = None) -> None:
         """`on_close` is told of each connection closed to stay within the budget."""
@@ -105,8 +108,11 @@ class BufferBudget:
         self._on_close = on_close
         self._slots: set[Slot] = set()
 
-    def hold(self, slot: Slot, size: int) -> None:
-        """`slot` holds `size` bytes now."""
+    def hold(self, slot: Slot, size: int, progressed: bool = False) -> None:
+        """`slot` holds `size` bytes now; `progressed`: it has just completed a query or had a
+        reply written (it is not stalled, whatever it holds)."""
+        if progressed or not slot.held:
+            slot.stalled_since = trio.current_time()
         self.held += size - slot.held
         slot.held = size
         if size:
@@ -114,9 +120,9 @@ class BufferBudget:
         else:
             self._slots.discard(slot)
         while self.held > self.budget and self._slots:
-            largest = max(self._slots, key=lambda each: each.held)  # O(connections holding), rare
-            self.release(largest)
-            largest.close()
+            stalled = min(self._slots, key=lambda each: each.stalled_since)  # O(connections holding), rare
+            self.release(stalled)
+            stalled.close()
             self.closed += 1
             if self._on_close is not None:
                 self._on_close()

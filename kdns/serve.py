@@ -310,8 +310,8 @@ async def _serve_connection(
     buffer = bytearray()
     writing = trio.Lock()
 
-    def holding(extra: int = 0) -> None:
-        budget.hold(slot, len(buffer) + extra)
+    def holding(extra: int = 0, progressed: bool = False) -> None:
+        budget.hold(slot, len(buffer) + extra, progressed)
 
     async def write(framed: bytes) -> None:
         """Write length-prefixed replies, whole; close the connection if the client does not
@@ -344,9 +344,9 @@ async def _serve_connection(
             return
         data = bytes(batch)
         batch.clear()
-        holding(len(data))  # until it is written
+        holding(len(data), progressed=True)  # until it is written; the queries it answers are done
         await write(data)
-        holding()
+        holding(progressed=True)
         table.active(slot)
         now = perf_counter()
         for qtype, packet, reply, started in answered:

@@ -11,13 +11,16 @@ otherwise through `mode`:
 - "held": answer only once the test calls `release()` (a slow upstream, with no clock in it);
 - "script": `script(query, answer)` returns the datagrams to send, each after its delay in seconds
   (None: once the test calls `release()`): garbage, malformed answers, answers to other questions,
-  late answers, whatever a test needs.
+  late answers, whatever a test needs;
+- "large": `records` A records for any name, the most a message holds with 3,750 (60 KB): over
+  UDP truncated (TC, no records) past 1,232 bytes, so they come over TCP.
 It counts queries per transport and keeps the names asked; kdns's loop probe at start is kept
 apart (`probes`), so that counts are those of the queries a test made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -37,6 +40,7 @@ class FakeUpstream:
         self.mode = "answer"
         self.script: Callable[[dns.message.Message, bytes], Sequence[tuple[bytes, float | None]]] | None = None
         self.forged_delay = 0.2
+        self.records = 3750  # A records of a "large" answer
         self._released = threading.Event()  # "held" answers wait for it
         self.udp_queries = 0
         self.tcp_queries = 0
@@ -101,6 +105,10 @@ class FakeUpstream:
             return
         if mode == "held":
             self._released.wait()
+        if mode == "large":
+            with contextlib.suppress(OSError):
+                self._udp.sendto(self._large(data, udp=True), peer)
+            return
         response = self._answer(query, tcp=False)
         wire = response.to_wire()
         try:
@@ -156,8 +164,26 @@ class FakeUpstream:
                 return
             if self.mode == "held":
                 self._released.wait()
-            wire = self._answer(query, tcp=True).to_wire()
-            conn.sendall(struct.pack("!H", len(wire)) + wire)
+            wire = (
+                self._large(query.to_wire(), udp=False) if self.mode == "large" else self._answer(query, True).to_wire()
+            )
+            with contextlib.suppress(OSError):
+                conn.sendall(struct.pack("!H", len(wire)) + wire)
+
+    def _large(self, query: bytes, udp: bool) -> bytes:
+        """`records` A records for the question of `query`, built as bytes (dnspython takes a
+        while for thousands): each record's owner a pointer to the question (RFC 1035 4.1.4)."""
+        end = 12
+        while query[end]:
+            end += query[end] + 1
+        question = query[12 : end + 5]
+        records = b"".join(
+            b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, self.ttl, 4) + struct.pack("!I", 0xC6120000 + i)
+            for i in range(self.records)
+        )
+        if udp and 12 + len(question) + len(records) > 1232:
+            return query[:2] + struct.pack("!HHHHH", 0x8380, 1, 0, 0, 0) + question  # TC: ask over TCP
+        return query[:2] + struct.pack("!HHHHH", 0x8180, 1, self.records, 0, 0) + question + records
 
 
 def _bind_pair() -> tuple[socket.socket, socket.socket]:

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import dns.exception
 import dns.message
@@ -158,3 +159,22 @@ async def ask_in_process(address: SocketAddress, name: str, rdtype: str = "A") -
 def metric(text: str, name: str) -> float:
     """The sum of every series of `name` in a Prometheus text exposition."""
     return sum(float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process `pid` now (from /proc)."""
+    for line in open(f"/proc/{pid}/status"):  # noqa: SIM115
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (its worker processes, for kdns)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def worker_pids(server: KdnsServer, count: int) -> list[int]:
+    """The pids of `server`'s `count` worker processes, once it has them all."""
+    wait(lambda: len(children(server.process.pid)) == count, 10, f"{count} workers")
+    return children(server.process.pid)

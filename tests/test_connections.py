@@ -5,6 +5,7 @@ connection holds stay within one budget, the connection holding the most closed 
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from kdns.connections import BufferBudget, ConnectionTable, Slot
 
@@ -38,17 +39,22 @@ async def test_an_address_at_its_cap_makes_room_among_its_own_connections() -> N
     del second, other
 
 
-async def test_the_buffer_budget_closes_the_connection_holding_the_most() -> None:
+async def test_the_buffer_budget_closes_the_connection_stalled_longest(autojump_clock: trio.testing.MockClock) -> None:
     closed: list[int] = []
     budget = BufferBudget(1000, on_close=lambda: closed.append(1))
-    small, big, new = Slot("a", trio.CancelScope()), Slot("b", trio.CancelScope()), Slot("c", trio.CancelScope())
-    budget.hold(small, 100)
-    budget.hold(big, 700)
-    budget.hold(big, 600)  # a connection holds what it holds now, not the sum
+    stalled, busy, new = Slot("a", trio.CancelScope()), Slot("b", trio.CancelScope()), Slot("c", trio.CancelScope())
+    budget.hold(stalled, 100)  # a partial query it never finishes
+    await trio.sleep(1)
+    budget.hold(busy, 700)
+    await trio.sleep(1)
+    budget.hold(busy, 600, progressed=True)  # holds what it holds now, not the sum; and is busy
     assert budget.held == 700 and not closed
+    await trio.sleep(1)
     budget.hold(new, 350)
-    assert big.scope.cancel_called and not small.scope.cancel_called and not new.scope.cancel_called
-    assert budget.held == 450 and closed == [1] and budget.figures() == (1000, 450, 2, 1)
-    budget.release(small)
-    budget.release(big)  # released already: nothing more
-    assert budget.held == 350
+    assert stalled.scope.cancel_called and not busy.scope.cancel_called and not new.scope.cancel_called
+    assert budget.held == 950 and closed == [1] and budget.figures() == (1000, 950, 2, 1)
+    budget.hold(new, 500)  # still past it: the busy one has stalled longer than the newcomer
+    assert busy.scope.cancel_called and budget.held == 500
+    budget.release(busy)  # released already: nothing more
+    budget.release(new)
+    assert budget.held == 0

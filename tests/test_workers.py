@@ -27,16 +27,12 @@ from kdns.state import CacheTotals, State, UpstreamCounters, WorkerFigures
 from kdns.workers.feed import FrameReader, Synced, frame
 from tests.apiserver import FakeApiServer
 from tests.builders import service
-from tests.helpers import FAST, http_get, http_port, metric, synced, wait
+from tests.helpers import FAST, children, http_get, http_port, metric, synced, wait, worker_pids
 from tests.process import KdnsServer, run_kdns
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = ROOT / "examples" / "cluster.yaml"
 OPS = ("--health-listen", "127.0.0.1:0", "--ready-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
-
-
-def _children(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _udp_ports(pid: int) -> set[int]:
@@ -67,15 +63,10 @@ def _scrape(server: KdnsServer) -> str:
     return http_get(http_port(server, "/metrics"), "/metrics")[1]
 
 
-def _workers(server: KdnsServer, count: int) -> list[int]:
-    wait(lambda: len(_children(server.process.pid)) == count, 10, f"{count} workers")
-    return _children(server.process.pid)
-
-
 def test_two_workers_each_hold_their_own_socket_on_the_one_port_and_share_the_queries() -> None:
     server = KdnsServer("--snapshot", str(SNAPSHOT), "--workers", "2", *OPS, listen=("127.0.0.1:0",))
     try:
-        workers = _workers(server, 2)
+        workers = worker_pids(server, 2)
         assert server.port not in _udp_ports(server.process.pid)  # the supervisor answers nothing
         for pid in workers:
             assert server.port in _udp_ports(pid)
@@ -98,7 +89,7 @@ def test_two_workers_each_hold_their_own_socket_on_the_one_port_and_share_the_qu
 def test_a_killed_worker_is_logged_and_started_again_and_metrics_never_go_backwards() -> None:
     server = KdnsServer("--snapshot", str(SNAPSHOT), "--workers", "2", *OPS, listen=("127.0.0.1:0",))
     try:
-        first, second = _workers(server, 2)
+        first, second = worker_pids(server, 2)
         for _ in range(50):
             assert _ask_from_new_port(server, "web.prod.svc.cluster.local")[0] == "NOERROR"
         wait(lambda: metric(_scrape(server), "coredns_dns_requests_total") == 50, 5, "50 requests counted")
@@ -106,7 +97,7 @@ def test_a_killed_worker_is_logged_and_started_again_and_metrics_never_go_backwa
         wait(lambda: "ended by signal 9" in server.log_text(), 5, "the death logged")
         wait(lambda: "started again" in server.log_text(), 10, "the restart logged")
         wait(lambda: http_get(http_port(server, "/ready"), "/ready")[0] == 200, 10, "ready again")
-        workers = _children(server.process.pid)
+        workers = children(server.process.pid)
         assert first in workers and second not in workers and len(workers) == 2
         replacement = next(pid for pid in workers if pid != first)
         wait(lambda: server.port in _udp_ports(replacement), 5, "the new worker's socket")
@@ -121,7 +112,7 @@ def test_a_killed_worker_is_logged_and_started_again_and_metrics_never_go_backwa
 
 def test_workers_end_with_the_supervisor_even_when_it_is_killed() -> None:
     server = KdnsServer("--snapshot", str(SNAPSHOT), "--workers", "2", listen=("127.0.0.1:0",))
-    workers = _workers(server, 2)
+    workers = worker_pids(server, 2)
     server.stop(signal.SIGKILL)
     # Their feed closes with the supervisor: they exit rather than answer an unfollowed zone.
     wait(lambda: not any(_alive(pid) for pid in workers), 5, "the workers end")
@@ -139,7 +130,7 @@ def test_sigterm_keeps_every_worker_answering_through_lameduck_then_ends_them() 
     server = KdnsServer(
         "--snapshot", str(SNAPSHOT), "--workers", "2", "--lameduck", "1s", *OPS, listen=("127.0.0.1:0",)
     )
-    workers = _workers(server, 2)
+    workers = worker_pids(server, 2)
     ready = http_port(server, "/ready")  # the supervisor handles signals from here on
     server.process.send_signal(signal.SIGTERM)
     wait(lambda: "lameduck" in server.log_text(), 5, "lameduck")
@@ -157,7 +148,7 @@ def test_the_api_server_sees_one_set_of_lists_and_watches_whatever_the_workers(
         "--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, "--workers", "3", *OPS, listen=("127.0.0.1:0",)
     )
     try:
-        _workers(server, 3)
+        worker_pids(server, 3)
         synced(server)
         # Namespaces, Services, EndpointSlices: one list and one watch each, for the instance.
         wait(lambda: api.watch_count() == 3, 5, "three watches")
@@ -191,7 +182,7 @@ def test_a_worker_started_again_gets_the_changes_made_while_it_was_down(api: Fak
         "--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, "--workers", "2", *OPS, listen=("127.0.0.1:0",)
     )
     try:
-        second = _workers(server, 2)[1]
+        second = worker_pids(server, 2)[1]
         synced(server)
         os.kill(second, signal.SIGSTOP)  # it hears nothing ...
         api.apply(service("prod", "while-down", ["10.96.0.10"]))
@@ -228,9 +219,9 @@ def test_workers_auto_is_one_per_cpu_kdns_may_run_on() -> None:
         expected = len(os.sched_getaffinity(0))
         if expected == 1:
             time.sleep(0.2)
-            assert _children(server.process.pid) == []  # one CPU: kdns's one process answers
+            assert children(server.process.pid) == []  # one CPU: kdns's one process answers
         else:
-            assert len(_workers(server, expected)) == expected
+            assert len(worker_pids(server, expected)) == expected
     finally:
         server.stop(signal.SIGINT)
 
@@ -310,7 +301,7 @@ def test_workers_start_while_the_api_fails_and_serve_the_cluster_once_it_answers
         "--kubeconfig", str(api.kubeconfig(tmp_path)), *FAST, "--workers", "2", *OPS, listen=("127.0.0.1:0",)
     )
     try:
-        _workers(server, 2)
+        worker_pids(server, 2)
         ready = http_port(server, "/ready")
         assert http_get(ready, "/ready")[0] == 503
         assert _ask_from_new_port(server, "web.prod.svc.cluster.local")[0] == "SERVFAIL"  # not known yet

@@ -8,6 +8,7 @@ owns the sockets.
 from __future__ import annotations
 
 import secrets
+from array import array
 from dataclasses import dataclass
 
 from kdns.core import rdata
@@ -78,9 +79,11 @@ class ForwardedAnswer:
     authority_count: int
     additional_count: int
     records: bytes
-    ends: tuple[int, ...]
-    ttl_offsets: tuple[int, ...]
-    ttls: tuple[int, ...]
+    # Unsigned 32-bit arrays, not tuples: a 60 KB answer of 3,750 records holds 45 KB of them,
+    # where tuples of Python integers held 400 KB (this is what the cache's byte budget counts).
+    ends: array[int]
+    ttl_offsets: array[int]
+    ttls: array[int]
     cache_ttl: int  # how long it may be cached (RFC 2308 for negative answers); 0: not at all
     truncated: bool  # TC was set: ask again over TCP
 
@@ -208,9 +211,9 @@ def read_response(
         counts[1],
         counts[2],
         records,
-        tuple(ends),
-        tuple(ttl_offsets),
-        tuple(ttls),
+        array("I", ends),
+        array("I", ttl_offsets),
+        array("I", ttls),
         cache_ttl,
         bool(flags & TC),
     )

@@ -57,7 +57,7 @@ class Answer:
         authority_count: int,
         additional_count: int,
         records: bytes,
-        ends: tuple[int, ...] | None = None,
+        ends: Sequence[int] | None = None,
         flags: int = QR | AA,  # authoritative, as for every name of our zones
     ) -> None:
         self.flags = flags | rcode
