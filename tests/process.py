@@ -56,6 +56,7 @@ class KdnsServer:
         prefix: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         command: str = "serve",
+        cwd: Path | None = None,
     ) -> None:
         """`prefix` runs kdns through another command (one that ends by exec-ing its arguments);
         `command` is `serve` or `node-cache`."""
@@ -63,7 +64,7 @@ class KdnsServer:
         for address in listen:
             command_line += ["--listen", address]
         self.process = subprocess.Popen(
-            command_line, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+            command_line, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=cwd
         )
         self.log: list[str] = []
         self.addresses: list[tuple[str, int]] = []

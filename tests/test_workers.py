@@ -312,3 +312,20 @@ def test_workers_start_while_the_api_fails_and_serve_the_cluster_once_it_answers
             assert _ask_from_new_port(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
     finally:
         assert server.stop(signal.SIGINT) == 0
+
+
+def test_a_restarted_worker_runs_the_supervisors_kdns_whatever_directory_it_was_started_in(tmp_path: Path) -> None:
+    """`python -m kdns.workers` put the working directory first on sys.path: started where a
+    `kdns` directory lies (a checkout of another version), the restarted worker ran that one."""
+    impostor = tmp_path / "kdns"
+    impostor.mkdir()
+    (impostor / "__init__.py").write_text("raise SystemExit('the kdns of the working directory')\n")
+    server = KdnsServer("--snapshot", str(SNAPSHOT), "--workers", "2", *OPS, listen=("127.0.0.1:0",), cwd=tmp_path)
+    try:
+        second = worker_pids(server, 2)[1]
+        os.kill(second, signal.SIGKILL)
+        wait(lambda: "started again" in server.log_text(), 10, "the restart")
+        wait(lambda: http_get(http_port(server, "/ready"), "/ready")[0] == 200, 10, "ready again")
+        assert "the kdns of the working directory" not in server.log_text()
+    finally:
+        assert server.stop(signal.SIGINT) == 0

@@ -425,8 +425,10 @@ class WorkerPool:
 
 
 def _spawn_process(feed_read: int, report_write: int) -> subprocess.Popen[bytes]:
+    # -P: the working directory is not put first on sys.path, so the worker runs the kdns the
+    # supervisor runs, not a `kdns` directory that happens to be where it was started.
     return subprocess.Popen(
-        [sys.executable, "-m", "kdns.workers", str(feed_read), str(report_write)],
+        [sys.executable, "-P", "-m", "kdns.workers", str(feed_read), str(report_write)],
         pass_fds=(feed_read, report_write),
         stdin=subprocess.DEVNULL,
     )
