@@ -96,7 +96,7 @@ def test_k1_distinct_queries_for_a_large_answer_keep_the_reply_cache_in_its_byte
     server = KdnsServer("--snapshot", str(_big_headless(tmp_path)), *OPS, listen=("127.0.0.1:0",))
     try:
         queries = [_query("big.prod.svc.cluster.local", payload=1232 + i) for i in range(3000)]
-        _ask_pipelined(server.host, server.port, queries[:200])
+        _ask_pipelined(server.host, server.port, [_query("web.prod.svc.cluster.local")])  # the first connection
         before = rss_bytes(server.process.pid)
         assert _ask_pipelined(server.host, server.port, queries) == 3000
         grown = rss_bytes(server.process.pid) - before
@@ -167,12 +167,13 @@ def test_k4_forked_workers_do_not_grow_with_every_change(api: FakeApiServer, tmp
         workers = worker_pids(server, 3)
         synced(server)
         before = {pid: rss_bytes(pid) for pid in workers}
-        changes = int(os.environ.get("KDNS_HOSTILE_CHANGES", "2000"))  # 20,000 for the figure
+        changes = int(os.environ.get("HOSTILE_TENANT_CHANGES", "2000"))  # 20,000 for the figure
         for n in range(changes):  # every version a real change: one endpoint moves
             moved = [*addresses[:99], f"10.244.8.{n % 250 + 1}"]
             api.apply(endpoint_slice("prod", "db-1", "db", [endpoint(a) for a in moved]))
         last = f"10.244.8.{(changes - 1) % 250 + 1}"
-        wait(lambda: metric(_scrape(server), "kdns_watch_events_total") >= changes, 60, "every change applied")
+        applied = "kdns_watch_events_total"
+        wait(lambda: metric(_scrape(server), applied) >= changes, max(60, changes / 40), "every change applied")
         wait(lambda: all(_served_by_every_worker(server, last) for _ in range(3)), 30, "every worker has the last")
         for pid in workers:
             grown = rss_bytes(pid) - before[pid]
@@ -266,7 +267,7 @@ def test_k6_queries_of_every_type_leave_counters_reports_and_scrapes_small() -> 
         print(f"K6: a query of each of 65,536 types: RSS +{grown / MB:.1f} MB, a scrape {len(scraped)} bytes")
         assert metric(scraped, "coredns_dns_requests_total") == 65536
         assert len(scraped) < 64 * 1024, f"a scrape of {len(scraped)} bytes"
-        assert grown < 10 * MB, f"RSS grew {grown / MB:.0f} MB"
+        assert grown < 16 * MB, f"RSS grew {grown / MB:.0f} MB (the UDP reply cache alone may take 8 MiB)"
     finally:
         assert server.stop() == 0
 
