@@ -22,7 +22,7 @@ import yaml
 
 from tests.apiserver import FakeApiServer
 from tests.builders import endpoint, endpoint_slice, headless, namespace, pod, service
-from tests.fakeupstream import FakeUpstream
+from tests.fakeupstream import FakeUpstream, read_exactly
 from tests.helpers import (
     FAST,
     METRICS,
@@ -67,20 +67,10 @@ def _ask_pipelined(host: str, port: int, queries: list[bytes], window: int = 50)
             batch = queries[start : start + window]
             conn.sendall(_tcp_queries(batch))
             for _ in batch:
-                length = struct.unpack("!H", _read(conn, 2))[0]
-                _read(conn, length)
+                length = struct.unpack("!H", read_exactly(conn, 2))[0]
+                read_exactly(conn, length)
                 replies += 1
     return replies
-
-
-def _read(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
 
 
 def _query(name: str, rdtype: str = "A", payload: int | None = None) -> bytes:
