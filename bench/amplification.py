@@ -5,7 +5,7 @@ has not, once without EDNS (replies capped at 512 bytes) and once with EDNS adve
 (replies capped at kdns's `--max-udp-size`, 1232 by default). The query sent is the smallest that
 asks (no padding, no options); the ratio is reply bytes over query bytes. The snapshot is the
 example cluster plus a headless Service with `--endpoints` ready endpoints and a named port, the
-worst case for the answer size. Runs in-process on the pure handler, which is what the UDP
+worst case for the answer size. Runs in-process on the pipeline (no sockets), which is what the UDP
 listener sends. Nothing is asserted.
 
     .venv/bin/python bench/amplification.py [--endpoints 200] [--max-udp 1232]
@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kdns.core.convert import convert  # noqa: E402
-from kdns.core.handler import Handler, HandlerOptions  # noqa: E402
+from kdns.core.stage import ReplyOptions  # noqa: E402
 from kdns.core.store import ClusterStore  # noqa: E402
 from kdns.sources import snapshot  # noqa: E402
-from tests.builders import endpoint, endpoint_slice, headless  # noqa: E402
+from tests.builders import endpoint, endpoint_slice, headless, pipeline_of  # noqa: E402
 
 TYPES = ["A", "AAAA", "SRV", "PTR", "TXT", "SOA", "NS", "CNAME", "ANY", "MX"]
 
@@ -45,7 +45,7 @@ def main() -> int:
         converted = convert(obj["kind"], obj)
         assert converted is not None
         store.upsert(converted)
-    handler = Handler(store.zone, HandlerOptions(max_udp=args.max_udp))
+    handler = pipeline_of(store, options=ReplyOptions(max_udp=args.max_udp))
     names = sorted({owner for owner, _, _ in store.zone.names()})
     for edns in (False, True):
         worst = (0.0, 0, 0, "")
@@ -54,7 +54,7 @@ def main() -> int:
                 query = dns.message.make_query(name, rdtype, use_edns=edns, payload=65535)
                 query.flags = 0x0100
                 wire = query.to_wire()
-                reply = handler.handle(wire, False)
+                reply = handler.answer(wire, False, None)
                 if not isinstance(reply, bytes):
                     continue
                 ratio = len(reply) / len(wire)

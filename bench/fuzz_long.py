@@ -20,8 +20,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fuzz import QUESTION_NAMES, QUESTION_TYPES, _compressed_query, _seed_query  # noqa: E402
-from tests.test_fuzz import HANDLER, answer, check_reply  # noqa: E402
+from tests.fuzz import (  # noqa: E402
+    QUESTION_NAMES,
+    QUESTION_TYPES,
+    answer,
+    check_reply,
+    compressed_query,
+    fuzz_pipeline,
+    seed_query,
+)
+
+PIPELINE = fuzz_pipeline()
 
 
 def message(rng: random.Random) -> bytes:
@@ -29,10 +38,10 @@ def message(rng: random.Random) -> bytes:
     if rng.randrange(10) == 0:
         return rng.randbytes(rng.randrange(600))
     if rng.randrange(8) == 0:
-        data = bytearray(_compressed_query(rng.randrange(len(QUESTION_NAMES))))
+        data = bytearray(compressed_query(rng.randrange(len(QUESTION_NAMES))))
     else:
         data = bytearray(
-            _seed_query(
+            seed_query(
                 rng.choice(QUESTION_NAMES),
                 rng.choice(QUESTION_TYPES),
                 rng.choice([None, 0, 0, 1]),
@@ -74,7 +83,7 @@ def main() -> int:
         packet = message(rng)
         tcp = rng.random() < 0.5
         try:
-            reply = answer(HANDLER, packet, tcp)
+            reply = answer(PIPELINE, packet, tcp)
             if reply is not None:
                 check_reply(packet, reply, tcp)
                 replies += 1

@@ -1,6 +1,7 @@
-"""One process answering queries from a zone: the forwarder and its cache, the handler and the
-UDP and TCP listeners, and what ends them (a forwarding loop). `kdns serve` runs it in its one
-process, or in each worker process with `--workers`."""
+"""One process answering queries from a zone: its server blocks and their stages, the pipeline,
+the transport to the upstreams and the forward cache, the UDP and TCP listeners, and what ends
+them (a forwarding loop). `kdns serve` runs it in its one process, or in each worker process with
+`--workers`; `kdns node-cache` runs it with no zone."""
 
 from __future__ import annotations
 
@@ -13,15 +14,20 @@ import trio
 
 from kdns.address import SocketAddress
 from kdns.config import ServeConfig
-from kdns.core.autopath import Autopath
+from kdns.core.autopath import Autopath, AutopathStage
+from kdns.core.blocks import ServerBlock, ServerBlocks
 from kdns.core.cache import ForwardCache
-from kdns.core.handler import Handler, HandlerOptions, LoopProbes
+from kdns.core.cluster_zone import ClusterZone
+from kdns.core.forwarding import CacheStage, ForwardStage
+from kdns.core.loop import LoopProbes, LoopStage
 from kdns.core.model import IPAddress
-from kdns.core.names import to_wire
+from kdns.core.names import REVERSE_ZONES, to_wire
+from kdns.core.stage import Next, ReplyOptions, Stage
 from kdns.core.zone import Zone
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder
 from kdns.logs import QueryLog
+from kdns.pipeline import Pipeline
 from kdns.serve import BoundListener, serve
 from kdns.state import State
 
@@ -37,7 +43,7 @@ class Answerer:
         self.listeners = listeners
         self.state = state
         self.loop_exit = LoopExit()
-        self.forwarder, self.cache = forwarding(config, state, LoopProbes(self.loop_exit))
+        self.forwarder, self.cache = forwarding(config, state)
         state.cache = self.cache
         if self.cache is not None:
             state.add_stores(self.cache.stores)
@@ -55,35 +61,95 @@ class Answerer:
         zone is not known to be missing); not readiness, which turns False in lameduck.
         `namespace_of` gives the namespace of the Pod at a client address (`--autopath`)."""
         config, forwarder = self.config, self.forwarder
+        options = ReplyOptions(max_udp=config.max_udp, recursion_available=forwarder is not None)
+        probes = LoopProbes(self.loop_exit)
         autopath = None
         if config.autopath and namespace_of is not None:
             search = tuple(to_wire(domain) for domain in config.search)
             autopath = Autopath(to_wire(config.cluster_domain), search, namespace_of)
+        blocks = server_blocks(
+            options,
+            domain=config.cluster_domain,
+            zone=zone,
+            synced=synced,
+            cache=self.cache,
+            probes=probes,
+            autopath=autopath,
+            count_autopath=self.state.queries.count_autopath,
+            default_upstreams=bool(config.forward.upstreams),
+            stub_domains=[domain for domain, _ in config.forward.stubs],
+        )
         async with trio.open_nursery() as nursery:
             self.loop_exit.scope = nursery.cancel_scope
-            handler = Handler(
-                zone,
-                HandlerOptions(
-                    max_udp=config.max_udp,
-                    recursion_available=forwarder is not None,
-                    reply_cache_bytes=config.reply_cache_bytes,
-                ),
-                self.cache,
-                counters=self.state.queries,
-                ready=synced,
-                loop_probes=forwarder.loop_probes if forwarder is not None else None,
-                autopath=autopath,
+            pipeline = Pipeline(
+                blocks,
+                options,
+                self.state,
+                zone=zone,
+                cache=self.cache,
+                transport=forwarder,
+                query_log=QueryLog() if config.log_queries else None,
+                reply_cache_bytes=config.reply_cache_bytes,
+                probes=probes,
             )
-            kept = handler.kept
-            self.state.add_stores(lambda: {"reply_cache_udp": kept[0].figures(), "reply_cache_tcp": kept[1].figures()})
             if forwarder is not None:
                 await nursery.start(forwarder.run)
-            query_log = QueryLog() if config.log_queries else None
-            await nursery.start(serve, self.listeners, handler, config.tcp, forwarder, self.state, query_log)
+            await nursery.start(pipeline.run)
+            await nursery.start(serve, self.listeners, pipeline, config.tcp, self.state)
             for listener in self.listeners:
                 log.info("listening on %s (udp, tcp)", listener.address)
             task_status.started()
         return self.loop_exit.status
+
+
+def server_blocks(
+    options: ReplyOptions,
+    *,
+    domain: str,
+    zone: Zone | None,
+    synced: Callable[[], bool],
+    cache: ForwardCache | None,
+    probes: LoopProbes,
+    autopath: Autopath | None = None,
+    count_autopath: Callable[[], None] = lambda: None,
+    default_upstreams: bool = True,
+    stub_domains: Sequence[str] = (),
+) -> ServerBlocks:
+    """The server blocks kdns serves, as kubeadm's Corefile has them, with kube-dns's stub
+    domains as blocks of their own:
+
+    - the cluster domain and the reverse zones (with a zone): autopath (with `autopath`), the
+      cluster zone, then for reverse names it holds nothing of, the forward cache and the default
+      upstreams (CoreDNS's `fallthrough in-addr.arpa ip6.arpa`; cluster names never reach the
+      cache, as kubeadm's `disable success|denial cluster.local`);
+    - each stub domain: the forward cache and its own upstreams (group 1, 2, ...);
+    - the root: the forward cache and the default upstreams (group 0); with none, nothing:
+      REFUSED.
+
+    Without a forward cache nothing is forwarded (there is no transport: no upstream at all).
+    """
+    default = 0 if default_upstreams and cache is not None else None
+
+    def forwarding_stages(group: int | None) -> list[Stage]:
+        if group is None or cache is None:
+            return []
+        return [CacheStage(cache, options), LoopStage(probes, options), ForwardStage(group, options)]
+
+    def build(resolve: Next) -> list[ServerBlock]:
+        blocks = []
+        if zone is not None:
+            stages: list[Stage] = []
+            if autopath is not None:
+                stages.append(AutopathStage(autopath, options, synced, resolve, count_autopath))
+            stages.append(ClusterZone(zone, options, synced, resolve if cache is not None else None))
+            stages += forwarding_stages(default)
+            blocks.append(ServerBlock((domain, *REVERSE_ZONES), stages, options, default))
+        for group, stub in enumerate(stub_domains, 1):
+            blocks.append(ServerBlock((stub,), forwarding_stages(group), options, group))
+        blocks.append(ServerBlock((".",), forwarding_stages(default), options, default))
+        return blocks
+
+    return ServerBlocks(build)
 
 
 def ns_addresses(addresses: Sequence[SocketAddress]) -> tuple[IPAddress, ...]:
@@ -93,11 +159,17 @@ def ns_addresses(addresses: Sequence[SocketAddress]) -> tuple[IPAddress, ...]:
     return tuple(ip for ip in ips if not ip.is_unspecified)
 
 
-def forwarding(config: ServeConfig, state: State, probes: LoopProbes) -> tuple[Forwarder | None, ForwardCache | None]:
+def forward_groups(config: ServeConfig) -> list[tuple[SocketAddress, ...]]:
+    """The transport's groups of upstreams: the default ones (0, maybe none), then each stub
+    domain's, in order (1, 2, ...)."""
+    forward = config.forward
+    return [forward.upstreams, *(addresses for _, addresses in forward.stubs)]
+
+
+def forwarding(config: ServeConfig, state: State) -> tuple[Forwarder | None, ForwardCache | None]:
     """The forwarder and its cache, or (None, None) with one warning when there is no upstream."""
     forward = config.forward
-    stubs = dict(forward.stubs)
-    if not forward.upstreams and not stubs:
+    if not forward.upstreams and not forward.stubs:
         log.warning(
             "no upstream resolver (%s gives none): names outside %s and the reverse zones are answered REFUSED",
             forward.upstreams_from,
@@ -115,7 +187,7 @@ def forwarding(config: ServeConfig, state: State, probes: LoopProbes) -> tuple[F
         max_bytes=forward.cache_bytes,
         denial_max_bytes=forward.denial_cache_bytes,
     )
-    forwarder = Forwarder(forward.upstreams, stubs, forward.options, state, cache, probes, forward.tcp_upstreams)
+    forwarder = Forwarder(forward_groups(config), forward.options, state, forward.tcp_upstreams)
     return forwarder, cache
 
 

@@ -21,6 +21,7 @@ from kdns import __version__, app, config, logs, settings
 from kdns.address import SocketAddress
 from kdns.config import ForwardOptions, Policy, TcpLimits, WatchOptions, resolv_conf_upstreams
 from kdns.core import budgets
+from kdns.core.names import REVERSE_ZONES
 from kdns.core.store import ClusterStore, PodMode
 from kdns.core.zonefile import render
 from kdns.errors import KdnsError
@@ -554,7 +555,7 @@ def _node_cache_config(args: argparse.Namespace) -> config.ServeConfig:
         forward=config.ForwardConfig(
             upstreams=upstreams,
             upstreams_from=source,
-            stubs=tuple((zone, (cluster_dns,)) for zone in (domain, *config.REVERSE_ZONES)),
+            stubs=tuple((zone, (cluster_dns,)) for zone in (domain, *REVERSE_ZONES)),
             options=options,
             cache_size=args.cache_size,
             serve_stale=config.duration("--serve-stale", args.serve_stale),
@@ -576,7 +577,7 @@ def _node_cache_config(args: argparse.Namespace) -> config.ServeConfig:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from kdns.core.explain import Context, explain, qtype_known
+    from kdns.explain import Context, explain, qtype_known
 
     if not qtype_known(args.type):
         raise KdnsError(f"{args.type!r} is not a record type (A, AAAA, SRV, PTR, TXT, CNAME, SOA, NS, ANY...)")

@@ -93,7 +93,6 @@ NODE_CACHE_METRICS_LISTEN = "0.0.0.0:9253"
 NODE_CACHE_SUCCESS = (9984, 30)  # capacity, longest TTL
 NODE_CACHE_DENIAL = (9984, 5)
 NODE_CACHE_SERVE_STALE = "1h"  # cached names keep resolving while the cluster DNS is away
-REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
 
 
 def ops_address(flag: str, text: str) -> SocketAddress | None:

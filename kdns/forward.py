@@ -1,4 +1,6 @@
-"""Forwarding to upstream resolvers (trio): what is outside the zones kdns is authoritative for.
+"""The transport to the upstream resolvers (trio): which upstream, its health, the limits and the
+sockets. It answers `ask(query, tcp, group, admission)`; what to ask and what to make of the
+answer is the stages' (`kdns.core.forwarding`) and the pipeline's (`kdns.pipeline`).
 
 As CoreDNS's `forward`: UDP first and the same query over TCP when the answer is truncated, TCP
 for TCP clients; a per-try timeout and failover to the next upstream in policy order; an upstream
@@ -16,29 +18,18 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import secrets
 import socket
-import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from kdns.address import SocketAddress
 from kdns.config import ForwardOptions, Policy
-from kdns.core.cache import CacheKey, ForwardCache
-from kdns.core.handler import Forward, Handler, LoopProbes
-from kdns.core.message import CD, RD, TCP_LIMIT, frame, framed_length
-from kdns.core.names import at_label_boundary, to_wire
-from kdns.core.upstream import (
-    UPSTREAM_UDP_SIZE,
-    BadResponse,
-    ForwardedAnswer,
-    MalformedResponse,
-    read_response,
-    upstream_query,
-)
-from kdns.core.wire import Edns, Query
+from kdns.core.message import RD, TCP_LIMIT, frame, framed_length
+from kdns.core.names import to_wire
+from kdns.core.upstream import BadResponse, ForwardedAnswer, MalformedResponse, read_response, upstream_query
+from kdns.core.wire import Query
 from kdns.state import State, UpstreamCounters
 
 log = logging.getLogger(__name__)
@@ -46,9 +37,6 @@ log = logging.getLogger(__name__)
 SOCKETS_PER_UPSTREAM = 4  # source ports a query may leave from, per upstream
 MAX_FAILS = 2  # consecutive failures that mark an upstream down (CoreDNS's max_fails)
 HEALTH_INTERVAL = 0.5  # seconds between probes of an upstream that is down (CoreDNS)
-# Seconds between looks at the cache's answers due for a refresh: the refresh window is the last
-# tenth of a TTL (3 s of kubeadm's 30), so half a second is soon enough, and costs nothing.
-PREFETCH_POLL = 0.5
 _ROOT_NS_QUERY = b"\x00\x00\x02\x00\x01"  # `. IN NS`, CoreDNS's health check
 
 
@@ -83,6 +71,10 @@ class Upstream:
             log.warning("upstream %s marked down after %d failures; probing it", self.address, self.fails)
 
 
+class Preempted(Exception):
+    """A question's place among those in flight was given to a client holding fewer."""
+
+
 class Admission:
     """One forwarded query's place among the `max_concurrent` in flight: the client it is for,
     and the scope that takes it back (`Forwarder.admit` may give it to a client holding less)."""
@@ -101,25 +93,19 @@ PREEMPTED = "preempted"  # in flight, taken back for a client that held less (ma
 
 
 class Forwarder:
-    """Upstream resolvers for the default route and each stub domain."""
+    """Upstream resolvers, in groups (one a forwarding server block: the default upstreams, a
+    stub domain's); an address in several groups is one upstream."""
 
     def __init__(
         self,
-        default: Sequence[SocketAddress],
-        stubs: Mapping[str, Sequence[SocketAddress]],
+        groups: Sequence[Sequence[SocketAddress]],
         options: ForwardOptions,
         state: State | None = None,
-        cache: ForwardCache | None = None,
-        loop_probes: LoopProbes | None = None,
         tcp_only: Sequence[SocketAddress] = (),
     ) -> None:
-        """`cache`, when given, is refreshed here (its prefetches); `loop_probes`, when given, get
-        one probe sent through each upstream at start (CoreDNS's `loop`); `tcp_only` upstreams
-        are always asked over TCP."""
+        """`tcp_only` upstreams are always asked over TCP."""
         self.options = options
         self.state = state if state is not None else State()
-        self.cache = cache
-        self.loop_probes = loop_probes
         known: dict[SocketAddress, Upstream] = {}
 
         def upstream(address: SocketAddress) -> Upstream:
@@ -127,11 +113,10 @@ class Forwarder:
                 known[address] = Upstream(address, self.state.upstream(str(address)), address in tcp_only)
             return known[address]
 
-        self.default = [upstream(address) for address in default]
-        self.stubs = {
-            to_wire(domain): [upstream(address) for address in addresses] for domain, addresses in stubs.items()
-        }
+        self.groups = [[upstream(address) for address in group] for group in groups]
         self.upstreams = list(known.values())
+        self.upstream_names = tuple(str(upstream.address) for upstream in self.upstreams)
+        self._by_name = {str(upstream.address): upstream for upstream in self.upstreams}
         self.in_flight = 0
         # The admissions in flight by client address, oldest first: `max_concurrent` shared max-min
         # fairly among the clients asking (at most `max_concurrent` entries in all).
@@ -139,8 +124,8 @@ class Forwarder:
         self._turn = itertools.count()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the upstream sockets and keep receiving on them until cancelled; send the loop
-        probes; refresh the cache's popular answers before they expire."""
+        """Open the upstream sockets and keep receiving on them, and probe the upstreams that are
+        down, until cancelled."""
         async with trio.open_nursery() as nursery:
             for upstream in self.upstreams:
                 for index in range(SOCKETS_PER_UPSTREAM):
@@ -149,13 +134,6 @@ class Forwarder:
                     upstream.sockets.append(sock)
                     nursery.start_soon(self._receive, upstream, index, sock)
                 nursery.start_soon(self._probe_while_down, upstream)
-            if self.loop_probes is not None:
-                for upstream in self.upstreams:
-                    name = f"{secrets.token_hex(8)}.{secrets.token_hex(8)}.kdns-loop-probe"
-                    self.loop_probes.add(to_wire(name), str(upstream.address))
-                    nursery.start_soon(self.probe, upstream, name)
-            if self.cache is not None and self.cache.prefetch:
-                nursery.start_soon(self._prefetch, self.cache)
             task_status.started()
 
     # -- what listeners call -----------------------------------------------------------------
@@ -164,7 +142,7 @@ class Forwarder:
         """Take one more query in flight for `client` (an address; "" for kdns's own refreshes),
         or None: the caller answers REFUSED at once (CoreDNS's `max_concurrent`). Counted here,
         when the query is accepted, so that a burst can never overshoot the limit; every admitted
-        query must go through `reply`.
+        query must be released (`release`) once answered.
 
         When every place is taken, the places are shared max-min fairly among the clients that
         hold them (CoreDNS has no answer to one client taking them all: coredns/coredns#7922):
@@ -196,6 +174,11 @@ class Forwarder:
         self._release(admission)
         self.state.count_forward_refused(PREEMPTED)
 
+    def release(self, admission: object) -> None:
+        """`admission`'s question is answered (or given up): its place is free."""
+        assert isinstance(admission, Admission)
+        self._release(admission)
+
     def _release(self, admission: Admission) -> None:
         mine = self._admitted.get(admission.client)
         if mine is None or admission not in mine:
@@ -205,50 +188,13 @@ class Forwarder:
             del self._admitted[admission.client]
         self.in_flight -= 1
 
-    async def reply(self, forward: Forward, handler: Handler, admission: Admission) -> bytes:
-        """The reply to an admitted `forward`: upstream's answer, or what the handler makes of
-        none (serve-stale, SERVFAIL); REFUSED if its place was given to a fairer share."""
-        try:
-            with admission.scope:
-                while True:  # more than once for autopath: one search path name after another
-                    try:
-                        forwarded = await self.forward(forward.query, forward.tcp)
-                    except Exception:
-                        log.exception("error forwarding a query")
-                        forwarded = None
-                    step = handler.after_forward(forward, forwarded)
-                    if isinstance(step, bytes):
-                        return step
-                    forward = step
-            return handler.refuse(forward)  # preempted: its place went to a client holding less
-        finally:
-            self._release(admission)
-
-    async def _prefetch(self, cache: ForwardCache) -> None:
-        """Refresh, in the background, the answers the cache finds popular and close to expiry."""
-        async with trio.open_nursery() as nursery:
-            while True:
-                await trio.sleep(PREFETCH_POLL)
-                for key in cache.take_prefetch_due():
-                    admission = self.admit()  # refreshes count against max_concurrent like any query
-                    if admission is not None:
-                        nursery.start_soon(self._refresh, cache, key, admission)
-
-    async def _refresh(self, cache: ForwardCache, key: CacheKey, admission: Admission) -> None:
-        try:
-            with admission.scope:
-                await refresh(self, cache, key)
-        finally:
-            self._release(admission)
-
-    def route(self, key: bytes) -> list[Upstream]:
-        """The upstreams for a name: its longest stub domain's, else the default ones."""
-        best: list[Upstream] | None = None
-        best_length = -1
-        for suffix, upstreams in self.stubs.items():
-            if len(suffix) > best_length and key.endswith(suffix) and at_label_boundary(key, len(key) - len(suffix)):
-                best, best_length = upstreams, len(suffix)
-        return best if best is not None else self.default
+    async def ask(self, query: Query, tcp: bool, group: int, admission: object) -> ForwardedAnswer | None:
+        """The upstream answer to `query` from the upstreams of `group`, or None when every one
+        failed; `Preempted` if the admitted place was given to a client holding fewer."""
+        assert isinstance(admission, Admission)
+        with admission.scope:
+            return await self.forward(query, tcp, self.groups[group])
+        raise Preempted
 
     def _ordered(self, upstreams: list[Upstream]) -> list[Upstream]:
         policy = self.options.policy
@@ -261,9 +207,9 @@ class Forwarder:
             ordered = list(upstreams)
         return [u for u in ordered if not u.down] + [u for u in ordered if u.down]
 
-    async def forward(self, query: Query, tcp: bool) -> ForwardedAnswer | None:
-        """The upstream answer to `query`, or None when every upstream failed."""
-        upstreams = self.route(query.key)
+    async def forward(self, query: Query, tcp: bool, upstreams: list[Upstream]) -> ForwardedAnswer | None:
+        """The answer to `query` from one of `upstreams` (in policy order, down ones last), or
+        None when every one failed."""
         if not upstreams:
             return None
         if all(upstream.down for upstream in upstreams):
@@ -289,8 +235,9 @@ class Forwarder:
             return answer
         return None
 
-    async def probe(self, upstream: Upstream, name: str) -> None:
+    async def probe(self, upstream_name: str, name: str) -> None:
         """Send `name` HINFO to one upstream and forget the answer: the loop probe."""
+        upstream = self._by_name[upstream_name]
         wire_name = to_wire(name)
         question = wire_name + b"\x00\x0d\x00\x01"  # HINFO, IN, as CoreDNS's loop plugin asks
         with trio.move_on_after(self.options.timeout):
@@ -379,18 +326,3 @@ class Forwarder:
                 upstream.succeeded()
             if upstream.down:
                 upstream.counters.healthcheck_failures += 1  # no answer within the timeout
-
-
-async def refresh(forwarder: Forwarder, cache: ForwardCache, key: CacheKey) -> None:
-    """Ask upstream again for a cached answer close to expiry (prefetch) and cache the new one."""
-    name, qtype, qclass, dnssec_ok, checking_disabled = key
-    question = name + struct.pack("!HH", qtype, qclass)
-    flags = RD | (CD if checking_disabled else 0)
-    query = Query(0, flags, question, name, qtype, qclass, Edns(UPSTREAM_UDP_SIZE, 0, True) if dnssec_ok else None)
-    try:
-        answer = await forwarder.forward(query, False)
-    except Exception:
-        log.exception("error refreshing a cached answer")
-        return
-    if answer is not None:
-        cache.put(key, answer)

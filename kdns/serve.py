@@ -1,5 +1,6 @@
-"""The UDP and TCP listeners (trio). They own the sockets and the limits; answers come from a
-`Handler`, and no exception raised while answering ever reaches the loop.
+"""The UDP and TCP listeners (trio). They only move bytes: they own the sockets, the framing and
+the limits; every answer comes from the pipeline (`kdns.pipeline`), which owns the query's life
+and lets no exception raised while answering reach the loop.
 
 UDP is built for throughput: the task waits until the socket is readable, then drains it with
 non-blocking stdlib `recvfrom`/`sendto` in bounded bursts. Awaiting trio's socket methods per
@@ -12,22 +13,18 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
-from time import perf_counter
 
 import trio
 
 from kdns.address import SocketAddress
 from kdns.config import TcpLimits
 from kdns.connections import BufferBudget, ConnectionTable, Slot
-from kdns.core.counters import LATENCY_BUCKETS, RequestDurations
-from kdns.core.handler import ClientAddress, Forward, Handler
 from kdns.core.message import frame, framed_length
+from kdns.core.stage import ClientAddress
 from kdns.errors import KdnsError
-from kdns.forward import Admission, Forwarder
-from kdns.logs import QueryLog
+from kdns.pipeline import Pending, Pipeline
 from kdns.state import State
 
 log = logging.getLogger(__name__)
@@ -115,32 +112,20 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
         )
 
 
-async def serve_udp(
-    sock: socket.socket,
-    handler: Handler,
-    forwarder: Forwarder | None = None,
-    state: State | None = None,
-    query_log: QueryLog | None = None,
-) -> None:
-    """Answer datagrams on `sock` until cancelled; queries to forward go on in their own tasks."""
+async def serve_udp(sock: socket.socket, pipeline: Pipeline, state: State | None = None) -> None:
+    """Answer datagrams on `sock` until cancelled; a reply that waits on upstream answers is sent
+    from a task of its own."""
     # One buffer for every datagram: receiving into it and copying out what arrived costs less
     # than half of what `recvfrom(65535)` does, which allocates 64 KiB per packet.
     buffer = bytearray(MAX_DATAGRAM)
     view = memoryview(buffer)
     recvfrom_into = sock.recvfrom_into
     sendto = sock.sendto
-    handle = handler.handle
+    answer = pipeline.answer
     state = state if state is not None else State()
-    durations = state.durations
-    by_type = durations.by_type if durations is not None else {}
-    counters = handler.counters
-    timed = durations is not None or query_log is not None
     async with trio.open_nursery() as nursery:
         while True:
             await trio.lowlevel.wait_readable(sock)
-            # Timing costs one clock read a query: a query's time runs from the end of the one
-            # before it in the burst (or the wake-up) to its reply sent, its receive included.
-            now = perf_counter() if timed else 0.0
             for _ in range(UDP_BURST):
                 try:
                     size, peer = recvfrom_into(buffer)
@@ -151,103 +136,32 @@ async def serve_udp(
                     state.udp_receive_errors += 1
                     continue
                 packet = bytes(view[:size])
-                started = now
-                try:
-                    reply = handle(packet, False, peer)
-                except Exception:
-                    state.panics += 1
-                    log.exception("error answering a UDP query from %s", peer[0])
-                    reply = handler.failure_reply(packet, False, peer)
+                reply = answer(packet, False, peer)
                 if reply.__class__ is not bytes:
-                    if reply is None:
-                        continue
-                    assert isinstance(reply, Forward)
-                    admission = forwarder.admit(peer[0]) if forwarder is not None else None
-                    if admission is not None:
-                        assert forwarder is not None
-                        nursery.start_soon(
-                            _forward_udp,
-                            sock,
-                            peer,
-                            packet,
-                            reply,
-                            handler,
-                            forwarder,
-                            admission,
-                            query_log,
-                            durations,
-                            started,
-                        )
-                        now = perf_counter() if timed else 0.0
-                        continue
-                    reply = handler.refuse(reply)  # CoreDNS's max_concurrent: REFUSED at once
+                    if isinstance(reply, Pending):
+                        nursery.start_soon(_send_when_answered, sock, peer, reply)
+                    continue
                 try:
                     sendto(reply, peer)
                 except OSError as error:  # a full send buffer or an unreachable peer: drop it
                     log.debug("udp send to %s failed: %s", peer[0], error)
-                if timed:
-                    now = perf_counter()
-                    took = now - started
-                    if durations is not None:
-                        # `RequestDurations.observe`, inlined: this runs for every query.
-                        histogram = by_type.get(counters.last_qtype)
-                        if histogram is None:
-                            histogram = durations.histogram(counters.last_qtype)
-                        histogram.counts[bisect_left(LATENCY_BUCKETS, took)] += 1
-                        histogram.total += took
-                    if query_log is not None:
-                        query_log.record(peer, packet, reply, False, took)
             else:
                 await trio.lowlevel.checkpoint()  # a full burst: let TCP and the rest run
 
 
-async def _forward_udp(
-    sock: socket.socket,
-    peer: tuple[str, int],
-    packet: bytes,
-    forward: Forward,
-    handler: Handler,
-    forwarder: Forwarder,
-    admission: Admission,
-    query_log: QueryLog | None,
-    durations: RequestDurations | None,
-    started: float,
-) -> None:
-    reply = await forwarder.reply(forward, handler, admission)
+async def _send_when_answered(sock: socket.socket, peer: tuple[str, int], pending: Pending) -> None:
+    reply = await pending()
     try:
         sock.sendto(reply, peer)
     except OSError as error:
         log.debug("udp send to %s failed: %s", peer[0], error)
-    _finished(forward, peer, packet, reply, False, started, durations, query_log)
-
-
-def _finished(
-    forward: Forward,
-    peer: ClientAddress,
-    packet: bytes,
-    reply: bytes,
-    tcp: bool,
-    started: float,
-    durations: RequestDurations | None,
-    query_log: QueryLog | None,
-) -> None:
-    """File a forwarded query's duration, from its arrival to its reply sent, and log it."""
-    if durations is None and query_log is None:
-        return
-    took = perf_counter() - started
-    if durations is not None:
-        durations.observe((forward.chased_from or forward.query).qtype, took)
-    if query_log is not None:
-        query_log.record(peer, packet, reply, tcp, took)
 
 
 async def serve_tcp(
     sock: socket.socket,
-    handler: Handler,
+    pipeline: Pipeline,
     limits: TcpLimits,
-    forwarder: Forwarder | None = None,
     state: State | None = None,
-    query_log: QueryLog | None = None,
     buffers: BufferBudget | None = None,
 ) -> None:
     """Accept TCP connections on `sock` until cancelled (RFC 7766). Past `limits.max_connections`
@@ -271,9 +185,7 @@ async def serve_tcp(
         with trio.CancelScope() as scope:
             slot = table.admit(str(client[0]), scope)
             try:
-                await _serve_connection(
-                    stream, client, handler, limits, forwarder, counts, query_log, slot, budget, table
-                )
+                await _serve_connection(stream, client, pipeline, limits, slot, budget, table)
             except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass  # the client went away
             finally:
@@ -288,11 +200,8 @@ async def serve_tcp(
 async def _serve_connection(
     stream: trio.SocketStream,
     client: ClientAddress,
-    handler: Handler,
+    pipeline: Pipeline,
     limits: TcpLimits,
-    forwarder: Forwarder | None,
-    state: State,
-    query_log: QueryLog | None,
     slot: Slot,
     budget: BufferBudget,
     table: ConnectionTable,
@@ -301,11 +210,11 @@ async def _serve_connection(
     `limits.idle_timeout` without completing a query (a client that drips bytes does not keep a
     connection open), or does not take a reply within `limits.write_timeout`.
 
-    Queries are answered concurrently (RFC 7766 6.2.1.1): a zone answer is written at once, a
-    forwarded one when upstream answers, each with its own ID, so a slow upstream never holds
-    the answers behind it. Replies are written whole, one at a time. What the connection holds
-    (its partial query, the replies being written) is held within `budget`: past it, the
-    connection holding the most, maybe this one, is closed.
+    Queries are answered concurrently (RFC 7766 6.2.1.1): a zone answer is written at once, one
+    that waits on upstream answers when they come, each with its own ID, so a slow upstream never
+    holds the answers behind it. Replies are written whole, one at a time. What the connection
+    holds (its partial query, the replies being written) is held within `budget`: past it, the
+    connection stalled longest, maybe this one, is closed.
     """
     buffer = bytearray()
     writing = trio.Lock()
@@ -322,22 +231,14 @@ async def _serve_connection(
         if timer.cancelled_caught:
             pending.cancel_scope.cancel()  # the client does not read what it asked for: close
 
-    durations = state.durations
-    counters = handler.counters
-
-    async def forwarded(
-        forward: Forward, forwarder: Forwarder, admission: Admission, packet: bytes, started: float
-    ) -> None:
-        reply = await forwarder.reply(forward, handler, admission)
-        await write(frame(reply))
+    async def when_answered(waiting: Pending) -> None:
+        await write(frame(await waiting()))
         table.active(slot)
-        _finished(forward, client, packet, reply, True, started, durations, query_log)
 
-    # Zone and cache answers to the queries a read brought are written together, in one send
-    # (up to `TCP_BATCH` bytes): a client that pipelines gets them at the cost of one write
-    # rather than one each.
+    # Replies to the queries a read brought are written together, in one send (up to
+    # `TCP_BATCH` bytes): a client that pipelines gets them at the cost of one write rather than
+    # one each.
     batch = bytearray()
-    answered: list[tuple[int, bytes, bytes, float]] = []  # type, query, reply, when it arrived
 
     async def flush() -> None:
         if not batch:
@@ -348,13 +249,6 @@ async def _serve_connection(
         await write(data)
         holding(progressed=True)
         table.active(slot)
-        now = perf_counter()
-        for qtype, packet, reply, started in answered:
-            if durations is not None:
-                durations.observe(qtype, now - started)
-            if query_log is not None:
-                query_log.record(client, packet, reply, True, now - started)
-        answered.clear()
 
     async with trio.open_nursery() as pending:
         deadline = trio.current_time() + limits.idle_timeout
@@ -364,26 +258,14 @@ async def _serve_connection(
                 packet = bytes(buffer[2 : 2 + length])
                 del buffer[: 2 + length]
                 completed = True
-                started = perf_counter()
-                try:
-                    reply = handler.handle(packet, True, client)
-                except Exception:
-                    state.panics += 1
-                    log.exception("error answering a TCP query")
-                    reply = handler.failure_reply(packet, True, client)
+                reply = pipeline.answer(packet, True, client)
                 if reply is None:
                     await flush()  # what was answered before it is still sent
                     pending.cancel_scope.cancel()  # nothing sensible to say on this stream: close it
                     return
-                if isinstance(reply, Forward):
-                    admission = forwarder.admit(str(client[0])) if forwarder is not None else None
-                    if admission is not None:
-                        assert forwarder is not None
-                        pending.start_soon(forwarded, reply, forwarder, admission, packet, started)
-                        continue
-                    reply = handler.refuse(reply)
-                # The type counted by `handle`, `refuse` or `failure_reply` just now.
-                answered.append((counters.last_qtype, packet, reply, started))
+                if isinstance(reply, Pending):
+                    pending.start_soon(when_answered, reply)
+                    continue
                 batch += frame(reply)
                 if len(batch) >= TCP_BATCH:
                     await flush()
@@ -402,20 +284,17 @@ async def _serve_connection(
 
 async def serve(
     listeners: Sequence[BoundListener],
-    handler: Handler,
+    pipeline: Pipeline,
     limits: TcpLimits,
-    forwarder: Forwarder | None = None,
     state: State | None = None,
-    query_log: QueryLog | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve UDP and TCP on every bound listener until cancelled; with `query_log`, one log line
-    per answered query."""
+    """Serve UDP and TCP on every bound listener until cancelled, answering through `pipeline`."""
     state = state if state is not None else State()
     buffers = BufferBudget(limits.buffer_bytes, state.tcp_buffer_overflowed)  # every TCP connection's
     state.add_stores(lambda: {"tcp_buffers": buffers.figures()})
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(serve_udp, listener.udp, handler, forwarder, state, query_log)
-            nursery.start_soon(serve_tcp, listener.tcp, handler, limits, forwarder, state, query_log, buffers)
+            nursery.start_soon(serve_udp, listener.udp, pipeline, state)
+            nursery.start_soon(serve_tcp, listener.tcp, pipeline, limits, state, buffers)
         task_status.started()

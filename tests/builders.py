@@ -1,16 +1,26 @@
-"""Literal API objects, shaped as the API server returns them, for tests to feed kdns."""
+"""Literal API objects, shaped as the API server returns them, for tests to feed kdns; and a
+pipeline over a store, to ask it questions without sockets."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dns.flags
 import dns.message
 import dns.rdatatype
 
+from kdns.answering import server_blocks
+from kdns.core.autopath import Autopath
+from kdns.core.budgets import REPLY_CACHE_BYTES
+from kdns.core.cache import ForwardCache
 from kdns.core.convert import convert
-from kdns.core.handler import Forward, Handler
+from kdns.core.loop import LoopProbes
+from kdns.core.stage import ReplyOptions
 from kdns.core.store import ClusterStore, PodMode
+from kdns.core.zone import Zone
+from kdns.pipeline import Pending, Pipeline, Transport
+from kdns.state import State
 
 Obj = dict[str, Any]
 
@@ -86,31 +96,78 @@ def store_of(
     return store
 
 
+def _always() -> bool:
+    return True
+
+
+def pipeline_of(
+    target: ClusterStore | Zone | None = None,
+    *,
+    cache: ForwardCache | None = None,
+    options: ReplyOptions = ReplyOptions(),
+    state: State | None = None,
+    synced: Callable[[], bool] = _always,
+    autopath: Autopath | None = None,
+    probes: LoopProbes | None = None,
+    reply_cache_bytes: int = REPLY_CACHE_BYTES,
+    stub_domains: Sequence[str] = (),
+    transport: Transport | None = None,
+) -> Pipeline:
+    """The pipeline kdns would run over `target`'s zone (None: a node cache's, with no zone),
+    with kdns's own server blocks; forwarding (to group 0, the default upstreams, and a group a
+    stub domain) when given a `cache`; no transport: a question for upstream comes back as a
+    `Pending`, for the test to answer with `Pipeline.resume`."""
+    zone = target.zone if isinstance(target, ClusterStore) else target
+    state = state if state is not None else State()
+    probes = probes if probes is not None else LoopProbes(lambda upstream: None)
+    blocks = server_blocks(
+        options,
+        domain=zone.domain if zone is not None else "cluster.local",
+        zone=zone,
+        synced=synced,
+        cache=cache,
+        probes=probes,
+        autopath=autopath,
+        count_autopath=state.queries.count_autopath,
+        stub_domains=stub_domains,
+    )
+    return Pipeline(
+        blocks,
+        options,
+        state,
+        zone=zone,
+        cache=cache,
+        transport=transport,
+        reply_cache_bytes=reply_cache_bytes,
+        probes=probes,
+    )
+
+
 def ask(
-    target: ClusterStore | Handler,
+    target: ClusterStore | Pipeline,
     name: str,
     rdtype: str = "A",
     tcp: bool = False,
     payload: int | None = None,
 ) -> dns.message.Message:
-    """Ask the pure handler a question built by dnspython, and parse its reply with dnspython."""
-    handler = target if isinstance(target, Handler) else Handler(target.zone)
+    """Ask the pipeline a question built by dnspython, and parse its reply with dnspython."""
+    pipeline = target if isinstance(target, Pipeline) else pipeline_of(target)
     query = dns.message.make_query(name, rdtype, use_edns=payload is not None, payload=payload or 512)
-    reply = handler.handle(query.to_wire(), tcp)
+    reply = pipeline.answer(query.to_wire(), tcp, None)
     assert isinstance(reply, bytes), f"no reply of ours to {name} {rdtype}: {reply!r}"
     message = dns.message.from_wire(reply)
     assert message.id == query.id
     return message
 
 
-def forward_of(decided: bytes | Forward | None) -> Forward:
-    """A handler's decision that must be to forward."""
-    assert isinstance(decided, Forward), decided
+def pending_of(decided: bytes | Pending | None) -> Pending:
+    """A pipeline's outcome that must wait on upstream answers."""
+    assert isinstance(decided, Pending), decided
     return decided
 
 
-def bytes_of(decided: bytes | Forward | None) -> bytes:
-    """A handler's decision that must be a reply."""
+def bytes_of(decided: bytes | Pending | None) -> bytes:
+    """A pipeline's outcome that must be a reply."""
     assert isinstance(decided, bytes), decided
     return decided
 

@@ -16,12 +16,22 @@ import struct
 from typing import Any
 
 import dns.edns
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.rrset
 from hypothesis import strategies as st
 
-from tests.builders import endpoint, endpoint_slice, headless, namespace, pod, service
+from kdns.core import wire
+from kdns.core.cache import ForwardCache
+from kdns.core.convert import convert
+from kdns.core.message import CLASSIC_UDP_LIMIT
+from kdns.core.stage import ReplyOptions
+from kdns.core.store import ClusterStore, PodMode
+from kdns.core.upstream import read_response, upstream_query
+from kdns.pipeline import Pending, Pipeline
+from tests.builders import endpoint, endpoint_slice, headless, namespace, pipeline_of, pod, service
 
 EXAMPLES = int(os.environ.get("KDNS_FUZZ_EXAMPLES", "400"))
 
@@ -51,7 +61,7 @@ QUESTION_NAMES = [
 QUESTION_TYPES = ["A", "AAAA", "SRV", "PTR", "TXT", "SOA", "NS", "CNAME", "ANY", "AXFR", "IXFR", "MX", "HINFO"]
 
 
-def _seed_query(name: str, rdtype: str, edns: int | None, payload: int, dnssec: bool, cd: bool, rd: bool) -> bytes:
+def seed_query(name: str, rdtype: str, edns: int | None, payload: int, dnssec: bool, cd: bool, rd: bool) -> bytes:
     query = dns.message.make_query(
         name, rdtype, use_edns=edns is not None and edns, payload=payload, want_dnssec=dnssec and edns is not None
     )
@@ -64,7 +74,7 @@ def _seed_query(name: str, rdtype: str, edns: int | None, payload: int, dnssec: 
     return query.to_wire()
 
 
-def _compressed_query(name_index: int) -> bytes:
+def compressed_query(name_index: int) -> bytes:
     """A query whose additional section names the question by a compression pointer, then an OPT."""
     name = dns.name.from_text(QUESTION_NAMES[name_index % len(QUESTION_NAMES)]).to_wire()
     assert name is not None
@@ -76,7 +86,7 @@ def _compressed_query(name_index: int) -> bytes:
 
 seed_queries = st.one_of(
     st.builds(
-        _seed_query,
+        seed_query,
         st.sampled_from(QUESTION_NAMES),
         st.sampled_from(QUESTION_TYPES),
         st.sampled_from([None, 0, 0, 1]),
@@ -85,7 +95,7 @@ seed_queries = st.one_of(
         st.booleans(),
         st.booleans(),
     ),
-    st.builds(_compressed_query, st.integers(0, len(QUESTION_NAMES) - 1)),
+    st.builds(compressed_query, st.integers(0, len(QUESTION_NAMES) - 1)),
 )
 
 
@@ -209,3 +219,76 @@ def hostile_objects(draw: st.DrawFn) -> tuple[str, Any]:
         else:
             parent[path[-1]] = [parent[path[-1]]] * draw(st.integers(2, 50))
     return kind, obj
+
+
+# -- what the messages go to, and what every reply must be ----------------------------------
+
+MAX_UDP = 1232
+
+
+def fuzz_store() -> ClusterStore:
+    """The store every fuzzed message is answered from."""
+    store = ClusterStore("cluster.local", 30, PodMode.INSECURE)
+    objects = [
+        service("prod", "web", ["10.96.0.5", "fd00::5"], ports=[{"name": "http", "port": 80}]),
+        headless("prod", "db", ports=[{"name": "pg", "port": 5432}]),
+        endpoint_slice(
+            "prod",
+            "db-a",
+            "db",
+            [endpoint(f"10.244.1.{i}", hostname=f"db-{i}") for i in range(1, 70)],
+            ports=[{"name": "pg", "port": 5432}],
+        ),
+        endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.5")]),
+        service("prod", "ext", type_="ExternalName", external_name="www.example.com"),
+        pod("prod", "p", "10.244.1.5"),
+    ]
+    for obj in objects:
+        converted = convert(obj["kind"], obj)
+        assert converted is not None
+        store.upsert(converted)
+    return store
+
+
+def fuzz_pipeline() -> Pipeline:
+    """The pipeline the fuzzed messages go to: the fuzz store's zone, a forward cache holding one
+    answer (so that cache hits are fuzzed too), no transport."""
+    cache = ForwardCache(100, lambda: 1000.0)
+    options = ReplyOptions(max_udp=MAX_UDP, recursion_available=True)
+    pipeline = pipeline_of(fuzz_store(), options=options, cache=cache)
+    # One cached forwarded answer, so cache hits are fuzzed too.
+    query = wire.parse_query(dns.message.make_query("cached.example.com", "A").to_wire())
+    query_id, packet = upstream_query(query)
+    response = dns.message.make_response(dns.message.from_wire(packet))
+    response.answer.append(dns.rrset.from_text("cached.example.com.", 60, "IN", "A", "192.0.2.1"))
+    cache.put(ForwardCache.key(query), read_response(response.to_wire(), query_id, query.question, 0, 3600))
+    return pipeline
+
+
+def check_reply(packet: bytes, reply: bytes, tcp: bool) -> None:
+    """The invariants every reply to `packet` must hold."""
+    try:
+        message = dns.message.from_wire(reply)
+    except dns.exception.DNSException as error:
+        raise AssertionError(f"reply does not parse ({error}): {reply.hex()} to {packet.hex()}") from None
+    assert reply[:2] == packet[:2], "the reply carries another ID"
+    assert message.flags & 0x8000, "the reply is not marked as a response"
+    assert len(message.question) <= 1
+    if message.question:
+        sent = packet[12 : 12 + len(reply) - 12]
+        name = message.question[0].name.to_wire()
+        assert name is not None
+        echoed = reply[12 : 12 + len(name) + 4]
+        assert sent.startswith(echoed) or echoed.lower() == sent[: len(echoed)].lower(), "question not echoed"
+    if not tcp:
+        limit = MAX_UDP if message.edns >= 0 else CLASSIC_UDP_LIMIT
+        assert len(reply) <= limit, f"{len(reply)} bytes to a UDP client that takes {limit}"
+
+
+def answer(pipeline: Pipeline, packet: bytes, tcp: bool) -> bytes | None:
+    """What kdns sends back for `packet`: a reply, the reply once every upstream failed, or
+    nothing."""
+    decided = pipeline.answer(packet, tcp, None)
+    while isinstance(decided, Pending):
+        decided = pipeline.resume(decided, None)  # every upstream failed: SERVFAIL
+    return decided

@@ -15,9 +15,8 @@ from pathlib import Path
 import dns.message
 import pytest
 
-from kdns.core.handler import Handler
 from tests.apiserver import FakeApiServer
-from tests.builders import Obj, ask, namespace, records, service, store_of
+from tests.builders import Obj, ask, namespace, pipeline_of, records, service, store_of
 from tests.helpers import FAST, QueryLoop, ask_server, synced, wait
 from tests.process import KdnsServer
 
@@ -113,7 +112,7 @@ def test_a_flood_of_10000_events_is_followed_to_the_last_with_no_failed_query(
         flood_seconds = time.monotonic() - started
         api.apply(service("prod", "sentinel", ["10.96.0.100"]))  # events arrive in order: the last one
         expected = store_of(namespace("prod"), service("prod", "web", ["10.96.0.5"]), *final.values())
-        handler = Handler(expected.zone)
+        handler = pipeline_of(expected)
         wait(lambda: ask_server(server, "sentinel.prod.svc.cluster.local")[1] == ["10.96.0.100"], 30, "the flood's end")
         loop.wait_for(21)
         loop.stop()

@@ -16,12 +16,12 @@ import trio.testing
 from kdns import app
 from kdns.address import SocketAddress
 from kdns.config import ForwardConfig, ForwardOptions, Policy, ServeConfig
-from kdns.core import wire
 from kdns.core.cache import ForwardCache
-from kdns.core.handler import Forward, Handler, HandlerOptions
+from kdns.core.stage import ReplyOptions
 from kdns.forward import Forwarder
+from kdns.pipeline import Pending, Pipeline
 from kdns.state import State
-from tests.builders import store_of
+from tests.builders import pipeline_of, store_of
 from tests.fakeupstream import FakeUpstream
 from tests.helpers import ask_in_process, serve_config
 
@@ -39,8 +39,15 @@ def upstreams() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
     second.close()
 
 
-def _query(name: str) -> wire.Query:
-    return wire.parse_query(dns.message.make_query(name, "A").to_wire())
+async def _ask(pipeline: Pipeline, name: str) -> dns.message.Message:
+    decided = pipeline.answer(dns.message.make_query(name, "A").to_wire(), False, ("127.0.0.1", 5353))
+    if isinstance(decided, Pending):
+        decided = await decided()
+    assert isinstance(decided, bytes)
+    return dns.message.from_wire(decided)
+
+
+FORWARDING = ReplyOptions(recursion_available=True)
 
 
 async def test_a_silent_upstream_fails_over_is_marked_down_and_comes_back_by_its_health_probe(
@@ -50,29 +57,23 @@ async def test_a_silent_upstream_fails_over_is_marked_down_and_comes_back_by_its
     first.mode = "silent"
     state = State()
     forwarder = Forwarder(
-        [SocketAddress("127.0.0.1", first.port), SocketAddress("127.0.0.1", second.port)],
-        {},
+        [[SocketAddress("127.0.0.1", first.port), SocketAddress("127.0.0.1", second.port)]],
         ForwardOptions(policy=Policy.SEQUENTIAL, timeout=2.0),
         state,
     )
+    nothing_cached = ForwardCache(0, trio.current_time)
+    pipeline = pipeline_of(store_of(), options=FORWARDING, cache=nothing_cached, transport=forwarder, state=state)
     await nursery.start(forwarder.run)
     started = trio.current_time()
     for i in range(2):  # each tries the silent one first, waits out its timeout, then fails over
-        admission = forwarder.admit()
-        assert admission is not None
-        handler = Handler(store_of().zone, HandlerOptions(recursion_available=True))
-        forward = Forward(_query(f"q{i}.example.com"), False)
-        reply = dns.message.from_wire(await forwarder.reply(forward, handler, admission))
-        assert reply.answer[0][0].address == "192.0.2.2"
+        assert (await _ask(pipeline, f"q{i}.example.com")).answer[0][0].address == "192.0.2.2"
     assert trio.current_time() - started >= 4.0  # two 2-second timeouts, in virtual time
     silent = state.upstreams[f"127.0.0.1:{first.port}"]
     assert silent.down and silent.failures == 2
     # Down: tried last, so the next query goes straight to the second upstream.
     started = trio.current_time()
-    admission = forwarder.admit()
-    assert admission is not None
-    reply = dns.message.from_wire(await forwarder.reply(Forward(_query("q2.example.com"), False), handler, admission))
-    assert reply.answer[0][0].address == "192.0.2.2" and trio.current_time() - started < 1.0
+    assert (await _ask(pipeline, "q2.example.com")).answer[0][0].address == "192.0.2.2"
+    assert trio.current_time() - started < 1.0
     # The health probe (`. NS` every 0.5 s) keeps failing while it is silent ...
     await trio.sleep(3)  # a probe waits out the 2-second timeout too
     assert silent.down and silent.healthcheck_failures >= 1
@@ -81,10 +82,8 @@ async def test_a_silent_upstream_fails_over_is_marked_down_and_comes_back_by_its
     with trio.fail_after(5):
         while silent.down:
             await trio.sleep(0.5)
-    admission = forwarder.admit()
-    assert admission is not None
-    reply = dns.message.from_wire(await forwarder.reply(Forward(_query("q3.example.com"), False), handler, admission))
-    assert reply.answer[0][0].address == "192.0.2.1" and forwarder.in_flight == 0
+    assert (await _ask(pipeline, "q3.example.com")).answer[0][0].address == "192.0.2.1"
+    assert forwarder.in_flight == 0
     nursery.cancel_scope.cancel()
 
 
@@ -95,33 +94,25 @@ async def test_serve_stale_and_prefetch_on_virtual_time(
     first.ttl = 10
     cache = ForwardCache(100, trio.current_time, stale_for=3600, prefetch=True)
     state = State()
-    forwarder = Forwarder([SocketAddress("127.0.0.1", first.port)], {}, ForwardOptions(timeout=1.0), state, cache)
-    handler = Handler(store_of().zone, HandlerOptions(recursion_available=True), cache)
+    forwarder = Forwarder([[SocketAddress("127.0.0.1", first.port)]], ForwardOptions(timeout=1.0), state)
+    pipeline = pipeline_of(store_of(), options=FORWARDING, cache=cache, transport=forwarder, state=state)
     await nursery.start(forwarder.run)
+    await nursery.start(pipeline.run)
 
-    async def ask(name: str) -> dns.message.Message:
-        decided = handler.handle(dns.message.make_query(name, "A").to_wire(), False)
-        if isinstance(decided, Forward):
-            admission = forwarder.admit()
-            assert admission is not None
-            decided = await forwarder.reply(decided, handler, admission)
-        assert isinstance(decided, bytes)
-        return dns.message.from_wire(decided)
-
-    assert (await ask("www.example.com")).answer[0].ttl == 10
+    assert (await _ask(pipeline, "www.example.com")).answer[0].ttl == 10
     asked = first.udp_queries
     await trio.sleep(9.1)  # within the last tenth of the TTL: popular entries are refreshed
     for _ in range(3):
-        await ask("www.example.com")
-    await trio.sleep(0.6)  # the forwarder's prefetch loop runs
+        await _ask(pipeline, "www.example.com")
+    await trio.sleep(0.6)  # the pipeline's prefetch loop runs
     assert first.udp_queries == asked + 1, "the popular entry was refreshed once before it expired"
-    assert (await ask("www.example.com")).answer[0].ttl >= 9  # from the refreshed entry
+    assert (await _ask(pipeline, "www.example.com")).answer[0].ttl >= 9  # from the refreshed entry
     # Every upstream fails: the expired entry is served stale, TTL 30 (RFC 8767).
     first.mode = "silent"
     await trio.sleep(11)
-    stale = await ask("www.example.com")
+    stale = await _ask(pipeline, "www.example.com")
     assert stale.rcode() == dns.rcode.NOERROR and stale.answer[0].ttl == 30
-    assert (await ask("never.example.com")).rcode() == dns.rcode.SERVFAIL
+    assert (await _ask(pipeline, "never.example.com")).rcode() == dns.rcode.SERVFAIL
     nursery.cancel_scope.cancel()
 
 

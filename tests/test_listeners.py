@@ -1,6 +1,7 @@
-"""Listeners that only listen (issue 9, point 3): the forwarder alone decides how many queries are
-in flight, counted when each is accepted, and TCP answers pipelined queries concurrently, so a
-slow forward never delays a zone answer on the same connection (RFC 7766 6.2.1.1)."""
+"""Listeners that only listen (issue 9, point 3): the pipeline and its transport alone decide how
+many queries are in flight, counted when each is accepted, and TCP answers pipelined queries
+concurrently, so a slow forward never delays a zone answer on the same connection (RFC 7766
+6.2.1.1)."""
 
 from __future__ import annotations
 
@@ -14,28 +15,29 @@ import trio
 from kdns.address import SocketAddress
 from kdns.config import ForwardOptions, TcpLimits
 from kdns.core.cache import ForwardCache
-from kdns.core.handler import Handler, HandlerOptions
+from kdns.core.stage import ReplyOptions
 from kdns.forward import Forwarder
 from kdns.serve import bind, serve
 from kdns.state import State
-from tests.builders import service, store_of
+from tests.builders import pipeline_of, service, store_of
 from tests.fakeupstream import FakeUpstream
 
 
 async def _start(nursery: trio.Nursery, fake: FakeUpstream, max_concurrent: int) -> tuple[tuple[str, int], Forwarder]:
     state = State()
     cache = ForwardCache(0, trio.current_time)  # no cache: every query goes upstream
-    handler = Handler(
-        store_of(service("prod", "web", ["10.96.0.5"])).zone,
-        HandlerOptions(recursion_available=True),
-        cache,
-        counters=state.queries,
-    )
     options = ForwardOptions(timeout=3, max_concurrent=max_concurrent)
-    forwarder = Forwarder([SocketAddress("127.0.0.1", fake.port)], {}, options, state)
+    forwarder = Forwarder([[SocketAddress("127.0.0.1", fake.port)]], options, state)
+    pipeline = pipeline_of(
+        store_of(service("prod", "web", ["10.96.0.5"])),
+        options=ReplyOptions(recursion_available=True),
+        cache=cache,
+        state=state,
+        transport=forwarder,
+    )
     listener = bind(SocketAddress("127.0.0.1", 0))
     await nursery.start(forwarder.run)
-    await nursery.start(serve, [listener], handler, TcpLimits(), forwarder, state)
+    await nursery.start(serve, [listener], pipeline, TcpLimits(), state)
     return (listener.address.host, listener.address.port), forwarder
 
 

@@ -1,4 +1,4 @@
-"""The trio listeners in-process: a handler that raises never stops them, and TCP framing holds up
+"""The trio listeners in-process: a stage that raises never stops them, and TCP framing holds up
 against queries split across reads."""
 
 from __future__ import annotations
@@ -14,26 +14,40 @@ import trio.testing
 
 from kdns.address import SocketAddress
 from kdns.config import TcpLimits
-from kdns.core.handler import ClientAddress, Forward, Handler
+from kdns.core.blocks import ServerBlock, ServerBlocks
+from kdns.core.cluster_zone import ClusterZone
+from kdns.core.names import REVERSE_ZONES
+from kdns.core.stage import Next, Outcome, ReplyOptions, Request, Stage
+from kdns.pipeline import Pipeline
 from kdns.serve import bind, serve
-from tests.builders import service, store_of
+from kdns.state import State
+from tests.builders import pipeline_of, service, store_of
 
 BOOM = "boom.prod.svc.cluster.local"
 
 
-class ExplodingHandler(Handler):
-    """A handler with a bug: it raises for one name."""
+class _Boom:
+    """A stage with a bug: it raises for one name."""
 
-    def handle(self, packet: bytes, tcp: bool, client: ClientAddress | None = None) -> bytes | Forward | None:
-        if b"\x04boom" in packet:
-            raise RuntimeError("a bug in the handler")
-        return super().handle(packet, tcp, client)
+    def serve(self, request: Request, next: Next) -> Outcome:
+        if b"\x04boom" in request.query.key:
+            raise RuntimeError("a bug in a stage")
+        return next(request)
 
 
 async def _start(nursery: trio.Nursery) -> tuple[str, int]:
     listener = bind(SocketAddress("127.0.0.1", 0))
-    handler = ExplodingHandler(store_of(service("prod", "web", ["10.96.0.5"])).zone)
-    await nursery.start(serve, [listener], handler, TcpLimits())
+    zone = store_of(service("prod", "web", ["10.96.0.5"])).zone
+    options = ReplyOptions()
+    cluster: list[Stage] = [_Boom(), ClusterZone(zone, options, lambda: True)]
+    blocks = ServerBlocks(
+        lambda resolve: [
+            ServerBlock(("cluster.local", *REVERSE_ZONES), cluster, options),
+            ServerBlock((".",), [], options),
+        ]
+    )
+    pipeline = Pipeline(blocks, options, State(), zone=zone, reply_cache_bytes=1 << 20)
+    await nursery.start(serve, [listener], pipeline, TcpLimits())
     return listener.address.host, listener.address.port
 
 
@@ -46,7 +60,7 @@ async def _udp_query(address: tuple[str, int], name: str) -> dns.message.Message
     return dns.message.from_wire(data)
 
 
-async def test_udp_query_that_makes_the_handler_raise_gets_servfail_and_the_loop_goes_on(
+async def test_udp_query_that_makes_a_stage_raise_gets_servfail_and_the_loop_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with trio.open_nursery() as nursery:
@@ -59,7 +73,7 @@ async def test_udp_query_that_makes_the_handler_raise_gets_servfail_and_the_loop
     assert "error answering a UDP query" in caplog.text
 
 
-async def test_tcp_query_that_makes_the_handler_raise_gets_servfail_on_a_connection_that_stays_open() -> None:
+async def test_tcp_query_that_makes_a_stage_raise_gets_servfail_on_a_connection_that_stays_open() -> None:
     async with trio.open_nursery() as nursery:
         host, port = await _start(nursery)
         stream = await trio.open_tcp_stream(host, port)
@@ -115,8 +129,8 @@ async def test_a_tcp_client_that_never_reads_loses_its_connection_after_the_writ
     read held every TCP slot. The mock clock makes the 2 s write timeout pass at once."""
     async with trio.open_nursery() as nursery:
         listener = bind(SocketAddress("127.0.0.1", 0))
-        handler = Handler(store_of(service("prod", "web", ["10.96.0.5"])).zone)
-        await nursery.start(serve, [listener], handler, TcpLimits(idle_timeout=600, max_connections=1))
+        pipeline = pipeline_of(store_of(service("prod", "web", ["10.96.0.5"])))
+        await nursery.start(serve, [listener], pipeline, TcpLimits(idle_timeout=600, max_connections=1))
         client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.connect((listener.address.host, listener.address.port))
@@ -156,8 +170,8 @@ async def test_an_idle_or_dripping_tcp_client_is_closed_at_the_idle_timeout_on_v
     that drips a byte a second is closed 10 s (virtual) after it connected, like an idle one."""
     async with trio.open_nursery() as nursery:
         listener = bind(SocketAddress("127.0.0.1", 0))
-        handler = Handler(store_of(service("prod", "web", ["10.96.0.5"])).zone)
-        await nursery.start(serve, [listener], handler, TcpLimits(idle_timeout=10, max_connections=5))
+        pipeline = pipeline_of(store_of(service("prod", "web", ["10.96.0.5"])))
+        await nursery.start(serve, [listener], pipeline, TcpLimits(idle_timeout=10, max_connections=5))
         idle = await trio.open_tcp_stream(listener.address.host, listener.address.port)
         dripping = await trio.open_tcp_stream(listener.address.host, listener.address.port)
         started = trio.current_time()
@@ -191,7 +205,7 @@ async def test_an_idle_or_dripping_tcp_client_is_closed_at_the_idle_timeout_on_v
 
 async def test_pipelined_tcp_queries_in_one_read_are_all_answered_in_order_with_their_ids() -> None:
     """Replies to the queries one read brings are written together (`TCP_BATCH`); every one is
-    there, whole, with its own ID, including the SERVFAIL of a query the handler raised on."""
+    there, whole, with its own ID, including the SERVFAIL of a query a stage raised on."""
     async with trio.open_nursery() as nursery:
         address = await _start(nursery)
         names = ["web.prod.svc.cluster.local", "nope.prod.svc.cluster.local", BOOM] * 400  # > TCP_BATCH of replies

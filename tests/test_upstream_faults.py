@@ -24,10 +24,10 @@ import trio
 from kdns.address import SocketAddress
 from kdns.config import ForwardOptions, TcpLimits
 from kdns.core.cache import ForwardCache
-from kdns.core.handler import Handler, HandlerOptions
+from kdns.core.stage import ReplyOptions
 from kdns.forward import Forwarder, Upstream
 from kdns.serve import bind, serve
-from tests.builders import service, store_of
+from tests.builders import pipeline_of, service, store_of
 from tests.fakeupstream import FakeUpstream
 
 TIMEOUT = 0.6  # the forwarder's per-try timeout here
@@ -56,11 +56,11 @@ async def kdns(nursery: trio.Nursery) -> AsyncIterator[Kdns]:
     fake = FakeUpstream()
     store = store_of(service("prod", "web", ["10.96.0.5"]))
     cache = ForwardCache(100, trio.current_time)
-    handler = Handler(store.zone, HandlerOptions(recursion_available=True), cache)
-    forwarder = Forwarder([SocketAddress("127.0.0.1", fake.port)], {}, ForwardOptions(timeout=TIMEOUT))
+    forwarder = Forwarder([[SocketAddress("127.0.0.1", fake.port)]], ForwardOptions(timeout=TIMEOUT))
+    pipeline = pipeline_of(store, options=ReplyOptions(recursion_available=True), cache=cache, transport=forwarder)
     listener = bind(SocketAddress("127.0.0.1", 0))
     await nursery.start(forwarder.run)
-    await nursery.start(serve, [listener], handler, TcpLimits(), forwarder)
+    await nursery.start(serve, [listener], pipeline, TcpLimits())
     yield Kdns((listener.address.host, listener.address.port), forwarder.upstreams[0], fake)
     fake.close()
 

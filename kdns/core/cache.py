@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 from cachetools import LRUCache
 
+from kdns.core.answer import Answer
 from kdns.core.budgets import DENIAL_CACHE_BYTES, FORWARD_CACHE_BYTES, LARGEST_ITEM_SHARE, StoreSize
 from kdns.core.message import CD
 from kdns.core.upstream import ForwardedAnswer
 from kdns.core.wire import Query
-from kdns.core.zone import Answer
 
 # (lowercased name, type, class, DNSSEC OK, checking disabled). CD is part of the key because a
 # validating upstream answers it differently: SERVFAIL for a bogus name without it, the data

@@ -7,22 +7,13 @@ records come from another message, whose compression does not carry over byte fo
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from dnslib import CNAME, EDNS0, QTYPE, RR, DNSHeader, DNSQuestion, DNSRecord
 
 from kdns.core import wire
+from kdns.core.answer import Answer
 from kdns.core.message import RD, TCP_LIMIT
 from kdns.core.names import from_wire
-from kdns.core.zone import Answer
-
-
-class ReplyOptions(Protocol):
-    @property
-    def max_udp(self) -> int: ...
-
-    @property
-    def recursion_available(self) -> bool: ...
+from kdns.core.stage import ReplyOptions
 
 
 def compose(
@@ -37,7 +28,21 @@ def compose(
     """The reply to `query` (for an ExternalName service, or a name found by autopath): its
     CNAME to `target_query`'s name, then the records of `target`, the answer to `target_query`,
     under the target's rcode; with `max_ttl`, no record's TTL above it."""
-    target_message = DNSRecord.parse(wire.reply(target_query, target, TCP_LIMIT, options.max_udp, False))
+    target_reply = wire.reply(target_query, target, TCP_LIMIT, options.max_udp, False)
+    return compose_reply(query, target_query, ttl, target_reply, tcp, options, max_ttl)
+
+
+def compose_reply(
+    query: wire.Query,
+    target_query: wire.Query,
+    ttl: int,
+    target_reply: bytes,
+    tcp: bool,
+    options: ReplyOptions,
+    max_ttl: int | None = None,
+) -> bytes:
+    """`compose`, from the whole reply to `target_query` (as a stage after this one gave it)."""
+    target_message = DNSRecord.parse(target_reply)
     if max_ttl is not None:
         for rr in (*target_message.rr, *target_message.auth, *target_message.ar):
             if rr.rtype != QTYPE.OPT:

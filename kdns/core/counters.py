@@ -141,15 +141,15 @@ class QueryCounters:
     replies: dict[tuple[str, int, int, int], int] = field(default_factory=dict)
     dropped: int = 0  # responses, header fragments: no reply (never amplified)
     autopath: int = 0  # queries answered from the client's search path (CoreDNS's autopath success)
-    # The type of the query counted last (0 when it did not parse): the listener reads it right
-    # after `Handler.handle` returns, with no await between, to file the query's duration.
-    last_qtype: int = 0
 
     def count(self, tcp: bool, qtype: int, rcode: int, family: int = 1) -> None:
         qtype = qtype if qtype in _COUNTED else OTHER_TYPE  # `counted_type`, inlined
         key = (TCP if tcp else UDP, family, qtype, rcode)
         self.replies[key] = self.replies.get(key, 0) + 1
-        self.last_qtype = qtype
+
+    def count_autopath(self) -> None:
+        """A query answered from the client's search path (CoreDNS's autopath success)."""
+        self.autopath += 1
 
     def total(self) -> int:
         return sum(self.replies.values())

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from kdns.core.answer import Answer
 from kdns.core.budgets import LARGEST_ITEM_SHARE, StoreSize
 from kdns.core.cache import CacheKey, Entry
-from kdns.core.zone import Answer
 
 # Bytes a kept reply holds beyond its key's and its reply's: the bytes objects' headers (2 x 33),
 # the KeptReply tuple (10 fields: 120), and the dictionary's slot, up to 72 bytes just after the

@@ -14,6 +14,11 @@ import ipaddress
 from kdns.core.message import MAX_LABEL, MAX_NAME_WIRE
 from kdns.core.model import Endpoint, IPAddress
 
+# The reverse zones kdns answers for beside the cluster domain (spec 2.3.3 / 2.4.3), falling
+# through to the forwarder for what it holds nothing of (CoreDNS's `fallthrough in-addr.arpa
+# ip6.arpa` in kubeadm's Corefile).
+REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
+
 
 class InvalidName(ValueError):
     """A name that cannot be put on the wire (empty label, label over 63, name over 255)."""

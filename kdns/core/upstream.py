@@ -12,6 +12,7 @@ from array import array
 from dataclasses import dataclass
 
 from kdns.core import rdata
+from kdns.core.answer import Answer
 from kdns.core.message import (
     AD,
     CD,
@@ -33,7 +34,6 @@ from kdns.core.message import (
 from kdns.core.message import read_name as _read_name
 from kdns.core.rdata import OPT
 from kdns.core.wire import Query
-from kdns.core.zone import Answer
 
 MX = 15
 DNAME = 39

@@ -13,6 +13,7 @@ import functools
 import struct
 from typing import NamedTuple
 
+from kdns.core.answer import Answer
 from kdns.core.message import (
     BADVERS,
     CD,
@@ -32,7 +33,6 @@ from kdns.core.message import (
     skip_name,
 )
 from kdns.core.rdata import OPT
-from kdns.core.zone import Answer
 
 _TYPE_CLASS = struct.Struct("!HH")
 _OPT_FIXED = struct.Struct("!HI")  # an OPT record's CLASS (UDP size) and TTL (flags, version)

@@ -16,16 +16,16 @@ client spelled the name in.
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from itertools import accumulate, groupby
 from operator import attrgetter
 
 from kdns.core import rdata
-from kdns.core.message import AA, HEADER_LENGTH, NOERROR, NXDOMAIN, QR, RCODE_MASK
+from kdns.core.answer import Answer
+from kdns.core.message import HEADER_LENGTH, NOERROR, NXDOMAIN
 from kdns.core.model import IPAddress
-from kdns.core.names import at_label_boundary, from_wire, parse_pod_label, to_wire
+from kdns.core.names import REVERSE_ZONES, at_label_boundary, from_wire, parse_pod_label, to_wire
 from kdns.core.rdata import Record, encode_rr
 
 QUESTION_POINTER = b"\xc0\x0c"  # the question's name always starts right after the header
@@ -34,59 +34,7 @@ QUESTION_POINTER = b"\xc0\x0c"  # the question's name always starts right after 
 MAX_RECORDS_LENGTH = 65535 - 12 - (255 + 4) - 11
 LARGE_SET = 1000  # records in an answer set beyond which its encodings are kept between rebuilds
 
-REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
-
 PodPolicy = Callable[[str, IPAddress], bool]
-
-
-class Answer:
-    """A prepared reply, less its ID, question and any OPT record.
-
-    `ends` holds where each record ends in `records` when there is more than one, so that a reply
-    too large for a client can be cut at a record boundary; None for a single record (most
-    answers: a tuple each would cost memory for nothing). The header's flags and section counts
-    are worked out here, once, rather than for every reply.
-    """
-
-    __slots__ = ("counts", "counts_with_opt", "ends", "flags", "records")
-
-    def __init__(
-        self,
-        rcode: int,
-        answer_count: int,
-        authority_count: int,
-        additional_count: int,
-        records: bytes,
-        ends: Sequence[int] | None = None,
-        flags: int = QR | AA,  # authoritative, as for every name of our zones
-    ) -> None:
-        self.flags = flags | rcode
-        self.counts = _counts(answer_count, authority_count, additional_count)
-        self.counts_with_opt = _counts(answer_count, authority_count, additional_count + 1)
-        self.records = records
-        self.ends = ends
-
-    @property
-    def rcode(self) -> int:
-        return self.flags & RCODE_MASK
-
-    @property
-    def answer_count(self) -> int:
-        return self.counts[2] << 8 | self.counts[3]
-
-    @property
-    def authority_count(self) -> int:
-        return self.counts[4] << 8 | self.counts[5]
-
-    @property
-    def additional_count(self) -> int:
-        return self.counts[6] << 8 | self.counts[7]
-
-
-@functools.cache
-def _counts(answers: int, authority: int, additional: int) -> bytes:
-    """QDCOUNT (always 1) and the three section counts; shared bytes, as few values recur."""
-    return struct.pack("!HHHH", 1, answers, authority, additional)
 
 
 class OnDemandRecords:

@@ -13,17 +13,18 @@ import dns.rrset
 from kdns.core.autopath import AUTOPATH_TTL, Autopath
 from kdns.core.cache import ForwardCache
 from kdns.core.counters import QueryCounters
-from kdns.core.handler import Forward, Handler, HandlerOptions
 from kdns.core.names import to_wire
+from kdns.core.stage import ReplyOptions
 from kdns.core.store import ClusterStore
 from kdns.core.upstream import read_response
-from tests.builders import namespace, pod, service, store_of
+from kdns.pipeline import Pending, Pipeline
+from tests.builders import namespace, pipeline_of, pod, service, store_of
 
 POD = ("10.244.1.7", 40000)  # a Pod in staging
 STRANGER = ("10.0.0.99", 40000)  # no Pod has this address
 
 
-def _setup(search: tuple[str, ...] = ()) -> tuple[ClusterStore, Handler, ForwardCache, QueryCounters]:
+def _setup(search: tuple[str, ...] = ()) -> tuple[ClusterStore, Pipeline, ForwardCache, QueryCounters]:
     store = store_of(
         namespace("prod"),
         namespace("staging"),
@@ -32,19 +33,18 @@ def _setup(search: tuple[str, ...] = ()) -> tuple[ClusterStore, Handler, Forward
         pod("staging", "client", "10.244.1.7"),
     )
     cache = ForwardCache(100, lambda: 0.0)
-    counters = QueryCounters()
     autopath = Autopath(to_wire("cluster.local"), tuple(to_wire(s) for s in search), store.pods.namespace_of)
-    handler = Handler(store.zone, HandlerOptions(recursion_available=True), cache, counters=counters, autopath=autopath)
-    return store, handler, cache, counters
+    pipeline = pipeline_of(store, options=ReplyOptions(recursion_available=True), cache=cache, autopath=autopath)
+    return store, pipeline, cache, pipeline.counters
 
 
-def _ask(handler: Handler, name: str, client: tuple[str, int], rdtype: str = "A") -> dns.message.Message | Forward:
-    reply = handler.handle(dns.message.make_query(name, rdtype).to_wire(), False, client)
+def _ask(handler: Pipeline, name: str, client: tuple[str, int], rdtype: str = "A") -> dns.message.Message | Pending:
+    reply = handler.answer(dns.message.make_query(name, rdtype).to_wire(), False, client)
     assert reply is not None
-    return reply if isinstance(reply, Forward) else dns.message.from_wire(reply)
+    return reply if isinstance(reply, Pending) else dns.message.from_wire(reply)
 
 
-def _records(message: dns.message.Message | Forward) -> list[str]:
+def _records(message: dns.message.Message | Pending) -> list[str]:
     assert isinstance(message, dns.message.Message)
     return [
         f"{rrset.name} {rrset.ttl} {dns.rdatatype.to_text(rrset.rdtype)} {item}"
@@ -53,19 +53,20 @@ def _records(message: dns.message.Message | Forward) -> list[str]:
     ]
 
 
-def _upstream(handler: Handler, step: Forward, rcode: dns.rcode.Rcode, address: str | None = None) -> bytes | Forward:
-    """Hand the handler upstream's answer to `step`'s question: `address` in an A record, or none
+def _upstream(handler: Pipeline, step: Pending, rcode: dns.rcode.Rcode, address: str | None = None) -> bytes | Pending:
+    """Hand the pipeline upstream's answer to `step`'s question: `address` in an A record, or none
     (then with the SOA that makes a negative answer cacheable, RFC 2308 5)."""
-    name = dns.name.from_wire(step.query.question, 0)[0]
+    asked = step.ask.query
+    name = dns.name.from_wire(asked.question, 0)[0]
     query = dns.message.make_query(name, "A")
-    query.id = step.query.id
+    query.id = asked.id
     response = dns.message.make_response(query)
     response.set_rcode(rcode)
     if address is not None:
         response.answer.append(dns.rrset.from_text(name, 300, "IN", "A", address))
     else:
         response.authority.append(dns.rrset.from_text("example.", 60, "IN", "SOA", "ns.example. h.example. 1 2 3 4 60"))
-    return handler.after_forward(step, read_response(response.to_wire(), step.query.id, step.query.question, 0, 3600))
+    return handler.resume(step, read_response(response.to_wire(), asked.id, asked.question, 0, 3600))
 
 
 def test_a_short_name_of_another_namespace_resolves_in_one_query_through_a_cname() -> None:
@@ -111,10 +112,9 @@ def test_an_external_name_walks_the_cluster_names_then_asks_upstream_once_and_an
     asked = "ext.example.test.staging.svc.cluster.local"
     step = _ask(handler, asked, POD)
     # svc.cluster.local and cluster.local do not hold it: the next name is kdns's own search domain.
-    assert isinstance(step, Forward) and step.query.key == to_wire("ext.example.test.corp.example")
-    assert step.autopath == (to_wire("ext.example.test"),)
+    assert isinstance(step, Pending) and step.ask.query.key == to_wire("ext.example.test.corp.example")
     following = _upstream(handler, step, dns.rcode.NXDOMAIN)
-    assert isinstance(following, Forward) and following.query.key == to_wire("ext.example.test")
+    assert isinstance(following, Pending) and following.ask.query.key == to_wire("ext.example.test")
     final = _upstream(handler, following, dns.rcode.NOERROR, "192.0.2.7")
     assert isinstance(final, bytes)
     reply = dns.message.from_wire(final)
@@ -134,7 +134,7 @@ def test_an_external_name_walks_the_cluster_names_then_asks_upstream_once_and_an
 def test_when_no_search_name_exists_the_ordinary_nxdomain_is_sent() -> None:
     _, handler, _, counters = _setup()
     step = _ask(handler, "nowhere.invalid.staging.svc.cluster.local", POD)
-    assert isinstance(step, Forward) and step.autopath == ()
+    assert isinstance(step, Pending) and step.ask.query.key == to_wire("nowhere.invalid")
     final = _upstream(handler, step, dns.rcode.NXDOMAIN)
     assert isinstance(final, bytes)
     reply = dns.message.from_wire(final)
@@ -147,8 +147,8 @@ def test_when_no_search_name_exists_the_ordinary_nxdomain_is_sent() -> None:
 def test_an_upstream_failure_gives_the_ordinary_nxdomain_for_the_client_to_walk() -> None:
     _, handler, _, _ = _setup()
     step = _ask(handler, "ext.example.test.staging.svc.cluster.local", POD)
-    assert isinstance(step, Forward)
-    final = handler.after_forward(step, None)
+    assert isinstance(step, Pending)
+    final = handler.resume(step, None)
     assert isinstance(final, bytes) and dns.message.from_wire(final).rcode() == dns.rcode.NXDOMAIN
 
 

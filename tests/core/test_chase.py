@@ -9,9 +9,10 @@ import dns.message
 import dns.rcode
 
 from kdns.core import chase, rdata, wire
-from kdns.core.handler import HandlerOptions
+from kdns.core.answer import Answer
 from kdns.core.names import to_wire
-from kdns.core.zone import Answer, Zone
+from kdns.core.stage import ReplyOptions
+from kdns.core.zone import Zone
 
 
 def _target_answer(ttl: int) -> tuple[wire.Query, wire.Query, Answer]:
@@ -30,7 +31,7 @@ def _target_answer(ttl: int) -> tuple[wire.Query, wire.Query, Answer]:
 
 def test_the_reply_is_the_cname_then_the_targets_records_under_the_askers_id() -> None:
     query, target_query, target = _target_answer(60)
-    reply = dns.message.from_wire(chase.compose(query, target_query, 30, target, False, HandlerOptions()))
+    reply = dns.message.from_wire(chase.compose(query, target_query, 30, target, False, ReplyOptions()))
     assert reply.id == query.id and reply.flags & dns.flags.AA and reply.rcode() == dns.rcode.NOERROR
     cname, address = reply.answer
     assert cname.name.to_text() == "ext.prod.svc.cluster.local." and cname.ttl == 30
@@ -41,6 +42,6 @@ def test_the_reply_is_the_cname_then_the_targets_records_under_the_askers_id() -
 
 def test_recursion_available_and_rd_are_reported_as_asked() -> None:
     query, target_query, target = _target_answer(60)
-    options = HandlerOptions(recursion_available=True)
+    options = ReplyOptions(recursion_available=True)
     reply = dns.message.from_wire(chase.compose(query, target_query, 30, target, False, options))
     assert reply.flags & dns.flags.RA and reply.flags & dns.flags.RD

@@ -58,12 +58,11 @@ def test_request_durations_are_kept_per_query_type() -> None:
     assert sum(durations.by_type[1].counts) == 2 and sum(durations.by_type[28].counts) == 1
 
 
-def test_the_last_counted_type_is_what_the_listener_files_a_duration_under() -> None:
+def test_replies_are_counted_by_transport_family_type_and_rcode() -> None:
     counters = QueryCounters()
     counters.count(False, 33, 0)
-    assert counters.last_qtype == 33
     counters.count(True, 1, 3, family=2)
-    assert counters.last_qtype == 1 and counters.replies[("tcp", 2, 1, 3)] == 1
+    assert counters.replies == {("udp", 1, 33, 0): 1, ("tcp", 2, 1, 3): 1}
 
 
 def test_programming_latency_behind_the_api_servers_clock_counts_as_zero() -> None:
@@ -86,5 +85,6 @@ def test_every_query_type_folds_into_a_bounded_table() -> None:
         durations.observe(qtype, 0.001)
     assert len(counters.replies) <= 2 * 2 * 16 * 16 and len(durations.by_type) <= 16
     assert set(durations.by_type) == set(COUNTED_TYPES.values()) | {OTHER_TYPE}
-    assert counted_type(28) == 28 and counted_type(65) == OTHER_TYPE == counters.last_qtype
+    assert counted_type(28) == 28 and counted_type(65) == OTHER_TYPE
+    assert ("udp", 1, 65, 1) not in counters.replies and counters.replies[("udp", 2, OTHER_TYPE, 1)] > 0
     assert counters.total() == 2 * 65536

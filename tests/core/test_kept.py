@@ -7,19 +7,19 @@ import tracemalloc
 
 import dns.message
 
-from kdns.core.handler import Handler, HandlerOptions
 from kdns.core.kept import KeptReplies, KeptReply
-from tests.builders import endpoint, endpoint_slice, headless, service, store_of
+from kdns.pipeline import Pipeline
+from tests.builders import endpoint, endpoint_slice, headless, pipeline_of, service, store_of
 
 
-def _measured(handler: Handler, queries: list[bytes], tcp: bool) -> tuple[int, int]:
-    """(bytes tracemalloc saw the handler keep for `queries`, the bytes its store counts)."""
+def _measured(handler: Pipeline, queries: list[bytes], tcp: bool) -> tuple[int, int]:
+    """(bytes tracemalloc saw the pipeline keep for `queries`, the bytes its store counts)."""
     for kept in handler.kept:
         kept.clear()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for query in queries:
-        handler.handle(query, tcp, ("10.0.0.1", 5353))
+        handler.answer(query, tcp, ("10.0.0.1", 5353))
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
@@ -27,12 +27,12 @@ def _measured(handler: Handler, queries: list[bytes], tcp: bool) -> tuple[int, i
 
 
 def test_a_kept_replys_counted_size_is_at_least_what_it_holds() -> None:
-    zone = store_of(
+    store = store_of(
         service("prod", "web", ["10.96.0.5"]),
         headless("prod", "db"),
         endpoint_slice("prod", "db-1", "db", [endpoint(f"10.244.1.{i}") for i in range(1, 40)]),
-    ).zone
-    handler = Handler(zone, HandlerOptions(reply_cache_bytes=1 << 30))
+    )
+    handler = pipeline_of(store, reply_cache_bytes=1 << 30)
     small = [dns.message.make_query(f"n{i}.prod.svc.cluster.local", "A").to_wire() for i in range(3000)]
     large = [
         dns.message.make_query("db.prod.svc.cluster.local", "A", use_edns=0, payload=600 + i).to_wire()

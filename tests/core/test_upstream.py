@@ -14,11 +14,12 @@ import dns.rrset
 import pytest
 
 from kdns.core import message, wire
+from kdns.core.answer import Answer
 from kdns.core.cache import ForwardCache
-from kdns.core.handler import Forward, Handler, HandlerOptions
+from kdns.core.stage import ReplyOptions
 from kdns.core.upstream import BadResponse, MalformedResponse, read_response, upstream_query
-from kdns.core.zone import Answer
-from tests.builders import bytes_of, forward_of, store_of
+from kdns.pipeline import Pending, Pipeline
+from tests.builders import bytes_of, pending_of, pipeline_of, store_of
 
 NAME = "www.example.com."
 
@@ -185,54 +186,55 @@ def test_cache_of_size_zero_keeps_nothing() -> None:
     assert cache.get(ForwardCache.key(_query())) is None
 
 
-# -- the handler's decisions -------------------------------------------------------------------
+# -- the pipeline's decisions --------------------------------------------------------------------
 
 
-def _forwarding_handler(clock: Clock) -> Handler:
-    return Handler(store_of().zone, HandlerOptions(recursion_available=True), ForwardCache(100, clock))
+def _forwarding(clock: Clock) -> Pipeline:
+    return pipeline_of(store_of(), options=ReplyOptions(recursion_available=True), cache=ForwardCache(100, clock))
 
 
 def test_name_outside_the_zones_is_forwarded_then_answered_from_the_cache() -> None:
     clock = Clock()
-    handler = _forwarding_handler(clock)
+    pipeline = _forwarding(clock)
     packet = dns.message.make_query(NAME, "A").to_wire()
-    decision = handler.handle(packet, False)
-    assert isinstance(decision, Forward) and decision.query.key == b"\x03www\x07example\x03com\x00"
-    query_id, response = _upstream_answer(decision.query, answer=[_a(60)])
+    decision = pending_of(pipeline.answer(packet, False, None))
+    asked = decision.ask.query
+    assert asked.key == b"\x03www\x07example\x03com\x00"
+    query_id, response = _upstream_answer(asked, answer=[_a(60)])
     first = dns.message.from_wire(
-        handler.finish_forward(decision, read_response(response, query_id, decision.query.question, 0, 3600))
+        bytes_of(pipeline.resume(decision, read_response(response, query_id, asked.question, 0, 3600)))
     )
-    assert first.id == decision.query.id and first.flags & dns.flags.RA and not first.flags & dns.flags.AA
+    assert first.id == asked.id and first.flags & dns.flags.RA and not first.flags & dns.flags.AA
     again = dns.message.make_query("WWW.example.com.", "A")
-    reply = dns.message.from_wire(bytes_of(handler.handle(again.to_wire(), False)))
+    reply = dns.message.from_wire(bytes_of(pipeline.answer(again.to_wire(), False, None)))
     assert reply.id == again.id and reply.question[0].name.to_text() == "WWW.example.com."
     assert [item.address for item in reply.answer[0]] == ["192.0.2.1"]
 
 
 def test_no_upstream_answer_is_servfail_and_nothing_is_cached() -> None:
-    handler = _forwarding_handler(Clock())
-    decision = handler.handle(dns.message.make_query(NAME, "A").to_wire(), False)
-    assert isinstance(decision, Forward)
-    reply = dns.message.from_wire(handler.finish_forward(decision, None))
+    pipeline = _forwarding(Clock())
+    decision = pending_of(pipeline.answer(dns.message.make_query(NAME, "A").to_wire(), False, None))
+    reply = dns.message.from_wire(bytes_of(pipeline.resume(decision, None)))
     assert reply.rcode() == dns.rcode.SERVFAIL
-    assert isinstance(handler.handle(dns.message.make_query(NAME, "A").to_wire(), False), Forward)
+    assert isinstance(pipeline.answer(dns.message.make_query(NAME, "A").to_wire(), False, None), Pending)
 
 
 def test_cluster_names_are_never_forwarded() -> None:
-    handler = _forwarding_handler(Clock())
-    reply = handler.handle(dns.message.make_query("nope.default.svc.cluster.local", "A").to_wire(), False)
+    pipeline = _forwarding(Clock())
+    reply = pipeline.answer(dns.message.make_query("nope.default.svc.cluster.local", "A").to_wire(), False, None)
     assert dns.message.from_wire(bytes_of(reply)).rcode() == dns.rcode.NXDOMAIN
-    assert isinstance(handler.handle(dns.message.make_query("9.9.9.9.in-addr.arpa", "PTR").to_wire(), False), Forward)
+    reverse = pipeline.answer(dns.message.make_query("9.9.9.9.in-addr.arpa", "PTR").to_wire(), False, None)
+    assert isinstance(reverse, Pending)
 
 
 def test_forwarded_answer_too_large_for_the_client_sets_tc() -> None:
     clock = Clock()
-    handler = _forwarding_handler(clock)
-    decision = forward_of(handler.handle(dns.message.make_query(NAME, "A", use_edns=False).to_wire(), False))
+    pipeline = _forwarding(clock)
+    decision = pending_of(pipeline.answer(dns.message.make_query(NAME, "A", use_edns=False).to_wire(), False, None))
     many = [_a(60, NAME, f"192.0.2.{i}") for i in range(1, 60)]
-    query_id, response = _upstream_answer(decision.query, answer=many)
-    answer = read_response(response, query_id, decision.query.question, 0, 3600)
-    reply = dns.message.from_wire(handler.finish_forward(decision, answer))
+    query_id, response = _upstream_answer(decision.ask.query, answer=many)
+    answer = read_response(response, query_id, decision.ask.query.question, 0, 3600)
+    reply = dns.message.from_wire(bytes_of(pipeline.resume(decision, answer)))
     assert reply.flags & dns.flags.TC
 
 
@@ -263,20 +265,20 @@ def test_external_name_pointing_outside_is_chased_upstream_and_cached() -> None:
 
     clock = Clock()
     store = store_of(service("prod", "pay", type_="ExternalName", external_name="www.example.com"))
-    handler = Handler(store.zone, HandlerOptions(recursion_available=True), ForwardCache(100, clock))
+    pipeline = pipeline_of(store, options=ReplyOptions(recursion_available=True), cache=ForwardCache(100, clock))
     query = dns.message.make_query("pay.prod.svc.cluster.local", "A", use_edns=True)
-    decision = handler.handle(query.to_wire(), False)
-    assert isinstance(decision, Forward) and decision.chased_from is not None
-    assert decision.query.key == b"\x03www\x07example\x03com\x00"
-    query_id, response = _upstream_answer(decision.query, answer=[_a(60)])
-    answer = read_response(response, query_id, decision.query.question, 0, 3600)
-    reply = dns.message.from_wire(handler.finish_forward(decision, answer))
+    decision = pending_of(pipeline.answer(query.to_wire(), False, None))
+    asked = decision.ask.query
+    assert asked.key == b"\x03www\x07example\x03com\x00"
+    query_id, response = _upstream_answer(asked, answer=[_a(60)])
+    answer = read_response(response, query_id, asked.question, 0, 3600)
+    reply = dns.message.from_wire(bytes_of(pipeline.resume(decision, answer)))
     assert reply.id == query.id and reply.edns == 0
     assert [(rrset.name.to_text(), dns.rdatatype.to_text(rrset.rdtype)) for rrset in reply.answer] == [
         ("pay.prod.svc.cluster.local.", "CNAME"),
         ("www.example.com.", "A"),
     ]
-    again = handler.handle(query.to_wire(), False)  # the target's answer is now cached
+    again = pipeline.answer(query.to_wire(), False, None)  # the target's answer is now cached
     assert isinstance(again, bytes)
     assert len(dns.message.from_wire(again).answer) == 2
 
@@ -286,13 +288,14 @@ def test_external_name_chase_too_large_for_udp_keeps_the_whole_records_that_fit(
 
     store = store_of(service("prod", "pay", type_="ExternalName", external_name="www.example.com"))
     for use_edns in (False, True):
-        handler = Handler(store.zone, HandlerOptions(recursion_available=True), ForwardCache(100, Clock()))
+        options = ReplyOptions(recursion_available=True)
+        pipeline = pipeline_of(store, options=options, cache=ForwardCache(100, Clock()))
         query = dns.message.make_query("pay.prod.svc.cluster.local", "A", use_edns=use_edns, payload=512)
-        decision = forward_of(handler.handle(query.to_wire(), False))
+        decision = pending_of(pipeline.answer(query.to_wire(), False, None))
         many = [_a(60, NAME, f"192.0.2.{i}") for i in range(1, 80)]
-        query_id, response = _upstream_answer(decision.query, answer=many)
-        answer = read_response(response, query_id, decision.query.question, 0, 3600)
-        wire_reply = handler.finish_forward(decision, answer)
+        query_id, response = _upstream_answer(decision.ask.query, answer=many)
+        answer = read_response(response, query_id, decision.ask.query.question, 0, 3600)
+        wire_reply = bytes_of(pipeline.resume(decision, answer))
         assert len(wire_reply) <= 512
         reply = dns.message.from_wire(wire_reply)
         assert reply.flags & dns.flags.TC and reply.answer[0].rdtype == dns.rdatatype.CNAME

@@ -12,24 +12,23 @@ import dns.opcode
 import dns.rcode
 
 from kdns.core.cache import ForwardCache
-from kdns.core.handler import ClientAddress, Forward, Handler, HandlerOptions
-from tests.builders import Obj, ask, endpoint, endpoint_slice, headless, rcode, records, service, store_of
+from kdns.core.stage import ReplyOptions
+from kdns.pipeline import Pending, Pipeline
+from tests.builders import Obj, ask, endpoint, endpoint_slice, headless, pipeline_of, rcode, records, service, store_of
 
 WEB = "web.prod.svc.cluster.local"
 
 
-class _ZoneHandler(Handler):
-    """A handler with no cache: it never decides to forward, so its replies are bytes or None."""
-
-    def handle(self, packet: bytes, tcp: bool, client: ClientAddress | None = None) -> bytes | None:
-        reply = super().handle(packet, tcp, client)
-        assert not isinstance(reply, Forward)
-        return reply
-
-
-def _handler(*objects: Obj, max_udp: int = 1232) -> _ZoneHandler:
+def _handler(*objects: Obj, max_udp: int = 1232) -> Pipeline:
+    """A pipeline with no upstream: its replies are bytes, or None."""
     store = store_of(service("prod", "web", ["10.96.0.5"]), *objects)
-    return _ZoneHandler(store.zone, HandlerOptions(max_udp=max_udp))
+    return pipeline_of(store, options=ReplyOptions(max_udp=max_udp))
+
+
+def _answer(pipeline: Pipeline, packet: bytes, tcp: bool) -> bytes | None:
+    reply = pipeline.answer(packet, tcp, None)
+    assert not isinstance(reply, Pending)
+    return reply
 
 
 def _header(qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
@@ -63,42 +62,42 @@ def _id_of(reply: bytes | None) -> int:
 def test_fragments_of_a_header_get_no_reply_which_would_only_amplify_them() -> None:
     handler = _handler()
     for size in range(2, 12):  # miekg/dns drops these too
-        assert handler.handle(_header()[:size], False) is None
-        assert handler.handle(_header()[:size], True) is None
+        assert _answer(handler, _header()[:size], False) is None
+        assert _answer(handler, _header()[:size], True) is None
 
 
 def test_packet_too_short_for_an_id_is_dropped() -> None:
-    assert _handler().handle(b"\x01", False) is None
-    assert _handler().handle(b"", False) is None
+    assert _answer(_handler(), b"\x01", False) is None
+    assert _answer(_handler(), b"", False) is None
 
 
 def test_responses_are_never_answered() -> None:
     packet = _header(flags=0x8180) + _question()
-    assert _handler().handle(packet, False) is None
+    assert _answer(_handler(), packet, False) is None
 
 
 def test_label_longer_than_63_is_formerr() -> None:
     name = b"\x40" + b"a" * 64 + b"\x00"
-    reply = _handler().handle(_header() + _question(name), False)
+    reply = _answer(_handler(), _header() + _question(name), False)
     assert reply is not None and _rcode_of(reply) == 1 and _id_of(reply) == 0x1234
 
 
 def test_name_longer_than_255_is_formerr() -> None:
     name = (b"\x3f" + b"a" * 63) * 4 + b"\x00"  # 257 bytes on the wire
-    reply = _handler().handle(_header() + _question(name), False)
+    reply = _answer(_handler(), _header() + _question(name), False)
     assert reply is not None and _rcode_of(reply) == 1
 
 
 def test_compression_pointer_loop_in_the_question_is_formerr() -> None:
     looping = b"\xc0\x0c"  # points at itself
-    reply = _handler().handle(_header() + looping + b"\x00\x01\x00\x01", False)
+    reply = _answer(_handler(), _header() + looping + b"\x00\x01\x00\x01", False)
     assert reply is not None and _rcode_of(reply) == 1
 
 
 def test_qdcount_zero_and_two_are_formerr() -> None:
     handler = _handler()
-    zero = handler.handle(_header(qd=0), False)
-    two = handler.handle(_header(qd=2) + _question() + _question(), False)
+    zero = _answer(handler, _header(qd=0), False)
+    two = _answer(handler, _header(qd=2) + _question() + _question(), False)
     assert zero is not None and _rcode_of(zero) == 1
     assert two is not None and _rcode_of(two) == 1
 
@@ -106,7 +105,7 @@ def test_qdcount_zero_and_two_are_formerr() -> None:
 def test_question_cut_short_is_formerr() -> None:
     handler = _handler()
     for packet in (_header() + _question()[:-2], _header() + b"\x03web", _header() + b"\x03web\x00"):
-        reply = handler.handle(packet, False)
+        reply = _answer(handler, packet, False)
         assert reply is not None and _rcode_of(reply) == 1, packet
 
 
@@ -114,15 +113,17 @@ def test_zero_byte_inside_a_label_is_a_name_like_any_other() -> None:
     """RFC 2181 11: any octet may appear in a label; `a\\000b.example` is forwarded, and under
     the cluster domain it is an ordinary missing name."""
     cache = ForwardCache(10, lambda: 0.0)
-    handler = Handler(store_of(service("prod", "web")).zone, HandlerOptions(recursion_available=True), cache)
+    options = ReplyOptions(recursion_available=True)
+    pipeline = pipeline_of(store_of(service("prod", "web")), options=options, cache=cache)
     outside = b"\x03a\x00b\x07example\x00"
-    decided = handler.handle(_header() + _question(outside, qtype=16), False)
-    assert isinstance(decided, Forward)
-    assert decided.query.key == outside and decided.query.qtype == 16
-    assert decided.query.question == outside + b"\x00\x10\x00\x01"
+    decided = pipeline.answer(_header() + _question(outside, qtype=16), False, None)
+    assert isinstance(decided, Pending)
+    asked = decided.ask.query
+    assert asked.key == outside and asked.qtype == 16
+    assert asked.question == outside + b"\x00\x10\x00\x01"
     inside = b"\x03a\x00b\x04prod\x03svc\x07cluster\x05local\x00"
     for extra in (b"", b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"):
-        wire = handler.handle(_header(ar=1 if extra else 0) + _question(inside) + extra, False)
+        wire = _answer(pipeline, _header(ar=1 if extra else 0) + _question(inside) + extra, False)
         assert isinstance(wire, bytes)
         reply = _parse(wire)
         assert reply.rcode() == dns.rcode.NXDOMAIN
@@ -142,7 +143,7 @@ def test_error_replies_echo_only_a_question_that_parses() -> None:
     for name in bad_names:
         for opt in opts:
             packet = _header(ar=1) + name + b"\x00\x00\x01\x00\x01"[-4:] + opt
-            wire = handler.handle(packet, False)
+            wire = _answer(handler, packet, False)
             assert wire is not None
             reply = dns.message.from_wire(wire)  # raises if it does not parse
             assert reply.id == 0x1234 and reply.rcode() in (dns.rcode.FORMERR, dns.rcode.BADVERS)
@@ -150,14 +151,14 @@ def test_error_replies_echo_only_a_question_that_parses() -> None:
 
 
 def test_reserved_label_types_are_formerr() -> None:
-    reply = _handler().handle(_header() + b"\x41abc\x00\x00\x01\x00\x01", False)
+    reply = _answer(_handler(), _header() + b"\x41abc\x00\x00\x01\x00\x01", False)
     assert reply is not None and _rcode_of(reply) == 1
 
 
 def test_opcodes_other_than_query_get_notimp() -> None:
     handler = _handler()
     for opcode in (dns.opcode.IQUERY, dns.opcode.STATUS, dns.opcode.NOTIFY, dns.opcode.UPDATE):
-        reply = handler.handle(_header(flags=opcode << 11) + _question(), False)
+        reply = _answer(handler, _header(flags=opcode << 11) + _question(), False)
         assert reply is not None and _rcode_of(reply) == dns.rcode.NOTIMP
         assert (struct.unpack("!H", reply[2:4])[0] >> 11) & 0xF == opcode
 
@@ -165,7 +166,7 @@ def test_opcodes_other_than_query_get_notimp() -> None:
 def test_classes_other_than_in_are_refused() -> None:
     handler = _handler()
     for qclass in (3, 4, 255):  # CH, HS, ANY
-        reply = handler.handle(_header() + _question(qclass=qclass), False)
+        reply = _answer(handler, _header() + _question(qclass=qclass), False)
         assert reply is not None and _rcode_of(reply) == dns.rcode.REFUSED
 
 
@@ -181,7 +182,7 @@ def test_random_garbage_never_raises_and_never_answers_a_response() -> None:
             for _ in range(rng.randrange(1, 6)):
                 mutated[rng.randrange(len(mutated))] = rng.getrandbits(8)
             packet = bytes(mutated[: rng.randrange(1, len(mutated) + 1)])
-        reply = handler.handle(packet, rng.random() < 0.5)
+        reply = _answer(handler, packet, rng.random() < 0.5)
         if reply is not None:
             assert len(reply) >= 12
             assert reply[:2] == packet[:2]
@@ -196,7 +197,7 @@ def test_random_garbage_never_raises_and_never_answers_a_response() -> None:
 def test_reply_is_authoritative_and_copies_id_rd_and_cd() -> None:
     query = dns.message.make_query(WEB, "A")
     query.flags |= dns.flags.CD
-    reply = _parse(_handler().handle(query.to_wire(), False))
+    reply = _parse(_answer(_handler(), query.to_wire(), False))
     assert reply.id == query.id
     assert reply.flags & dns.flags.QR and reply.flags & dns.flags.AA
     assert reply.flags & dns.flags.RD and reply.flags & dns.flags.CD
@@ -206,7 +207,7 @@ def test_reply_is_authoritative_and_copies_id_rd_and_cd() -> None:
 def test_recursion_not_requested_is_not_echoed() -> None:
     query = dns.message.make_query(WEB, "A")
     query.flags &= ~dns.flags.RD
-    reply = _parse(_handler().handle(query.to_wire(), False))
+    reply = _parse(_answer(_handler(), query.to_wire(), False))
     assert not reply.flags & dns.flags.RD
 
 
@@ -224,33 +225,33 @@ def test_query_without_edns_gets_no_opt_record() -> None:
 
 def test_dnssec_ok_bit_is_echoed() -> None:
     query = dns.message.make_query(WEB, "A", want_dnssec=True)
-    reply = _parse(_handler().handle(query.to_wire(), False))
+    reply = _parse(_answer(_handler(), query.to_wire(), False))
     assert reply.ednsflags & dns.flags.DO
 
 
 def test_unknown_edns_version_gets_badvers() -> None:
     query = dns.message.make_query(WEB, "A", use_edns=1)
-    reply = _parse(_handler().handle(query.to_wire(), False))
+    reply = _parse(_answer(_handler(), query.to_wire(), False))
     assert reply.rcode() == dns.rcode.BADVERS
     assert reply.edns == 0
 
 
 def test_two_opt_records_are_formerr() -> None:
     opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
-    reply = _handler().handle(_header(ar=2) + _question() + opt + opt, False)
+    reply = _answer(_handler(), _header(ar=2) + _question() + opt + opt, False)
     assert reply is not None and _rcode_of(reply) == 1
 
 
 def test_opt_record_running_past_the_packet_is_formerr() -> None:
     opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x10\x00"
-    reply = _handler().handle(_header(ar=1) + _question() + opt, False)
+    reply = _answer(_handler(), _header(ar=1) + _question() + opt, False)
     assert reply is not None and _rcode_of(reply) == 1
 
 
 def test_opt_found_after_other_additional_records() -> None:
     cookie_like = b"\xc0\x0c\x00\x10\x00\x01\x00\x00\x00\x00\x00\x02\x01x"
     opt = b"\x00\x00\x29\x05\x00\x00\x00\x00\x00\x00\x00"
-    reply = _parse(_handler(max_udp=4096).handle(_header(ar=2) + _question() + cookie_like + opt, False))
+    reply = _parse(_answer(_handler(max_udp=4096), _header(ar=2) + _question() + cookie_like + opt, False))
     assert reply.edns == 0 and reply.payload == 4096
 
 
@@ -268,7 +269,7 @@ def test_answer_over_512_bytes_without_edns_sets_tc_and_carries_the_whole_record
     retries over TCP (musl before 1.2.4) still gets addresses."""
     handler = _handler(*_big_headless(60))  # 60 A records: 16 bytes each, over 512
     query = dns.message.make_query("big.prod.svc.cluster.local", "A", use_edns=False)
-    wire = handler.handle(query.to_wire(), False)
+    wire = _answer(handler, query.to_wire(), False)
     assert wire is not None and len(wire) <= 512
     reply = _parse(wire)
     assert reply.flags & dns.flags.TC
@@ -294,7 +295,7 @@ def test_edns_size_advertised_by_the_client_is_honoured() -> None:
 
 def test_advertised_size_is_capped_at_our_maximum() -> None:
     handler = _handler(*_big_headless(100), max_udp=1232)  # about 1.7 KB of answer
-    wire = handler.handle(dns.message.make_query("big.prod.svc.cluster.local", "A", payload=4096).to_wire(), False)
+    wire = _answer(handler, dns.message.make_query("big.prod.svc.cluster.local", "A", payload=4096).to_wire(), False)
     assert wire is not None and len(wire) <= 1232
     assert _parse(wire).flags & dns.flags.TC
 
@@ -309,8 +310,8 @@ def test_answer_section_is_kept_whole_before_the_additional_records_that_fit() -
     handler = _handler(*_big_headless(12))  # 12 SRV (~60 B) fit in 1232, their addresses do not all
     whole = ask(handler, "_pg._tcp.big.prod.svc.cluster.local", "SRV", tcp=True)
     assert len(records(whole)) == 12 and len(records(whole, "additional")) == 12
-    wire = handler.handle(
-        dns.message.make_query("_pg._tcp.big.prod.svc.cluster.local", "SRV", payload=1232).to_wire(), False
+    wire = _answer(
+        handler, dns.message.make_query("_pg._tcp.big.prod.svc.cluster.local", "SRV", payload=1232).to_wire(), False
     )
     assert wire is not None and len(wire) <= 1232
     reply = _parse(wire)
@@ -323,8 +324,8 @@ def test_answer_section_is_kept_whole_before_the_additional_records_that_fit() -
 def test_a_reply_cut_to_fit_keeps_its_header_consistent() -> None:
     handler = _handler(*_big_headless(60))
     for payload in (512, 600, 1000, 1232):
-        wire = handler.handle(
-            dns.message.make_query("big.prod.svc.cluster.local", "A", payload=payload).to_wire(), False
+        wire = _answer(
+            handler, dns.message.make_query("big.prod.svc.cluster.local", "A", payload=payload).to_wire(), False
         )
         assert wire is not None and len(wire) <= payload
         reply = _parse(wire)
@@ -339,6 +340,6 @@ def test_negative_answers_fit_and_keep_their_rcode_under_edns() -> None:
 def test_answer_larger_than_a_tcp_message_is_cut_to_fit() -> None:
     handler = _handler(*_big_headless(5000))  # 5000 x 16 bytes: more than 64 KiB
     query = dns.message.make_query("big.prod.svc.cluster.local", "A")
-    wire = handler.handle(query.to_wire(), True)
+    wire = _answer(handler, query.to_wire(), True)
     assert wire is not None and len(wire) <= 65535
     assert 3000 < len(_parse(wire).answer[0]) < 5000

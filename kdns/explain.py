@@ -1,11 +1,12 @@
 """`kdns explain`: what kdns answers for a name, and why, in plain words.
 
-The answer itself comes from the handler, as a query would get it; this module reads the same
+The answer itself comes from the same stages that answer queries; this module reads the same
 store to say which objects the answer comes from, which rule publishes it (a section of the
 Kubernetes DNS-Based Service Discovery specification 1.1.0, or the CoreDNS behaviour kdns
 follows), and for a name that does not resolve, why, and the nearest name that does.
 
-Pure: the caller gives the store and what it knows of forwarding; nothing here does I/O.
+The caller gives the store and what it knows of forwarding; nothing here does I/O. A report,
+not a stage: it lives beside the command line, outside the core.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from typing import Any
 
 from dnslib import QTYPE, RCODE, DNSError, DNSRecord
 
-from kdns.core.handler import Forward, Handler, HandlerOptions
+from kdns.core import wire
+from kdns.core.blocks import ServerBlock, ServerBlocks
+from kdns.core.cluster_zone import ClusterZone
 from kdns.core.model import EndpointSlice, IPAddress, Kind, Pod, Service, ServiceType
-from kdns.core.names import endpoint_label, parse_pod_label
+from kdns.core.names import REVERSE_ZONES, endpoint_label, parse_pod_label
+from kdns.core.stage import Reply, ReplyOptions, Request
 from kdns.core.store import ClusterStore, PodMode
 
 SPEC = "Kubernetes DNS spec 1.1.0"
@@ -100,17 +104,29 @@ def explain(store: ClusterStore, name: str, qtype: str = "A", context: Context =
 
 
 def _ask(store: ClusterStore, name: str, qtype: str, forwarding: bool) -> tuple[str, tuple[str, ...]]:
-    """The handler's own reply to the question, as a client would get it over TCP (with no
-    forward cache, a name it would forward is REFUSED here)."""
-    handler = Handler(store.zone, HandlerOptions(recursion_available=forwarding))
+    """The reply a client would get over TCP, from the same stages that answer queries: the
+    cluster zone's block, and nothing forwarded (a name kdns would forward is REFUSED here)."""
+    options = ReplyOptions(recursion_available=forwarding)
+    zones = (store.domain, *REVERSE_ZONES)
+    blocks = ServerBlocks(
+        lambda _: [
+            ServerBlock(zones, [ClusterZone(store.zone, options, synced=lambda: True)], options),
+            ServerBlock((".",), [], options),
+        ]
+    )
     try:
         query = DNSRecord.question(name, qtype)
     except Exception as error:  # dnslib: an unknown type name
         raise ValueError(f"{qtype!r} is not a record type") from error
-    reply = handler.handle(bytes(query.pack()), True)
-    if isinstance(reply, Forward) or reply is None:
+    packet = bytes(query.pack())
+    try:
+        parsed_query = wire.checked(packet, wire.parse_query(packet))
+    except wire.QueryError:
+        return "FORMERR", ()
+    outcome = blocks.resolve(Request.of(parsed_query, True, None, options))
+    if not isinstance(outcome, Reply):
         return "REFUSED", ()
-    parsed = DNSRecord.parse(reply)
+    parsed = DNSRecord.parse(outcome.message)
     return str(RCODE.get(parsed.header.rcode)), tuple(" ".join(str(rr).split()) for rr in parsed.rr)
 
 
@@ -119,7 +135,7 @@ def _under(name: str, domain: str) -> bool:
 
 
 def _reverse(name: str) -> bool:
-    return name.endswith("in-addr.arpa") or name.endswith("ip6.arpa")
+    return any(_under(name, zone) for zone in REVERSE_ZONES)
 
 
 def _outside(name: str, context: Context) -> tuple[_Why, tuple[str, ...]]:

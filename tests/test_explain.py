@@ -3,8 +3,8 @@ name that does not resolve, the reason and the nearest name that does. One test 
 
 from __future__ import annotations
 
-from kdns.core.explain import Context, explain
 from kdns.core.store import PodMode
+from kdns.explain import Context, explain
 from tests.builders import (
     endpoint,
     endpoint_slice,

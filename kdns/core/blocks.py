@@ -1,0 +1,72 @@
+"""Server blocks: which chain of stages serves a name (CoreDNS's server blocks, one port).
+
+A block holds zones and an ordered chain of stages; a query goes to the block of the most
+specific zone that holds its name (CoreDNS's rule), found by walking the name's labels from the
+left: one dictionary lookup a label, and the root zone (`.`) holds every name no other does.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+from kdns.core.message import REFUSED
+from kdns.core.names import to_wire
+from kdns.core.stage import Next, Outcome, ReplyOptions, Request, Stage, status
+
+
+class ServerBlock:
+    """Zones (text, `.` for the root) and the stages that serve them, in order. `serve` walks
+    the chain; a request that the last stage hands on is REFUSED (nothing serves it).
+    `upstreams`: the transport's group its forwarding stage asks (None: it forwards nothing), for
+    the forward cache's refreshes."""
+
+    def __init__(
+        self, zones: Sequence[str], stages: Sequence[Stage], options: ReplyOptions, upstreams: int | None = None
+    ) -> None:
+        self.zones = tuple(zones)
+        self.upstreams = upstreams
+        self.keys = tuple(to_wire(zone) for zone in zones)
+        self.stages = tuple(stages)
+        self._options = options
+        chain: Next = self._end
+        for stage in reversed(self.stages):  # built once: a request walks closures, not a list
+            chain = functools.partial(stage.serve, next=chain)
+        self.serve: Next = chain
+
+    def _end(self, request: Request) -> Outcome:
+        return status(request, REFUSED, self._options)
+
+    def __repr__(self) -> str:
+        return f"ServerBlock({' '.join(self.zones)}: {', '.join(type(stage).__name__ for stage in self.stages)})"
+
+
+class ServerBlocks:
+    """The blocks of one listener set, by zone; there must be one for the root.
+
+    Built by `build`, given `resolve`: a stage that asks a question on a client's behalf (an
+    ExternalName's target, a search path's names) has it answered by the block that holds it."""
+
+    def __init__(self, build: Callable[[Next], Sequence[ServerBlock]]) -> None:
+        self.blocks = tuple(build(self.resolve))
+        self._by_zone: dict[bytes, ServerBlock] = {}
+        for block in self.blocks:
+            for key, zone in zip(block.keys, block.zones, strict=True):
+                if key in self._by_zone:
+                    raise ValueError(f"zone {zone} is in two server blocks")
+                self._by_zone[key] = block
+        if b"\x00" not in self._by_zone:
+            raise ValueError("no server block holds the root zone (.)")
+
+    def resolve(self, request: Request) -> Outcome:
+        """`request` through the stages of the block that holds its name."""
+        return self.of(request.query.key).serve(request)
+
+    def of(self, key: bytes) -> ServerBlock:
+        """The block of the most specific zone holding the name `key` (wire form, lowercased):
+        O(labels of the name)."""
+        by_zone = self._by_zone
+        at = 0
+        while (block := by_zone.get(key[at:] if at else key)) is None:
+            at += key[at] + 1
+        return block
