@@ -7,6 +7,7 @@ exit status is 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -21,15 +22,21 @@ from kdns import __version__, app, config, logs, settings
 from kdns.address import SocketAddress
 from kdns.config import ForwardOptions, Policy, TcpLimits, WatchOptions, resolv_conf_upstreams
 from kdns.core import budgets
+from kdns.core.message import DEFAULT_MAX_UDP
 from kdns.core.names import REVERSE_ZONES
 from kdns.core.store import ClusterStore, PodMode
 from kdns.core.zonefile import render
 from kdns.errors import KdnsError
-from kdns.sources import build_store, snapshot
+from kdns.sources import build_store, new_store, snapshot
 
 log = logging.getLogger("kdns")
 
-TCP_BUFFER_LOWEST = 128 * budgets.KIB  # room for a whole largest query and a batch of replies
+# Every default below is the config record's own (`kdns.config`): one source, which
+# tests/test_config.py holds the flags to.
+_WATCH = config.WatchOptions()
+_TCP = config.TcpLimits()
+_FORWARD = ForwardOptions()
+_SERVE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(config.ServeConfig)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,22 +45,57 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)  # options every command takes
     common.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default info)"
+        "--log-level",
+        default=config.DEFAULT_LOG_LEVEL,
+        choices=["debug", "info", "warning", "error"],
+        help=f"(default {config.DEFAULT_LOG_LEVEL})",
     )
     common.add_argument(
-        "--log-format", default="text", choices=["text", "json"], help="text, or one JSON object a line (default text)"
+        "--log-format",
+        default=config.DEFAULT_LOG_FORMAT,
+        choices=["text", "json"],
+        help=f"text, or one JSON object a line (default {config.DEFAULT_LOG_FORMAT})",
     )
 
     def zone_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--cluster-domain", default="cluster.local", help="the cluster domain (default cluster.local)")
+        sub.add_argument(
+            "--cluster-domain",
+            default=config.DEFAULT_CLUSTER_DOMAIN,
+            help=f"the cluster domain (default {config.DEFAULT_CLUSTER_DOMAIN})",
+        )
         sub.add_argument(
             "--pods",
             choices=[mode.value for mode in PodMode],
-            default=PodMode.INSECURE.value,
+            default=config.DEFAULT_POD_MODE.value,
             help="pod records: insecure (any address, kubeadm's default), verified (only addresses of "
             "Pods in that namespace) or disabled (default insecure)",
         )
-        sub.add_argument("--ttl", type=int, default=config.DEFAULT_TTL, help="TTL of every zone record (default 30)")
+        sub.add_argument(
+            "--ttl",
+            type=int,
+            default=config.DEFAULT_TTL,
+            help=f"TTL of every zone record (default {config.DEFAULT_TTL})",
+        )
+
+    def forward_flags(sub: argparse.ArgumentParser) -> None:
+        """How `serve` and `node-cache` ask their upstreams."""
+        sub.add_argument("--policy", choices=[policy.value for policy in Policy], default=_FORWARD.policy.value)
+        sub.add_argument(
+            "--upstream-timeout",
+            type=float,
+            default=_FORWARD.timeout,
+            help=f"seconds per upstream try (default {_FORWARD.timeout:g})",
+        )
+        sub.add_argument(
+            "--max-concurrent",
+            type=int,
+            default=_FORWARD.max_concurrent,
+            help=f"forwarded queries in flight, shared fairly among clients; more are REFUSED "
+            f"(default {_FORWARD.max_concurrent})",
+        )
+        sub.add_argument(
+            "--cache-min-ttl", type=int, default=_FORWARD.min_ttl, help="shortest time a forwarded answer is cached"
+        )
 
     def budget_options(sub: argparse.ArgumentParser) -> None:
         """The byte budgets `serve` and `node-cache` share (README "Budgets")."""
@@ -84,10 +126,16 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--namespaces", metavar="A,B", help="serve only these namespaces (default: all)")
         sub.add_argument("--labels", metavar="SELECTOR", default="", help="serve only Services matching this selector")
         sub.add_argument(
-            "--api-timeout", type=float, default=30.0, help="seconds to connect to and read from the API (default 30)"
+            "--api-timeout",
+            type=float,
+            default=_WATCH.request_timeout,
+            help=f"seconds to connect to and read from the API (default {_WATCH.request_timeout:g})",
         )
         sub.add_argument(
-            "--api-page-size", type=int, default=500, help="objects per page of a list (default 500, as client-go)"
+            "--api-page-size",
+            type=int,
+            default=_WATCH.page_size,
+            help=f"objects per page of a list (default {_WATCH.page_size}, as client-go)",
         )
 
     serve = commands.add_parser("serve", parents=[common], help="serve DNS for a cluster")
@@ -104,33 +152,45 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--watch-timeout",
         type=int,
-        default=300,
-        help="a watch asks the API to end it after T to 2T seconds, then resumes (default 300)",
+        default=_WATCH.watch_timeout,
+        help=f"a watch asks the API to end it after T to 2T seconds, then resumes (default {_WATCH.watch_timeout})",
     )
     serve.add_argument(
-        "--api-backoff-max", type=float, default=30.0, help="longest wait between retries while the API fails"
+        "--api-backoff-max",
+        type=float,
+        default=_WATCH.backoff_max,
+        help=f"longest wait between retries while the API fails (default {_WATCH.backoff_max:g})",
     )
     serve.add_argument(
         "--listen",
         action="append",
         metavar="ADDR:PORT",
-        help="address to serve UDP and TCP on; repeatable; IPv6 as [ADDR]:PORT (default 0.0.0.0:53)",
+        help=f"address to serve UDP and TCP on; repeatable; IPv6 as [ADDR]:PORT (default {config.DEFAULT_LISTEN})",
     )
     serve.add_argument(
         "--max-udp-size",
         type=int,
-        default=1232,
-        help="largest UDP reply, and the size advertised in EDNS (default 1232, DNS Flag Day 2020)",
+        default=DEFAULT_MAX_UDP,
+        help=f"largest UDP reply, and the size advertised in EDNS (default {DEFAULT_MAX_UDP}, DNS Flag Day 2020)",
     )
     serve.add_argument(
-        "--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP connection is closed"
+        "--tcp-idle-timeout",
+        type=float,
+        default=_TCP.idle_timeout,
+        help=f"seconds before an idle TCP connection is closed (default {_TCP.idle_timeout:g})",
     )
-    serve.add_argument("--max-tcp-connections", type=int, default=1000, help="open TCP connections at most")
+    serve.add_argument(
+        "--max-tcp-connections",
+        type=int,
+        default=_TCP.max_connections,
+        help=f"open TCP connections at most; past it the one idle longest is closed (default {_TCP.max_connections})",
+    )
     serve.add_argument(
         "--tcp-write-timeout",
         type=float,
-        default=2.0,
-        help="seconds a TCP reply may take to be written before the connection is closed (default 2)",
+        default=_TCP.write_timeout,
+        help=f"seconds a TCP reply may take to be written before the connection is closed "
+        f"(default {_TCP.write_timeout:g})",
     )
     serve.add_argument(
         "--upstream",
@@ -138,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDR[:PORT]",
         help="resolver to forward other names to; repeatable (default: the nameservers of --resolv-conf)",
     )
-    serve.add_argument("--resolv-conf", default="/etc/resolv.conf", help="where to read default upstreams")
+    serve.add_argument("--resolv-conf", default=config.DEFAULT_RESOLV_CONF, help="where to read default upstreams")
     serve.add_argument(
         "--stub-domain",
         action="append",
@@ -146,18 +206,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DOMAIN=ADDR[,ADDR]",
         help="forward a domain and its subdomains to its own upstreams; repeatable",
     )
-    serve.add_argument("--policy", choices=[policy.value for policy in Policy], default="random")
-    serve.add_argument("--upstream-timeout", type=float, default=2.0, help="seconds per upstream try (default 2)")
+    forward_flags(serve)
     serve.add_argument(
-        "--max-concurrent", type=int, default=1000, help="forwarded queries in flight; more are REFUSED (default 1000)"
+        "--cache-size", type=int, default=config.DEFAULT_CACHE_SIZE, help="forwarded answers cached; 0: no cache"
     )
-    serve.add_argument("--cache-size", type=int, default=10000, help="forwarded answers cached; 0: no cache")
-    serve.add_argument("--cache-min-ttl", type=int, default=0, help="shortest time a forwarded answer is cached")
-    serve.add_argument("--cache-max-ttl", type=int, default=3600, help="longest time a forwarded answer is cached")
+    serve.add_argument(
+        "--cache-max-ttl", type=int, default=_FORWARD.max_ttl, help="longest time a forwarded answer is cached"
+    )
     serve.add_argument(
         "--serve-stale",
         metavar="DURATION",
-        default="0",
+        default=f"{config.DEFAULT_SERVE_STALE:g}",
         help="when every upstream fails, serve an answer expired less than this long ago, TTL 30 (RFC 8767)",
     )
     serve.add_argument("--prefetch", action="store_true", help="refresh an answer asked for often before it expires")
@@ -193,7 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         metavar="N",
-        default="1",
+        default=str(_SERVE_DEFAULTS["workers"]),
         help="processes answering on the same ports (SO_REUSEPORT), fed by one set of watches; "
         "auto: one per CPU (default 1)",
     )
@@ -236,7 +295,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--upstream", action="append", metavar="ADDR[:PORT]", help="the upstreams kdns forwards to (as serve)"
     )
-    explain.add_argument("--resolv-conf", default="/etc/resolv.conf", help="where kdns reads its default upstreams")
+    explain.add_argument(
+        "--resolv-conf", default=config.DEFAULT_RESOLV_CONF, help="where kdns reads its default upstreams"
+    )
     explain.add_argument("--stub-domain", action="append", default=[], metavar="DOMAIN=ADDR[,ADDR]")
     explain.add_argument("--output", choices=["text", "json"], default="text", help="plain words, or JSON for scripts")
 
@@ -264,10 +325,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the cluster DNS (a Service in front of kdns serve or CoreDNS), asked over TCP for the cluster "
         "domain and the reverse zones",
     )
-    node.add_argument("--cluster-domain", default="cluster.local", help="the cluster domain (default cluster.local)")
+    node.add_argument(
+        "--cluster-domain",
+        default=config.DEFAULT_CLUSTER_DOMAIN,
+        help=f"the cluster domain (default {config.DEFAULT_CLUSTER_DOMAIN})",
+    )
     node.add_argument("--upstream", action="append", metavar="ADDR[:PORT]", help="resolvers for other names")
     node.add_argument(
-        "--resolv-conf", default="/etc/resolv.conf", help="the node's resolvers (default /etc/resolv.conf)"
+        "--resolv-conf",
+        default=config.DEFAULT_RESOLV_CONF,
+        help=f"the node's resolvers (default {config.DEFAULT_RESOLV_CONF})",
     )
     node.add_argument("--cache-size", type=int, default=config.NODE_CACHE_SUCCESS[0], help="positive answers held")
     node.add_argument("--cache-max-ttl", type=int, default=config.NODE_CACHE_SUCCESS[1], help="longest TTL of those")
@@ -275,7 +342,6 @@ def _parser() -> argparse.ArgumentParser:
         "--denial-cache-size", type=int, default=config.NODE_CACHE_DENIAL[0], help="negative answers held"
     )
     node.add_argument("--denial-max-ttl", type=int, default=config.NODE_CACHE_DENIAL[1], help="longest TTL of those")
-    node.add_argument("--cache-min-ttl", type=int, default=0)
     node.add_argument(
         "--serve-stale",
         metavar="DURATION",
@@ -283,13 +349,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"serve expired answers this long while upstreams fail (default {config.NODE_CACHE_SERVE_STALE})",
     )
     node.add_argument("--prefetch", action="store_true", help="refresh popular answers before they expire")
-    node.add_argument("--policy", choices=[policy.value for policy in Policy], default="random")
-    node.add_argument("--upstream-timeout", type=float, default=2.0)
-    node.add_argument("--max-concurrent", type=int, default=1000)
-    node.add_argument("--max-udp-size", type=int, default=1232)
-    node.add_argument("--tcp-idle-timeout", type=float, default=10.0)
-    node.add_argument("--tcp-write-timeout", type=float, default=2.0)
-    node.add_argument("--max-tcp-connections", type=int, default=1000)
+    forward_flags(node)
+    node.add_argument("--max-udp-size", type=int, default=DEFAULT_MAX_UDP)
+    node.add_argument("--tcp-idle-timeout", type=float, default=_TCP.idle_timeout)
+    node.add_argument("--tcp-write-timeout", type=float, default=_TCP.write_timeout)
+    node.add_argument("--max-tcp-connections", type=int, default=_TCP.max_connections)
     node.add_argument("--health-listen", metavar="ADDR:PORT", default=config.NODE_CACHE_HEALTH_LISTEN)
     node.add_argument("--ready-listen", metavar="ADDR:PORT", default=config.NODE_CACHE_READY_LISTEN)
     node.add_argument("--metrics-listen", metavar="ADDR:PORT", default=config.NODE_CACHE_METRICS_LISTEN)
@@ -399,13 +463,8 @@ def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.Argument
 
 
 def _tcp_limits(args: argparse.Namespace) -> TcpLimits:
-    if args.tcp_idle_timeout <= 0 or args.max_tcp_connections < 1 or args.tcp_write_timeout <= 0:
-        raise KdnsError("--tcp-idle-timeout, --tcp-write-timeout and --max-tcp-connections must be positive")
-    return TcpLimits(
-        idle_timeout=args.tcp_idle_timeout,
-        max_connections=args.max_tcp_connections,
-        write_timeout=args.tcp_write_timeout,
-        buffer_bytes=config.byte_size("--tcp-buffer-bytes", args.tcp_buffer_bytes, lowest=TCP_BUFFER_LOWEST),
+    return config.tcp_limits(
+        args.tcp_idle_timeout, args.max_tcp_connections, args.tcp_write_timeout, args.tcp_buffer_bytes
     )
 
 
@@ -422,24 +481,20 @@ def _upstreams(args: argparse.Namespace) -> tuple[tuple[SocketAddress, ...], str
     missing: not an error), and where they came from."""
     if args.upstream:
         return tuple(SocketAddress.parse(text, "--upstream") for text in args.upstream), "--upstream"
-    if args.resolv_conf == "/etc/resolv.conf" and not Path(args.resolv_conf).exists():
+    if args.resolv_conf == config.DEFAULT_RESOLV_CONF and not Path(args.resolv_conf).exists():
         return (), args.resolv_conf
     return tuple(resolv_conf_upstreams(args.resolv_conf)), args.resolv_conf
 
 
 def _forward_options(args: argparse.Namespace, max_negative_ttl: int | None = None) -> ForwardOptions:
-    if args.max_concurrent < 1 or args.upstream_timeout <= 0 or args.cache_size < 0:
-        raise KdnsError("--max-concurrent and --upstream-timeout must be positive, --cache-size not negative")
-    highest = args.cache_max_ttl if max_negative_ttl is None else min(args.cache_max_ttl, max_negative_ttl)
-    if not 0 <= args.cache_min_ttl <= highest:
-        raise KdnsError("--cache-min-ttl, --cache-max-ttl (and --denial-max-ttl): need 0 <= min <= max")
-    return ForwardOptions(
-        policy=Policy(args.policy),
-        timeout=args.upstream_timeout,
-        max_concurrent=args.max_concurrent,
-        min_ttl=args.cache_min_ttl,
-        max_ttl=args.cache_max_ttl,
-        max_negative_ttl=max_negative_ttl,
+    return config.forward_options(
+        args.policy,
+        args.upstream_timeout,
+        args.max_concurrent,
+        args.cache_size,
+        args.cache_min_ttl,
+        args.cache_max_ttl,
+        max_negative_ttl,
     )
 
 
@@ -450,7 +505,9 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         kubeconfig=args.kubeconfig,
         context=args.context,
         watch=_watch_options(args, watch_pods=pod_mode is PodMode.VERIFIED or args.autopath),
-        listen=tuple(SocketAddress.parse(text, "--listen", lowest_port=0) for text in (args.listen or ["0.0.0.0:53"])),
+        listen=tuple(
+            SocketAddress.parse(text, "--listen", lowest_port=0) for text in (args.listen or [config.DEFAULT_LISTEN])
+        ),
         cluster_domain=config.cluster_domain(args.cluster_domain),
         pod_mode=pod_mode,
         ttl=config.ttl(args.ttl),
@@ -489,17 +546,14 @@ def _forward_config(args: argparse.Namespace) -> config.ForwardConfig:
 
 
 def _watch_options(args: argparse.Namespace, watch_pods: bool) -> WatchOptions:
-    watch_timeout = getattr(args, "watch_timeout", 300)
-    if watch_timeout < 1:
-        raise KdnsError(f"--watch-timeout {watch_timeout}: must be at least 1 second")
-    return WatchOptions(
-        namespaces=config.namespaces(args.namespaces),
-        label_selector=args.labels,
-        watch_pods=watch_pods,
-        watch_timeout=watch_timeout,
-        request_timeout=config.positive("--api-timeout", args.api_timeout),
-        backoff_max=config.positive("--api-backoff-max", getattr(args, "api_backoff_max", 30.0)),
-        page_size=int(config.positive("--api-page-size", args.api_page_size)),
+    return config.watch_options(
+        args.namespaces,
+        args.labels,
+        watch_pods,
+        getattr(args, "watch_timeout", _WATCH.watch_timeout),  # `serve` takes it; `snapshot` and `explain` do not
+        args.api_timeout,
+        getattr(args, "api_backoff_max", _WATCH.backoff_max),
+        args.api_page_size,
     )
 
 
@@ -584,8 +638,8 @@ def _explain(args: argparse.Namespace) -> int:
     domain = config.cluster_domain(args.cluster_domain)
     options = _watch_options(args, watch_pods=PodMode(args.pods) is PodMode.VERIFIED)
     if args.snapshot is not None:
-        loaded, store = build_store(args.snapshot, domain, config.ttl(args.ttl), PodMode(args.pods))
-        snapshot.report(loaded)
+        store = new_store(domain, config.ttl(args.ttl), PodMode(args.pods))
+        snapshot.report(build_store(args.snapshot, store))
     else:
         store = _listed_store(args, options, domain)
     upstreams, source = _upstreams(args)
@@ -626,14 +680,14 @@ def _listed_store(args: argparse.Namespace, options: WatchOptions, domain: str) 
             continue
         if converted is not None:
             objects.append(converted)
-    store = ClusterStore(domain, config.ttl(args.ttl), PodMode(args.pods))
+    store = new_store(domain, config.ttl(args.ttl), PodMode(args.pods))
     store.load(objects, on_error=lambda obj, error: log.warning("could not apply %s: %s", obj, error))
     return store
 
 
 def _store_from(args: argparse.Namespace) -> tuple[snapshot.Snapshot, ClusterStore]:
-    domain = config.cluster_domain(args.cluster_domain)
-    return build_store(args.snapshot, domain, config.ttl(args.ttl), PodMode(args.pods))
+    store = new_store(config.cluster_domain(args.cluster_domain), config.ttl(args.ttl), PodMode(args.pods))
+    return build_store(args.snapshot, store), store
 
 
 def _check(args: argparse.Namespace) -> int:

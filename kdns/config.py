@@ -23,6 +23,15 @@ from kdns.errors import KdnsError
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 30  # kubeadm's Corefile (`ttl 30`); CoreDNS's own default is 5
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+DEFAULT_POD_MODE = PodMode.INSECURE  # kubeadm's Corefile: `pods insecure`
+DEFAULT_LISTEN = "0.0.0.0:53"
+DEFAULT_RESOLV_CONF = "/etc/resolv.conf"  # kubeadm's Corefile: `forward . /etc/resolv.conf`
+DEFAULT_CACHE_SIZE = 10_000  # forwarded answers cached (CoreDNS's cache: 9984)
+DEFAULT_SERVE_STALE = 0.0  # seconds an expired answer may still be served; 0: off (CoreDNS's cache)
+DEFAULT_LOG_LEVEL = "info"
+DEFAULT_LOG_FORMAT = "text"
+TCP_BUFFER_LOWEST = 128 * budgets.KIB  # room for a whole largest query and a batch of replies
 DEFAULT_LAMEDUCK = 5.0  # kubeadm's Corefile: `health { lameduck 5s }`
 MAX_TTL = 3600  # CoreDNS's kubernetes plugin accepts 0-3600
 
@@ -145,8 +154,8 @@ class ServeConfig:
     forward: ForwardConfig
     lameduck: float = DEFAULT_LAMEDUCK  # seconds of answering after SIGTERM, not ready
     log_queries: bool = False  # one log line per answered query (CoreDNS's `log`)
-    log_level: str = "info"
-    log_format: str = "text"
+    log_level: str = DEFAULT_LOG_LEVEL
+    log_format: str = DEFAULT_LOG_FORMAT
     config_file: str | None = None  # where settings were read from, watched for changes
     workers: int = 1  # processes answering queries on the same ports (`--workers`)
     autopath: bool = False  # answer a Pod's query from its search path (`--autopath`)
@@ -261,6 +270,65 @@ def quoted(value: object) -> str:
         return f"a {'list' if isinstance(value, list) else 'mapping'} of {len(value)} items"
     text = repr(value) if isinstance(value, (str, int, float, type(None))) else f"a {type(value).__name__}"
     return text if len(text) <= QUOTED_LIMIT else text[: QUOTED_LIMIT - 3] + "..."
+
+
+def tcp_limits(idle_timeout: float, max_connections: int, write_timeout: float, buffer_bytes: str) -> TcpLimits:
+    """`--tcp-idle-timeout`, `--max-tcp-connections`, `--tcp-write-timeout`, `--tcp-buffer-bytes`."""
+    if idle_timeout <= 0 or max_connections < 1 or write_timeout <= 0:
+        raise KdnsError("--tcp-idle-timeout, --tcp-write-timeout and --max-tcp-connections must be positive")
+    return TcpLimits(
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
+        write_timeout=write_timeout,
+        buffer_bytes=byte_size("--tcp-buffer-bytes", buffer_bytes, lowest=TCP_BUFFER_LOWEST),
+    )
+
+
+def forward_options(
+    policy: str,
+    timeout: float,
+    max_concurrent: int,
+    cache_size: int,
+    min_ttl: int,
+    max_ttl: int,
+    max_negative_ttl: int | None = None,
+) -> ForwardOptions:
+    """`--policy`, `--upstream-timeout`, `--max-concurrent`, `--cache-min-ttl`, `--cache-max-ttl`
+    (and a node cache's `--denial-max-ttl`), with `--cache-size` checked beside them."""
+    if max_concurrent < 1 or timeout <= 0 or cache_size < 0:
+        raise KdnsError("--max-concurrent and --upstream-timeout must be positive, --cache-size not negative")
+    highest = max_ttl if max_negative_ttl is None else min(max_ttl, max_negative_ttl)
+    if not 0 <= min_ttl <= highest:
+        raise KdnsError("--cache-min-ttl, --cache-max-ttl (and --denial-max-ttl): need 0 <= min <= max")
+    try:
+        chosen = Policy(policy)
+    except ValueError:
+        raise KdnsError(f"--policy {quoted(policy)}: one of {', '.join(p.value for p in Policy)}") from None
+    return ForwardOptions(chosen, timeout, max_concurrent, min_ttl, max_ttl, max_negative_ttl)
+
+
+def watch_options(
+    namespaces_text: str | None,
+    labels: str,
+    watch_pods: bool,
+    watch_timeout: int,
+    request_timeout: float,
+    backoff_max: float,
+    page_size: float,
+) -> WatchOptions:
+    """`--namespaces`, `--labels`, `--watch-timeout`, `--api-timeout`, `--api-backoff-max`,
+    `--api-page-size`; Pods watched when a mode needs them."""
+    if watch_timeout < 1:
+        raise KdnsError(f"--watch-timeout {watch_timeout}: must be at least 1 second")
+    return WatchOptions(
+        namespaces=namespaces(namespaces_text),
+        label_selector=labels,
+        watch_pods=watch_pods,
+        watch_timeout=watch_timeout,
+        request_timeout=positive("--api-timeout", request_timeout),
+        backoff_max=positive("--api-backoff-max", backoff_max),
+        page_size=int(positive("--api-page-size", page_size)),
+    )
 
 
 def positive(flag: str, value: float) -> float:

@@ -4,14 +4,18 @@ as a ConfigMap update swaps it, with no failed query."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from pathlib import Path
 
 import yaml
 
-from kdns import cli
-from kdns.config import ServeConfig
+from kdns import cli, config
+from kdns.address import SocketAddress
+from kdns.config import ForwardConfig, ForwardOptions, OpsListeners, ServeConfig, TcpLimits, WatchOptions
+from kdns.core import budgets
+from kdns.core.message import DEFAULT_MAX_UDP
 from kdns.errors import KdnsError
 from tests.helpers import METRICS, QueryLoop, http_get, http_port, metric, wait
 from tests.process import EXAMPLE, KdnsServer, run_kdns
@@ -182,3 +186,63 @@ def test_a_hostile_reload_is_refused_and_counted_while_dns_is_answered(tmp_path:
         loop.stop()
         assert server.stop() == 0, server.log_text()
     assert loop.asked > 20 and loop.wrong == [], loop.wrong[:5]
+
+
+# -- one source for defaults (issue 18, point 6) ------------------------------------------------
+
+
+def _defaults(command: str) -> ServeConfig:
+    """The configuration of `kdns <command>` given no flag (node-cache's one required flag aside)."""
+    argv = [command] if command == "serve" else [command, "--cluster-dns", "10.96.0.10"]
+    parser = cli._parser()
+    args = parser.parse_args(argv)
+    settings = cli._serve_settings(parser, argv, args, {}, command)
+    return cli._checked_serve_config(settings) if command == "serve" else cli._node_cache_config(settings)
+
+
+def test_every_flag_of_serve_defaults_to_the_config_records_own() -> None:
+    """Defaults live in kdns/config.py (and kdns/core/budgets.py); the command line repeats none."""
+    defaults = _defaults("serve")
+    for field in dataclasses.fields(ServeConfig):
+        if field.default is not dataclasses.MISSING:
+            assert getattr(defaults, field.name) == field.default, field.name
+    assert defaults.tcp == TcpLimits()
+    assert defaults.watch == WatchOptions()
+    assert defaults.forward.options == ForwardOptions()
+    assert defaults.listen == (SocketAddress.parse(config.DEFAULT_LISTEN, "--listen"),)
+    assert (defaults.cluster_domain, defaults.pod_mode, defaults.ttl, defaults.max_udp) == (
+        config.DEFAULT_CLUSTER_DOMAIN,
+        config.DEFAULT_POD_MODE,
+        config.DEFAULT_TTL,
+        DEFAULT_MAX_UDP,
+    )
+    forward = defaults.forward
+    assert (forward.cache_size, forward.serve_stale, forward.prefetch) == (
+        config.DEFAULT_CACHE_SIZE,
+        config.DEFAULT_SERVE_STALE,
+        False,
+    )
+    for field in dataclasses.fields(ForwardConfig):
+        if field.default is not dataclasses.MISSING:
+            assert getattr(forward, field.name) == field.default, field.name
+    assert defaults.ops == OpsListeners(
+        health=SocketAddress.parse(config.DEFAULT_HEALTH_LISTEN, "--health-listen"),
+        ready=SocketAddress.parse(config.DEFAULT_READY_LISTEN, "--ready-listen"),
+        metrics=SocketAddress.parse(config.DEFAULT_METRICS_LISTEN, "--metrics-listen"),
+    )
+
+
+def test_every_flag_of_node_cache_defaults_to_the_config_records_own() -> None:
+    defaults = _defaults("node-cache")
+    assert defaults.tcp == TcpLimits()
+    assert defaults.max_udp == DEFAULT_MAX_UDP and defaults.lameduck == config.DEFAULT_LAMEDUCK
+    assert defaults.reply_cache_bytes == budgets.REPLY_CACHE_BYTES
+    forward = defaults.forward
+    success, denial = config.NODE_CACHE_SUCCESS, config.NODE_CACHE_DENIAL
+    assert forward.options == ForwardOptions(max_ttl=success[1], max_negative_ttl=denial[1])
+    assert (forward.cache_size, forward.denial_cache_size) == (success[0], denial[0])
+    assert (forward.cache_bytes, forward.denial_cache_bytes) == (
+        budgets.FORWARD_CACHE_BYTES,
+        budgets.DENIAL_CACHE_BYTES,
+    )
+    assert forward.serve_stale == config.duration("--serve-stale", config.NODE_CACHE_SERVE_STALE)

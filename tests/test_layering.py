@@ -94,3 +94,51 @@ def test_serving_a_snapshot_never_imports_the_kubernetes_client() -> None:
     )
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+LISTENERS = ("kdns.serve", "kdns.ops", "kdns.connections")
+STAGES = (
+    "kdns.core.cluster_zone",
+    "kdns.core.autopath",
+    "kdns.core.forwarding",
+    "kdns.core.loop",
+    "kdns.core.blocks",
+    "kdns.core.stage",
+)
+
+
+def _direct(graph: dict[str, set[str]], name: str) -> set[str]:
+    """The kdns modules `name` imports itself (an imported name counts as its module)."""
+    modules = {module for module in graph if module.startswith("kdns")}
+    return {imported for imported in graph[name] if imported in modules}
+
+
+def test_listeners_only_move_bytes() -> None:
+    """Issue 18: the listeners import no forwarder, no query log and no answering policy:
+    answers, their admission, counting, timing and logging are the pipeline's."""
+    graph = _imports()
+    allowed_core = {"kdns.core.message", "kdns.core.stage", "kdns.core.budgets"}
+    for listener in LISTENERS:
+        for imported in _direct(graph, listener):
+            assert imported not in ("kdns.forward", "kdns.logs", "kdns.answering", "kdns.app"), (listener, imported)
+            assert not imported.startswith("kdns.core.") or imported in allowed_core, (listener, imported)
+
+
+def test_the_forwarder_is_a_transport_that_knows_no_stage() -> None:
+    """Issue 18: the forwarder reaches no stage and no pipeline, and itself imports nothing that
+    decides answers (the cache, the zone, the reply cache): the pipeline asks it; it asks upstream."""
+    graph = _imports()
+    for imported in _reachable(graph, "kdns.forward"):
+        assert imported.rsplit(".", 1)[0] not in STAGES and imported not in STAGES, imported
+        assert not imported.startswith("kdns.pipeline"), imported
+    for imported in _direct(graph, "kdns.forward"):
+        assert imported not in ("kdns.core.cache", "kdns.core.zone", "kdns.core.kept"), imported
+
+
+def test_stages_import_the_core_and_nothing_above_it() -> None:
+    """Issue 18: stages are pure: the core, and no transport, pipeline or listener."""
+    graph = _imports()
+    for stage in STAGES:
+        for imported in _reachable(graph, stage):
+            if imported.split(".")[0] == "kdns":
+                assert imported.startswith("kdns.core"), (stage, imported)

@@ -25,29 +25,54 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def build_store(
-    path: Path,
+def new_store(
     domain: str,
     ttl: int,
     pod_mode: PodMode,
+    *,
+    pod_budget: int = POD_INDEX_BYTES,
     fallback_ns_addresses: tuple[IPAddress, ...] = (),
     journal: Callable[[Change], None] | None = None,
-    pod_budget: int = POD_INDEX_BYTES,
-) -> tuple[snapshot.Snapshot, ClusterStore]:
-    """A store filled from a snapshot file, its serial set to now, and what the file held."""
-    loaded = snapshot.load(path)
-    store = ClusterStore(
+    reports: bool = True,
+) -> ClusterStore:
+    """The one way kdns makes a store, wherever it needs one: `reports` logs each part of an
+    object DNS cannot carry, once (a worker that replays another store's journal reports
+    nothing: that store does)."""
+    return ClusterStore(
         domain,
         ttl,
         pod_mode,
         fallback_ns_addresses=fallback_ns_addresses,
-        report=report_omission,
+        report=report_omission if reports else _silent,
         journal=journal,
         pod_budget=pod_budget,
     )
+
+
+def store_for(
+    config: ServeConfig,
+    fallback_ns_addresses: tuple[IPAddress, ...] = (),
+    journal: Callable[[Change], None] | None = None,
+    reports: bool = True,
+) -> ClusterStore:
+    """`new_store` for the zone `config` serves."""
+    return new_store(
+        config.cluster_domain,
+        config.ttl,
+        config.pod_mode,
+        pod_budget=config.pod_index_bytes,
+        fallback_ns_addresses=fallback_ns_addresses,
+        journal=journal,
+        reports=reports,
+    )
+
+
+def build_store(path: Path, store: ClusterStore) -> snapshot.Snapshot:
+    """Fill `store` from a snapshot file, its serial set to now; what the file held."""
+    loaded = snapshot.load(path)
     store.load(loaded.objects, on_error=_object_failed)
     store.bump_serial(int(time.time()))
-    return loaded, store
+    return loaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +97,8 @@ def open_sources(
     if config.node_cache:
         return Sources(state, None, None)
     if config.snapshot is not None:
-        loaded, store = build_store(
-            config.snapshot,
-            config.cluster_domain,
-            config.ttl,
-            config.pod_mode,
-            fallback_ns_addresses,
-            journal,
-            config.pod_index_bytes,
-        )
+        store = store_for(config, fallback_ns_addresses, journal)
+        loaded = build_store(config.snapshot, store)
         snapshot.report(loaded)
         counts = ", ".join(f"{count} {what}" for what, count in store.counts().items())
         log.info("loaded %s: %s", loaded.path, counts)
@@ -91,15 +109,7 @@ def open_sources(
     from kdns.sources.kube import ClusterFollower, load_api_client
 
     api_client = load_api_client(config.kubeconfig, config.context)
-    store = ClusterStore(
-        config.cluster_domain,
-        config.ttl,
-        config.pod_mode,
-        fallback_ns_addresses=fallback_ns_addresses,
-        report=report_omission,
-        journal=journal,
-        pod_budget=config.pod_index_bytes,
-    )
+    store = store_for(config, fallback_ns_addresses, journal)
     report_stores(state, store)
     return Sources(state, store, ClusterFollower(store, api_client, config.watch, state))
 
@@ -113,6 +123,10 @@ def report_stores(state: State, store: ClusterStore) -> None:
 def report_omission(omission: Omission) -> None:
     """Log, once, a part of an object that DNS cannot carry (the rest of it is served)."""
     log.warning("left out of DNS: %s", omission)
+
+
+def _silent(omission: Omission) -> None:
+    return None
 
 
 def _object_failed(obj: ClusterObject, error: Exception) -> None:

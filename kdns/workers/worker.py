@@ -17,7 +17,7 @@ from kdns.answering import Answerer
 from kdns.config import ServeConfig
 from kdns.core.store import Change, ClusterStore, bulk_change
 from kdns.serve import BoundListener, bind
-from kdns.sources import report_stores
+from kdns.sources import report_stores, store_for
 from kdns.state import State, WorkerFigures
 from kdns.workers.feed import READ_SIZE, REPORT_INTERVAL, FrameReader, Objects, Start, Synced, frame
 
@@ -124,13 +124,8 @@ def spawned(argv: Sequence[str]) -> int:
                 assert isinstance(message, Start)
                 start, chunks = message, message.chunks
                 logs.configure(start.config.log_level, start.config.log_format)
-                store = ClusterStore(
-                    start.config.cluster_domain,
-                    start.config.ttl,
-                    start.config.pod_mode,
-                    fallback_ns_addresses=start.fallback_ns_addresses,
-                    pod_budget=start.config.pod_index_bytes,
-                )
+                # It replays the supervisor's journal: it reports nothing the supervisor reports.
+                store = store_for(start.config, start.fallback_ns_addresses, reports=False)
             else:
                 assert isinstance(message, Objects)
                 store.load(message.objects)
