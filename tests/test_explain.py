@@ -6,11 +6,14 @@ from __future__ import annotations
 from kdns.core.store import PodMode
 from kdns.explain import Context, explain
 from tests.builders import (
+    ask,
     endpoint,
     endpoint_slice,
     headless,
     namespace,
+    pipeline_of,
     pod,
+    rcode,
     service,
     store_of,
 )
@@ -157,3 +160,21 @@ def test_the_text_and_json_forms_carry_the_same_facts() -> None:
     assert "why: there is no Service prod/api" in text and "nearest: api.staging.svc.cluster.local" in text
     data = found.as_json()
     assert data["rcode"] == "NXDOMAIN" and data["nearest"].startswith("api.staging")
+
+
+def test_for_every_name_and_type_explain_says_what_the_pipeline_answers() -> None:
+    """Issue 18, point 7: `explain` is a report, but its answer is the one queries get: for every
+    name the fixture's zone holds (and some it does not), every type, the rcode and records it
+    gives are the pipeline's."""
+    names = sorted({owner for owner, _, _ in STORE.zone.names()})
+    names += ["nope.prod.svc.cluster.local", "x.db.prod.svc.cluster.local", "10-244-0-1.prod.pod.cluster.local"]
+    pipeline = pipeline_of(STORE)
+    for name in names:
+        for qtype in ("A", "AAAA", "SRV", "PTR", "TXT", "CNAME", "SOA", "NS", "ANY"):
+            reply = ask(pipeline, name, qtype, tcp=True)
+            found = explain(STORE, name, qtype)
+            told = sorted(" ".join(line.split()).lower() for line in found.answer)
+            got = sorted(
+                " ".join(line.split()).lower() for rrset in reply.answer for line in rrset.to_text().splitlines()
+            )
+            assert (found.rcode, told) == (rcode(reply), got), (name, qtype)
