@@ -292,14 +292,8 @@ class Pipeline:
         if not self._timed:
             return
         took = perf_counter() - started
-        durations = self._durations
-        if durations is not None:
-            # `RequestDurations.observe`, inlined: this runs for every query.
-            histogram = durations.by_type.get(qtype)
-            if histogram is None:
-                histogram = durations.histogram(qtype)
-            histogram.counts[bisect_left(LATENCY_BUCKETS, took)] += 1
-            histogram.total += took
+        if self._durations is not None:
+            self._durations.observe(qtype, took)
         if self._query_log is not None and client is not None:
             self._query_log.record(client, packet, reply, tcp, took)
 

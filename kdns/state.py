@@ -163,7 +163,7 @@ class State:
 
     def synced(self) -> bool:
         """Every watcher has listed once (always, for a snapshot): a name missing from the zone
-        is missing from the cluster. The handler asks this, never `ready`: while draining,
+        is missing from the cluster. The cluster zone asks this, never `ready`: while draining,
         missing names are still NXDOMAIN."""
         return not self._following or all(watch.listed for watch in self.watches.values())
 

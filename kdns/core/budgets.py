@@ -14,7 +14,7 @@ from typing import NamedTuple
 KIB = 1024
 MIB = 1024 * KIB
 
-# Replies the handler keeps for repeated queries (`kdns.core.kept`), for UDP and TCP together;
+# Replies the pipeline keeps for repeated queries (`kdns.core.kept`), for UDP and TCP together;
 # each transport may hold half. A UDP reply is a few hundred bytes, a TCP one up to 64 KiB.
 REPLY_CACHE_BYTES = 16 * MIB
 # Forwarded answers (`kdns.core.cache`): the cache of positive answers, and in `kdns serve` the

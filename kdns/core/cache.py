@@ -71,7 +71,7 @@ def entry_size(key: CacheKey, answer: ForwardedAnswer) -> int:
 
 
 class Entry:
-    """One cached answer. Outside this module only a handle: the handler keeps it beside a reply
+    """One cached answer. Outside this module only a handle: the pipeline keeps it beside a reply
     it made from it, to count a hit (`ForwardCache.kept_hit`) without the LRU."""
 
     __slots__ = (
@@ -190,7 +190,7 @@ class ForwardCache:
         return entry, min(entry.expires, entry.stored + entry.served_at + 1)
 
     def kept_hit(self, entry: Entry, now: float) -> bool:
-        """A hit on `entry`'s answer served again without `get` (the handler's kept reply, before
+        """A hit on `entry`'s answer served again without `get` (the pipeline's kept reply, before
         the time `served` gave): counted, and its prefetch planned, as `get` does; the LRU is not
         touched (`get` is asked again once a second). False, counting nothing, when a newer
         answer has replaced it (a prefetch): the reply must be made again."""

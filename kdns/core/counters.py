@@ -1,6 +1,6 @@
 """Plain integer counters the query path keeps, for the state seam (`kdns.state`) to publish.
 
-Kept in the core because the handler counts as it answers: one dictionary update per query,
+Kept in the core because every reply is counted as it is made: one dictionary update per query,
 keyed by (transport, type, rcode), costs well under a microsecond; anything richer (labels,
 histograms) is built when metrics are read, not per query.
 """

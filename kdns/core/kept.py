@@ -1,4 +1,4 @@
-"""The handler's reply cache: replies kept by the bytes of the query after its ID, so that a
+"""The pipeline's reply cache: replies kept by the bytes of the query after its ID, so that a
 repeated query costs one dictionary lookup and one concatenation. Bounded in bytes.
 
 A kept reply's size is what it really holds: the key and the reply's bytes, and KEPT_OVERHEAD for

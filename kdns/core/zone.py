@@ -132,7 +132,7 @@ class Zone:
         self._domain_key = self.apexes[0]
         self._pod_suffix = to_wire(f"pod.{self.domain}")
         # (lowercased wire name, type) -> answer, for every name and type that has records. The
-        # handler reads it directly; everything else about a name goes through `answer`.
+        # cluster zone stage reads it directly; everything else about a name goes through `answer`.
         self.prepared: dict[tuple[bytes, int], Answer] = {}
         self._cname: dict[bytes, Answer] = {}
         self._nodes: dict[bytes, _Node] = {}
@@ -155,7 +155,7 @@ class Zone:
         # others again cost most of its rebuild. About 70 bytes a record, for those sets only.
         self._large: dict[tuple[bytes, int], dict[Record, bytes]] = {}
         # Moves on with every change to what the zone answers: whoever keeps replies made from
-        # it (the handler's reply cache) drops them when it differs from what they were made at.
+        # it (the pipeline's reply cache) drops them when it differs from what they were made at.
         self.generation = 0
         self.serial = 0
         self.set_serial(1)
