@@ -378,13 +378,16 @@ def _srv_owner(
 ) -> bytes | None:
     """`_<port>._<proto>.<service name>` (spec 2.3.2), or None when it cannot be a DNS name."""
     label = "_" + port.name
-    if len(label) <= MAX_LABEL and len(base) + 2 + len(label) + len(port.protocol.label) <= MAX_NAME_WIRE:
+    fits = len(label) <= MAX_LABEL and len(base) + 2 + len(label) + len(port.protocol.label) <= MAX_NAME_WIRE
+    # The API server takes only IANA service names (ASCII); a snapshot may hold anything.
+    if label.isascii() and fits:
         return label_wire(label) + label_wire(port.protocol.label) + base
-    problem = (
-        f"the SRV label {label!r} is longer than {MAX_LABEL} bytes"
-        if len(label) > MAX_LABEL
-        else f"the SRV name for port {port.name!r} would be longer than {MAX_NAME_WIRE} bytes"
-    )
+    if not label.isascii():
+        problem = f"the SRV label {label!r} is not ASCII"
+    elif len(label) > MAX_LABEL:
+        problem = f"the SRV label {label!r} is longer than {MAX_LABEL} bytes"
+    else:
+        problem = f"the SRV name for port {port.name!r} would be longer than {MAX_NAME_WIRE} bytes"
     kind = Kind.SERVICE if isinstance(owner_object, Service) else Kind.ENDPOINT_SLICE
     omitted.append(Omission(kind, _ref(owner_object), field, problem + ": this port has no SRV name"))
     return None

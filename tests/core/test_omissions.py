@@ -50,6 +50,17 @@ def test_a_port_name_too_long_for_an_srv_label_loses_only_that_srv() -> None:
     assert list(store.omissions.values()) == [tuple(reported)]
 
 
+def test_a_port_name_that_is_not_ascii_loses_only_its_srv_found_by_the_fuzzer() -> None:
+    # tests/test_fuzz.py found this: such a name raised while the zone was built.
+    ports = [{"name": "", "port": 1}, {"name": "é" * 40, "port": 2}, {"name": "http", "port": 80}]
+    store, reported = _store(service("prod", "a", ["10.96.0.1"], ports=ports))
+    assert records(ask(store, "a.prod.svc.cluster.local")) == ["a.prod.svc.cluster.local. A 10.96.0.1"]
+    assert len(records(ask(store, "_http._tcp.a.prod.svc.cluster.local", "SRV"))) == 1
+    assert [(omission.field, omission.problem) for omission in reported] == [
+        ("spec.ports[1].name", f"the SRV label '_{'é' * 40}' is not ASCII: this port has no SRV name")
+    ]
+
+
 def test_an_omission_is_reported_once_and_forgotten_when_the_object_is_fixed() -> None:
     bad = service("a", "bad", ["10.96.0.9"], ports=[{"name": LONG_PORT, "port": 81}])
     store, reported = _store(bad)
