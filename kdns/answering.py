@@ -19,6 +19,7 @@ from kdns.core.blocks import ServerBlock, ServerBlocks
 from kdns.core.cache import ForwardCache
 from kdns.core.cluster_zone import ClusterZone
 from kdns.core.forwarding import CacheStage, ForwardStage
+from kdns.core.loadbalance import LoadBalance
 from kdns.core.loop import LoopProbes, LoopStage
 from kdns.core.model import IPAddress
 from kdns.core.names import REVERSE_ZONES, to_wire
@@ -78,6 +79,7 @@ class Answerer:
             count_autopath=self.state.queries.count_autopath,
             default_upstreams=bool(config.forward.upstreams),
             stub_domains=[domain for domain, _ in config.forward.stubs],
+            loadbalance=config.loadbalance,
         )
         async with trio.open_nursery() as nursery:
             self.loop_exit.scope = nursery.cancel_scope
@@ -114,6 +116,7 @@ def server_blocks(
     count_autopath: Callable[[], None] = lambda: None,
     default_upstreams: bool = True,
     stub_domains: Sequence[str] = (),
+    loadbalance: bool = False,
 ) -> ServerBlocks:
     """The server blocks kdns serves, as kubeadm's Corefile has them, with kube-dns's stub
     domains as blocks of their own:
@@ -127,6 +130,8 @@ def server_blocks(
       REFUSED.
 
     Without a forward cache nothing is forwarded (there is no transport: no upstream at all).
+    With `loadbalance`, each block's first stage gives its replies' address and MX records in
+    turn (CoreDNS's `loadbalance`, first of these in its plugin order).
     """
     default = 0 if default_upstreams and cache is not None else None
 
@@ -135,18 +140,21 @@ def server_blocks(
             return []
         return [CacheStage(cache, options), LoopStage(probes, options), ForwardStage(group, options)]
 
+    def first_stages() -> list[Stage]:
+        return [LoadBalance()] if loadbalance else []
+
     def build(resolve: Next) -> list[ServerBlock]:
         blocks = []
         if zone is not None:
-            stages: list[Stage] = []
+            stages = first_stages()
             if autopath is not None:
                 stages.append(AutopathStage(autopath, options, synced, resolve, count_autopath))
             stages.append(ClusterZone(zone, options, synced, resolve if cache is not None else None))
             stages += forwarding_stages(default)
             blocks.append(ServerBlock((domain, *REVERSE_ZONES), stages, options, default))
         for group, stub in enumerate(stub_domains, 1):
-            blocks.append(ServerBlock((stub,), forwarding_stages(group), options, group))
-        blocks.append(ServerBlock((".",), forwarding_stages(default), options, default))
+            blocks.append(ServerBlock((stub,), first_stages() + forwarding_stages(group), options, group))
+        blocks.append(ServerBlock((".",), first_stages() + forwarding_stages(default), options, default))
         return blocks
 
     return ServerBlocks(build)

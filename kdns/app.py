@@ -5,6 +5,7 @@ runs it until a signal ends it."""
 from __future__ import annotations
 
 import logging
+import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -26,8 +27,6 @@ from kdns.state import State
 from kdns.workers import WorkerPool
 
 log = logging.getLogger(__name__)
-
-CONFIG_POLL = 2.0  # seconds between looks at the configuration file (CoreDNS's `reload`: 30 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +116,18 @@ def _no_names() -> int:
     return 0  # a node cache holds no zone
 
 
-def main(config: ServeConfig, reload: Callable[[], ServeConfig] | None = None) -> int:
+Fingerprint = Callable[[str, int], str | None]  # a configuration file's digest (at most so many bytes read)
+
+
+def main(
+    config: ServeConfig, reload: Callable[[], ServeConfig] | None = None, fingerprint: Fingerprint = fingerprint
+) -> int:
     """`kdns serve`: run until SIGTERM or SIGINT; the exit status. A setup error is raised as the
     `KdnsError` it is, for the command line to print. With `reload`, SIGHUP (and a change of
-    `config.config_file`) reads the configuration again."""
+    `config.config_file`'s `fingerprint`) reads the configuration again."""
     pool = WorkerPool.start(config) if config.workers > 1 else None
     try:
-        return trio.run(_until_signalled, config, reload, pool)
+        return trio.run(_until_signalled, config, reload, pool, fingerprint)
     except BaseExceptionGroup as group:
         errors, rest = group.split(KdnsError)
         if errors is not None and rest is None:
@@ -135,7 +139,10 @@ def main(config: ServeConfig, reload: Callable[[], ServeConfig] | None = None) -
 
 
 async def _until_signalled(
-    config: ServeConfig, reload: Callable[[], ServeConfig] | None = None, pool: WorkerPool | None = None
+    config: ServeConfig,
+    reload: Callable[[], ServeConfig] | None = None,
+    pool: WorkerPool | None = None,
+    fingerprint: Fingerprint = fingerprint,
 ) -> int:
     """Run until SIGINT, or SIGTERM and then `config.lameduck` seconds of answering while /ready
     says 503 (CoreDNS's `health { lameduck }`: the Service stops sending queries before kdns
@@ -150,7 +157,7 @@ async def _until_signalled(
                 nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
 
             running: Running = await nursery.start(serving)
-            reloader = Reloader(config, reload, running.state)
+            reloader = Reloader(config, reload, running.state, fingerprint)
             if reload is not None and config.config_file is not None:
                 nursery.start_soon(reloader.watch_file, config.config_file)
             async for signum in signals:
@@ -180,10 +187,17 @@ class Reloader:
     reload is refused, never an exit: a `KdnsError` names the file and the key; anything else
     (a parser's own failure, memory) is logged with its kind."""
 
-    def __init__(self, config: ServeConfig, load: Callable[[], ServeConfig] | None, state: State) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        load: Callable[[], ServeConfig] | None,
+        state: State,
+        fingerprint: Fingerprint = fingerprint,
+    ) -> None:
         self.current = config
         self.load = load
         self.state = state
+        self.fingerprint = fingerprint
         self._one_at_a_time = trio.Lock()
 
     async def reload(self) -> None:
@@ -221,13 +235,17 @@ class Reloader:
         log.error("reload refused, the running configuration stays: %s", why)
 
     async def watch_file(self, path: str) -> None:
-        """Reload when the file's content changes (polled: a ConfigMap update swaps a symlink);
-        the file is read on a worker thread, at most `--config-max-bytes` of it."""
+        """Reload when the file's fingerprint changes (polled every `config_poll` seconds, give
+        or take half of `config_poll_jitter`: a ConfigMap update swaps a symlink, and a Corefile's
+        fingerprint covers the files it imports); read on a worker thread, at most
+        `--config-max-bytes` of each file."""
         limit = self.current.config_max_bytes
-        seen = await trio.to_thread.run_sync(fingerprint, path, limit)
+        seen = await trio.to_thread.run_sync(self.fingerprint, path, limit)
         while True:
-            await trio.sleep(CONFIG_POLL)
-            now = await trio.to_thread.run_sync(fingerprint, path, limit)
+            jitter = self.current.config_poll_jitter
+            # CoreDNS's reload: the interval, plus or minus half the jitter
+            await trio.sleep(self.current.config_poll + random.uniform(-jitter / 2, jitter / 2))
+            now = await trio.to_thread.run_sync(self.fingerprint, path, limit)
             if now != seen:
                 seen = now
                 log.info("%s changed: reloading the configuration", path)

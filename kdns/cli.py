@@ -18,7 +18,7 @@ from pathlib import Path
 import urllib3
 import yaml
 
-from kdns import __version__, app, config, logs, settings
+from kdns import __version__, app, config, corefile, corefile_config, logs, settings
 from kdns.address import SocketAddress
 from kdns.config import ForwardOptions, Policy, TcpLimits, WatchOptions, resolv_conf_upstreams
 from kdns.core import budgets
@@ -250,6 +250,18 @@ def _parser() -> argparse.ArgumentParser:
         "watches Pods, holding only their addresses",
     )
     serve.add_argument(
+        "--loadbalance",
+        action="store_true",
+        help="give each reply's A, AAAA and MX records in turn, so clients spread over them "
+        "(CoreDNS's loadbalance round_robin)",
+    )
+    serve.add_argument(
+        "--corefile",
+        metavar="PATH",
+        help="read the configuration from this Corefile, as CoreDNS does (`kdns -conf PATH` is the same); "
+        "flags it sets may not be given too",
+    )
+    serve.add_argument(
         "--workers",
         metavar="N",
         default=str(_SERVE_DEFAULTS["workers"]),
@@ -387,6 +399,15 @@ def _size_flag(sub: argparse.ArgumentParser, flag: str, default: int, what: str)
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        translated = coredns_arguments(argv)
+    except KdnsError as error:
+        print(f"kdns: error: {error}", file=sys.stderr)
+        return error.exit_status
+    if translated is None:
+        print("\n".join(f"dns.{name}" for name in corefile_config.PLUGINS))  # CoreDNS's -plugins
+        return 0
+    argv = translated
     parser = _parser()
     args = parser.parse_args(argv)
     logs.configure(args.log_level, args.log_format)
@@ -395,16 +416,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             def load() -> config.ServeConfig:
                 try:
-                    return _checked_serve_config(_serve_settings(parser, argv, args, os.environ))
+                    settings_read = _serve_settings(parser, argv, args, os.environ)
+                    if settings_read.corefile:
+                        return _corefile_config(settings_read)
+                    return _checked_serve_config(settings_read)
                 except KdnsError:
                     raise
                 except Exception as error:  # a fault of reading the settings is the settings' error
-                    source = args.config or os.environ.get("KDNS_CONFIG") or "the settings"
+                    source = args.corefile or args.config or os.environ.get("KDNS_CONFIG") or "the settings"
                     problem = config.quoted(str(error))
                     raise KdnsError(f"{source}: cannot be read: {type(error).__name__}: {problem}") from None
 
             first = load()
             logs.configure(first.log_level, first.log_format)
+            if args.corefile:
+                return app.main(first, load, corefile.fingerprint)
             return app.main(first, load)
         if args.command == "check":
             return _check(args)
@@ -437,10 +463,94 @@ def _serve_settings(
     given = settings.explicit(sub, rest)
     limit = args.config_max_bytes if "config_max_bytes" in given else environ.get("KDNS_CONFIG_MAX_BYTES")
     max_bytes = config.byte_size("--config-max-bytes", limit or args.config_max_bytes)
+    if command == "serve" and args.corefile:
+        owned = sorted(given & COREFILE_SETS)
+        if path:
+            raise KdnsError(f"--corefile {args.corefile}: and --config {path}: one configuration file, not two")
+        if owned:
+            flags = ", ".join("--" + dest.replace("_", "-") for dest in owned)
+            raise KdnsError(f"--corefile {args.corefile}: sets what {flags} would; say it in the Corefile")
     merged = settings.merge(sub, rest, args, path, environ, max_bytes)
     merged.config = path
     merged.config_max_bytes = max_bytes
     return merged
+
+
+# What a Corefile says, so that with --corefile these flags are refused (`corefile_config`).
+COREFILE_SETS = {
+    "autopath",
+    "cache_max_ttl",
+    "cache_min_ttl",
+    "cache_size",
+    "cluster_domain",
+    "context",
+    "health_listen",
+    "kubeconfig",
+    "labels",
+    "lameduck",
+    "listen",
+    "loadbalance",
+    "log_queries",
+    "max_concurrent",
+    "max_udp_size",
+    "metrics_listen",
+    "namespaces",
+    "pods",
+    "policy",
+    "prefetch",
+    "ready_listen",
+    "resolv_conf",
+    "serve_stale",
+    "stub_domain",
+    "ttl",
+    "upstream",
+}
+
+
+def _corefile_config(args: argparse.Namespace) -> config.ServeConfig:
+    """The configuration `args.corefile` gives, over the flags' settings for what it does not
+    speak of (budgets, workers, log format); what it says that kdns does differently, logged."""
+    base = _checked_serve_config(args)
+    blocks = corefile.load(Path(args.corefile))
+    read = corefile_config.serve_config(blocks, base, args.corefile)
+    for note in read.notes:
+        log.warning("%s", note)
+    return read.config
+
+
+# CoreDNS's own command line (`coredns -conf PATH`, as the kubeadm Deployment runs it), and what
+# kdns does with each flag.
+COREDNS_FLAGS = ("-conf PATH", "-plugins", "-quiet", "-version")
+
+
+def coredns_arguments(argv: list[str]) -> list[str] | None:
+    """`argv` in kdns's terms when it is CoreDNS's command line (`-conf PATH` and the like, Go's
+    flag syntax: one or two dashes, `-flag value` or `-flag=value`): `serve --corefile PATH`;
+    None for `-plugins` (print them). Any other argv is returned as it is."""
+    if not argv or not argv[0].startswith("-") or argv[0].lstrip("-").split("=")[0] not in _COREDNS_NAMES:
+        return argv
+    path = "Corefile"  # CoreDNS's default: the Corefile in the working directory
+    at = 0
+    while at < len(argv):
+        name, equals, value = argv[at].lstrip("-").partition("=")
+        if not argv[at].startswith("-") or name not in _COREDNS_NAMES:
+            raise KdnsError(f"{argv[at]}: kdns takes CoreDNS's {', '.join(COREDNS_FLAGS)} (or its own commands)")
+        if name == "conf":
+            if not equals:
+                at += 1
+                if at == len(argv):
+                    raise KdnsError("-conf: needs the path of a Corefile")
+                value = argv[at]
+            path = value
+        elif name == "plugins":
+            return None
+        elif name == "version":
+            return ["--version"]
+        at += 1
+    return ["serve", "--corefile", path]
+
+
+_COREDNS_NAMES = {"conf", "plugins", "quiet", "version"}
 
 
 def _checked_serve_config(args: argparse.Namespace) -> config.ServeConfig:
@@ -521,6 +631,7 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         config_file=getattr(args, "config", None),
         workers=config.workers(str(args.workers), len(os.sched_getaffinity(0))),
         autopath=args.autopath,
+        loadbalance=args.loadbalance,
         search=config.resolv_conf_search(args.resolv_conf) if args.autopath else (),
         forward=_forward_config(args),
         reply_cache_bytes=config.byte_size("--reply-cache-bytes", args.reply_cache_bytes, lowest=0),

@@ -34,6 +34,9 @@ DEFAULT_LOG_FORMAT = "text"
 TCP_BUFFER_LOWEST = 128 * budgets.KIB  # room for a whole largest query and a batch of replies
 DEFAULT_LAMEDUCK = 5.0  # kubeadm's Corefile: `health { lameduck 5s }`
 MAX_TTL = 3600  # CoreDNS's kubernetes plugin accepts 0-3600
+# Seconds between looks at the configuration file for a change; a Corefile's `reload` sets its own
+# (CoreDNS's default: 30 s).
+DEFAULT_CONFIG_POLL = 2.0
 
 
 class Policy(enum.Enum):
@@ -165,10 +168,13 @@ class ServeConfig:
     pod_index_bytes: int = budgets.POD_INDEX_BYTES  # the Pods' addresses (`--pods verified`, `--autopath`)
     worker_queue_bytes: int = budgets.WORKER_QUEUE_BYTES  # changes queued for one worker
     config_max_bytes: int = budgets.CONFIG_FILE_BYTES  # the largest `config_file` read
+    config_poll: float = DEFAULT_CONFIG_POLL  # seconds between looks at `config_file` for a change
+    config_poll_jitter: float = 0.0  # ... give or take half this many, at random (a Corefile's `reload`)
+    loadbalance: bool = False  # each reply's A, AAAA and MX records in turn (CoreDNS's `loadbalance`)
 
 
 # Settings a reload applies at once; every other change waits for a restart (logged as such).
-LIVE_SETTINGS = ("log_level", "log_format")
+LIVE_SETTINGS = ("log_level", "log_format", "config_poll", "config_poll_jitter")
 
 
 def cluster_domain(text: str) -> str:

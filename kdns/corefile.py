@@ -19,6 +19,7 @@ Every error names the file and the line. What the directives mean is `kdns.coref
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -334,3 +335,15 @@ def parse(text: str, file: str, environ: Mapping[str, str] | None = None) -> lis
 def load(path: Path, environ: Mapping[str, str] | None = None) -> list[ServerBlock]:
     """The server blocks of the Corefile at `path`."""
     return parse(read(path), str(path), environ)
+
+
+def fingerprint(path: str, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """A digest of what the Corefile at `path` says, every file it imports included (an edit of
+    one of them changes it), or of why it cannot be read: how `reload` notices a change (CoreDNS
+    hashes the Corefile it parsed, imports expanded). `max_bytes` is for the same signature as a
+    YAML file's fingerprint: a Corefile's files are bounded by MAX_FILE_BYTES each."""
+    try:
+        said = repr(load(Path(path)))
+    except KdnsError as error:
+        said = f"error: {error}"
+    return hashlib.sha256(said.encode()).hexdigest()

@@ -235,6 +235,11 @@ class StateCollector(Collector):
         reloads.add_metric([], state.reloads)
         reload_failures = CounterMetricFamily("kdns_reload_failures", "New configurations refused.")
         reload_failures.add_metric([], state.reload_failures)
+        # CoreDNS's reload plugin's own name for the same count, for its alerts and dashboards.
+        coredns_reload_failures = CounterMetricFamily(
+            "coredns_reload_failed", "Counts the number of failed reload attempts."
+        )
+        coredns_reload_failures.add_metric([], state.reload_failures)
         workers = GaugeMetricFamily("kdns_workers", "Processes answering queries (--workers).")
         workers.add_metric([], state.workers)
         restarts = CounterMetricFamily("kdns_worker_restarts", "Worker processes that ended and were started again.")
@@ -247,7 +252,7 @@ class StateCollector(Collector):
         for number, count in sorted(state.replies_by_worker.items()):
             by_worker.add_metric([str(number)], count)
         yield from (ready, names, dropped, malformed, tcp, refused, reloads, reload_failures, workers, restarts)
-        yield from (by_worker, buffer_closed, http_closed)
+        yield from (by_worker, buffer_closed, http_closed, coredns_reload_failures)
         yield from self._stores()
 
     def _stores(self) -> Iterator[Metric]:

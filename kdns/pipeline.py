@@ -20,8 +20,8 @@ answers. In between, in this order:
    transport, family, type and rcode), timing it (from the call to the reply made) and logging
    it (`--log-queries`). A query whose handling raised is answered SERVFAIL, logged and counted.
 
-Stages that vary by client (autopath) mark their replies as not to be kept; a stage that varies
-a reply per asker (loadbalance, to come) would keep several versions per question.
+Stages that vary by client (autopath) mark their replies as not to be kept; loadbalance, which
+varies the order of a reply's records, gives several orders of it, and a hit serves them in turn.
 """
 
 from __future__ import annotations
@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 # Seconds between looks at the cache's answers due for a refresh: the refresh window is the last
 # tenth of a TTL (3 s of kubeadm's 30), so half a second is soon enough, and costs nothing.
 PREFETCH_POLL = 0.5
+# A kept reply of several orders (`loadbalance`) is made again after about this many of its hits,
+# its rotations starting elsewhere: a group larger than `loadbalance.MOST_ORDERS` then has every
+# record first in turn over time, for the cost of one reply made per REORDER_EVERY served.
+REORDER_EVERY = 1024
 # A kept reply's counter keys, per transport, type and rcode: shared, as few combinations occur.
 _COUNTER_KEYS: dict[tuple[str, int, int], tuple[tuple[str, int, int, int], tuple[str, int, int, int]]] = {}
 
@@ -142,6 +146,7 @@ class Pipeline:
         self.kept = (KeptReplies(half), KeptReplies(half))  # UDP, TCP
         self._kept = (self.kept[0].entries, self.kept[1].entries)  # read on the hot path
         self._kept_generation = zone.generation if zone is not None else 0
+        self._turn = 0  # replies served from their orders (`loadbalance`): which order is next
         state.add_stores(lambda: {"reply_cache_udp": self.kept[0].figures(), "reply_cache_tcp": self.kept[1].figures()})
 
     # -- a query's life ----------------------------------------------------------------------
@@ -161,7 +166,12 @@ class Pipeline:
             if hit.entry is None or now >= hit.served_until or not cache.kept_hit(hit.entry, now):
                 hit = None  # its TTLs moved on, or a newer answer replaced it: made again below
         if hit is not None:
-            body, qtype, ipv4_key, ipv6_key, _, _, _, _ = hit
+            body, qtype, ipv4_key, ipv6_key, _, _, _, _, orders = hit
+            if orders:  # `loadbalance`: the reply's orders in turn
+                turn = self._turn = self._turn + 1
+                body = orders[turn % len(orders)]
+                if not turn % REORDER_EVERY:
+                    self.kept[tcp].drop(packet[2:])  # made again, its rotations from a new start
             replies = self.counters.replies
             key = ipv6_key if client is not None and len(client) == 4 else ipv4_key
             replies[key] = replies.get(key, 0) + 1  # `QueryCounters.count`, inlined
@@ -259,12 +269,21 @@ class Pipeline:
         rcode = message[3] & RCODE_MASK
         keep = outcome.keep
         if keep is not None:
-            self._keep(packet, query.qtype, rcode, tcp, message, keep)
+            self._keep(packet, query.qtype, rcode, tcp, message, keep, outcome.orders)
         self.counters.count(tcp, query.qtype, rcode, _family(request.client))
         self._finished(query.qtype, request.client, packet, message, tcp, started)
         return message
 
-    def _keep(self, packet: bytes, qtype: int, rcode: int, tcp: bool, message: bytes, keep: object) -> None:
+    def _keep(
+        self,
+        packet: bytes,
+        qtype: int,
+        rcode: int,
+        tcp: bool,
+        message: bytes,
+        keep: object,
+        outcome_orders: tuple[bytes, ...],
+    ) -> None:
         counted = counted_type(qtype)  # as `QueryCounters.count` files it
         transport = TCP if tcp else UDP
         counter_keys = _COUNTER_KEYS.get((transport, counted, rcode))
@@ -281,8 +300,10 @@ class Pipeline:
             if serving is None or serving[0].served is not keep.served:
                 return  # the cache no longer serves that answer
             cache_key, served, (entry, served_until) = keep.key, keep.served, serving
+        orders = tuple(order[2:] for order in outcome_orders)
+        body = orders[0] if orders else message[2:]  # the message sent is the first order
         self.kept[tcp].keep(
-            packet[2:], KeptReply(message[2:], counted, *counter_keys, cache_key, served, entry, served_until)
+            packet[2:], KeptReply(body, counted, *counter_keys, cache_key, served, entry, served_until, orders)
         )
 
     def _finished(

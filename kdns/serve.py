@@ -71,8 +71,12 @@ def bind(address: SocketAddress, reuse_port: bool = False) -> BoundListener:
 
 
 def bind_tcp(address: SocketAddress) -> socket.socket:
-    """A listening TCP socket (for the health endpoint)."""
+    """A listening TCP socket (for the health endpoint). On `::` it takes IPv4 connections too
+    (one socket for both families, as Go listens on `:8080`): an operations endpoint has no
+    `0.0.0.0` twin beside it, and the kubelet probes whichever family the Pod's address is."""
     sock = _socket(address.family, socket.SOCK_STREAM)
+    if address.host == "::":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     try:
         sock.bind((address.host, address.port))
         sock.listen(socket.SOMAXCONN)

@@ -112,6 +112,7 @@ def pipeline_of(
     reply_cache_bytes: int = REPLY_CACHE_BYTES,
     stub_domains: Sequence[str] = (),
     transport: Transport | None = None,
+    loadbalance: bool = False,
 ) -> Pipeline:
     """The pipeline kdns would run over `target`'s zone (None: a node cache's, with no zone),
     with kdns's own server blocks; forwarding (to group 0, the default upstreams, and a group a
@@ -130,6 +131,7 @@ def pipeline_of(
         autopath=autopath,
         count_autopath=state.queries.count_autopath,
         stub_domains=stub_domains,
+        loadbalance=loadbalance,
     )
     return Pipeline(
         blocks,

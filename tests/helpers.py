@@ -101,8 +101,8 @@ def failures_grow(server: KdnsServer, more: int, timeout: float, what: str) -> N
     wait(lambda: watch_errors(server) >= target, timeout, what)
 
 
-def http_get(port: int, path: str) -> tuple[int, str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
+    with socket.create_connection((host, port), timeout=5) as conn:
         conn.sendall(f"GET {path} HTTP/1.1\r\nHost: kdns\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := conn.recv(4096):
@@ -115,7 +115,7 @@ def http_port(server: KdnsServer, path: str) -> int:
     """The port the `path` endpoint is served on, from kdns's log (each has a listener of its own)."""
     name = path.strip("/")
     wait(lambda: f"{name} on http://" in server.log_text(), 5, f"{path} listener")
-    match = re.search(rf"{name} on http://127\.0\.0\.1:(\d+){path}", server.log_text())
+    match = re.search(rf"{name} on http://(?:127\.0\.0\.1|\[::\]):(\d+){path}", server.log_text())
     assert match, server.log_text()
     return int(match.group(1))
 

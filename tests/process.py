@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cluster.yaml"
+# kubeadm's Corefile, as `kubeadm init` writes it into the coredns ConfigMap (Kubernetes 1.31).
+KUBEADM_COREFILE = EXAMPLE.parent / "coredns" / "Corefile"
 _LISTENING = re.compile(r"listening on \[?([0-9a-f:.]+?)\]?:(\d+) \(udp, tcp\)")
 
 
@@ -57,12 +59,18 @@ class KdnsServer:
         env: dict[str, str] | None = None,
         command: str = "serve",
         cwd: Path | None = None,
+        corefile: Path | None = None,
     ) -> None:
         """`prefix` runs kdns through another command (one that ends by exec-ing its arguments);
-        `command` is `serve` or `node-cache`."""
-        command_line = [*prefix, *kdns_command(), command, *local_only(args)]
-        for address in listen:
-            command_line += ["--listen", address]
+        `command` is `serve` or `node-cache`. With a `corefile`, kdns is `serve --corefile` and
+        `args`, which the Corefile's listeners (`listen`: how many it binds) and upstreams
+        come from."""
+        if corefile is not None:
+            command_line = [*prefix, *kdns_command(), "serve", "--corefile", str(corefile), *args]
+        else:
+            command_line = [*prefix, *kdns_command(), command, *local_only(args)]
+            for address in listen:
+                command_line += ["--listen", address]
         self.process = subprocess.Popen(
             command_line, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=cwd
         )

@@ -9,32 +9,9 @@ from pathlib import Path
 import pytest
 
 from kdns.corefile import CorefileError, Directive, load, parse, tokens
+from tests.process import KUBEADM_COREFILE
 
-KUBEADM = """\
-.:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-"""
+KUBEADM = KUBEADM_COREFILE.read_text()
 
 
 def _names(directives: tuple[Directive, ...]) -> list[str]:
@@ -125,7 +102,7 @@ def test_imports_of_files_and_globs_relative_to_the_corefile(tmp_path: Path) -> 
         (".:53 {\n  errors\n", "Corefile:1: the block opened here is not closed"),
         (".:53 {\n  errors\n}\n}\n", "Corefile:4: '}' with no block open"),
         (".:53 {\n  cache 30 {\n    success 100\n}\n", "Corefile:1: the block opened here is not closed"),
-        ('.:53 {\n  log "unclosed\n}\n', 'Corefile:2: a quoted token is not closed'),
+        ('.:53 {\n  log "unclosed\n}\n', "Corefile:2: a quoted token is not closed"),
         (".:53 {\n  import\n}\n", "Corefile:2: import needs a file"),
         (".:53 {\n  import a b\n}\n", "Corefile:2: import takes one argument"),
         (".:53 {\n  import nothere.conf\n}\n", "Corefile:2: import: no file nothere.conf"),

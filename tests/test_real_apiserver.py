@@ -88,12 +88,13 @@ def test_kdns_follows_the_real_api_server_with_exactly_the_manifests_rbac(
         assert "left out of DNS: Service prod/bad: field spec.ports[0].name" in server.log_text()
         # Watched changes, from the real watch stream.
         real_api.create(service("prod", "late", ["10.96.0.77"]))
-        wait(lambda: ask_server(server, "late.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.77"]), 3, "new service")
+        late = ("NOERROR", ["10.96.0.77"])
+        wait(lambda: ask_server(server, "late.prod.svc.cluster.local") == late, 10, "new service")
         # Its programming latency, from the creation time the API server stamped on it.
         metrics = http_get(http_port(server, "/metrics"), "/metrics")[1]
         assert 'kdns_dns_programming_duration_seconds_count{kind="cluster_ip"} 1.0' in metrics
         real_api.delete("Service", "prod", "late")
-        wait(lambda: ask_server(server, "late.prod.svc.cluster.local")[0] == "NXDOMAIN", 3, "deleted service")
+        wait(lambda: ask_server(server, "late.prod.svc.cluster.local")[0] == "NXDOMAIN", 10, "deleted service")
         assert "403" not in server.log_text() and "Forbidden" not in server.log_text()
     finally:
         assert server.stop() == 0

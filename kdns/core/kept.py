@@ -22,6 +22,11 @@ from kdns.core.cache import CacheKey, Entry
 # dictionary has doubled; tests/core/test_kept.py measures it with tracemalloc and fails if a
 # reply holds more.
 KEPT_OVERHEAD = 320
+# Bytes of a kept reply's orders beyond their own: the tuple that holds them (its header, 56), and
+# for each order after the first (which is `body`) its bytes object's header and its slot in the
+# tuple (33 + 8); measured in tests/core/test_kept.py too.
+ORDERS_OVERHEAD = 64
+ORDER_OVERHEAD = 48
 EVICT_FRACTION = 8  # a full store frees this part of its budget at once
 
 
@@ -39,10 +44,18 @@ class KeptReply(NamedTuple):
     # third of a cache hit's cost); the cache is asked again after, which keeps its recency.
     entry: Entry | None = None
     served_until: float = 0.0
+    # The reply in every order it is served in, `body` first, each after its ID: served in turn
+    # (`loadbalance`); () for a reply of one order.
+    orders: tuple[bytes, ...] = ()
 
 
 def kept_size(key: bytes, reply: KeptReply) -> int:
-    return len(key) + len(reply.body) + KEPT_OVERHEAD
+    size = len(key) + len(reply.body) + KEPT_OVERHEAD
+    if reply.orders:
+        size += ORDERS_OVERHEAD
+        for order in reply.orders[1:]:  # the first is `body`
+            size += len(order) + ORDER_OVERHEAD
+    return size
 
 
 class KeptReplies:
@@ -73,6 +86,12 @@ class KeptReplies:
             self._evict(self.budget - self.budget // EVICT_FRACTION - size)
         entries[key] = reply
         self.size += size
+
+    def drop(self, key: bytes) -> None:
+        """Forget the reply kept for `key`, if any."""
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.size -= kept_size(key, old)
 
     def replace(self, key: bytes, reply: KeptReply) -> None:
         """The same reply for `key` with new cache bookkeeping (`entry`, `served_until`): its

@@ -20,15 +20,22 @@ NS = 2
 CNAME = 5
 SOA = 6
 PTR = 12
+MX = 15
 TXT = 16
 AAAA = 28
 SRV = 33
+DNAME = 39
 OPT = 41
 ANY = 255
 IXFR = 251
 AXFR = 252
 
 CLASS_IN = 1
+
+# Record types whose data is, or holds, one domain name that may be compressed (RFC 3597 4: the
+# types of RFC 1035; SRV, RFC 2782, is read the same way), with the fixed bytes before it. SOA's
+# data holds two (RFC 1035 3.3.13). In any other type's data no name is compressed (RFC 3597 4).
+NAME_IN_RDATA = {NS: 0, CNAME: 0, PTR: 0, DNAME: 0, MX: 2, SRV: 6}
 
 
 class Record(NamedTuple):

@@ -79,6 +79,9 @@ class Reply(NamedTuple):
 
     message: bytes
     keep: FromZone | FromCache | None = None
+    # The same reply in other orders, `message` first, for the reply cache to serve in turn
+    # (`kdns.core.loadbalance`); () when it has one order.
+    orders: tuple[bytes, ...] = ()
 
 
 class Ask(NamedTuple):

@@ -35,8 +35,6 @@ from kdns.core.message import read_name as _read_name
 from kdns.core.rdata import OPT
 from kdns.core.wire import Query
 
-MX = 15
-DNAME = 39
 SERVFAIL_TTL = 5  # CoreDNS's cache keeps a SERVFAIL 5 s: long enough to stop a retry storm
 UPSTREAM_UDP_SIZE = 1232  # what we advertise upstream (DNS Flag Day 2020)
 
@@ -231,9 +229,6 @@ def read_name(message: bytes, offset: int) -> int:
         raise MalformedResponse(str(error)) from None
 
 
-# Record types whose data is, or holds, one domain name that may be compressed (RFC 3597 4: the
-# types of RFC 1035; SRV, RFC 2782, is read the same way), with the fixed bytes before it.
-_NAME_RDATA = {rdata.NS: 0, rdata.CNAME: 0, rdata.PTR: 0, DNAME: 0, MX: 2, rdata.SRV: 6}
 _FIXED_LENGTH = {rdata.A: 4, rdata.AAAA: 16}
 
 
@@ -247,7 +242,7 @@ def check_rdata(message: bytes, offset: int, rtype: int, rdlength: int) -> None:
         if rdlength != fixed:
             raise MalformedResponse(f"type {rtype} record data of {rdlength} bytes")
         return
-    prefix = _NAME_RDATA.get(rtype)
+    prefix = rdata.NAME_IN_RDATA.get(rtype)
     if prefix is not None:
         if rdlength < prefix + 1 or read_name(message, offset + prefix) != end:
             raise MalformedResponse(f"type {rtype} record data does not hold one name")

@@ -44,6 +44,21 @@ def test_a_kept_replys_counted_size_is_at_least_what_it_holds() -> None:
         assert held <= counted, f"held {held / 3000:.0f} bytes a reply, counted {counted / 3000:.0f}"
 
 
+def test_a_kept_reply_of_several_orders_counts_at_least_what_it_holds() -> None:
+    store = store_of(
+        headless("prod", "db"),
+        endpoint_slice("prod", "db-1", "db", [endpoint(f"10.244.1.{i}") for i in range(1, 6)]),
+    )
+    handler = pipeline_of(store, reply_cache_bytes=1 << 30, loadbalance=True)
+    queries = [
+        dns.message.make_query("db.prod.svc.cluster.local", "A", use_edns=0, payload=600 + i).to_wire()
+        for i in range(2000)
+    ]
+    held, counted = _measured(handler, queries, False)
+    assert all(len(reply.orders) == 5 for reply in handler.kept[0].entries.values())
+    assert held <= counted, f"held {held / 2000:.0f} bytes a reply, counted {counted / 2000:.0f}"
+
+
 def test_the_store_never_passes_its_budget_and_evicts_the_oldest_first() -> None:
     kept = KeptReplies(10_000)
     for i in range(500):

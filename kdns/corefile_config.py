@@ -1,0 +1,560 @@
+"""A Corefile, as kdns runs it: its server blocks and plugins made into the configuration records
+the flags and the YAML make (`kdns.config.ServeConfig`), so that `kdns -conf PATH` (the kubeadm
+Deployment's own arguments) and `kdns serve --corefile PATH` serve what CoreDNS would.
+
+The shape kdns serves is the one every managed cluster's Corefile has: one server block holding
+the cluster's zones with `kubernetes` (or, without it, the root zone: a forwarding cache), and
+blocks of their own zones that forward them elsewhere (stub domains). All blocks share one port.
+
+Each plugin takes the options listed in `PLUGINS` (what CoreDNS documents and kdns honours);
+any other plugin or option, or a shape kdns does not serve, is a `CorefileError` naming the file
+and line, and what kdns supports. Where CoreDNS's defaults differ from kdns's own flags' (the
+kubernetes plugin's `ttl` is 5, not kubeadm's 30; no plugin, no listener), the Corefile's
+meaning is CoreDNS's: `CorefileDefaults`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from kdns import config
+from kdns.address import SocketAddress
+from kdns.config import ForwardConfig, ForwardOptions, OpsListeners, Policy, ServeConfig, WatchOptions
+from kdns.core.names import REVERSE_ZONES
+from kdns.core.store import PodMode
+from kdns.corefile import CorefileError, Directive, ServerBlock
+from kdns.errors import KdnsError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class CorefileDefaults:
+    """What a Corefile means where it says nothing: CoreDNS's defaults, in one place."""
+
+    port: int = 53
+    kubernetes_ttl: int = 5  # plugin/kubernetes: `ttl` 5 s
+    pods: PodMode = PodMode.DISABLED  # plugin/kubernetes: `pods disabled`
+    health: str = ":8080"  # plugin/health
+    ready: str = ":8181"  # plugin/ready
+    prometheus: str = "localhost:9153"  # plugin/metrics
+    reload: float = 30.0  # plugin/reload: every 30 s ...
+    reload_jitter: float = 15.0  # ... give or take 15 s
+    cache_ttl: int = 3600  # plugin/cache: the longest TTL a positive answer is cached with
+    denial_ttl: int = 1800  # ... a negative one
+    cache_capacity: int = 9984  # ... entries of each kind
+    serve_stale: float = 3600.0  # `serve_stale` without a duration: 1 h
+    resolv_conf: str = config.DEFAULT_RESOLV_CONF  # where autopath reads kdns's own search path
+
+
+DEFAULTS = CorefileDefaults()
+
+# Every plugin kdns serves, with the options (in its block) it takes.
+PLUGINS: dict[str, tuple[str, ...]] = {
+    "autopath": (),
+    "bind": (),
+    "bufsize": (),
+    "cache": ("success", "denial", "prefetch", "serve_stale", "disable"),
+    "errors": ("consolidate",),
+    "forward": ("max_concurrent", "policy", "force_tcp", "prefer_udp"),
+    "health": ("lameduck",),
+    "kubernetes": ("pods", "ttl", "namespaces", "labels", "kubeconfig", "fallthrough"),
+    "loadbalance": (),
+    "log": (),
+    "loop": (),
+    "prometheus": (),
+    "ready": (),
+    "reload": (),
+}
+# What a block of its own zone (a stub domain) may hold: its upstreams, and what kdns does for
+# every block anyway.
+STUB_PLUGINS = ("bind", "bufsize", "cache", "errors", "forward", "log", "loop")
+REPEATABLE = {"bind"}  # every other plugin is used once in a block, as CoreDNS requires
+
+
+@dataclass
+class Corefile:
+    """A Corefile read into kdns's configuration, and what it says that kdns does differently
+    (logged when it is loaded)."""
+
+    config: ServeConfig
+    notes: list[str] = field(default_factory=list)
+
+
+def serve_config(
+    blocks: Sequence[ServerBlock],
+    base: ServeConfig,
+    corefile: str,
+    ipv6: Callable[[], bool] | None = None,
+) -> Corefile:
+    """`base` (the settings a Corefile does not speak of: budgets, workers, log format, API
+    timings) with everything `blocks` say. `ipv6` says whether this host can listen on IPv6
+    (`.:53` listens on both families, as CoreDNS does)."""
+    if not blocks:
+        raise CorefileError(f"{corefile}: no server block")
+    for block in blocks:
+        seen: set[str] = set()
+        for directive in block.directives:
+            if directive.name not in PLUGINS:
+                raise directive.error(f"not a plugin kdns serves (it serves {', '.join(PLUGINS)})")
+            if directive.name in seen and directive.name not in REPEATABLE:
+                raise directive.error("is used twice in this server block")
+            seen.add(directive.name)
+    port = _one_port(blocks)
+    zones_of = {id(block): [_key(key, block)[0] for key in block.keys] for block in blocks}
+    main = [block for block in blocks if any(d.name == "kubernetes" for d in block.directives)]
+    if len(main) > 1:
+        raise CorefileError(f"{main[1].where}: a second server block with kubernetes; kdns serves one cluster")
+    root = main[0] if main else next((b for b in blocks if "." in zones_of[id(b)]), None)
+    if root is None:
+        raise CorefileError(f"{blocks[0].where}: no block for the root zone (.) and none with kubernetes")
+    reader = _Reader(base, port, ipv6 or _can_listen_on_ipv6)
+    for directive in root.directives:
+        reader.directive(directive, zones_of[id(root)])
+    for block in blocks:
+        if block is not root:
+            reader.stub(block, zones_of[id(block)])
+    return Corefile(reader.result(corefile, node_cache=not main), reader.notes)
+
+
+def _one_port(blocks: Sequence[ServerBlock]) -> int:
+    ports = {_key(key, block)[1] for block in blocks for key in block.keys}
+    if len(ports) > 1:
+        raise CorefileError(f"{blocks[0].where}: server blocks on ports {sorted(ports)}: kdns serves one port")
+    return ports.pop()
+
+
+def _key(key: str, block: ServerBlock) -> tuple[str, int]:
+    """(zone, port) of a server block key: `[dns://]ZONE[:PORT]`, ZONE a name or a CIDR."""
+    text = key
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        if scheme != "dns":
+            raise CorefileError(f"{block.where}: {key}: kdns serves dns://, not {scheme}://")
+    port = DEFAULTS.port
+    if ":" in text:
+        text, _, port_text = text.rpartition(":")
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise CorefileError(f"{block.where}: {key}: {port_text!r} is not a port")
+        port = int(port_text)
+    zone = text.rstrip(".").lower() or "."
+    if "/" in zone:
+        zone = _reverse_zone(zone, key, block)
+    return zone, port
+
+
+def _reverse_zone(cidr: str, key: str, block: ServerBlock) -> str:
+    """`10.0.0.0/24` as `0.0.10.in-addr.arpa` (CoreDNS's reverse-zone keys; on octet or nibble
+    boundaries)."""
+    try:
+        network = ipaddress.ip_network(cidr)
+    except ValueError:
+        raise CorefileError(f"{block.where}: {key}: not a network") from None
+    step = 8 if network.version == 4 else 4
+    if network.prefixlen % step:
+        raise CorefileError(f"{block.where}: {key}: kdns takes reverse zones on {step}-bit boundaries")
+    labels = network.network_address.reverse_pointer.split(".")
+    keep = network.prefixlen // step + 2  # the labels of the network, and in-addr.arpa or ip6.arpa
+    return ".".join(labels[len(labels) - keep :])
+
+
+def _can_listen_on_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+class _Reader:
+    """The settings a Corefile's directives give, as they are read, over CoreDNS's defaults."""
+
+    def __init__(self, base: ServeConfig, port: int, ipv6: Callable[[], bool]) -> None:
+        self.base = base
+        self.port = port
+        self.ipv6 = ipv6
+        self.notes: list[str] = []
+        self.cluster_domain = base.cluster_domain
+        self.pod_mode = DEFAULTS.pods
+        self.ttl = DEFAULTS.kubernetes_ttl
+        self.max_udp = base.max_udp
+        self.kubeconfig: str | None = None
+        self.context: str | None = None
+        self.watch = WatchOptions(
+            watch_timeout=base.watch.watch_timeout,
+            request_timeout=base.watch.request_timeout,
+            backoff_initial=base.watch.backoff_initial,
+            backoff_max=base.watch.backoff_max,
+            page_size=base.watch.page_size,
+        )
+        self.hosts: list[str] = []
+        self.health: SocketAddress | None = None
+        self.ready: SocketAddress | None = None
+        self.metrics: SocketAddress | None = None
+        self.lameduck = 0.0
+        self.log_queries = False
+        self.autopath = False
+        self.loadbalance = False
+        self.reload: tuple[float, float] | None = None
+        self.upstreams: tuple[SocketAddress, ...] = ()
+        self.upstreams_from = "the Corefile"
+        self.forward_options = ForwardOptions(
+            timeout=base.forward.options.timeout, max_concurrent=base.forward.options.max_concurrent
+        )
+        self.tcp_upstreams: tuple[SocketAddress, ...] = ()
+        self.stubs: list[tuple[str, tuple[SocketAddress, ...]]] = []
+        self.cache: _Cache | None = None
+
+    def directive(self, directive: Directive, zones: list[str]) -> None:
+        allowed = PLUGINS[directive.name]
+        for option in directive.block:
+            if option.name not in allowed:
+                takes = f"takes {', '.join(allowed)}" if allowed else "takes no options"
+                raise option.error(f"not an option of {directive.name} kdns serves ({directive.name} {takes})")
+        read: Callable[[Directive, list[str]], None] = getattr(self, "_" + directive.name)
+        read(directive, zones)
+
+    def stub(self, block: ServerBlock, zones: list[str]) -> None:
+        """A block of its own zones: forwarded to its own upstreams (kube-dns's stubDomains)."""
+        for directive in block.directives:
+            if directive.name not in STUB_PLUGINS:
+                raise directive.error(
+                    f"in a block without kubernetes, kdns serves {', '.join(STUB_PLUGINS)} (a stub domain)"
+                )
+        forwards = [d for d in block.directives if d.name == "forward"]
+        if not forwards:
+            raise CorefileError(f"{block.where}: a block without kubernetes forwards its zones (forward . ADDR...)")
+        if "." in zones:
+            raise CorefileError(f"{block.where}: a second block for the root zone (.)")
+        upstreams, _, _ = self._forward_targets(forwards[0], zones)
+        for zone in zones:
+            self.stubs.append((zone, upstreams))
+        for directive in block.directives:
+            if directive.name == "log":
+                self._log(directive, zones)
+
+    # -- plugins -----------------------------------------------------------------------------
+
+    def _errors(self, directive: Directive, zones: list[str]) -> None:
+        _arguments(directive, 0, 0)
+        if directive.block:
+            self.notes.append(f"{directive.where}: errors consolidate: kdns logs each error once, as it happens")
+
+    def _loop(self, directive: Directive, zones: list[str]) -> None:
+        _arguments(directive, 0, 0)
+
+    def _health(self, directive: Directive, zones: list[str]) -> None:
+        _arguments(directive, 0, 1)
+        self.health = self._ops_address(directive, DEFAULTS.health)
+        for option in directive.block:
+            _arguments(option, 1, 1)
+            self.lameduck = _go_duration(option, option.args[0])
+
+    def _ready(self, directive: Directive, zones: list[str]) -> None:
+        _arguments(directive, 0, 1)
+        self.ready = self._ops_address(directive, DEFAULTS.ready)
+
+    def _prometheus(self, directive: Directive, zones: list[str]) -> None:
+        _arguments(directive, 0, 1)
+        self.metrics = self._ops_address(directive, DEFAULTS.prometheus)
+
+    def _kubernetes(self, directive: Directive, zones: list[str]) -> None:
+        served = [zone.rstrip(".").lower() or "." for zone in directive.args] or zones
+        domains = [zone for zone in served if zone not in REVERSE_ZONES]
+        if len(domains) != 1 or domains[0] == ".":
+            raise directive.error(f"kdns serves one cluster domain and the reverse zones, not {' '.join(served)}")
+        self.cluster_domain = _checked(directive, config.cluster_domain, domains[0])
+        for option in directive.block:
+            name = option.name
+            if name == "pods":
+                _arguments(option, 1, 1)
+                modes = [mode.value for mode in PodMode]
+                if option.args[0] not in modes:
+                    raise option.error(f"{option.args[0]!r} is not one of {', '.join(modes)}")
+                self.pod_mode = PodMode(option.args[0])
+            elif name == "ttl":
+                _arguments(option, 1, 1)
+                self.ttl = _checked(option, config.ttl, _integer(option, option.args[0]))
+            elif name == "namespaces":
+                _arguments(option, 1, None)
+                self.watch = dataclasses.replace(
+                    self.watch, namespaces=_checked(option, config.namespaces, ",".join(option.args))
+                )
+            elif name == "labels":
+                _arguments(option, 1, None)
+                self.watch = dataclasses.replace(self.watch, label_selector=" ".join(option.args))
+            elif name == "kubeconfig":
+                _arguments(option, 1, 2)
+                self.kubeconfig = option.args[0]
+                self.context = option.args[1] if len(option.args) == 2 else None
+            elif name == "fallthrough" and (not option.args or not set(option.args) <= set(REVERSE_ZONES)):
+                # kdns's cluster zone hands on the reverse names it holds nothing of (kubeadm's
+                # `fallthrough in-addr.arpa ip6.arpa`); it never hands on a cluster name.
+                raise option.error("kdns falls through for the reverse zones only (in-addr.arpa ip6.arpa)")
+
+    def _forward(self, directive: Directive, zones: list[str]) -> None:
+        self.upstreams, self.upstreams_from, tcp = self._forward_targets(directive, zones)
+        if tcp:
+            self.tcp_upstreams = self.upstreams
+
+    def _forward_targets(self, directive: Directive, zones: list[str]) -> tuple[tuple[SocketAddress, ...], str, bool]:
+        """A `forward FROM TO...`'s upstreams, where they came from, and whether over TCP only."""
+        _arguments(directive, 2, None)
+        origin = directive.args[0].rstrip(".").lower() or "."
+        if origin not in (".", *zones):
+            raise directive.error(f"kdns forwards a block's whole zone: FROM is . or {' '.join(zones)}")
+        upstreams: list[SocketAddress] = []
+        source = "the Corefile"
+        for target in directive.args[1:]:
+            address = target.removeprefix("dns://")
+            if "://" in address:
+                raise directive.error(f"{target}: kdns forwards over plain DNS (dns://) only")
+            if "/" in address:  # a resolv.conf file, as kubeadm's `forward . /etc/resolv.conf`
+                source = address
+                if Path(address).exists():
+                    upstreams += _checked(directive, config.resolv_conf_upstreams, address)
+                continue
+            upstreams.append(_checked(directive, SocketAddress.parse, address, "to"))
+        tcp = False
+        for option in directive.block:
+            if option.name == "max_concurrent":
+                _arguments(option, 1, 1)
+                limit = _integer(option, option.args[0])
+                if limit < 1:
+                    raise option.error("must be at least 1")
+                self.forward_options = dataclasses.replace(self.forward_options, max_concurrent=limit)
+            elif option.name == "policy":
+                _arguments(option, 1, 1)
+                policies = [policy.value for policy in Policy]
+                if option.args[0] not in policies:
+                    raise option.error(f"{option.args[0]!r} is not one of {', '.join(policies)}")
+                self.forward_options = dataclasses.replace(self.forward_options, policy=Policy(option.args[0]))
+            elif option.name == "force_tcp":
+                _arguments(option, 0, 0)
+                tcp = True
+            elif option.name == "prefer_udp":
+                _arguments(option, 0, 0)  # kdns asks over UDP first, over TCP for a truncated answer
+        return tuple(upstreams), source, tcp
+
+    def _cache(self, directive: Directive, zones: list[str]) -> None:
+        cache = _Cache()
+        if directive.args:
+            cache.success_ttl = cache.denial_ttl = _integer(directive, directive.args[0])
+        if any(zone.rstrip(".") not in ("", *zones) for zone in directive.args[1:]):
+            raise directive.error("kdns caches a block's whole zone (cache [TTL])")
+        for option in directive.block:
+            name = option.name
+            if name in ("success", "denial"):
+                _arguments(option, 1, 3)
+                capacity, *ttls = (_integer(option, text) for text in option.args)
+                if name == "success":
+                    cache.success_size = capacity
+                    cache.success_ttl = ttls[0] if ttls else cache.success_ttl
+                else:
+                    cache.denial_size = capacity
+                    cache.denial_ttl = ttls[0] if ttls else cache.denial_ttl
+                if len(ttls) == 2:
+                    cache.min_ttl = ttls[1]
+            elif name == "prefetch":
+                _arguments(option, 0, 3)
+                cache.prefetch = True
+                if option.args:
+                    self.notes.append(
+                        f"{option.where}: cache prefetch {' '.join(option.args)}: kdns refreshes an answer "
+                        "asked for twice, in the last tenth of its TTL"
+                    )
+            elif name == "serve_stale":
+                _arguments(option, 0, 2)
+                stale = option.args[0] if option.args else f"{DEFAULTS.serve_stale:g}s"
+                cache.serve_stale = _go_duration(option, stale)
+            elif name == "disable":
+                _arguments(option, 2, None)
+                cluster = {self.cluster_domain, *REVERSE_ZONES}
+                if option.args[0] not in ("success", "denial"):
+                    raise option.error("expected success or denial, then ZONES")
+                if not {zone.rstrip(".").lower() for zone in option.args[1:]} <= cluster:
+                    raise option.error(f"kdns never caches {', '.join(sorted(cluster))}, and caches every other zone")
+        self.cache = cache
+
+    def _reload(self, directive: Directive, zones: list[str]) -> None:
+        _arguments(directive, 0, 2)
+        interval, jitter = DEFAULTS.reload, DEFAULTS.reload_jitter
+        if directive.args:
+            interval = _go_duration(directive, directive.args[0])
+        if len(directive.args) == 2:
+            jitter = _go_duration(directive, directive.args[1])
+        # CoreDNS's rules (plugin/reload/setup.go): an interval of 2 s or more, a jitter of 0 or
+        # 1 s or more, and no more than half the interval.
+        if interval < 2:
+            raise directive.error("the interval must be 2s or more")
+        if 0 < jitter < 1:
+            raise directive.error("the jitter must be 0 or 1s or more")
+        self.reload = (interval, min(jitter, interval / 2))
+
+    def _loadbalance(self, directive: Directive, zones: list[str]) -> None:
+        if directive.args not in ((), ("round_robin",)):
+            raise directive.error("kdns balances round_robin (its default) only")
+        self.loadbalance = True
+
+    def _log(self, directive: Directive, zones: list[str]) -> None:
+        if directive.args not in ((), (".",)):
+            raise directive.error("kdns logs every query of every name (log, or log .), in its own format")
+        self.log_queries = True
+
+    def _bind(self, directive: Directive, zones: list[str]) -> None:
+        _arguments(directive, 1, None)
+        for host in directive.args:
+            try:
+                ipaddress.ip_address(host.split("%")[0])
+            except ValueError:
+                raise directive.error(f"{host!r}: kdns binds addresses, not interface names") from None
+            self.hosts.append(host)
+
+    def _bufsize(self, directive: Directive, zones: list[str]) -> None:
+        _arguments(directive, 1, 1)
+        self.max_udp = _checked(directive, config.max_udp, _integer(directive, directive.args[0]))
+
+    def _autopath(self, directive: Directive, zones: list[str]) -> None:
+        if directive.args != ("@kubernetes",):
+            raise directive.error("kdns takes search paths from its cluster zone only (autopath @kubernetes)")
+        self.autopath = True
+
+    # -- the result ------------------------------------------------------------------------------
+
+    def result(self, corefile: str, node_cache: bool) -> ServeConfig:
+        base = self.base
+        hosts = self.hosts or (["0.0.0.0", "::"] if self.ipv6() else ["0.0.0.0"])
+        listen = tuple(SocketAddress(str(ipaddress.ip_address(host)), self.port) for host in hosts)
+        ops = OpsListeners(health=self.health, ready=self.ready, metrics=self.metrics, limits=base.ops.limits)
+        cache = self.cache or _Cache(success_size=0)  # no `cache`: nothing is cached (CoreDNS)
+        options = dataclasses.replace(
+            self.forward_options,
+            min_ttl=min(cache.min_ttl, cache.success_ttl, cache.denial_ttl),
+            max_ttl=cache.success_ttl,
+            max_negative_ttl=cache.denial_ttl,
+        )
+        forward = ForwardConfig(
+            upstreams=self.upstreams,
+            upstreams_from=self.upstreams_from,
+            stubs=tuple(self.stubs),
+            options=options,
+            cache_size=cache.success_size,
+            serve_stale=cache.serve_stale,
+            prefetch=cache.prefetch,
+            denial_cache_size=cache.denial_size,
+            tcp_upstreams=self.tcp_upstreams,
+            cache_bytes=base.forward.cache_bytes,
+            denial_cache_bytes=base.forward.denial_cache_bytes,
+        )
+        watch_pods = self.pod_mode is PodMode.VERIFIED or self.autopath
+        interval, jitter = self.reload or (base.config_poll, 0.0)
+        return dataclasses.replace(
+            base,
+            kubeconfig=self.kubeconfig or base.kubeconfig,
+            context=self.context or base.context,
+            watch=dataclasses.replace(self.watch, watch_pods=watch_pods),
+            listen=listen,
+            cluster_domain=self.cluster_domain,
+            pod_mode=self.pod_mode,
+            ttl=self.ttl,
+            max_udp=self.max_udp,
+            ops=ops,
+            forward=forward,
+            lameduck=self.lameduck,
+            log_queries=self.log_queries,
+            config_file=corefile if self.reload is not None else None,
+            config_poll=interval,
+            config_poll_jitter=jitter,
+            autopath=self.autopath,
+            search=config.resolv_conf_search(DEFAULTS.resolv_conf) if self.autopath else (),
+            node_cache=node_cache,
+            loadbalance=self.loadbalance,
+        )
+
+    def _ops_address(self, directive: Directive, default: str) -> SocketAddress:
+        """`[HOST]:PORT` of `health`, `ready` or `prometheus`; no host: every address of both
+        families where the host has IPv6 (a dual-stack socket), as Go listens on `:8080`."""
+        text = directive.args[0] if directive.args else default
+        host, _, port = text.rpartition(":")
+        host = host.strip("[]")
+        if not host:
+            host = "::" if self.ipv6() else "0.0.0.0"
+        elif host == "localhost":
+            host = "127.0.0.1"
+        try:
+            return SocketAddress(str(ipaddress.ip_address(host)), _port(port))
+        except ValueError:
+            raise directive.error(f"{text!r}: expected [ADDRESS]:PORT") from None
+
+
+@dataclass
+class _Cache:
+    """What a `cache` directive says, over CoreDNS's defaults."""
+
+    success_size: int = DEFAULTS.cache_capacity
+    denial_size: int = DEFAULTS.cache_capacity
+    success_ttl: int = DEFAULTS.cache_ttl
+    denial_ttl: int = DEFAULTS.denial_ttl
+    min_ttl: int = 0
+    prefetch: bool = False
+    serve_stale: float = 0.0
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
+def _arguments(directive: Directive, least: int, most: int | None) -> None:
+    count = len(directive.args)
+    if count < least or (most is not None and count > most):
+        wanted = f"{least}" if least == most else f"{least} to {most}" if most is not None else f"at least {least}"
+        raise directive.error(f"expected {wanted} argument{'' if wanted == '1' else 's'}, got {count}")
+    if directive.name not in PLUGINS and directive.block:
+        raise directive.error("takes no block")
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _go_duration(directive: Directive, text: str) -> float:
+    """Seconds in a duration as CoreDNS (Go's time.ParseDuration) reads it: `5s`, `1m30s`,
+    `500ms`, `0`."""
+    if text == "0":
+        return 0.0
+    parts = _GO_DURATION.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise directive.error(f"{text!r}: expected a duration such as 5s, 1m30s or 500ms")
+    return sum(float(number) * _GO_UNITS[unit] for number, unit in parts)
+
+
+def _integer(directive: Directive, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise directive.error(f"{text!r} is not a number") from None
+    if value < 0:
+        raise directive.error(f"{text!r} must not be negative")
+    return value
+
+
+def _checked(directive: Directive, check: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """`check(...)`, its error (a flag's wording) named after the directive and its line."""
+    try:
+        return check(*args, **kwargs)
+    except CorefileError:
+        raise
+    except KdnsError as error:
+        raise directive.error(str(error)) from None

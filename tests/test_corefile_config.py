@@ -1,0 +1,222 @@
+"""A Corefile made into kdns's configuration (kdns/corefile_config.py) and `kdns -conf PATH`:
+kubeadm's Corefile, CoreDNS's defaults where a Corefile is silent, stub-domain blocks, and every
+refusal naming its file and line (issue 19)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kdns.address import SocketAddress
+from kdns.cli import coredns_arguments
+from kdns.config import Policy, ServeConfig
+from kdns.core.store import PodMode
+from kdns.corefile import CorefileError, parse
+from kdns.corefile_config import DEFAULTS, Corefile, serve_config
+from kdns.errors import KdnsError
+from tests.helpers import serve_config as base_config
+from tests.process import KUBEADM_COREFILE, kdns_command, run_kdns
+
+
+def _read(text: str, ipv6: bool = True, base: ServeConfig | None = None) -> Corefile:
+    return serve_config(
+        parse(text, "/etc/coredns/Corefile"), base or base_config(), "/etc/coredns/Corefile", lambda: ipv6
+    )
+
+
+def _refused(text: str) -> str:
+    with pytest.raises(CorefileError) as raised:
+        _read(text)
+    return str(raised.value)
+
+
+def test_kubeadms_corefile_is_what_kubeadms_cluster_dns_does(tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 10.0.0.2\nnameserver 10.0.0.3\n")
+    text = KUBEADM_COREFILE.read_text().replace("/etc/resolv.conf", str(resolv))
+    read = _read(text)
+    config = read.config
+    assert config.listen == (SocketAddress("0.0.0.0", 53), SocketAddress("::", 53))  # `.:53`: both families
+    assert config.ops.health == SocketAddress("::", 8080) and config.lameduck == 5.0
+    assert config.ops.ready == SocketAddress("::", 8181)
+    assert config.ops.metrics == SocketAddress("::", 9153)
+    assert config.cluster_domain == "cluster.local" and config.ttl == 30 and config.pod_mode is PodMode.INSECURE
+    forward = config.forward
+    assert forward.upstreams == (SocketAddress("10.0.0.2", 53), SocketAddress("10.0.0.3", 53))
+    assert forward.upstreams_from == str(resolv)
+    assert forward.options.max_concurrent == 1000 and forward.options.policy is Policy.RANDOM
+    assert forward.options.max_ttl == 30 and forward.options.max_negative_ttl == 30  # `cache 30`
+    assert forward.cache_size == DEFAULTS.cache_capacity and forward.denial_cache_size == DEFAULTS.cache_capacity
+    assert config.loadbalance and not config.log_queries and not config.autopath and not config.node_cache
+    assert config.config_file == "/etc/coredns/Corefile"  # `reload`: every 30 s, give or take 15
+    assert (config.config_poll, config.config_poll_jitter) == (30.0, 15.0)
+    assert read.notes == []
+    assert _read(text, ipv6=False).config.listen == (SocketAddress("0.0.0.0", 53),)
+
+
+def test_where_a_corefile_is_silent_it_means_what_it_means_to_coredns() -> None:
+    config = _read(".:5300 {\n  kubernetes cluster.local\n  forward . 10.0.0.2:5353\n}\n").config
+    assert config.ttl == 5 and config.pod_mode is PodMode.DISABLED  # the kubernetes plugin's defaults
+    assert config.ops.health is None and config.ops.ready is None and config.ops.metrics is None
+    assert config.forward.cache_size == 0  # no `cache`: nothing cached
+    assert config.lameduck == 0 and config.config_file is None and not config.loadbalance
+    assert config.forward.upstreams == (SocketAddress("10.0.0.2", 5353),)
+    assert config.listen[0].port == 5300
+    # Only what a Corefile says nothing of comes from the flags: the budgets, the API timings.
+    base = base_config(reply_cache_bytes=12345, ttl=30, pod_mode=PodMode.VERIFIED)
+    assert _read(".:53 {\n kubernetes cluster.local\n}\n", base=base).config == dataclasses.replace(
+        config,
+        listen=(SocketAddress("0.0.0.0", 53), SocketAddress("::", 53)),
+        reply_cache_bytes=12345,
+        forward=dataclasses.replace(config.forward, upstreams=()),
+    )
+
+
+def test_every_plugin_option_kdns_honours_is_read() -> None:
+    config = _read(
+        """\
+cluster.local:1053 in-addr.arpa:1053 {
+    bind 127.0.0.1 ::1
+    bufsize 1400
+    log
+    errors {
+        consolidate 5m ".* i/o timeout$"
+    }
+    health 127.0.0.1:18080
+    ready [::1]:18181
+    prometheus localhost:19153
+    kubernetes {
+        pods verified
+        ttl 0
+        namespaces prod staging
+        labels app=web
+        kubeconfig /etc/kubeconfig other
+        fallthrough in-addr.arpa
+    }
+    autopath @kubernetes
+    forward . 10.0.0.2 dns://10.0.0.3:5353 {
+        policy sequential
+        max_concurrent 50
+        force_tcp
+        prefer_udp
+    }
+    cache {
+        success 500 120 10
+        denial 200 60
+        prefetch 10 1m 20%
+        serve_stale 1m30s
+    }
+    reload 10s 8s
+}
+""",
+    )
+    read = config.config
+    assert read.listen == (SocketAddress("127.0.0.1", 1053), SocketAddress("::1", 1053))
+    assert read.max_udp == 1400 and read.log_queries and read.autopath
+    assert read.ops.health == SocketAddress("127.0.0.1", 18080) and read.ops.ready == SocketAddress("::1", 18181)
+    assert read.ops.metrics == SocketAddress("127.0.0.1", 19153)
+    assert read.pod_mode is PodMode.VERIFIED and read.ttl == 0 and read.watch.watch_pods
+    assert read.watch.namespaces == ("prod", "staging") and read.watch.label_selector == "app=web"
+    assert (read.kubeconfig, read.context) == ("/etc/kubeconfig", "other")
+    forward = read.forward
+    assert forward.upstreams == (SocketAddress("10.0.0.2", 53), SocketAddress("10.0.0.3", 5353))
+    assert forward.tcp_upstreams == forward.upstreams
+    assert forward.options.policy is Policy.SEQUENTIAL and forward.options.max_concurrent == 50
+    assert (forward.cache_size, forward.options.max_ttl, forward.options.min_ttl) == (500, 120, 10)
+    assert (forward.denial_cache_size, forward.options.max_negative_ttl) == (200, 60)
+    assert forward.prefetch and forward.serve_stale == 90.0
+    assert (read.config_poll, read.config_poll_jitter) == (10.0, 5.0)
+    assert [note.split(": ", 1)[0] for note in config.notes] == ["/etc/coredns/Corefile:5", "/etc/coredns/Corefile:29"]
+
+
+def test_a_block_of_its_own_zone_is_a_stub_domain() -> None:
+    config = _read(
+        """\
+.:53 {
+    kubernetes cluster.local in-addr.arpa ip6.arpa
+    forward . 10.0.0.2
+    cache 30
+}
+corp.example:53 consul.local:53 {
+    errors
+    cache 30
+    forward . 10.1.0.1 10.1.0.2:5353
+}
+""",
+    ).config
+    upstreams = (SocketAddress("10.1.0.1", 53), SocketAddress("10.1.0.2", 5353))
+    assert config.forward.stubs == (("corp.example", upstreams), ("consul.local", upstreams))
+
+
+def test_a_corefile_without_kubernetes_is_a_forwarding_cache() -> None:
+    config = _read(".:53 {\n  forward . 10.0.0.2\n  cache 30\n}\n").config
+    assert config.node_cache and config.forward.upstreams == (SocketAddress("10.0.0.2", 53),)
+
+
+def test_a_reverse_zone_key_may_be_a_network() -> None:
+    text = ".:53 {\n kubernetes cluster.local\n forward . 10.0.0.2\n}\n10.0.0.0/8:53 {\n forward . 10.9.9.9\n}\n"
+    assert _read(text).config.forward.stubs == (("10.in-addr.arpa", (SocketAddress("10.9.9.9", 53),)),)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "says"),
+    [
+        (".:53 {\n  errors\n  whoami\n}\n", ":3", "whoami: not a plugin kdns serves (it serves autopath, bind"),
+        (".:53 {\n  kubernetes cluster.local {\n    endpoint https://x\n  }\n}\n", ":3", "endpoint: not an option of"),
+        (".:53 {\n  cache\n  cache 30\n}\n", ":3", "cache: is used twice"),
+        (".:53 {\n  kubernetes cluster.local\n}\n.:54 {\n  forward . 1.1.1.1\n}\n", ":1", "ports [53, 54]"),
+        (".:53 {\n kubernetes cluster.local\n}\nb:53 {\n kubernetes cluster.remote\n}\n", ":4", "a second server"),
+        (".:53 {\n  kubernetes cluster.local\n  forward example.org 1.1.1.1\n}\n", ":3", "FROM is . or"),
+        (".:53 {\n  forward . not-an-address\n}\n", ":2", "forward: to 'not-an-address'"),
+        (".:53 {\n  forward . tls://1.1.1.1\n}\n", ":2", "plain DNS"),
+        (".:53 {\n  kubernetes cluster.local {\n    ttl 4000\n  }\n}\n", ":3", "between 0 and 3600"),
+        (".:53 {\n  kubernetes cluster.local {\n    pods maybe\n  }\n}\n", ":3", "not one of"),
+        (".:53 {\n  kubernetes cluster.local {\n    fallthrough\n  }\n}\n", ":3", "reverse zones only"),
+        (".:53 {\n  health {\n    lameduck soon\n  }\n}\n", ":3", "expected a duration"),
+        (".:53 {\n  reload 1s\n}\n", ":2", "2s or more"),
+        (".:53 {\n  reload 10s 500ms\n}\n", ":2", "0 or 1s or more"),
+        (".:53 {\n  reload 10 5\n}\n", ":2", "expected a duration such as 5s, 1m30s"),
+        (".:53 {\n  loadbalance weighted /w\n}\n", ":2", "round_robin"),
+        (".:53 {\n  bind eth0\n}\n", ":2", "not interface names"),
+        ("tls://.:853 {\n  forward . 1.1.1.1\n}\n", ":1", "not tls://"),
+        (".:53 {\n  kubernetes cluster.local\n}\nexample.org {\n  health\n}\n", ":5", "stub domain"),
+        ("example.org {\n  forward . 1.1.1.1\n}\n", ":1", "no block for the root zone"),
+    ],
+)
+def test_what_kdns_cannot_serve_is_refused_naming_the_file_and_line(text: str, where: str, says: str) -> None:
+    error = _refused(text)
+    assert error.startswith(f"/etc/coredns/Corefile{where}:"), error
+    assert says in error, error
+
+
+def test_coredns_command_line_is_kdns_serve_with_the_corefile() -> None:
+    assert coredns_arguments(["-conf", "/etc/coredns/Corefile"]) == ["serve", "--corefile", "/etc/coredns/Corefile"]
+    assert coredns_arguments(["--conf=/c", "-quiet"]) == ["serve", "--corefile", "/c"]
+    assert coredns_arguments(["-quiet"]) == ["serve", "--corefile", "Corefile"]  # CoreDNS's default
+    assert coredns_arguments(["-plugins"]) is None
+    assert coredns_arguments(["serve", "--ttl", "5"]) == ["serve", "--ttl", "5"]
+    with pytest.raises(KdnsError, match="-pidfile: kdns takes CoreDNS's -conf PATH"):
+        coredns_arguments(["-conf", "/c", "-pidfile", "/run/coredns.pid"])
+
+
+def test_the_command_line_refuses_a_bad_corefile_and_flags_it_sets(tmp_path: Path) -> None:
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(".:53 {\n  kubernetes cluster.local\n  rewrite name a b\n}\n")
+    result = run_kdns("-conf", str(corefile))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"kdns: error: {corefile}:3: rewrite: not a plugin kdns serves (it serves autopath, bind, bufsize, cache, "
+        "errors, forward, health, kubernetes, loadbalance, log, loop, prometheus, ready, reload)"
+    )
+    command = [*kdns_command(), "serve", "--corefile", str(corefile), "--ttl", "5", "--listen", "127.0.0.1:0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == f"kdns: error: --corefile {corefile}: sets what --listen, --ttl would; say it in the Corefile\n"
+    )
+    plugins = run_kdns("-plugins")
+    assert plugins.returncode == 0 and "dns.kubernetes" in plugins.stdout.split()
