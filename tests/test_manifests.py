@@ -165,3 +165,18 @@ def test_the_node_caches_reach_the_cluster_dns_through_a_service_of_its_own() ->
     labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert all(labels.get(key) == value for key, value in upstream["spec"]["selector"].items())
     assert {(p["port"], p["protocol"]) for p in upstream["spec"]["ports"]} == {(53, "UDP"), (53, "TCP")}
+
+
+def test_the_autoscaler_scales_the_deployment_on_cpu_and_keeps_the_budgets_floor() -> None:
+    """Issue 19, point 7: replicas follow the cluster's load (CPU, against the Deployment's
+    request); never fewer than two, so the PodDisruptionBudget always leaves one answering."""
+    autoscaler, deployment, budget = _one("HorizontalPodAutoscaler"), _one("Deployment"), _one("PodDisruptionBudget")
+    assert autoscaler["apiVersion"] == "autoscaling/v2"
+    target = autoscaler["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert autoscaler["spec"]["minReplicas"] >= budget["spec"]["maxUnavailable"] + 1
+    (metric,) = autoscaler["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"]  # what utilization is measured against
+    assert "replicas" not in deployment["spec"]  # the autoscaler owns it

@@ -224,7 +224,14 @@ def test_every_manifest_passes_a_server_side_dry_run_with_strict_field_validatio
         for document in yaml.safe_load_all(path.read_text())
         if document
     ]
-    assert {document["kind"] for document in documents} >= {"Deployment", "Service", "ClusterRole", "DaemonSet"}
+    assert {document["kind"] for document in documents} >= {
+        "Deployment",
+        "Service",
+        "ClusterRole",
+        "DaemonSet",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
     with real_apiserver(tmp_path / "api") as api:
         admin = api.api_client()
         for document in documents:
