@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cluster.yaml"
 # kubeadm's Corefile, as `kubeadm init` writes it into the coredns ConfigMap (Kubernetes 1.31).
 KUBEADM_COREFILE = EXAMPLE.parent / "coredns" / "Corefile"
@@ -132,3 +134,29 @@ def dig(server: KdnsServer, *args: str, address: tuple[str, int] | None = None) 
         check=False,
     )
     return result.stdout
+
+
+# CoreDNS, the server kdns replaces (../shared/coredns/README.md): the reference for behaviour.
+COREDNS_PACKED = EXAMPLE.parent.parent.parent / "shared" / "coredns" / "coredns.zst"
+
+
+def coredns_binary(directory: Path) -> Path:
+    """CoreDNS unpacked into `directory` (`COREDNS` names another binary); skips the calling test,
+    saying why, where there is none, and fails instead in CI, which has it."""
+    named = os.environ.get("COREDNS")
+    if named:
+        return Path(named)
+    problem = None
+    if not COREDNS_PACKED.exists():
+        problem = f"no CoreDNS: {COREDNS_PACKED} is missing (../shared beside the checkout, or set COREDNS)"
+    elif shutil.which("zstd") is None:
+        problem = "no zstd to unpack CoreDNS: apt-get install -y zstd"
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {problem}")
+        pytest.skip(problem)
+    binary = directory / "coredns"
+    if not binary.exists():
+        subprocess.run(["zstd", "-dqf", str(COREDNS_PACKED), "-o", str(binary)], check=True)
+        binary.chmod(0o755)
+    return binary
