@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from udp_throughput import dnsperf, free_port, kdns_command, running, wait_until_answering
+from udp_throughput import free_port, kdns_command, running, side_by_side, wait_until_answering
 
 
 def write_cluster(work: Path, services: int, endpoints: int) -> tuple[Path, Path, str]:
@@ -87,30 +86,11 @@ def main() -> int:
             pids = {"on": processes[0].pid, "off": processes[1].pid}
             for port in ports.values():
                 wait_until_answering(port, probe)
-            cpus_here = sorted(os.sched_getaffinity(0))
-            if len(cpus_here) >= 2:
-                for pid in pids.values():
-                    os.sched_setaffinity(pid, {cpus_here[-1]})
-                os.sched_setaffinity(0, set(cpus_here[:-1]))
             print(
                 f"{args.services} names (half headless, {args.endpoints} endpoints each), "
                 f"{args.rounds} rounds of {args.seconds} s per server"
             )
-            rates: dict[str, list[float]] = {"on": [], "off": []}
-            cpus: dict[str, list[float]] = {"on": [], "off": []}
-            for round_ in range(args.rounds):
-                for label in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
-                    qps, cpu = dnsperf(ports[label], queries, args.seconds, pids[label])
-                    rates[label].append(qps)
-                    cpus[label].append(cpu)
-            for label in ("on", "off"):
-                print(
-                    f"{label:4}: {statistics.median(rates[label]):10.0f} q/s  "
-                    f"{statistics.median(cpus[label]):6.2f} us CPU/query (medians)"
-                )
-            rate = statistics.median(rates["on"]) / statistics.median(rates["off"])
-            cpu = statistics.median(cpus["on"]) / statistics.median(cpus["off"])
-            print(f"on / off: {rate:.3f} x rate  {cpu:.3f} x CPU per query")
+            side_by_side(("on", "off"), ports, pids, queries, args.seconds, args.rounds)
     return 0
 
 

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,6 +156,35 @@ def dnsperf(port: int, queries: Path, seconds: int, pid: int) -> tuple[float, fl
     if lost:
         print(f"  (port {port}: {lost} queries lost)")
     return qps, used / max(completed, 1) * 1e6
+
+
+def side_by_side(
+    labels: tuple[str, str], ports: dict[str, int], pids: dict[str, int], queries: Path, seconds: int, rounds: int
+) -> None:
+    """Two servers, each pinned to the same CPU and dnsperf to the others, asked the same
+    `queries` for `seconds` in turn, which goes first alternating each round (so that drift and
+    warm-up fall on both alike); prints each one's medians and the ratios first / second."""
+    cpus_here = sorted(os.sched_getaffinity(0))
+    if len(cpus_here) >= 2:
+        for pid in pids.values():
+            os.sched_setaffinity(pid, {cpus_here[-1]})
+        os.sched_setaffinity(0, set(cpus_here[:-1]))
+    rates: dict[str, list[float]] = {label: [] for label in labels}
+    cpus: dict[str, list[float]] = {label: [] for label in labels}
+    for round_ in range(rounds):
+        for label in labels if round_ % 2 == 0 else labels[::-1]:
+            qps, cpu = dnsperf(ports[label], queries, seconds, pids[label])
+            rates[label].append(qps)
+            cpus[label].append(cpu)
+    for label in labels:
+        print(
+            f"{label:5}: {statistics.median(rates[label]):10.0f} q/s  "
+            f"{statistics.median(cpus[label]):6.2f} us CPU/query (medians)"
+        )
+    first, second = labels
+    rate = statistics.median(rates[first]) / statistics.median(rates[second])
+    cpu = statistics.median(cpus[first]) / statistics.median(cpus[second])
+    print(f"{first} / {second}: {rate:.3f} x rate  {cpu:.3f} x CPU per query")
 
 
 def main() -> int:

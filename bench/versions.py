@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from metrics_cost import mixed_queries
-from udp_throughput import dnsperf, free_port, kdns_command, running, wait_until_answering, write_cluster
+from udp_throughput import free_port, kdns_command, running, side_by_side, wait_until_answering, write_cluster
 
 
 def main() -> int:
@@ -49,27 +48,8 @@ def main() -> int:
             pids = {"this": processes[0].pid, "other": processes[1].pid}
             for port in ports.values():
                 wait_until_answering(port, names[0][0])
-            cpus_here = sorted(os.sched_getaffinity(0))
-            if len(cpus_here) >= 2:
-                for pid in pids.values():
-                    os.sched_setaffinity(pid, {cpus_here[-1]})
-                os.sched_setaffinity(0, set(cpus_here[:-1]))
             print(f"{args.services} names, {args.rounds} rounds of {args.seconds} s per server, dnsperf -q 200")
-            rates: dict[str, list[float]] = {"this": [], "other": []}
-            cpus: dict[str, list[float]] = {"this": [], "other": []}
-            for round_ in range(args.rounds):
-                for label in ("this", "other") if round_ % 2 == 0 else ("other", "this"):
-                    qps, cpu = dnsperf(ports[label], queries, args.seconds, pids[label])
-                    rates[label].append(qps)
-                    cpus[label].append(cpu)
-            for label in ("this", "other"):
-                print(
-                    f"{label:5}: {statistics.median(rates[label]):10.0f} q/s  "
-                    f"{statistics.median(cpus[label]):6.2f} us CPU/query (medians)"
-                )
-            rate = statistics.median(rates["this"]) / statistics.median(rates["other"])
-            cpu = statistics.median(cpus["this"]) / statistics.median(cpus["other"])
-            print(f"this / other: {rate:.3f} x rate  {cpu:.3f} x CPU per query")
+            side_by_side(("this", "other"), ports, pids, queries, args.seconds, args.rounds)
     return 0
 
 
