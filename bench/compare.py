@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,8 @@ from udp_throughput import (  # noqa: E402
     unbound_config,
     wait_until_answering,
 )
+
+from tests.process import unpack_coredns  # noqa: E402
 
 Row = dict[str, float]
 
@@ -218,20 +219,7 @@ def _api_server(work: Path, objects: list[dict[str, Any]]) -> Any:
 
 
 def _coredns_binary() -> Path:
-    named = os.environ.get("COREDNS")
-    if named:
-        return Path(named)
-    binary = ROOT / ".bench" / "coredns"
-    if not binary.exists():
-        packed = ROOT.parent / "shared" / "coredns" / "coredns.zst"
-        if not packed.exists():
-            raise FileNotFoundError(f"no CoreDNS: {packed} is missing (or set COREDNS)")
-        if shutil.which("zstd") is None:
-            raise FileNotFoundError("no zstd to unpack CoreDNS: apt-get install -y zstd")
-        binary.parent.mkdir(exist_ok=True)
-        subprocess.run(["zstd", "-dqf", str(packed), "-o", str(binary)], check=True)
-        binary.chmod(0o755)
-    return binary
+    return unpack_coredns(ROOT / ".bench")
 
 
 def sync_cluster(services: int) -> tuple[list[dict[str, Any]], list[str]]:

@@ -26,7 +26,7 @@ from typing import ParamSpec, TypeVar
 
 from kdns import config
 from kdns.address import SocketAddress
-from kdns.config import ForwardConfig, ForwardOptions, OpsListeners, Policy, ServeConfig, WatchOptions
+from kdns.config import ForwardConfig, ForwardOptions, OpsListeners, Policy, ServeConfig
 from kdns.core.names import REVERSE_ZONES
 from kdns.core.store import PodMode
 from kdns.corefile import CorefileError, Directive, ServerBlock
@@ -189,13 +189,8 @@ class _Reader:
         self.max_udp = base.max_udp
         self.kubeconfig: str | None = None
         self.context: str | None = None
-        self.watch = WatchOptions(
-            watch_timeout=base.watch.watch_timeout,
-            request_timeout=base.watch.request_timeout,
-            backoff_initial=base.watch.backoff_initial,
-            backoff_max=base.watch.backoff_max,
-            page_size=base.watch.page_size,
-        )
+        # The API timings are the flags'; what is watched is the Corefile's to say.
+        self.watch = dataclasses.replace(base.watch, namespaces=(), label_selector="", watch_pods=False)
         self.hosts: list[str] = []
         self.health: SocketAddress | None = None
         self.ready: SocketAddress | None = None

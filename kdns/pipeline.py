@@ -267,23 +267,15 @@ class Pipeline:
         message = outcome.message
         query, tcp = request.query, request.tcp
         rcode = message[3] & RCODE_MASK
-        keep = outcome.keep
-        if keep is not None:
-            self._keep(packet, query.qtype, rcode, tcp, message, keep, outcome.orders)
+        if outcome.keep is not None:
+            self._keep(packet, query.qtype, rcode, tcp, outcome)
         self.counters.count(tcp, query.qtype, rcode, _family(request.client))
         self._finished(query.qtype, request.client, packet, message, tcp, started)
         return message
 
-    def _keep(
-        self,
-        packet: bytes,
-        qtype: int,
-        rcode: int,
-        tcp: bool,
-        message: bytes,
-        keep: object,
-        outcome_orders: tuple[bytes, ...],
-    ) -> None:
+    def _keep(self, packet: bytes, qtype: int, rcode: int, tcp: bool, outcome: Reply) -> None:
+        """Keep `outcome` (a reply whose `keep` allows it) for the question `packet` asks."""
+        keep = outcome.keep
         counted = counted_type(qtype)  # as `QueryCounters.count` files it
         transport = TCP if tcp else UDP
         counter_keys = _COUNTER_KEYS.get((transport, counted, rcode))
@@ -300,8 +292,8 @@ class Pipeline:
             if serving is None or serving[0].served is not keep.served:
                 return  # the cache no longer serves that answer
             cache_key, served, (entry, served_until) = keep.key, keep.served, serving
-        orders = tuple(order[2:] for order in outcome_orders)
-        body = orders[0] if orders else message[2:]  # the message sent is the first order
+        orders = tuple(order[2:] for order in outcome.orders)
+        body = orders[0] if orders else outcome.message[2:]  # the message sent is the first order
         self.kept[tcp].keep(
             packet[2:], KeptReply(body, counted, *counter_keys, cache_key, served, entry, served_until, orders)
         )

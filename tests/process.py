@@ -140,23 +140,33 @@ def dig(server: KdnsServer, *args: str, address: tuple[str, int] | None = None) 
 COREDNS_PACKED = EXAMPLE.parent.parent.parent / "shared" / "coredns" / "coredns.zst"
 
 
-def coredns_binary(directory: Path) -> Path:
-    """CoreDNS unpacked into `directory` (`COREDNS` names another binary); skips the calling test,
-    saying why, where there is none, and fails instead in CI, which has it."""
+def unpack_coredns(directory: Path) -> Path:
+    """CoreDNS, unpacked into `directory` on first use (`COREDNS` names another binary);
+    `FileNotFoundError` saying what is missing. The tests and bench/compare.py both use it."""
     named = os.environ.get("COREDNS")
     if named:
         return Path(named)
-    problem = None
-    if not COREDNS_PACKED.exists():
-        problem = f"no CoreDNS: {COREDNS_PACKED} is missing (../shared beside the checkout, or set COREDNS)"
-    elif shutil.which("zstd") is None:
-        problem = "no zstd to unpack CoreDNS: apt-get install -y zstd"
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {problem}")
-        pytest.skip(problem)
     binary = directory / "coredns"
-    if not binary.exists():
-        subprocess.run(["zstd", "-dqf", str(COREDNS_PACKED), "-o", str(binary)], check=True)
-        binary.chmod(0o755)
+    if binary.exists():
+        return binary
+    if not COREDNS_PACKED.exists():
+        raise FileNotFoundError(
+            f"no CoreDNS: {COREDNS_PACKED} is missing (../shared beside the checkout, or set COREDNS)"
+        )
+    if shutil.which("zstd") is None:
+        raise FileNotFoundError("no zstd to unpack CoreDNS: apt-get install -y zstd")
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["zstd", "-dqf", str(COREDNS_PACKED), "-o", str(binary)], check=True)
+    binary.chmod(0o755)
     return binary
+
+
+def coredns_binary(directory: Path) -> Path:
+    """`unpack_coredns`, skipping the calling test, saying why, where there is no CoreDNS; failing
+    it instead in CI, which has it."""
+    try:
+        return unpack_coredns(directory)
+    except FileNotFoundError as missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {missing}")
+        pytest.skip(str(missing))

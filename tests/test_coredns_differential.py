@@ -8,7 +8,6 @@ README). CoreDNS is ../shared/coredns (tests/process.py `coredns_binary`).
 from __future__ import annotations
 
 import ipaddress
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 from tests.builders import endpoint, endpoint_slice, headless, namespace, service
 from tests.fakeupstream import FakeUpstream
 from tests.helpers import http_get, wait
-from tests.kubeapi import RealApiServer, assets, real_apiserver
+from tests.kubeapi import RealApiServer, assets, free_port, real_apiserver
 from tests.process import KUBEADM_COREFILE, KdnsServer, coredns_binary
 
 TCP = "TCP"
@@ -154,12 +153,6 @@ def _corefile(path: Path, kubeconfig: Path, upstream: FakeUpstream, ready_port: 
     return path
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        return int(udp.getsockname()[1])
-
-
 def _answer(port: int, name: str, rdtype: str) -> tuple[str, list[str]]:
     query = dns.message.make_query(name, rdtype)
     reply = dns.query.tcp(query, "127.0.0.1", port=port, timeout=5)
@@ -174,7 +167,7 @@ def _answer(port: int, name: str, rdtype: str) -> tuple[str, list[str]]:
 def test_kubeadms_corefile_gives_the_same_answers_from_kdns_and_coredns(api: RealApiServer, tmp_path: Path) -> None:
     upstream = FakeUpstream()
     kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
-    coredns_port, coredns_ready = _free_port(), _free_port()
+    coredns_port, coredns_ready = free_port(), free_port()
     for_coredns = _corefile(tmp_path / "for-coredns" / "Corefile", kubeconfig, upstream, coredns_ready)
     for_kdns = _corefile(tmp_path / "for-kdns" / "Corefile", kubeconfig, upstream)
     assert for_coredns.read_text().replace(f"ready 127.0.0.1:{coredns_ready}", "ready 127.0.0.1:0") == (
