@@ -18,4 +18,6 @@ COPY --from=build /app/venv /app/venv
 USER 65532:65532
 EXPOSE 53/udp 53/tcp 8080/tcp 8181/tcp 9153/tcp
 ENTRYPOINT ["/app/venv/bin/kdns"]
-CMD ["serve", "--listen", "0.0.0.0:53", "--health-listen", "0.0.0.0:8080", "--ready-listen", "0.0.0.0:8181", "--metrics-listen", "0.0.0.0:9153"]
+# `:PORT`: every address of both families, as CoreDNS's `.:53`. CoreDNS's own arguments work too:
+# `-conf /etc/coredns/Corefile` (kubeadm's Deployment, with only the image changed).
+CMD ["serve", "--listen", ":53", "--health-listen", ":8080", "--ready-listen", ":8181", "--metrics-listen", ":9153"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kdns.errors import KdnsError
@@ -41,3 +42,29 @@ class SocketAddress:
         if not lowest_port <= port <= 65535:
             raise KdnsError(f"{flag} {text!r}: port {port} is out of range")
         return cls(str(address), port)
+
+
+def can_listen_on_ipv6() -> bool:
+    """Whether this host (or network namespace) can bind an IPv6 socket."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+def listen_addresses(
+    texts: Sequence[str], flag: str, ipv6: Callable[[], bool] = can_listen_on_ipv6
+) -> tuple[SocketAddress, ...]:
+    """`--listen` values: `ADDR:PORT`, `[ADDR]:PORT`, or `:PORT`, every address of both families
+    (`0.0.0.0` and `[::]` where the host has IPv6), as CoreDNS's `.:53` listens."""
+    out: list[SocketAddress] = []
+    for text in texts:
+        if text.startswith(":") and text[1:].isdigit():
+            out.append(SocketAddress.parse(f"0.0.0.0{text}", flag, lowest_port=0))
+            if ipv6():
+                out.append(SocketAddress.parse(f"[::]{text}", flag, lowest_port=0))
+        else:
+            out.append(SocketAddress.parse(text, flag, lowest_port=0))
+    return tuple(out)

@@ -14,30 +14,39 @@ import trio
 
 from kdns.address import SocketAddress
 from kdns.config import ServeConfig
+from kdns.core.any import AnyStage
 from kdns.core.autopath import Autopath, AutopathStage
 from kdns.core.blocks import ServerBlock, ServerBlocks
 from kdns.core.cache import ForwardCache
 from kdns.core.cluster_zone import ClusterZone
 from kdns.core.forwarding import CacheStage, ForwardStage
+from kdns.core.hosts import HostsSource, HostsStage
 from kdns.core.loadbalance import LoadBalance
 from kdns.core.loop import LoopProbes, LoopStage
 from kdns.core.model import IPAddress
 from kdns.core.names import REVERSE_ZONES, to_wire
-from kdns.core.stage import Next, ReplyOptions, Stage
+from kdns.core.rewrite import RewriteStage
+from kdns.core.rewrite_rules import Rule
+from kdns.core.stage import Next, Outcome, ReplyOptions, Request, Stage
+from kdns.core.template import TemplateStage
+from kdns.core.template_rules import Template
 from kdns.core.zone import Zone
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder
+from kdns.hosts_file import HostsFile
 from kdns.logs import QueryLog
 from kdns.pipeline import Pipeline
-from kdns.serve import BoundListener, serve
+from kdns.serve import BoundListener, Current, serve
 from kdns.state import State
 
 log = logging.getLogger(__name__)
 
 
 class Answerer:
-    """Answers on `listeners` from a zone and upstream. Its upstreams are checked by whoever bound
-    the listeners (`check_upstreams`), once, before the cluster is loaded."""
+    """Answers on `listeners` from a zone and upstream, with one configuration for its life (a
+    worker process with `--workers`; `kdns.live` serves the one process of `kdns serve`, and
+    replaces what it answers with on a reload). Its upstreams are checked by whoever bound the
+    listeners (`check_upstreams`), once, before the cluster is loaded."""
 
     def __init__(self, config: ServeConfig, listeners: list[BoundListener], state: State) -> None:
         self.config = config
@@ -45,9 +54,7 @@ class Answerer:
         self.state = state
         self.loop_exit = LoopExit()
         self.forwarder, self.cache = forwarding(config, state)
-        state.cache = self.cache
-        if self.cache is not None:
-            state.add_stores(self.cache.stores)
+        state.report_cache(self.cache)
 
     async def run(
         self,
@@ -62,46 +69,73 @@ class Answerer:
         zone is not known to be missing); not readiness, which turns False in lameduck.
         `namespace_of` gives the namespace of the Pod at a client address (`--autopath`)."""
         config, forwarder = self.config, self.forwarder
-        options = ReplyOptions(max_udp=config.max_udp, recursion_available=forwarder is not None)
-        probes = LoopProbes(self.loop_exit)
-        autopath = None
-        if config.autopath and namespace_of is not None:
-            search = tuple(to_wire(domain) for domain in config.search)
-            autopath = Autopath(to_wire(config.cluster_domain), search, namespace_of)
-        blocks = server_blocks(
-            options,
-            domain=config.cluster_domain,
-            zone=zone,
-            synced=synced,
-            cache=self.cache,
-            probes=probes,
-            autopath=autopath,
-            count_autopath=self.state.queries.count_autopath,
-            default_upstreams=bool(config.forward.upstreams),
-            stub_domains=[domain for domain, _ in config.forward.stubs],
-            loadbalance=config.loadbalance,
-        )
         async with trio.open_nursery() as nursery:
             self.loop_exit.scope = nursery.cancel_scope
-            pipeline = Pipeline(
-                blocks,
-                options,
-                self.state,
-                zone=zone,
-                cache=self.cache,
-                transport=forwarder,
-                query_log=QueryLog() if config.log_queries else None,
-                reply_cache_bytes=config.reply_cache_bytes,
-                probes=probes,
+            pipeline = pipeline_for(
+                config, self.state, forwarder, self.cache, zone, synced, namespace_of, self.loop_exit
             )
             if forwarder is not None:
                 await nursery.start(forwarder.run)
             await nursery.start(pipeline.run)
-            await nursery.start(serve, self.listeners, pipeline, config.tcp, self.state)
+            await nursery.start(serve, self.listeners, Current(pipeline, config.tcp), self.state)
             for listener in self.listeners:
                 log.info("listening on %s (udp, tcp)", listener.address)
             task_status.started()
         return self.loop_exit.status
+
+
+def pipeline_for(
+    config: ServeConfig,
+    state: State,
+    forwarder: Forwarder | None,
+    cache: ForwardCache | None,
+    zone: Zone | None,
+    synced: Callable[[], bool],
+    namespace_of: Callable[[str], str | None] | None,
+    loop_exit: Callable[[str], None],
+) -> Pipeline:
+    """The pipeline that answers as `config` says, from `zone` (None: a node cache) and through
+    `forwarder` and its `cache` (None: nothing is forwarded); `loop_exit` is told of a
+    forwarding loop its probes find."""
+    options = ReplyOptions(max_udp=config.max_udp, recursion_available=forwarder is not None)
+    probes = LoopProbes(loop_exit)
+    hosts = HostsFile(config.hosts) if config.hosts is not None else None
+    if hosts is not None:
+        state.add_stores("hosts", lambda: {"hosts": hosts.figures()})
+    autopath = None
+    if config.autopath and namespace_of is not None:
+        search = tuple(to_wire(domain) for domain in config.search)
+        autopath = Autopath(to_wire(config.cluster_domain), search, namespace_of)
+    blocks = server_blocks(
+        options,
+        domain=config.cluster_domain,
+        zone=zone,
+        synced=synced,
+        cache=cache,
+        probes=probes,
+        autopath=autopath,
+        count_autopath=state.queries.count_autopath,
+        default_upstreams=bool(config.forward.upstreams),
+        stub_domains=[domain for domain, _ in config.forward.stubs],
+        loadbalance=config.loadbalance,
+        hosts=hosts.source if hosts is not None else None,
+        answer_any=config.answer_any,
+        rewrite=config.rewrite,
+        templates=config.templates,
+        forward_except=config.forward.excepted,
+    )
+    return Pipeline(
+        blocks,
+        options,
+        state,
+        zone=zone,
+        cache=cache,
+        transport=forwarder,
+        query_log=QueryLog() if config.log_queries else None,
+        reply_cache_bytes=config.reply_cache_bytes,
+        probes=probes,
+        background=(hosts.run,) if hosts is not None else (),
+    )
 
 
 def server_blocks(
@@ -117,6 +151,11 @@ def server_blocks(
     default_upstreams: bool = True,
     stub_domains: Sequence[str] = (),
     loadbalance: bool = False,
+    hosts: HostsSource | None = None,
+    answer_any: bool = False,
+    rewrite: Sequence[Rule] = (),
+    templates: Sequence[Template] = (),
+    forward_except: Sequence[str] = (),
 ) -> ServerBlocks:
     """The server blocks kdns serves, as kubeadm's Corefile has them, with kube-dns's stub
     domains as blocks of their own:
@@ -131,17 +170,40 @@ def server_blocks(
 
     Without a forward cache nothing is forwarded (there is no transport: no upstream at all).
     With `loadbalance`, each block's first stage gives its replies' address and MX records in
-    turn (CoreDNS's `loadbalance`, first of these in its plugin order).
+    turn (CoreDNS's `loadbalance`, first of these in its plugin order). With `hosts`, the cluster
+    block and the root block answer from it first, after autopath (CoreDNS's plugin order:
+    autopath, cache, hosts, kubernetes, forward; kdns keeps its forward cache after the hosts
+    stage, as it keeps cluster names out of it). With `answer_any`, a query of type ANY gets
+    one HINFO record (CoreDNS's `any`, first of all). With `rewrite` rules, the cluster block
+    and the root block rewrite questions after those two (`kdns.core.rewrite`), and answer from
+    `templates` after autopath, before hosts (`kdns.core.template`).
     """
     default = 0 if default_upstreams and cache is not None else None
+
+    excepted = tuple(to_wire(zone) for zone in forward_except)
 
     def forwarding_stages(group: int | None) -> list[Stage]:
         if group is None or cache is None:
             return []
-        return [CacheStage(cache, options), LoopStage(probes, options), ForwardStage(group, options)]
+        forward = ForwardStage(group, options, excepted if group == default else ())
+        return [CacheStage(cache, options), LoopStage(probes, options), forward]
 
-    def first_stages() -> list[Stage]:
-        return [LoadBalance()] if loadbalance else []
+    main: dict[str, ServerBlock] = {}  # the blocks of the Corefile's main block, once built
+
+    def rewritten(request: Request) -> Outcome:
+        """A rewritten question goes on after the rewrite stage, in the block of the Corefile's
+        main block that holds its new name (CoreDNS: on down the same chain)."""
+        cluster = main.get("cluster")
+        block = cluster if cluster is not None and cluster.holds(request.query.key) else main["root"]
+        return block.after(RewriteStage)(request)
+
+    rewrite_stage = RewriteStage(rewrite, options, rewritten) if rewrite else None
+
+    def first_stages(in_main: bool = True) -> list[Stage]:
+        # CoreDNS's plugin order: any, loadbalance, rewrite.
+        stages: list[Stage] = [AnyStage(options)] if answer_any else []
+        stages += [LoadBalance()] if loadbalance else []
+        return stages + ([rewrite_stage] if rewrite_stage is not None and in_main else [])
 
     def build(resolve: Next) -> list[ServerBlock]:
         blocks = []
@@ -149,12 +211,20 @@ def server_blocks(
             stages = first_stages()
             if autopath is not None:
                 stages.append(AutopathStage(autopath, options, synced, resolve, count_autopath))
+            if templates:
+                stages.append(TemplateStage(templates, options, resolve))
+            if hosts is not None:
+                stages.append(HostsStage(hosts, options))
             stages.append(ClusterZone(zone, options, synced, resolve if cache is not None else None))
             stages += forwarding_stages(default)
-            blocks.append(ServerBlock((domain, *REVERSE_ZONES), stages, options, default))
+            main["cluster"] = ServerBlock((domain, *REVERSE_ZONES), stages, options, default)
+            blocks.append(main["cluster"])
         for group, stub in enumerate(stub_domains, 1):
-            blocks.append(ServerBlock((stub,), first_stages() + forwarding_stages(group), options, group))
-        blocks.append(ServerBlock((".",), first_stages() + forwarding_stages(default), options, default))
+            blocks.append(ServerBlock((stub,), first_stages(False) + forwarding_stages(group), options, group))
+        root = first_stages() + ([TemplateStage(templates, options, resolve)] if templates else [])
+        root += [HostsStage(hosts, options)] if hosts is not None else []
+        main["root"] = ServerBlock((".",), root + forwarding_stages(default), options, default)
+        blocks.append(main["root"])
         return blocks
 
     return ServerBlocks(build)
@@ -175,7 +245,9 @@ def forward_groups(config: ServeConfig) -> list[tuple[SocketAddress, ...]]:
 
 
 def forwarding(config: ServeConfig, state: State) -> tuple[Forwarder | None, ForwardCache | None]:
-    """The forwarder and its cache, or (None, None) with one warning when there is no upstream."""
+    """The forwarder and its cache (the state counts the forwarder's upstreams; the cache is
+    reported with `State.report_cache` once it serves), or (None, None) with one warning when
+    there is no upstream."""
     forward = config.forward
     if not forward.upstreams and not forward.stubs:
         log.warning(

@@ -7,20 +7,20 @@ from __future__ import annotations
 import logging
 import random
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 
 import trio
 
 from kdns import logs
 from kdns.address import SocketAddress
-from kdns.answering import Answerer, check_upstreams, ns_addresses
+from kdns.answering import check_upstreams, ns_addresses
 from kdns.config import LIVE_SETTINGS, ServeConfig, quoted
-from kdns.core.store import ClusterStore
 from kdns.errors import KdnsError
+from kdns.live import RESTART_SETTINGS, Live, changed_settings
 from kdns.metrics import StateCollector, metrics_route, wall_clock
 from kdns.ops import health, readiness, serve_http
-from kdns.serve import bind, bind_tcp
+from kdns.serve import BoundListener, bind, bind_tcp
 from kdns.settings import fingerprint
 from kdns.sources import open_sources
 from kdns.state import State
@@ -29,16 +29,21 @@ from kdns.workers import WorkerPool
 log = logging.getLogger(__name__)
 
 
+Apply = Callable[[ServeConfig], Awaitable[list[str]]]  # `Live.apply`
+
+
 @dataclass(frozen=True, slots=True)
 class Running:
-    """What a started kdns gives the one who started it: where it listens, and its state."""
+    """What a started kdns gives the one who started it: where it listens (at the start), its
+    state, and how to serve a new configuration (None with `--workers`: only the settings of
+    `config.LIVE_SETTINGS` apply there before a restart)."""
 
     addresses: tuple[SocketAddress, ...]  # each listen address, with the port actually bound
     health: SocketAddress | None  # where /health is served, with the port actually bound
     ready: SocketAddress | None
     metrics: SocketAddress | None
     state: State
-    store: ClusterStore | None  # None for a node cache
+    apply: Apply | None = None
 
 
 async def run(
@@ -53,11 +58,38 @@ async def run(
 
     With a started `pool` (`--workers`), its workers answer and this process follows the cluster
     for them and serves /health, /ready and /metrics for the instance."""
-    if pool is None:
-        listeners = [bind(address) for address in config.listen]
+    if pool is not None:
+        return await _run_pool(config, pool, task_status)
+    listeners: list[BoundListener] = []
+    try:
+        for address in config.listen:
+            listeners.append(bind(address))
         addresses = tuple(listener.address for listener in listeners)
-    else:
-        listeners, addresses = [], pool.addresses
+        check_upstreams(config, addresses)  # before the cluster is loaded
+        sources = open_sources(config, ns_addresses(addresses))
+    except BaseException:
+        for listener in listeners:
+            listener.udp.close()
+            listener.tcp.close()
+        raise
+    live = Live(config, sources, listeners)
+    status = 0
+    async with trio.open_nursery() as nursery:
+
+        async def serving(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            nonlocal status
+            status = await live.run(task_status=task_status)
+            nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
+
+        await nursery.start(serving)
+        health_at, ready_at, metrics_at = (live.http_address(path) for path in ("/health", "/ready", "/metrics"))
+        task_status.started(Running(live.addresses, health_at, ready_at, metrics_at, sources.state, live.apply))
+    return status
+
+
+async def _run_pool(config: ServeConfig, pool: WorkerPool, task_status: trio.TaskStatus[Running]) -> int:
+    """`run` with `--workers`: the pool's workers answer; this process follows the cluster for
+    them and serves the operations endpoints for the instance."""
     http = [
         (bind_tcp(address), path)
         for address, path in (
@@ -69,29 +101,20 @@ async def run(
     ]
     status = 0
     try:
-        if pool is None:
-            check_upstreams(config, addresses)  # before the cluster is loaded
-            sources = open_sources(config, ns_addresses(addresses))
-            answerer = Answerer(config, listeners, sources.state)
-        else:
-            sources = pool.sources
+        sources = pool.sources
         state, store = sources.state, sources.store
+        addresses = pool.addresses
         async with trio.open_nursery() as nursery:
 
             async def serving(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 nonlocal status
-                if pool is None:
-                    zone, pods = (store.zone, store.pods.namespace_of) if store is not None else (None, None)
-                    status = await answerer.run(zone, state.synced, pods, task_status=task_status)
-                else:
-                    status = await pool.run(task_status=task_status)
+                status = await pool.run(task_status=task_status)
                 nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
 
             await nursery.start(serving)
-            view: Callable[[], State] = (lambda: state) if pool is None else pool.view
             bound: dict[str, SocketAddress] = {}
             names = store.zone.name_count if store is not None else _no_names
-            collector = StateCollector(view, f"dns://{addresses[0]}", names, wall_clock)
+            collector = StateCollector(pool.view, f"dns://{addresses[0]}", names, wall_clock)
             routes = {"/health": health, "/ready": readiness(state.ready), "/metrics": metrics_route(collector)}
             for sock, path in http:
                 await nursery.start(serve_http, sock, {path: routes[path]}, config.ops.limits, state.http_room_made)
@@ -100,13 +123,9 @@ async def run(
                 log.info("%s on http://%s%s", path[1:], bound[path], path)
             if sources.follower is not None:
                 await nursery.start(sources.follower.run)
-            task_status.started(
-                Running(addresses, bound.get("/health"), bound.get("/ready"), bound.get("/metrics"), state, store)
-            )
+            http_bound = (bound.get("/health"), bound.get("/ready"), bound.get("/metrics"))
+            task_status.started(Running(addresses, *http_bound, state))
     finally:
-        for listener in listeners:
-            listener.udp.close()
-            listener.tcp.close()
         for sock, _ in http:
             sock.close()
     return status
@@ -157,7 +176,7 @@ async def _until_signalled(
                 nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
 
             running: Running = await nursery.start(serving)
-            reloader = Reloader(config, reload, running.state, fingerprint)
+            reloader = Reloader(config, reload, running.state, fingerprint, running.apply)
             if reload is not None and config.config_file is not None:
                 nursery.start_soon(reloader.watch_file, config.config_file)
             async for signum in signals:
@@ -166,10 +185,11 @@ async def _until_signalled(
                     log.info("received SIGHUP: reloading the configuration")
                     nursery.start_soon(reloader.reload)  # off this loop: a signal during it still counts
                     continue
-                if signum == signal.SIGTERM and config.lameduck > 0 and not running.state.draining:
+                lameduck = reloader.current.lameduck  # as the last reload set it
+                if signum == signal.SIGTERM and lameduck > 0 and not running.state.draining:
                     running.state.draining = True
-                    log.info("received %s: lameduck for %g s (still answering, /ready 503)", name, config.lameduck)
-                    nursery.start_soon(_stop_after, nursery.cancel_scope, config.lameduck)
+                    log.info("received %s: lameduck for %g s (still answering, /ready 503)", name, lameduck)
+                    nursery.start_soon(_stop_after, nursery.cancel_scope, lameduck)
                     continue
                 log.info("received %s: shutting down", name)
                 nursery.cancel_scope.cancel()
@@ -179,8 +199,10 @@ async def _until_signalled(
 
 class Reloader:
     """Reads the configuration again (SIGHUP, or its file changed): a bad one is refused with an
-    error and counted, and the old one keeps serving; a good one is applied where it can be at
-    once (`config.LIVE_SETTINGS`), and every other change is logged as waiting for a restart.
+    error and counted, and the old one keeps serving; a good one is applied while serving, all
+    of it (`apply`, `Live.apply`) but what only a restart changes (`live.RESTART_SETTINGS`,
+    logged as waiting for one). Without `apply` (`--workers`) only `config.LIVE_SETTINGS` apply
+    before a restart.
 
     The file is read, parsed and validated on a worker thread (a 1 MiB file takes a while to
     parse, and DNS is answered meanwhile), one reload at a time. Whatever goes wrong in it, a
@@ -193,11 +215,13 @@ class Reloader:
         load: Callable[[], ServeConfig] | None,
         state: State,
         fingerprint: Fingerprint = fingerprint,
+        apply: Apply | None = None,
     ) -> None:
         self.current = config
         self.load = load
         self.state = state
         self.fingerprint = fingerprint
+        self.apply = apply
         self._one_at_a_time = trio.Lock()
 
     async def reload(self) -> None:
@@ -216,17 +240,29 @@ class Reloader:
         except Exception as error:  # any fault of reading a new configuration refuses it
             self._refused(f"{type(error).__name__} reading the configuration: {quoted(str(error))}")
             return
-        changed = [field.name for field in fields(new) if getattr(new, field.name) != getattr(self.current, field.name)]
+        changed = changed_settings(self.current, new)
         if not changed:
             log.info("reload: the configuration is unchanged")
             return
-        live = [name for name in changed if name in LIVE_SETTINGS]
-        later = [name for name in changed if name not in LIVE_SETTINGS]
-        if live:
+        later = [name for name in changed if name in RESTART_SETTINGS]
+        if self.apply is None:
+            later = [name for name in changed if name not in LIVE_SETTINGS]
+        else:
+            try:
+                await self.apply(new)
+            except KdnsError as error:
+                self._refused(str(error))
+                return
+            except Exception as error:  # building the new configuration failed: the old one stays
+                log.exception("reload: building the new configuration failed")
+                self._refused(f"{type(error).__name__} building the new configuration: {quoted(str(error))}")
+                return
+        applied = [name for name in changed if name not in later]
+        if any(name in ("log_level", "log_format") for name in applied):
             logs.configure(new.log_level, new.log_format)
-        self.current = replace(self.current, **{name: getattr(new, name) for name in live})
+        self.current = replace(self.current, **{name: getattr(new, name) for name in applied})
         self.state.reloads += 1
-        log.info("reload applied: %s", ", ".join(live) if live else "nothing that applies live")
+        log.info("reload applied: %s", ", ".join(applied) if applied else "nothing that applies before a restart")
         if later:
             log.warning("reload: %s changed; applied at the next restart", ", ".join(later))
 
@@ -239,13 +275,12 @@ class Reloader:
         or take half of `config_poll_jitter`: a ConfigMap update swaps a symlink, and a Corefile's
         fingerprint covers the files it imports); read on a worker thread, at most
         `--config-max-bytes` of each file."""
-        limit = self.current.config_max_bytes
-        seen = await trio.to_thread.run_sync(self.fingerprint, path, limit)
+        seen = await trio.to_thread.run_sync(self.fingerprint, path, self.current.config_max_bytes)
         while True:
             jitter = self.current.config_poll_jitter
             # CoreDNS's reload: the interval, plus or minus half the jitter
             await trio.sleep(self.current.config_poll + random.uniform(-jitter / 2, jitter / 2))
-            now = await trio.to_thread.run_sync(self.fingerprint, path, limit)
+            now = await trio.to_thread.run_sync(self.fingerprint, path, self.current.config_max_bytes)
             if now != seen:
                 seen = now
                 log.info("%s changed: reloading the configuration", path)

@@ -19,7 +19,7 @@ import urllib3
 import yaml
 
 from kdns import __version__, app, config, corefile, corefile_config, logs, settings
-from kdns.address import SocketAddress
+from kdns.address import SocketAddress, listen_addresses
 from kdns.config import ForwardOptions, Policy, TcpLimits, WatchOptions, resolv_conf_upstreams
 from kdns.core import budgets
 from kdns.core.message import DEFAULT_MAX_UDP
@@ -112,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
             budgets.TCP_BUFFER_BYTES,
             "partial queries and unsent replies of every TCP connection",
         )
+        _size_flag(sub, "--hosts-max-bytes", budgets.HOSTS_FILE_BYTES, "the largest hosts file read (Corefile hosts)")
         sub.add_argument(
             "--config-max-bytes",
             metavar="SIZE",
@@ -165,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
         "--listen",
         action="append",
         metavar="ADDR:PORT",
-        help=f"address to serve UDP and TCP on; repeatable; IPv6 as [ADDR]:PORT (default {config.DEFAULT_LISTEN})",
+        help="address to serve UDP and TCP on; repeatable; IPv6 as [ADDR]:PORT; :PORT for every address of "
+        f"both families (default {config.DEFAULT_LISTEN})",
     )
     serve.add_argument(
         "--max-udp-size",
@@ -615,9 +617,7 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         kubeconfig=args.kubeconfig,
         context=args.context,
         watch=_watch_options(args, watch_pods=pod_mode is PodMode.VERIFIED or args.autopath),
-        listen=tuple(
-            SocketAddress.parse(text, "--listen", lowest_port=0) for text in (args.listen or [config.DEFAULT_LISTEN])
-        ),
+        listen=listen_addresses(args.listen or [config.DEFAULT_LISTEN], "--listen"),
         cluster_domain=config.cluster_domain(args.cluster_domain),
         pod_mode=pod_mode,
         ttl=config.ttl(args.ttl),
@@ -638,6 +638,7 @@ def _serve_config(args: argparse.Namespace) -> config.ServeConfig:
         pod_index_bytes=config.byte_size("--pod-index-bytes", args.pod_index_bytes),
         worker_queue_bytes=config.byte_size("--worker-queue-bytes", args.worker_queue_bytes),
         config_max_bytes=args.config_max_bytes,
+        hosts_max_bytes=config.byte_size("--hosts-max-bytes", args.hosts_max_bytes),
     )
 
 
@@ -738,6 +739,7 @@ def _node_cache_config(args: argparse.Namespace) -> config.ServeConfig:
         node_cache=True,
         reply_cache_bytes=config.byte_size("--reply-cache-bytes", args.reply_cache_bytes, lowest=0),
         config_max_bytes=args.config_max_bytes,
+        hosts_max_bytes=config.byte_size("--hosts-max-bytes", args.hosts_max_bytes),
     )
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import enum
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdns.address import SocketAddress
+from kdns.address import SocketAddress, can_listen_on_ipv6
 from kdns.core import budgets
 from kdns.core.names import InvalidName, to_wire
+from kdns.core.rewrite_rules import Rule as RewriteRule
 from kdns.core.store import PodMode
+from kdns.core.template_rules import Template
 from kdns.errors import KdnsError
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,13 @@ MAX_TTL = 3600  # CoreDNS's kubernetes plugin accepts 0-3600
 # Seconds between looks at the configuration file for a change; a Corefile's `reload` sets its own
 # (CoreDNS's default: 30 s).
 DEFAULT_CONFIG_POLL = 2.0
+DEFAULT_HOSTS_TTL = 3600  # CoreDNS's `hosts`: `ttl` ...
+DEFAULT_HOSTS_RELOAD = 5.0  # ... and `reload`
+DEFAULT_HOSTS_FILE = "/etc/hosts"  # ... and the file without one named
+
+
+DEFAULT_MAX_FAILS = 2  # CoreDNS's forward `max_fails`
+DEFAULT_HEALTH_CHECK = 0.5  # CoreDNS's forward `health_check`, in seconds
 
 
 class Policy(enum.Enum):
@@ -53,6 +63,10 @@ class ForwardOptions:
     min_ttl: int = 0
     max_ttl: int = 3600
     max_negative_ttl: int | None = None  # None: `max_ttl` for negative answers too
+    max_fails: int = DEFAULT_MAX_FAILS  # failures in a row that mark an upstream down; 0: never
+    health_check: float = DEFAULT_HEALTH_CHECK  # seconds between health checks of an upstream that is down
+    health_check_name: str = "."  # the name the health check asks NS of (`health_check ... domain`)
+    health_check_recursion: bool = True  # RD in the health check (off: `health_check ... no_rec`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +121,14 @@ NODE_CACHE_DENIAL = (9984, 5)
 NODE_CACHE_SERVE_STALE = "1h"  # cached names keep resolving while the cluster DNS is away
 
 
-def ops_address(flag: str, text: str) -> SocketAddress | None:
-    """`ADDR:PORT` for an operations listener, or None for `off`."""
-    if text.strip().lower() in OFF:
+def ops_address(flag: str, text: str, ipv6: Callable[[], bool] = can_listen_on_ipv6) -> SocketAddress | None:
+    """`ADDR:PORT` for an operations listener, or None for `off`; `:PORT`, every address of both
+    families (one dual-stack socket on `[::]` where the host has IPv6), as Go listens on `:8080`."""
+    text = text.strip()
+    if text.lower() in OFF:
         return None
+    if text.startswith(":") and text[1:].isdigit():
+        text = ("[::]" if ipv6() else "0.0.0.0") + text
     return SocketAddress.parse(text, flag, lowest_port=0)
 
 
@@ -139,6 +157,23 @@ class ForwardConfig:
     tcp_upstreams: tuple[SocketAddress, ...] = ()  # always asked over TCP (CoreDNS's forward `force_tcp`)
     cache_bytes: int = budgets.FORWARD_CACHE_BYTES  # the cache's (positive answers') bytes
     denial_cache_bytes: int = budgets.DENIAL_CACHE_BYTES  # with `denial_cache_size`: negative answers' bytes
+    # Names under these the default upstreams are never asked (CoreDNS's forward `except`): SERVFAIL.
+    excepted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HostsConfig:
+    """A hosts file and entries to answer from (CoreDNS's `hosts`; `kdns.core.hosts`)."""
+
+    path: str  # read again when it changes; a missing file answers nothing, as CoreDNS
+    inline: tuple[str, ...] = ()  # entries written in the Corefile, `ADDRESS NAME...`
+    zones: tuple[str, ...] = (".",)  # the names answered (the server block's zones)
+    ttl: int = DEFAULT_HOSTS_TTL
+    reload: float = DEFAULT_HOSTS_RELOAD  # seconds between looks at the file; 0: never again
+    reverse: bool = True  # PTR records for the entries (off: `no_reverse`)
+    fallthrough: tuple[str, ...] | None = None  # names handed on when absent; None: none (SERVFAIL)
+    fallthrough_unsupported: bool = False  # other types than A, AAAA, PTR handed on too
+    max_bytes: int = budgets.HOSTS_FILE_BYTES  # the largest file read
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +206,16 @@ class ServeConfig:
     config_poll: float = DEFAULT_CONFIG_POLL  # seconds between looks at `config_file` for a change
     config_poll_jitter: float = 0.0  # ... give or take half this many, at random (a Corefile's `reload`)
     loadbalance: bool = False  # each reply's A, AAAA and MX records in turn (CoreDNS's `loadbalance`)
+    hosts: HostsConfig | None = None  # answer from a hosts file first (CoreDNS's `hosts`)
+    hosts_max_bytes: int = budgets.HOSTS_FILE_BYTES  # the largest hosts file read
+    answer_any: bool = False  # ANY gets one HINFO record, RFC 8482 (CoreDNS's `any`)
+    rewrite: tuple[RewriteRule, ...] = ()  # questions asked under another name (CoreDNS's `rewrite`)
+    templates: tuple[Template, ...] = ()  # answers made from patterns (CoreDNS's `template`)
 
 
 # Settings a reload applies at once; every other change waits for a restart (logged as such).
-LIVE_SETTINGS = ("log_level", "log_format", "config_poll", "config_poll_jitter")
+# What applies at once wherever kdns runs, `--workers` too (the rest is built again: `kdns.live`).
+LIVE_SETTINGS = ("log_level", "log_format", "config_poll", "config_poll_jitter", "config_max_bytes", "lameduck")
 
 
 def cluster_domain(text: str) -> str:

@@ -63,12 +63,16 @@ class ConnectionTable:
         mine = self._by_address.get(address)
         if self.max_per_address is not None and mine is not None and len(mine) >= self.max_per_address:
             self._make_room(next(iter(mine)))
-        elif len(self._slots) >= self.max_connections:
+        while self._slots and len(self._slots) >= self.max_connections:  # a loop: `resize` may have lowered it
             self._make_room(next(iter(self._slots)))
         slot = Slot(address, scope)
         self._slots[slot] = None
         self._by_address.setdefault(address, OrderedDict())[slot] = None
         return slot
+
+    def resize(self, max_connections: int) -> None:
+        """A new cap (a reload): past it, the next connection admitted closes the idle ones."""
+        self.max_connections = max_connections
 
     def active(self, slot: Slot) -> None:
         """`slot` did something (a request or query came, a reply went): idle from now."""
@@ -107,6 +111,10 @@ class BufferBudget:
         self.closed = 0  # connections closed to stay within the budget
         self._on_close = on_close
         self._slots: set[Slot] = set()
+
+    def resize(self, budget: int) -> None:
+        """A new budget (a reload): past it, the next `hold` closes the stalled connections."""
+        self.budget = budget
 
     def hold(self, slot: Slot, size: int, progressed: bool = False) -> None:
         """`slot` holds `size` bytes now; `progressed`: it has just completed a query or had a

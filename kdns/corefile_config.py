@@ -18,16 +18,18 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from kdns import config
-from kdns.address import SocketAddress
+from kdns.address import SocketAddress, can_listen_on_ipv6
 from kdns.config import ForwardConfig, ForwardOptions, OpsListeners, Policy, ServeConfig
-from kdns.core.names import REVERSE_ZONES
+from kdns.core import template_rules as template
+from kdns.core.names import REVERSE_ZONES, to_wire
+from kdns.core.rewrite_rules import RewriteError, rule_of
+from kdns.core.rewrite_rules import Rule as RewriteRule
 from kdns.core.store import PodMode
 from kdns.corefile import CorefileError, Directive, ServerBlock
 from kdns.errors import KdnsError
@@ -59,13 +61,25 @@ DEFAULTS = CorefileDefaults()
 
 # Every plugin kdns serves, with the options (in its block) it takes.
 PLUGINS: dict[str, tuple[str, ...]] = {
+    "any": (),
     "autopath": (),
     "bind": (),
     "bufsize": (),
     "cache": ("success", "denial", "prefetch", "serve_stale", "disable"),
     "errors": ("consolidate",),
-    "forward": ("max_concurrent", "policy", "force_tcp", "prefer_udp"),
+    "forward": (
+        "max_concurrent",
+        "policy",
+        "force_tcp",
+        "prefer_udp",
+        "except",
+        "max_fails",
+        "health_check",
+        "expire",
+    ),
     "health": ("lameduck",),
+    # Any other line in its block is an entry, `ADDRESS NAME...` (before any `fallthrough`).
+    "hosts": ("ttl", "no_reverse", "reload", "fallthrough", "fallthrough_unsupported"),
     "kubernetes": ("pods", "ttl", "namespaces", "labels", "kubeconfig", "fallthrough"),
     "loadbalance": (),
     "log": (),
@@ -73,11 +87,14 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "prometheus": (),
     "ready": (),
     "reload": (),
+    # `rewrite [stop|continue] name|type|class ...`, its words on the line or in its block.
+    "rewrite": (),
+    "template": ("match", "answer", "additional", "authority", "rcode", "ederror", "fallthrough", "upstream"),
 }
 # What a block of its own zone (a stub domain) may hold: its upstreams, and what kdns does for
 # every block anyway.
 STUB_PLUGINS = ("bind", "bufsize", "cache", "errors", "forward", "log", "loop")
-REPEATABLE = {"bind"}  # every other plugin is used once in a block, as CoreDNS requires
+REPEATABLE = {"bind", "rewrite", "template"}  # every other plugin is used once in a block, as CoreDNS requires
 
 
 @dataclass
@@ -116,7 +133,7 @@ def serve_config(
     root = main[0] if main else next((b for b in blocks if "." in zones_of[id(b)]), None)
     if root is None:
         raise CorefileError(f"{blocks[0].where}: no block for the root zone (.) and none with kubernetes")
-    reader = _Reader(base, port, ipv6 or _can_listen_on_ipv6)
+    reader = _Reader(base, port, ipv6 or can_listen_on_ipv6)
     for directive in root.directives:
         reader.directive(directive, zones_of[id(root)])
     for block in blocks:
@@ -166,15 +183,6 @@ def _reverse_zone(cidr: str, key: str, block: ServerBlock) -> str:
     return ".".join(labels[len(labels) - keep :])
 
 
-def _can_listen_on_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::", 0))
-    except OSError:
-        return False
-    return True
-
-
 class _Reader:
     """The settings a Corefile's directives give, as they are read, over CoreDNS's defaults."""
 
@@ -206,13 +214,18 @@ class _Reader:
             timeout=base.forward.options.timeout, max_concurrent=base.forward.options.max_concurrent
         )
         self.tcp_upstreams: tuple[SocketAddress, ...] = ()
+        self.excepted: tuple[str, ...] = ()
         self.stubs: list[tuple[str, tuple[SocketAddress, ...]]] = []
         self.cache: _Cache | None = None
+        self.hosts_config: config.HostsConfig | None = None
+        self.answer_any = False
+        self.rewrite: list[RewriteRule] = []
+        self.templates: list[template.Template] = []
 
     def directive(self, directive: Directive, zones: list[str]) -> None:
         allowed = PLUGINS[directive.name]
         for option in directive.block:
-            if option.name not in allowed:
+            if option.name not in allowed and directive.name not in ("hosts", "rewrite"):
                 takes = f"takes {', '.join(allowed)}" if allowed else "takes no options"
                 raise option.error(f"not an option of {directive.name} kdns serves ({directive.name} {takes})")
         read: Callable[[Directive, list[str]], None] = getattr(self, "_" + directive.name)
@@ -230,6 +243,9 @@ class _Reader:
             raise CorefileError(f"{block.where}: a block without kubernetes forwards its zones (forward . ADDR...)")
         if "." in zones:
             raise CorefileError(f"{block.where}: a second block for the root zone (.)")
+        for option in forwards[0].block:
+            if option.name == "except":
+                raise option.error("kdns takes except in the main block's forward only")
         upstreams, _, _ = self._forward_targets(forwards[0], zones)
         for zone in zones:
             self.stubs.append((zone, upstreams))
@@ -243,6 +259,102 @@ class _Reader:
         _arguments(directive, 0, 0)
         if directive.block:
             self.notes.append(f"{directive.where}: errors consolidate: kdns logs each error once, as it happens")
+
+    def _hosts(self, directive: Directive, zones: list[str]) -> None:
+        """`hosts [FILE [ZONES...]] { ttl, no_reverse, reload, fallthrough [ZONES...],
+        fallthrough_unsupported, ADDRESS NAME... }`, as plugin/hosts/setup.go reads it."""
+        path = directive.args[0] if directive.args else config.DEFAULT_HOSTS_FILE
+        origins = tuple(_zone(zone) for zone in directive.args[1:]) or tuple(zones)
+        hosts = config.HostsConfig(path=path, zones=origins, max_bytes=self.base.hosts_max_bytes)
+        inline: list[str] = []
+        for option in directive.block:
+            name = option.name
+            if name == "fallthrough":
+                hosts = dataclasses.replace(hosts, fallthrough=tuple(_zone(zone) for zone in option.args) or (".",))
+            elif name == "fallthrough_unsupported":
+                _arguments(option, 0, 0)
+                hosts = dataclasses.replace(hosts, fallthrough_unsupported=True)
+            elif name == "no_reverse":
+                _arguments(option, 0, 0)
+                hosts = dataclasses.replace(hosts, reverse=False)
+            elif name == "ttl":
+                _arguments(option, 1, 1)
+                ttl = _integer(option, option.args[0])
+                if not 0 < ttl <= 65535:
+                    raise option.error("ttl provided is invalid: 1 to 65535 seconds")
+                hosts = dataclasses.replace(hosts, ttl=ttl)
+            elif name == "reload":
+                _arguments(option, 1, 1)
+                hosts = dataclasses.replace(hosts, reload=_go_duration(option, option.args[0]))
+            elif hosts.fallthrough is None:
+                inline.append(" ".join((name, *option.args)))  # an entry: ADDRESS NAME...
+            else:
+                raise option.error(f"unknown property {name!r} (entries come before fallthrough)")
+        if hosts.fallthrough_unsupported and hosts.fallthrough is None:
+            raise directive.error("fallthrough_unsupported requires fallthrough")
+        self.hosts_config = dataclasses.replace(hosts, inline=tuple(inline))
+
+    def _rewrite(self, directive: Directive, zones: list[str]) -> None:
+        """One rule (rewrite/setup.go: its words on the line, or, with fewer than two, the words
+        of its block), after the block's rules before it."""
+        words = list(directive.args)
+        if len(words) < 2:
+            for option in directive.block:
+                words += [option.name, *option.args]
+        try:
+            self.rewrite.append(rule_of(words))
+        except RewriteError as error:
+            raise directive.error(str(error)) from None
+
+    def _template(self, directive: Directive, zones: list[str]) -> None:
+        """`template CLASS TYPE [ZONES...] { match, answer, additional, authority, rcode,
+        ederror, fallthrough }`, as plugin/template/setup.go reads it."""
+        _arguments(directive, 2, None)
+        qclass = template.CLASSES.get(directive.args[0])
+        if qclass is None:
+            raise directive.error(f"invalid query class {directive.args[0]}")
+        qtype = template.qtype_of(directive.args[1])
+        if qtype is None:
+            raise directive.error(f"invalid RR class {directive.args[1]}")  # CoreDNS's words
+        origins = tuple(_absolute(zone) for zone in directive.args[2:]) or tuple(_absolute(zone) for zone in zones)
+        made = template.Template(qclass, qtype, origins)
+        matches: list[str] = []
+        texts: dict[str, list[str]] = {"answer": [], "additional": [], "authority": []}
+        for option in directive.block:
+            name = option.name
+            if name in ("match", *texts):
+                _arguments(option, 1, None)
+                (matches if name == "match" else texts[name]).extend(option.args)
+            elif name == "rcode":
+                _arguments(option, 1, 1)
+                rcode = template.rcode_of(option.args[0])
+                if rcode is None:
+                    raise option.error(f"unknown rcode {option.args[0]}")
+                made = dataclasses.replace(made, rcode=rcode)
+            elif name == "ederror":
+                _arguments(option, 1, 2)
+                code = _integer(option, option.args[0])
+                if code > 65535:
+                    raise option.error(f"error parsing extended DNS error code {code}")
+                made = dataclasses.replace(made, ederror=(code, option.args[1] if len(option.args) == 2 else ""))
+            elif name == "fallthrough":
+                made = dataclasses.replace(made, fallthrough=tuple(_absolute(zone) for zone in option.args) or (".",))
+            # `upstream` (its arguments ignored): CoreDNS's leftover, "remove soon"
+        made = dataclasses.replace(
+            made,
+            match=tuple(matches) or (".*",),
+            answer=tuple(texts["answer"]),
+            additional=tuple(texts["additional"]),
+            authority=tuple(texts["authority"]),
+        )
+        try:
+            self.templates.append(template.validated(made))
+        except template.TemplateError as error:
+            raise directive.error(str(error)) from None
+
+    def _any(self, directive: Directive, zones: list[str]) -> None:
+        _arguments(directive, 0, 0)
+        self.answer_any = True
 
     def _loop(self, directive: Directive, zones: list[str]) -> None:
         _arguments(directive, 0, 0)
@@ -300,6 +412,10 @@ class _Reader:
         self.upstreams, self.upstreams_from, tcp = self._forward_targets(directive, zones)
         if tcp:
             self.tcp_upstreams = self.upstreams
+        for option in directive.block:
+            if option.name == "except":
+                _arguments(option, 1, None)
+                self.excepted = tuple(_zone(zone) for zone in option.args)
 
     def _forward_targets(self, directive: Directive, zones: list[str]) -> tuple[tuple[SocketAddress, ...], str, bool]:
         """A `forward FROM TO...`'s upstreams, where they came from, and whether over TCP only."""
@@ -338,7 +454,42 @@ class _Reader:
                 tcp = True
             elif option.name == "prefer_udp":
                 _arguments(option, 0, 0)  # kdns asks over UDP first, over TCP for a truncated answer
+            elif option.name == "max_fails":
+                _arguments(option, 1, 1)
+                self.forward_options = dataclasses.replace(
+                    self.forward_options, max_fails=_integer(option, option.args[0])
+                )
+            elif option.name == "health_check":
+                self.forward_options = self._health_check(option)
+            elif option.name == "expire":
+                _arguments(option, 1, 1)
+                _go_duration(option, option.args[0])
+                self.notes.append(
+                    f"{option.where}: forward expire: kdns keeps no upstream connections to expire "
+                    "(it asks over UDP from long-lived sockets, and opens a TCP connection per TCP question)"
+                )
+
         return tuple(upstreams), source, tcp
+
+    def _health_check(self, option: Directive) -> ForwardOptions:
+        """`health_check DURATION [no_rec] [domain NAME]` (plugin/forward/setup.go)."""
+        _arguments(option, 1, 4)
+        interval = _go_duration(option, option.args[0])
+        if interval <= 0:
+            raise option.error("health_check interval must be more than 0")  # kdns checks only a down upstream
+        options = dataclasses.replace(self.forward_options, health_check=interval)
+        rest = list(option.args[1:])
+        while rest:
+            word = rest.pop(0)
+            if word == "no_rec":
+                options = dataclasses.replace(options, health_check_recursion=False)
+            elif word == "domain" and rest:
+                name = rest.pop(0)
+                _checked(option, to_wire, name)
+                options = dataclasses.replace(options, health_check_name=name)
+            else:
+                raise option.error(f"health_check: {word!r}: expected no_rec or domain NAME")
+        return options
 
     def _cache(self, directive: Directive, zones: list[str]) -> None:
         cache = _Cache()
@@ -447,6 +598,7 @@ class _Reader:
             prefetch=cache.prefetch,
             denial_cache_size=cache.denial_size,
             tcp_upstreams=self.tcp_upstreams,
+            excepted=self.excepted,
             cache_bytes=base.forward.cache_bytes,
             denial_cache_bytes=base.forward.denial_cache_bytes,
         )
@@ -473,6 +625,10 @@ class _Reader:
             search=config.resolv_conf_search(DEFAULTS.resolv_conf) if self.autopath else (),
             node_cache=node_cache,
             loadbalance=self.loadbalance,
+            hosts=self.hosts_config,
+            answer_any=self.answer_any,
+            rewrite=tuple(self.rewrite),
+            templates=tuple(self.templates),
         )
 
     def _ops_address(self, directive: Directive, default: str) -> SocketAddress:
@@ -502,6 +658,15 @@ class _Cache:
     min_ttl: int = 0
     prefetch: bool = False
     serve_stale: float = 0.0
+
+
+def _absolute(text: str) -> str:
+    """A zone as plugin.Name.Normalize makes it: lowercased, absolute (`.` the root)."""
+    return text.lower().rstrip(".") + "." if text.strip(".") else "."
+
+
+def _zone(text: str) -> str:
+    return text.rstrip(".").lower() or "."
 
 
 def _port(text: str) -> int:

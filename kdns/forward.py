@@ -19,13 +19,14 @@ import itertools
 import logging
 import random
 import socket
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from kdns.address import SocketAddress
-from kdns.config import ForwardOptions, Policy
+from kdns.config import DEFAULT_MAX_FAILS, ForwardOptions, Policy
 from kdns.core.message import RD, TCP_LIMIT, frame, framed_length
 from kdns.core.names import to_wire
 from kdns.core.upstream import BadResponse, ForwardedAnswer, MalformedResponse, read_response, upstream_query
@@ -35,9 +36,7 @@ from kdns.state import State, UpstreamCounters
 log = logging.getLogger(__name__)
 
 SOCKETS_PER_UPSTREAM = 4  # source ports a query may leave from, per upstream
-MAX_FAILS = 2  # consecutive failures that mark an upstream down (CoreDNS's max_fails)
-HEALTH_INTERVAL = 0.5  # seconds between probes of an upstream that is down (CoreDNS)
-_ROOT_NS_QUERY = b"\x00\x00\x02\x00\x01"  # `. IN NS`, CoreDNS's health check
+NS = 2  # the health check asks NS (CoreDNS: `. IN NS`, or `health_check ... domain NAME`)
 
 
 # What a query waiting on a UDP socket receives: the answer, or the malformed answer it got.
@@ -63,10 +62,11 @@ class Upstream:
             self.counters.down = False
             log.warning("upstream %s answers again", self.address)
 
-    def failed(self) -> None:
+    def failed(self, max_fails: int = DEFAULT_MAX_FAILS) -> None:
+        """A try failed; `max_fails` in a row mark it down (0: never, CoreDNS's `max_fails 0`)."""
         self.counters.failures += 1
         self.fails += 1
-        if self.fails >= MAX_FAILS and not self.counters.down:
+        if max_fails and self.fails >= max_fails and not self.counters.down:
             self.counters.down = True
             log.warning("upstream %s marked down after %d failures; probing it", self.address, self.fails)
 
@@ -228,7 +228,7 @@ class Forwarder:
                     log.debug("upstream %s: %s", upstream.address, error)
                     answer = None
             if answer is None:
-                upstream.failed()
+                upstream.failed(self.options.max_fails)
                 continue
             upstream.succeeded()
             upstream.counters.answered(answer.rcode, trio.current_time() - started)
@@ -311,12 +311,16 @@ class Forwarder:
         )
 
     async def _probe_while_down(self, upstream: Upstream) -> None:
-        """Ask `. IN NS` every HEALTH_INTERVAL while the upstream is down; any answer brings it back."""
+        """Ask `NAME IN NS` (`.` by default) every `health_check` seconds while the upstream is
+        down; any answer brings it back (CoreDNS's health check)."""
+        options = self.options
+        name = to_wire(options.health_check_name)
+        question = name + struct.pack("!HH", NS, 1)
         while True:
-            await trio.sleep(HEALTH_INTERVAL)
+            await trio.sleep(options.health_check)
             if not upstream.down or not upstream.sockets:
                 continue
-            probe = Query(0, RD, _ROOT_NS_QUERY, b"\x00", 2, 1, None)
+            probe = Query(0, RD if options.health_check_recursion else 0, question, name, NS, 1, None)
             with trio.move_on_after(self.options.timeout):
                 try:
                     await self._udp(upstream, probe)

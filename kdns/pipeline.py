@@ -31,7 +31,7 @@ import random
 import secrets
 import struct
 from bisect import bisect_left
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from time import perf_counter
 from typing import Protocol
 
@@ -39,6 +39,7 @@ import trio
 
 from kdns.core import rdata, wire
 from kdns.core.blocks import ServerBlocks
+from kdns.core.budgets import StoreSize
 from kdns.core.cache import CacheKey, ForwardCache
 from kdns.core.counters import LATENCY_BUCKETS, TCP, UDP, counted_type
 from kdns.core.kept import KeptReplies, KeptReply
@@ -63,6 +64,12 @@ PREFETCH_POLL = 0.5
 REORDER_EVERY = 1024
 # A kept reply's counter keys, per transport, type and rcode: shared, as few combinations occur.
 _COUNTER_KEYS: dict[tuple[str, int, int], tuple[tuple[str, int, int, int], tuple[str, int, int, int]]] = {}
+
+
+class Background(Protocol):
+    """A task a stage needs running beside the pipeline (`HostsFile.run`)."""
+
+    async def __call__(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
 
 class Transport(Protocol):
@@ -122,10 +129,12 @@ class Pipeline:
         query_log: QueryLog | None = None,
         reply_cache_bytes: int,
         probes: LoopProbes | None = None,
+        background: Sequence[Background] = (),
     ) -> None:
         """`zone` (if any): its changes empty the reply cache; `cache`: the forward cache its
         kept replies come from and whose popular answers `run` refreshes; `probes`: the loop
-        probes `run` sends through every upstream."""
+        probes `run` sends through every upstream; `background`: what else its stages need
+        running (a hosts file followed), started by `run`."""
         self.blocks = blocks
         self.options = options
         self.state = state
@@ -135,6 +144,7 @@ class Pipeline:
         self.transport = transport
         self._query_log = query_log
         self._probes = probes
+        self._background = tuple(background)
         self._durations = state.durations
         self._timed = state.durations is not None or query_log is not None
         # The reply cache: every reply a stage allows to be kept, by the query's bytes after its
@@ -147,7 +157,10 @@ class Pipeline:
         self._kept = (self.kept[0].entries, self.kept[1].entries)  # read on the hot path
         self._kept_generation = zone.generation if zone is not None else 0
         self._turn = 0  # replies served from their orders (`loadbalance`): which order is next
-        state.add_stores(lambda: {"reply_cache_udp": self.kept[0].figures(), "reply_cache_tcp": self.kept[1].figures()})
+        state.add_stores("pipeline", self._kept_sizes)
+
+    def _kept_sizes(self) -> dict[str, StoreSize]:
+        return {"reply_cache_udp": self.kept[0].figures(), "reply_cache_tcp": self.kept[1].figures()}
 
     # -- a query's life ----------------------------------------------------------------------
 
@@ -346,6 +359,8 @@ class Pipeline:
                     nursery.start_soon(transport.probe, upstream, name)
             if transport is not None and self._cache is not None and self._cache.prefetch:
                 nursery.start_soon(self._prefetch, transport, self._cache)
+            for task in self._background:
+                await nursery.start(task)
             task_status.started()
 
     async def _prefetch(self, transport: Transport, cache: ForwardCache) -> None:

@@ -38,6 +38,23 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 BIND_ATTEMPTS = 20  # for port 0: UDP and TCP must end up on the same free port
 
 
+class Current:
+    """What the listeners answer with now: the pipeline and the TCP limits of the configuration
+    in force. A reload replaces them (`kdns.live`) and every listener takes the new ones at once:
+    UDP at its next wake-up, TCP at its next query (the limits at its next connection); a query
+    already waiting on upstream answers finishes on the pipeline that took it."""
+
+    __slots__ = ("pipeline", "tcp")
+
+    def __init__(self, pipeline: Pipeline, tcp: TcpLimits) -> None:
+        self.pipeline = pipeline
+        self.tcp = tcp
+
+    def replace(self, pipeline: Pipeline, tcp: TcpLimits) -> None:
+        self.pipeline = pipeline
+        self.tcp = tcp
+
+
 @dataclass
 class BoundListener:
     address: SocketAddress  # with the port actually bound
@@ -116,20 +133,20 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
         )
 
 
-async def serve_udp(sock: socket.socket, pipeline: Pipeline, state: State | None = None) -> None:
-    """Answer datagrams on `sock` until cancelled; a reply that waits on upstream answers is sent
-    from a task of its own."""
+async def serve_udp(sock: socket.socket, current: Current, state: State | None = None) -> None:
+    """Answer datagrams on `sock` until cancelled, with the pipeline `current` has at each
+    wake-up; a reply that waits on upstream answers is sent from a task of its own."""
     # One buffer for every datagram: receiving into it and copying out what arrived costs less
     # than half of what `recvfrom(65535)` does, which allocates 64 KiB per packet.
     buffer = bytearray(MAX_DATAGRAM)
     view = memoryview(buffer)
     recvfrom_into = sock.recvfrom_into
     sendto = sock.sendto
-    answer = pipeline.answer
     state = state if state is not None else State()
     async with trio.open_nursery() as nursery:
         while True:
             await trio.lowlevel.wait_readable(sock)
+            answer = current.pipeline.answer  # once a burst: a reload's pipeline from the next one
             for _ in range(UDP_BURST):
                 try:
                     size, peer = recvfrom_into(buffer)
@@ -163,21 +180,21 @@ async def _send_when_answered(sock: socket.socket, peer: tuple[str, int], pendin
 
 async def serve_tcp(
     sock: socket.socket,
-    pipeline: Pipeline,
-    limits: TcpLimits,
+    current: Current,
     state: State | None = None,
     buffers: BufferBudget | None = None,
 ) -> None:
-    """Accept TCP connections on `sock` until cancelled (RFC 7766). Past `limits.max_connections`
-    the connection idle longest is closed for the new one (RFC 7766 6.2.3: a server may close
-    idle connections when it needs the resources): idle clients cannot keep others out. Every
-    connection of the process holds its buffers within `buffers`."""
+    """Accept TCP connections on `sock` until cancelled (RFC 7766), with the limits `current`
+    has when each is accepted. Past `max_connections` the connection idle longest is closed for
+    the new one (RFC 7766 6.2.3: a server may close idle connections when it needs the
+    resources): idle clients cannot keep others out. Every connection of the process holds its
+    buffers within `buffers`."""
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     counts = state if state is not None else State()  # open connections: this listener's and others'
-    budget = buffers if buffers is not None else BufferBudget(limits.buffer_bytes, counts.tcp_buffer_overflowed)
+    budget = buffers if buffers is not None else BufferBudget(current.tcp.buffer_bytes, counts.tcp_buffer_overflowed)
     # No cap per address: a node's clients may all come from its address (a node-local cache
     # opens a connection per query it forwards over TCP).
-    table = ConnectionTable(limits.max_connections, on_room=counts.tcp_room_made)
+    table = ConnectionTable(current.tcp.max_connections, on_room=counts.tcp_room_made)
 
     async def connection(stream: trio.SocketStream) -> None:
         try:
@@ -186,10 +203,13 @@ async def serve_tcp(
             await trio.aclose_forcefully(stream)
             return  # gone before it was served
         counts.tcp_connections += 1
+        limits = current.tcp
+        table.resize(limits.max_connections)
+        budget.resize(limits.buffer_bytes)
         with trio.CancelScope() as scope:
             slot = table.admit(str(client[0]), scope)
             try:
-                await _serve_connection(stream, client, pipeline, limits, slot, budget, table)
+                await _serve_connection(stream, client, current, limits, slot, budget, table)
             except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass  # the client went away
             finally:
@@ -204,7 +224,7 @@ async def serve_tcp(
 async def _serve_connection(
     stream: trio.SocketStream,
     client: ClientAddress,
-    pipeline: Pipeline,
+    current: Current,
     limits: TcpLimits,
     slot: Slot,
     budget: BufferBudget,
@@ -262,7 +282,7 @@ async def _serve_connection(
                 packet = bytes(buffer[2 : 2 + length])
                 del buffer[: 2 + length]
                 completed = True
-                reply = pipeline.answer(packet, True, client)
+                reply = current.pipeline.answer(packet, True, client)
                 if reply is None:
                     await flush()  # what was answered before it is still sent
                     pending.cancel_scope.cancel()  # nothing sensible to say on this stream: close it
@@ -286,19 +306,37 @@ async def _serve_connection(
             return  # idle for too long (answers in flight are still written)
 
 
+def tcp_buffers(limits: TcpLimits, state: State) -> BufferBudget:
+    """The budget every TCP connection of the process shares, reported with the state's stores."""
+    buffers = BufferBudget(limits.buffer_bytes, state.tcp_buffer_overflowed)
+    state.add_stores("tcp_buffers", lambda: {"tcp_buffers": buffers.figures()})
+    return buffers
+
+
+async def serve_listener(
+    listener: BoundListener,
+    current: Current,
+    state: State,
+    buffers: BufferBudget,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve UDP and TCP on `listener` until cancelled, answering with what `current` has."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_udp, listener.udp, current, state)
+        nursery.start_soon(serve_tcp, listener.tcp, current, state, buffers)
+        task_status.started()
+
+
 async def serve(
     listeners: Sequence[BoundListener],
-    pipeline: Pipeline,
-    limits: TcpLimits,
+    current: Current,
     state: State | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve UDP and TCP on every bound listener until cancelled, answering through `pipeline`."""
+    """Serve UDP and TCP on every bound listener until cancelled, answering with `current`."""
     state = state if state is not None else State()
-    buffers = BufferBudget(limits.buffer_bytes, state.tcp_buffer_overflowed)  # every TCP connection's
-    state.add_stores(lambda: {"tcp_buffers": buffers.figures()})
+    buffers = tcp_buffers(current.tcp, state)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(serve_udp, listener.udp, pipeline, state)
-            nursery.start_soon(serve_tcp, listener.tcp, pipeline, limits, state, buffers)
+            await nursery.start(serve_listener, listener, current, state, buffers)
         task_status.started()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kdns.core.budgets import StoreSize
+from kdns.core.cache import ForwardCache
 from kdns.core.counters import Histogram, ProgrammingDurations, QueryCounters, RequestDurations
 
 
@@ -120,7 +121,8 @@ class State:
         self.replies_by_worker: dict[int, int] = {}  # replies sent by each worker now running
         # Readers of the bounded stores this process holds (README "Budgets"), by whoever owns
         # each: read when metrics are scraped or a worker reports, never on the query path.
-        self._store_readers: list[Callable[[], Mapping[str, StoreSize]]] = []
+        # By owner: a reload's new pipeline or cache replaces the old one's reader.
+        self._store_readers: dict[str, Callable[[], Mapping[str, StoreSize]]] = {}
 
     def http_room_made(self) -> None:
         """An HTTP listener closed its connection idle longest to admit another."""
@@ -141,19 +143,42 @@ class State:
 
     # -- bounded stores ----------------------------------------------------------------------
 
-    def add_stores(self, reader: Callable[[], Mapping[str, StoreSize]]) -> None:
-        """Report the stores `reader` gives (name -> `StoreSize`) with this state's."""
-        self._store_readers.append(reader)
+    def report_cache(self, cache: ForwardCache | None) -> None:
+        """The forward cache now in use (a reload may replace it, or take it away): its counters
+        and its stores are this state's."""
+        self.cache = cache
+        if cache is None:
+            self.add_stores("forward_cache", dict)
+        else:
+            self.add_stores("forward_cache", cache.stores)
+
+    def add_stores(self, owner: str, reader: Callable[[], Mapping[str, StoreSize]]) -> None:
+        """Report the stores `reader` gives (name -> `StoreSize`) with this state's, in place of
+        what `owner` reported before."""
+        self._store_readers[owner] = reader
 
     def store_sizes(self) -> dict[str, StoreSize]:
         """Every bounded store of this process (or instance) now."""
         sizes: dict[str, StoreSize] = {}
-        for reader in self._store_readers:
+        for reader in self._store_readers.values():
             for name, size in reader().items():
                 sizes[name] = sizes[name].plus(size) if name in sizes else size
         return sizes
 
     # -- readiness -------------------------------------------------------------------------
+
+    def staging(self) -> State:
+        """A state for a cluster source made beside the running one (a reload that changes what
+        is watched): its own watches, so that whether it has listed is its own; this state's
+        programming durations. `adopt_watches` makes it this state's once it serves."""
+        staged = State(time_requests=False)
+        staged.programming = self.programming
+        return staged
+
+    def adopt_watches(self, staged: State) -> None:
+        """The watches of `staged` are now the ones this state's readiness waits on."""
+        self.watches = staged.watches
+        self._following = staged._following
 
     def follow(self, watchers: list[str]) -> None:
         """A live source with these watchers: not ready until each has listed once."""
@@ -205,8 +230,8 @@ class State:
         retired.add_to(view, cache, live=False)
         view.cache = cache
         stores = _sum_stores([each.stores for each in figures.values()], retired.stores)
-        view.add_stores(self.store_sizes)  # the supervisor's own (its queues to the workers)
-        view.add_stores(lambda: stores)
+        view.add_stores("supervisor", self.store_sizes)  # the supervisor's own (its queues to the workers)
+        view.add_stores("workers", lambda: stores)
         return view
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 
 
@@ -45,6 +46,7 @@ class FakeUpstream:
         self.udp_queries = 0
         self.tcp_queries = 0
         self.names: list[str] = []
+        self.asked: list[tuple[str, str, bool]] = []  # over UDP: name, type, whether RD was set
         self.probes: list[str] = []
         self._udp, self._tcp = _bind_pair()
         self.port = self._udp.getsockname()[1]
@@ -100,6 +102,8 @@ class FakeUpstream:
         else:
             self.udp_queries += 1
             self.names.append(name)
+            rdtype = dns.rdatatype.to_text(query.question[0].rdtype)
+            self.asked.append((name, rdtype, bool(query.flags & dns.flags.RD)))
         mode = self.mode
         if mode == "silent":
             return

@@ -36,6 +36,12 @@ def ask_server(
     return dns.rcode.to_text(reply.rcode()), sorted(item.to_text() for rrset in reply.answer for item in rrset)
 
 
+def answer_ttl(server: KdnsServer, name: str, rdtype: str = "A") -> int:
+    """The TTL of the first answer record to one UDP query."""
+    reply = dns.query.udp(dns.message.make_query(name, rdtype), server.host, port=server.port, timeout=3)
+    return int(reply.answer[0].ttl)
+
+
 def wait(check: Callable[[], bool], timeout: float, what: str) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:

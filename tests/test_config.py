@@ -9,15 +9,16 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 import yaml
 
 from kdns import cli, config
-from kdns.address import SocketAddress
+from kdns.address import SocketAddress, listen_addresses
 from kdns.config import ForwardConfig, ForwardOptions, OpsListeners, ServeConfig, TcpLimits, WatchOptions
 from kdns.core import budgets
 from kdns.core.message import DEFAULT_MAX_UDP
 from kdns.errors import KdnsError
-from tests.helpers import METRICS, QueryLoop, http_get, http_port, metric, wait
+from tests.helpers import METRICS, QueryLoop, answer_ttl, http_get, http_port, metric, wait
 from tests.process import EXAMPLE, KdnsServer, run_kdns
 
 
@@ -92,11 +93,11 @@ def test_reload_on_sighup_and_on_a_configmap_style_swap_with_no_failed_query(tmp
     server = KdnsServer("--snapshot", str(EXAMPLE), "--config", str(config), listen=("127.0.0.1:0",))
     loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.12.34"]})
     try:
-        # SIGHUP with a changed file: the log level applies at once, the TTL at the next restart.
+        # SIGHUP with a changed file: the log level and the TTL apply at once (issue 19, point 4).
         _write(first / "kdns.yaml", {"log-level": "debug", "ttl": 60})
         server.process.send_signal(signal.SIGHUP)
-        wait(lambda: "reload applied: log_level" in server.log_text(), 5, "SIGHUP reload")
-        assert "ttl changed; applied at the next restart" in server.log_text()
+        wait(lambda: "reload applied: ttl, log_level" in server.log_text(), 10, "SIGHUP reload")
+        assert answer_ttl(server, "web.prod.svc.cluster.local") == 60
         # A ConfigMap update swaps the directory; a bad configuration is refused, the old one stays.
         second = tmp_path / "..2026_12_02"
         second.mkdir()
@@ -246,3 +247,15 @@ def test_every_flag_of_node_cache_defaults_to_the_config_records_own() -> None:
         budgets.DENIAL_CACHE_BYTES,
     )
     assert forward.serve_stale == config.duration("--serve-stale", config.NODE_CACHE_SERVE_STALE)
+
+
+def test_a_bare_port_listens_on_both_families_as_corednss_dot_53_does() -> None:
+    """`--listen :53` (the manifests' choice): 0.0.0.0:53 and [::]:53 where the host has IPv6,
+    0.0.0.0:53 alone where it has none; an operations listener `:8080` is one dual-stack socket."""
+    both = listen_addresses([":53", "127.0.0.1:5353"], "--listen", lambda: True)
+    assert both == (SocketAddress("0.0.0.0", 53), SocketAddress("::", 53), SocketAddress("127.0.0.1", 5353))
+    assert listen_addresses([":53"], "--listen", lambda: False) == (SocketAddress("0.0.0.0", 53),)
+    assert config.ops_address("--health-listen", ":8080", lambda: True) == SocketAddress("::", 8080)
+    assert config.ops_address("--health-listen", ":8080", lambda: False) == SocketAddress("0.0.0.0", 8080)
+    with pytest.raises(KdnsError, match="--listen ':x'"):
+        listen_addresses([":x"], "--listen", lambda: True)

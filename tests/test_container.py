@@ -13,18 +13,25 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.kubeapi import free_port
+from tests.builders import namespace, service
+from tests.kubeapi import assets, free_port, real_apiserver
+from tests.netns import Namespace, pod_namespace
+from tests.process import KUBEADM_COREFILE
+from tests.relay import Relay
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "localhost/debian-python:bookworm"
 IMAGE = "localhost/kdns:test"
+KUBEADM = ROOT / "examples" / "coredns" / "kubeadm" / "coredns.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,9 @@ def podman() -> Iterator[list[str]]:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def test_the_image_builds_from_a_debian_base_and_serves_read_only_as_its_own_user(podman: list[str]) -> None:
+@pytest.fixture(scope="module")
+def image(podman: list[str]) -> str:
+    """The image, built once from the Debian base."""
     mounts = []
     for path in ("/etc/pip.conf", "/etc/xdg/pip", "/etc/ssl/certs"):  # pip's index and CA, as on this machine
         if Path(path).exists():
@@ -78,6 +87,12 @@ def test_the_image_builds_from_a_debian_base_and_serves_read_only_as_its_own_use
         timeout=900,
     )  # fmt: skip
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    return IMAGE
+
+
+def test_the_image_builds_from_a_debian_base_and_serves_read_only_as_its_own_user(
+    podman: list[str], image: str
+) -> None:
     # The final stage holds the virtual environment and no build tools.
     listing = subprocess.run(
         [
@@ -137,3 +152,92 @@ def test_the_image_builds_from_a_debian_base_and_serves_read_only_as_its_own_use
         assert written.returncode != 0  # the root filesystem is read-only
     finally:
         subprocess.run([*podman, "stop", "-t", "5", name], capture_output=True, timeout=120, check=False)
+
+
+def test_kubeadms_coredns_deployment_with_only_the_image_changed_runs_kdns(
+    podman: list[str], image: str, tmp_path: Path
+) -> None:
+    """Issue 19, point 7: kubeadm's `coredns` objects as kubeadm writes them, the image swapped
+    (examples/coredns/kubeadm/coredns.yaml). Its container runs as the kubelet would run it: in a
+    network namespace of its own (a "pod"), with the Deployment's args (`-conf
+    /etc/coredns/Corefile`), its securityContext (all capabilities dropped but NET_BIND_SERVICE,
+    no privilege escalation, a read-only root), the ConfigMap's Corefile mounted at /etc/coredns,
+    and a token of the `coredns` ServiceAccount with kubeadm's RBAC for the in-cluster
+    configuration, against the suite's real kube-apiserver. kdns lists the cluster and answers on
+    port 53 of both families; /health, /ready and /metrics answer where the probes look."""
+    assets()
+    objects = [doc for doc in yaml.safe_load_all(KUBEADM.read_text()) if doc]
+    deployment = next(doc for doc in objects if doc["kind"] == "Deployment")
+    configmap = next(doc for doc in objects if doc["kind"] == "ConfigMap")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "kdns:0.1.0" and container["args"] == ["-conf", "/etc/coredns/Corefile"]
+    assert configmap["data"]["Corefile"] == KUBEADM_COREFILE.read_text()  # kubeadm's, as in examples/
+    config_volume = tmp_path / "config-volume"
+    config_volume.mkdir()
+    (config_volume / "Corefile").write_text(configmap["data"]["Corefile"])
+    context = container["securityContext"]
+    flags = ["--cap-drop", "ALL", *(f for cap in context["capabilities"]["add"] for f in ("--cap-add", cap))]
+    if context["allowPrivilegeEscalation"] is False:
+        flags += ["--security-opt", "no-new-privileges"]
+    if context["readOnlyRootFilesystem"]:
+        flags += ["--read-only"]
+    with real_apiserver(tmp_path / "apiserver") as api, pod_namespace(77, "nameserver 10.250.77.1\n") as pod:
+        api.apply_manifest(KUBEADM)
+        api.create(namespace("prod"))
+        api.create(service("prod", "web", ["10.96.0.5"]))
+        secrets = tmp_path / "serviceaccount"
+        secrets.mkdir()
+        (secrets / "token").write_text(api.service_account_token("kube-system", "coredns"))
+        (secrets / "ca.crt").write_bytes(api.ca.read_bytes())
+        (secrets / "namespace").write_text("kube-system")
+        to_api = Relay((pod.host_address, 0), ("127.0.0.1", api.port))  # this side of the veth
+        in_pod = subprocess.Popen(  # the pod's 127.0.0.1:PORT, which the certificate names
+            ["ip", "netns", "exec", pod.name, sys.executable, "-m", "tests.relay",
+             f"127.0.0.1:{api.port}", f"{pod.host_address}:{to_api.port}"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        name = f"kdns-kubeadm-{os.getpid()}"
+        try:
+            assert in_pod.stdout is not None and in_pod.stdout.readline().strip() == "relaying"
+            run = subprocess.run(
+                [
+                    *podman, "run", "-d", "--rm", "--name", name, "--network", f"ns:/run/netns/{pod.name}",
+                    "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096", *flags,
+                    "--dns", pod.host_address,  # dnsPolicy: Default, the node's resolver
+                    "-v", f"{config_volume}:/etc/coredns:ro",
+                    "-v", f"{secrets}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
+                    "-e", "KUBERNETES_SERVICE_HOST=127.0.0.1", "-e", f"KUBERNETES_SERVICE_PORT={api.port}",
+                    image, *container["args"],
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )  # fmt: skip
+            assert run.returncode == 0, run.stderr
+            try:
+                for server in ("127.0.0.1", "::1"):  # `.:53`: both families
+                    _wait_for_answer(podman, name, pod, server, "web.prod.svc.cluster.local", "10.96.0.5")
+                for port, path in ((8080, "/health"), (8181, "/ready"), (9153, "/metrics")):
+                    fetch = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}{path}').status)"
+                    assert pod.run(sys.executable, "-c", fetch).stdout.strip() == "200", path
+                user = subprocess.run([*podman, "exec", name, "id", "-u"], capture_output=True, text=True, timeout=60)
+                assert user.stdout.strip() == "65532"  # the image's user: kubeadm sets none
+            finally:
+                subprocess.run([*podman, "stop", "-t", "7", name], capture_output=True, timeout=120, check=False)
+        finally:
+            in_pod.terminate()
+            in_pod.wait(10)
+            to_api.close()
+
+
+def _wait_for_answer(podman: list[str], name: str, pod: Namespace, server: str, qname: str, address: str) -> None:
+    """Ask `server` port 53 in the pod until it answers `address` (30 s), else fail with the log."""
+    answer = ""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answer = pod.run("dig", f"@{server}", "+time=1", "+tries=1", "+short", qname).stdout.strip()
+        if answer == address:
+            return
+        time.sleep(0.3)
+    logs = subprocess.run([*podman, "logs", name], capture_output=True, text=True, timeout=60)
+    raise AssertionError(f"{server}: {answer!r}\n{logs.stdout}{logs.stderr}")

@@ -8,7 +8,9 @@ README). CoreDNS is ../shared/coredns (tests/process.py `coredns_binary`).
 from __future__ import annotations
 
 import ipaddress
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from tests.builders import endpoint, endpoint_slice, headless, namespace, servic
 from tests.fakeupstream import FakeUpstream
 from tests.helpers import http_get, wait
 from tests.kubeapi import RealApiServer, assets, free_port, real_apiserver
-from tests.process import KUBEADM_COREFILE, KdnsServer, coredns_binary
+from tests.process import K3S_COREFILE, KUBEADM_COREFILE, KdnsServer, coredns_binary
 
 TCP = "TCP"
 # Where kdns answers otherwise on purpose, each with its reason (and in the README, "Replacing
@@ -137,64 +139,261 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealApiServer]:
         yield server
 
 
-def _corefile(path: Path, kubeconfig: Path, upstream: FakeUpstream, ready_port: int | None = None) -> Path:
-    """kubeadm's Corefile with its addresses on loopback: a free DNS port (the listen address is
-    read from the log for kdns, and asked of the kernel for CoreDNS), the kubeconfig of the test
-    API server, the fake upstream."""
-    text = KUBEADM_COREFILE.read_text()
+def _on_loopback(text: str, kubeconfig: Path, upstream: FakeUpstream) -> str:
+    """A cluster's Corefile with its addresses on loopback: a free DNS port (`{PORT}`: read from
+    the log for kdns, asked of the kernel for CoreDNS), `{READY}` for /ready, the kubeconfig of the
+    test API server, the fake upstream."""
     text = text.replace(".:53 {", ".:{PORT} {\n    bind 127.0.0.1")
     text = text.replace("health {\n       lameduck 5s", "health 127.0.0.1:0 {\n       lameduck 1s")
-    text = text.replace("    ready\n", f"    ready 127.0.0.1:{ready_port or 0}\n")
+    text = text.replace("    health\n", "    health 127.0.0.1:0\n")
+    text = text.replace("    ready\n", "    ready 127.0.0.1:{READY}\n")
     text = text.replace("prometheus :9153", "prometheus 127.0.0.1:0")
-    text = text.replace("       ttl 30\n", f"       ttl 30\n       kubeconfig {kubeconfig} real\n")
-    text = text.replace("forward . /etc/resolv.conf", f"forward . {upstream.spec}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    text = text.replace(
+        "kubernetes cluster.local in-addr.arpa ip6.arpa {\n",
+        f"kubernetes cluster.local in-addr.arpa ip6.arpa {{\n       kubeconfig {kubeconfig} real\n",
+    )
+    return text.replace("forward . /etc/resolv.conf", f"forward . {upstream.spec}")
+
+
+class Side:
+    """One server's copy of the Corefile and the files beside it, in its own directory."""
+
+    def __init__(self, directory: Path, text: str, files: dict[str, str], port: int, ready: int) -> None:
+        directory.mkdir(parents=True)
+        for name, content in files.items():
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_text(content.replace("{PORT}", str(port)))
+        text = text.replace("{DIR}", str(directory)).replace("{PORT}", str(port)).replace("{READY}", str(ready))
+        self.corefile = directory / "Corefile"
+        self.corefile.write_text(text)
+
+
+def _differences(
+    tmp_path: Path, text: str, files: dict[str, str], questions: list[tuple[str, str]], kept: dict[tuple[str, str], str]
+) -> list[str]:
+    """Run CoreDNS and kdns on `text` (and `files` beside it, `{DIR}` their directory), ask both
+    every question over TCP; what differs, except `kept`."""
+    coredns_port, coredns_ready = free_port(), free_port()
+    for_coredns = Side(tmp_path / "for-coredns", text, files, coredns_port, coredns_ready)
+    for_kdns = Side(tmp_path / "for-kdns", text, files, 0, 0)
+    coredns = subprocess.Popen(
+        [str(coredns_binary(tmp_path)), "-conf", str(for_coredns.corefile)],  # unpacked beside the two
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={"GOMAXPROCS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    kdns = KdnsServer(corefile=for_kdns.corefile, listen=("",))
+    try:
+        wait(lambda: _ready(coredns_ready), 30, "CoreDNS ready (synced with the API server)")
+        wait(lambda: _answer(kdns.port, "nope.prod.svc.cluster.local", "A")[0] == "NXDOMAIN", 30, "kdns synced")
+        differences = []
+        for name, rdtype in questions:
+            ours, theirs = _answer(kdns.port, name, rdtype), _answer(coredns_port, name, rdtype)
+            if ours != theirs and (name, rdtype) not in kept:
+                differences.append(f"{name} {rdtype}: kdns {ours} coredns {theirs}")
+        return differences
+    finally:
+        kdns.stop()
+        coredns.terminate()
+        coredns.wait(10)
 
 
 def _answer(port: int, name: str, rdtype: str) -> tuple[str, list[str]]:
+    """The rcode, and the question (when it is not the one asked: `rewrite` may leave it so) and
+    answer records, over TCP."""
     query = dns.message.make_query(name, rdtype)
-    reply = dns.query.tcp(query, "127.0.0.1", port=port, timeout=5)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        expiration = time.time() + 5
+        dns.query.send_tcp(sock, query, expiration)
+        reply, _ = dns.query.receive_tcp(sock, expiration)
     records = sorted(
         f"{rrset.name.to_text().lower()} {dns.rdatatype.to_text(rrset.rdtype)} {_rdata(item)}"
         for rrset in reply.answer
         for item in rrset
     )
+    question = [f"question {item.to_text().lower()}" for item in reply.question]
+    if question != [f"question {query.question[0].to_text().lower()}"]:
+        records = question + records
     return dns.rcode.to_text(reply.rcode()), records
 
 
 def test_kubeadms_corefile_gives_the_same_answers_from_kdns_and_coredns(api: RealApiServer, tmp_path: Path) -> None:
     upstream = FakeUpstream()
-    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
-    coredns_port, coredns_ready = free_port(), free_port()
-    for_coredns = _corefile(tmp_path / "for-coredns" / "Corefile", kubeconfig, upstream, coredns_ready)
-    for_kdns = _corefile(tmp_path / "for-kdns" / "Corefile", kubeconfig, upstream)
-    assert for_coredns.read_text().replace(f"ready 127.0.0.1:{coredns_ready}", "ready 127.0.0.1:0") == (
-        for_kdns.read_text()
-    )
-    for_coredns.write_text(for_coredns.read_text().replace("{PORT}", str(coredns_port)))
-    for_kdns.write_text(for_kdns.read_text().replace("{PORT}", "0"))
-    coredns = subprocess.Popen(
-        [str(coredns_binary(tmp_path)), "-conf", str(for_coredns)],  # unpacked beside the two directories
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={"GOMAXPROCS": "1", "PATH": "/usr/bin:/bin"},
-    )
-    kdns = KdnsServer(corefile=for_kdns, listen=("",))
     try:
-        wait(lambda: _ready(coredns_ready), 30, "CoreDNS ready (synced with the API server)")
-        wait(lambda: _answer(kdns.port, "nope.prod.svc.cluster.local", "A")[0] == "NXDOMAIN", 30, "kdns synced")
-        differences = []
-        for name, rdtype in _questions():
-            ours, theirs = _answer(kdns.port, name, rdtype), _answer(coredns_port, name, rdtype)
-            if ours != theirs and (name, rdtype) not in KEPT_DIFFERENCES:
-                differences.append(f"{name} {rdtype}: kdns {ours} coredns {theirs}")
+        text = _on_loopback(KUBEADM_COREFILE.read_text(), api.kubeconfig(tmp_path / "kubeconfig"), upstream)
+        differences = _differences(tmp_path, text, {}, _questions(), KEPT_DIFFERENCES)
         assert differences == [], "\n".join(differences)
     finally:
-        kdns.stop()
-        coredns.terminate()
-        coredns.wait(10)
+        upstream.close()
+
+
+_WILDCARD_HOSTS = (
+    "CoreDNS 1.14.5 answers `*.apps.lan` in a hosts file for any one label in its place (#8185), and "
+    "kdns does; the 1.13.1 of ../shared reads it as a literal name (so the name goes on to forward)"
+)
+HOST_DIFFERENCES = {("console.apps.lan", rdtype): _WILDCARD_HOSTS for rdtype in ("A", "AAAA", "MX", "TXT")}
+NODE_HOSTS = "10.0.0.1 server-0\n10.0.0.2 agent-1 agent-1.lan\nfd00::2 agent-1\n10.0.0.3 *.apps.lan\n"
+
+
+def _host_questions() -> list[tuple[str, str]]:
+    """The NodeHosts names (exact, wildcard, two families, other types), reverse names of the
+    nodes and of nothing, and names that fall through to the cluster or the upstream."""
+    names = ["server-0", "agent-1", "agent-1.lan", "console.apps.lan", "a.b.apps.lan", "nowhere", "nowhere.lan"]
+    questions = [(name, rdtype) for name in names for rdtype in ("A", "AAAA", "MX", "TXT")]
+    questions += [("1.0.0.10.in-addr.arpa", "PTR"), ("2.0.0.10.in-addr.arpa", "PTR"), ("9.0.0.10.in-addr.arpa", "PTR")]
+    questions += [(ipaddress.ip_address("fd00::2").reverse_pointer, "PTR")]
+    questions += [("www.corp.example", "A"), ("corp.example", "A"), ("www.example.com", "A")]
+    return questions
+
+
+def test_a_k3s_corefile_with_nodehosts_and_custom_imports_gives_the_same_answers(
+    api: RealApiServer, tmp_path: Path
+) -> None:
+    """k3s's Corefile as k3s writes it: NodeHosts, `import custom/*.override` inside the main
+    block and `import custom/*.server` (a stub domain) beside it, from the coredns-custom
+    ConfigMap."""
+    upstream, corporate = FakeUpstream(), FakeUpstream("198.51.100.7")
+    try:
+        text = _on_loopback(K3S_COREFILE.read_text(), api.kubeconfig(tmp_path / "kubeconfig"), upstream)
+        text = text.replace("/etc/coredns/", "{DIR}/")
+        files = {
+            "NodeHosts": NODE_HOSTS,
+            "custom/log.override": "log\n",
+            "custom/corp.server": f"corp.example:{{PORT}} {{\n    bind 127.0.0.1\n    forward . {corporate.spec}\n}}\n",
+        }
+        questions = _host_questions() + _questions()
+        differences = _differences(tmp_path, text, files, questions, KEPT_DIFFERENCES | HOST_DIFFERENCES)
+        assert differences == [], "\n".join(differences)
+    finally:
+        upstream.close()
+        corporate.close()
+
+
+REWRITES = """\
+    rewrite name exact api.example.org web.prod.svc.cluster.local
+    rewrite name suffix .apps.example.org .prod.svc.cluster.local answer auto
+    rewrite stop {
+        name regex (.*)\\.corp\\.internal {1}.prod.svc.cluster.local
+        answer name (.*)\\.prod\\.svc\\.cluster\\.local {1}.corp.internal
+    }
+    rewrite name substring legacy web
+    rewrite name regex (.*)\\.noauto\\.example {1}.prod.svc.cluster.local
+    rewrite name prefix www.ext. www.example.com.
+    rewrite continue type TXT A
+    rewrite name exact typed.example.org api.prod.svc.cluster.local
+"""
+
+
+def _rewrite_questions() -> list[tuple[str, str]]:
+    names = [
+        "api.example.org",
+        "web.apps.example.org",
+        "db.apps.example.org",
+        "db-0.db.apps.example.org",
+        "ext.apps.example.org",
+        "nope.apps.example.org",
+        "web.corp.internal",
+        "ext.corp.internal",
+        "legacy.prod.svc.cluster.local",
+        "web.noauto.example",
+        "www.ext.www.example.com",
+        "typed.example.org",
+        "unrelated.example.com",
+    ]
+    questions = [(name, rdtype) for name in names for rdtype in ("A", "AAAA", "SRV", "TXT")]
+    questions += [("_http._tcp.web.apps.example.org", "SRV"), ("_pg._tcp.db.apps.example.org", "SRV")]
+    questions += [("_http._tcp.web.corp.internal", "SRV")]
+    return questions
+
+
+def test_rewrite_rules_give_the_same_answers(api: RealApiServer, tmp_path: Path) -> None:
+    """Users' `rewrite` rules (in-cluster names for outside ones, renamed services) in
+    kubeadm's Corefile: exact, suffix with `answer auto`, regex with an `answer name` rule, in a
+    block, substring, prefix, a regex without answer rules, `continue` and `type`."""
+    upstream = FakeUpstream()
+    try:
+        text = _on_loopback(KUBEADM_COREFILE.read_text(), api.kubeconfig(tmp_path / "kubeconfig"), upstream)
+        text = text.replace("    loadbalance\n", "    loadbalance\n" + REWRITES)
+        differences = _differences(tmp_path, text, {}, _rewrite_questions(), KEPT_DIFFERENCES | REWRITE_DIFFERENCES)
+        assert differences == [], "\n".join(differences)
+    finally:
+        upstream.close()
+
+
+# The kept differences above, met through a rewritten name.
+REWRITE_DIFFERENCES: dict[tuple[str, str], str] = {
+    ("db-0.db.apps.example.org", "SRV"): _NO_SRV_THERE,
+    **{
+        (name, rdtype): _EXTERNAL_NAME
+        for name in ("ext.apps.example.org", "ext.corp.internal")
+        for rdtype in ("AAAA", "SRV", "TXT")
+    },
+}
+
+
+TEMPLATES = r"""
+    template ANY ANY internal.cloudapp.net {
+        match "^(?:[^.]+\.){4,}internal\.cloudapp\.net\.$"
+        rcode NXDOMAIN
+        fallthrough
+    }
+    template ANY ANY reddog.microsoft.com {
+        rcode NXDOMAIN
+    }
+    template IN A apps.example.org {
+        match "^(?P<app>[a-z0-9-]+)\.apps\.example\.org\.$"
+        answer "{{ .Name }} 60 IN A 10.96.0.5"
+        fallthrough
+    }
+    template IN AAAA apps.example.org {
+        authority "apps.example.org. 60 IN SOA ns.apps.example.org. hostmaster.apps.example.org. (1 60 60 60 60)"
+    }
+    template IN A ip.example.org {
+        match ^ip-(?P<a>[0-9]+)-(?P<b>[0-9]+)-(?P<c>[0-9]+)-(?P<d>[0-9]+)\.ip\.example\.org\.$
+        answer "{{ .Name }} 60 IN A {{ .Group.a }}.{{ .Group.b }}.{{ .Group.c }}.{{ .Group.d }}"
+    }
+    template IN A cname.example.org {
+        answer "{{ .Name }} 60 IN CNAME web.prod.svc.cluster.local."
+    }
+    template IN TXT hex.example.org {
+        match ^(?P<x>[0-9a-z]+)\.hex\.example\.org\.$
+        answer "{{ .Name }} IN TXT {{ parseInt .Group.x 16 8 }}-{{ index .Match 1 }}-{{ .Type }}-{{ .Zone }}"
+    }
+"""
+
+
+def _template_questions() -> list[tuple[str, str]]:
+    names = [
+        "a.b.c.d.internal.cloudapp.net",
+        "x.internal.cloudapp.net",
+        "foo.reddog.microsoft.com",
+        "shop.apps.example.org",
+        "a.b.apps.example.org",
+        "ip-10-1-2-3.ip.example.org",
+        "bad.ip.example.org",
+        "www.cname.example.org",
+        "ff.hex.example.org",
+        "zz.hex.example.org",
+        "1ff.hex.example.org",
+        "web.prod.svc.cluster.local",
+        "www.blocked.example",
+        "blocked.example",
+    ]
+    return [(name, rdtype) for name in names for rdtype in ("A", "AAAA", "MX", "TXT")]
+
+
+def test_template_answers_are_the_same(api: RealApiServer, tmp_path: Path) -> None:
+    """AKS's own templates (NXDOMAIN for search-path guesses, with fallthrough), a wildcard apps
+    domain with named groups, a NODATA with an SOA, addresses from groups, a CNAME followed into
+    the cluster, and parseInt, index .Match, .Type and .Zone; and forward's `except`."""
+    upstream = FakeUpstream()
+    try:
+        text = _on_loopback(KUBEADM_COREFILE.read_text(), api.kubeconfig(tmp_path / "kubeconfig"), upstream)
+        text = text.replace("    loadbalance\n", "    loadbalance\n" + TEMPLATES)
+        text = text.replace("max_concurrent 1000\n", "max_concurrent 1000\n       except blocked.example\n")
+        differences = _differences(tmp_path, text, {}, _template_questions(), KEPT_DIFFERENCES)
+        assert differences == [], "\n".join(differences)
+    finally:
         upstream.close()
 
 

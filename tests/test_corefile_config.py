@@ -12,7 +12,7 @@ import pytest
 
 from kdns.address import SocketAddress
 from kdns.cli import coredns_arguments
-from kdns.config import Policy, ServeConfig
+from kdns.config import HostsConfig, Policy, ServeConfig
 from kdns.core.store import PodMode
 from kdns.corefile import CorefileError, parse
 from kdns.corefile_config import DEFAULTS, Corefile, serve_config
@@ -102,6 +102,10 @@ cluster.local:1053 in-addr.arpa:1053 {
         max_concurrent 50
         force_tcp
         prefer_udp
+        except corp.example. Internal
+        max_fails 0
+        health_check 2s no_rec domain example.org
+        expire 20s
     }
     cache {
         success 500 120 10
@@ -128,8 +132,36 @@ cluster.local:1053 in-addr.arpa:1053 {
     assert (forward.cache_size, forward.options.max_ttl, forward.options.min_ttl) == (500, 120, 10)
     assert (forward.denial_cache_size, forward.options.max_negative_ttl) == (200, 60)
     assert forward.prefetch and forward.serve_stale == 90.0
+    assert forward.excepted == ("corp.example", "internal") and forward.options.max_fails == 0
+    assert (forward.options.health_check, forward.options.health_check_recursion) == (2.0, False)
+    assert forward.options.health_check_name == "example.org"
     assert (read.config_poll, read.config_poll_jitter) == (10.0, 5.0)
-    assert [note.split(": ", 1)[0] for note in config.notes] == ["/etc/coredns/Corefile:5", "/etc/coredns/Corefile:29"]
+    assert [note.split(": ", 1)[0] for note in config.notes] == [
+        "/etc/coredns/Corefile:5",
+        "/etc/coredns/Corefile:28",
+        "/etc/coredns/Corefile:33",
+    ]
+
+
+def test_hosts_as_k3s_and_rke2_write_it_and_with_every_option() -> None:
+    k3s = ".:53 {\n  kubernetes cluster.local in-addr.arpa ip6.arpa\n"
+    k3s += "  hosts /etc/coredns/NodeHosts {\n    ttl 60\n    reload 15s\n    fallthrough\n  }\n}\n"
+    assert _read(k3s).config.hosts == HostsConfig(
+        path="/etc/coredns/NodeHosts", zones=(".",), ttl=60, reload=15.0, fallthrough=(".",)
+    )
+    every = ".:53 {\n  hosts extra.hosts lan example.org. {\n    10.0.0.1 a.lan b.lan\n    fd00::1 a.lan\n"
+    every += "    no_reverse\n    reload 0\n    fallthrough lan\n    fallthrough_unsupported\n  }\n}\n"
+    assert _read(every).config.hosts == HostsConfig(
+        path="extra.hosts",
+        inline=("10.0.0.1 a.lan b.lan", "fd00::1 a.lan"),
+        zones=("lan", "example.org"),
+        reload=0.0,
+        reverse=False,
+        fallthrough=("lan",),
+        fallthrough_unsupported=True,
+    )
+    bare = _read(".:53 {\n  hosts\n}\n").config.hosts
+    assert bare == HostsConfig(path="/etc/hosts", zones=(".",), ttl=3600, reload=5.0)  # CoreDNS's defaults
 
 
 def test_a_block_of_its_own_zone_is_a_stub_domain() -> None:
@@ -164,7 +196,7 @@ def test_a_reverse_zone_key_may_be_a_network() -> None:
 @pytest.mark.parametrize(
     ("text", "where", "says"),
     [
-        (".:53 {\n  errors\n  whoami\n}\n", ":3", "whoami: not a plugin kdns serves (it serves autopath, bind"),
+        (".:53 {\n  errors\n  whoami\n}\n", ":3", "whoami: not a plugin kdns serves (it serves any, autopath, bind"),
         (".:53 {\n  kubernetes cluster.local {\n    endpoint https://x\n  }\n}\n", ":3", "endpoint: not an option of"),
         (".:53 {\n  cache\n  cache 30\n}\n", ":3", "cache: is used twice"),
         (".:53 {\n  kubernetes cluster.local\n}\n.:54 {\n  forward . 1.1.1.1\n}\n", ":1", "ports [53, 54]"),
@@ -181,6 +213,22 @@ def test_a_reverse_zone_key_may_be_a_network() -> None:
         (".:53 {\n  reload 10 5\n}\n", ":2", "expected a duration such as 5s, 1m30s"),
         (".:53 {\n  loadbalance weighted /w\n}\n", ":2", "round_robin"),
         (".:53 {\n  bind eth0\n}\n", ":2", "not interface names"),
+        (".:53 {\n  hosts {\n    fallthrough\n    10.0.0.1 late\n  }\n}\n", ":4", "entries come before fallthrough"),
+        (".:53 {\n  hosts {\n    ttl 0\n  }\n}\n", ":3", "ttl provided is invalid"),
+        (".:53 {\n  rewrite name fuzzy a b\n}\n", ":2", "supports only exact, prefix"),
+        (".:53 {\n  forward . 1.1.1.1 {\n    health_check 1s sometimes\n  }\n}\n", ":3", "expected no_rec or domain"),
+        (
+            ".:53 {\n  forward . 1.1.1.1\n}\nx.example {\n  forward . 1.1.1.2 {\n    except y.x.example\n  }\n}\n",
+            ":6",
+            "main block's forward only",
+        ),
+        (".:53 {\n  rewrite stop {\n    name regex (a b\n  }\n}\n", ":2", "invalid regex matching pattern: (a"),
+        ('.:53 {\n  template IN A {\n    answer "{{ .Question }}"\n  }\n}\n', ":2", "kdns fills in"),
+        (".:53 {\n  template XX A\n}\n", ":2", "invalid query class XX"),
+        (".:53 {\n  template IN A {\n    rcode MAYBE\n  }\n}\n", ":3", "unknown rcode MAYBE"),
+        (".:53 {\n  template IN A {\n    match (a\n  }\n}\n", ":2", "could not parse regex"),
+        (".:53 {\n  hosts {\n    reload often\n  }\n}\n", ":3", "expected a duration"),
+        (".:53 {\n  hosts {\n    fallthrough_unsupported\n  }\n}\n", ":2", "requires fallthrough"),
         ("tls://.:853 {\n  forward . 1.1.1.1\n}\n", ":1", "not tls://"),
         (".:53 {\n  kubernetes cluster.local\n}\nexample.org {\n  health\n}\n", ":5", "stub domain"),
         ("example.org {\n  forward . 1.1.1.1\n}\n", ":1", "no block for the root zone"),
@@ -204,12 +252,13 @@ def test_coredns_command_line_is_kdns_serve_with_the_corefile() -> None:
 
 def test_the_command_line_refuses_a_bad_corefile_and_flags_it_sets(tmp_path: Path) -> None:
     corefile = tmp_path / "Corefile"
-    corefile.write_text(".:53 {\n  kubernetes cluster.local\n  rewrite name a b\n}\n")
+    corefile.write_text(".:53 {\n  kubernetes cluster.local\n  dnssec\n}\n")
     result = run_kdns("-conf", str(corefile))
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"kdns: error: {corefile}:3: rewrite: not a plugin kdns serves (it serves autopath, bind, bufsize, cache, "
-        "errors, forward, health, kubernetes, loadbalance, log, loop, prometheus, ready, reload)"
+        f"kdns: error: {corefile}:3: dnssec: not a plugin kdns serves (it serves any, autopath, bind, bufsize, "
+        "cache, errors, forward, health, hosts, kubernetes, loadbalance, log, loop, prometheus, ready, reload, "
+        "rewrite, template)"
     )
     command = [*kdns_command(), "serve", "--corefile", str(corefile), "--ttl", "5", "--listen", "127.0.0.1:0"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)

@@ -86,7 +86,9 @@ def test_a_corefile_edit_in_an_imported_file_is_reloaded_and_a_bad_one_refused_w
         assert metric(http_get(port, "/metrics")[1], "coredns_reload_failed_total") == 1
         (custom / "bad.override").unlink()
         (custom / "log.override").write_text("log\n")
-        wait(lambda: "log_queries changed" in server.log_text(), 15, "the imported file's edit noticed")
+        wait(lambda: "reload applied: log_queries" in server.log_text(), 15, "the imported file's edit applied")
+        # Applied while serving (issue 19, point 4): the loop's queries are logged from now on.
+        wait(lambda: "udp kubernetes.default.svc.cluster.local. A NOERROR" in server.log_text(), 10, "a query logged")
         loop.wait_for(20)
         assert loop.wrong == [] and server.alive()
     finally:

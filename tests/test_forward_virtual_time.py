@@ -87,6 +87,44 @@ async def test_a_silent_upstream_fails_over_is_marked_down_and_comes_back_by_its
     nursery.cancel_scope.cancel()
 
 
+async def test_max_fails_and_the_health_checks_interval_name_and_rd_are_the_corefiles(
+    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    """CoreDNS's forward `max_fails 3` and `health_check 2s no_rec domain example.org`."""
+    first, second = upstreams
+    first.mode = "silent"
+    state = State()
+    options = ForwardOptions(
+        policy=Policy.SEQUENTIAL,
+        timeout=1.0,
+        max_fails=3,
+        health_check=2.0,
+        health_check_name="example.org",
+        health_check_recursion=False,
+    )
+    group = [SocketAddress("127.0.0.1", first.port), SocketAddress("127.0.0.1", second.port)]
+    forwarder = Forwarder([group], options, state)
+    pipeline = pipeline_of(
+        store_of(), options=FORWARDING, cache=ForwardCache(0, trio.current_time), transport=forwarder, state=state
+    )
+    await nursery.start(forwarder.run)
+    silent = state.upstreams[f"127.0.0.1:{first.port}"]
+    for i in range(3):
+        assert not silent.down, f"down after {i} failures"
+        assert (await _ask(pipeline, f"q{i}.example.com")).answer[0][0].address == "192.0.2.2"
+    assert silent.down and silent.failures == 3
+    checked = len(first.asked)
+    await trio.sleep(10)  # a check every 2 s after the last one's 1 s timeout: 3 (6 at the default 0.5 s)
+    probes = first.asked[checked:]
+    assert 2 <= len(probes) <= 4 and set(probes) == {("example.org.", "NS", False)}
+    # max_fails 0: never marked down, however often it fails.
+    never = Forwarder([group], ForwardOptions(policy=Policy.SEQUENTIAL, timeout=1.0, max_fails=0), State())
+    for _ in range(5):
+        never.groups[0][0].failed(never.options.max_fails)
+    assert not never.groups[0][0].down
+    nursery.cancel_scope.cancel()
+
+
 async def test_serve_stale_and_prefetch_on_virtual_time(
     nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams: tuple[FakeUpstream, FakeUpstream]
 ) -> None:

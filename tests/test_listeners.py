@@ -17,7 +17,7 @@ from kdns.config import ForwardOptions, TcpLimits
 from kdns.core.cache import ForwardCache
 from kdns.core.stage import ReplyOptions
 from kdns.forward import Forwarder
-from kdns.serve import bind, serve
+from kdns.serve import Current, bind, serve
 from kdns.state import State
 from tests.builders import pipeline_of, service, store_of
 from tests.fakeupstream import FakeUpstream
@@ -37,7 +37,7 @@ async def _start(nursery: trio.Nursery, fake: FakeUpstream, max_concurrent: int)
     )
     listener = bind(SocketAddress("127.0.0.1", 0))
     await nursery.start(forwarder.run)
-    await nursery.start(serve, [listener], pipeline, TcpLimits(), state)
+    await nursery.start(serve, [listener], Current(pipeline, TcpLimits()), state)
     return (listener.address.host, listener.address.port), forwarder
 
 

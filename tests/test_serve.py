@@ -19,7 +19,7 @@ from kdns.core.cluster_zone import ClusterZone
 from kdns.core.names import REVERSE_ZONES
 from kdns.core.stage import Next, Outcome, ReplyOptions, Request, Stage
 from kdns.pipeline import Pipeline
-from kdns.serve import bind, serve
+from kdns.serve import Current, bind, serve
 from kdns.state import State
 from tests.builders import pipeline_of, service, store_of
 
@@ -47,7 +47,7 @@ async def _start(nursery: trio.Nursery) -> tuple[str, int]:
         ]
     )
     pipeline = Pipeline(blocks, options, State(), zone=zone, reply_cache_bytes=1 << 20)
-    await nursery.start(serve, [listener], pipeline, TcpLimits())
+    await nursery.start(serve, [listener], Current(pipeline, TcpLimits()))
     return listener.address.host, listener.address.port
 
 
@@ -130,7 +130,7 @@ async def test_a_tcp_client_that_never_reads_loses_its_connection_after_the_writ
     async with trio.open_nursery() as nursery:
         listener = bind(SocketAddress("127.0.0.1", 0))
         pipeline = pipeline_of(store_of(service("prod", "web", ["10.96.0.5"])))
-        await nursery.start(serve, [listener], pipeline, TcpLimits(idle_timeout=600, max_connections=1))
+        await nursery.start(serve, [listener], Current(pipeline, TcpLimits(idle_timeout=600, max_connections=1)))
         client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.connect((listener.address.host, listener.address.port))
@@ -171,7 +171,7 @@ async def test_an_idle_or_dripping_tcp_client_is_closed_at_the_idle_timeout_on_v
     async with trio.open_nursery() as nursery:
         listener = bind(SocketAddress("127.0.0.1", 0))
         pipeline = pipeline_of(store_of(service("prod", "web", ["10.96.0.5"])))
-        await nursery.start(serve, [listener], pipeline, TcpLimits(idle_timeout=10, max_connections=5))
+        await nursery.start(serve, [listener], Current(pipeline, TcpLimits(idle_timeout=10, max_connections=5)))
         idle = await trio.open_tcp_stream(listener.address.host, listener.address.port)
         dripping = await trio.open_tcp_stream(listener.address.host, listener.address.port)
         started = trio.current_time()

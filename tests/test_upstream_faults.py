@@ -26,7 +26,7 @@ from kdns.config import ForwardOptions, TcpLimits
 from kdns.core.cache import ForwardCache
 from kdns.core.stage import ReplyOptions
 from kdns.forward import Forwarder, Upstream
-from kdns.serve import bind, serve
+from kdns.serve import Current, bind, serve
 from tests.builders import pipeline_of, service, store_of
 from tests.fakeupstream import FakeUpstream
 
@@ -60,7 +60,7 @@ async def kdns(nursery: trio.Nursery) -> AsyncIterator[Kdns]:
     pipeline = pipeline_of(store, options=ReplyOptions(recursion_available=True), cache=cache, transport=forwarder)
     listener = bind(SocketAddress("127.0.0.1", 0))
     await nursery.start(forwarder.run)
-    await nursery.start(serve, [listener], pipeline, TcpLimits())
+    await nursery.start(serve, [listener], Current(pipeline, TcpLimits()))
     yield Kdns((listener.address.host, listener.address.port), forwarder.upstreams[0], fake)
     fake.close()
 

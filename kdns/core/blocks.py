@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable, Sequence
 
 from kdns.core.message import REFUSED
-from kdns.core.names import to_wire
+from kdns.core.names import at_label_boundary, to_wire
 from kdns.core.stage import Next, Outcome, ReplyOptions, Request, Stage, status
 
 
@@ -30,9 +30,27 @@ class ServerBlock:
         self.stages = tuple(stages)
         self._options = options
         chain: Next = self._end
+        chains = [chain]
         for stage in reversed(self.stages):  # built once: a request walks closures, not a list
             chain = functools.partial(stage.serve, next=chain)
+            chains.append(chain)
+        self._chains = tuple(reversed(chains))  # from each stage on, and the end
         self.serve: Next = chain
+
+    def after(self, kind: type) -> Next:
+        """The chain from the stage after the first of type `kind` (the whole chain if none):
+        where a question rewritten by that stage goes on."""
+        for index, stage in enumerate(self.stages):
+            if isinstance(stage, kind):
+                return self._chains[index + 1]
+        return self.serve
+
+    def holds(self, key: bytes) -> bool:
+        """Whether the wire name `key` is in one of this block's zones: O(zones)."""
+        return any(
+            zone == b"\x00" or key == zone or (key.endswith(zone) and at_label_boundary(key, len(key) - len(zone)))
+            for zone in self.keys
+        )
 
     def _end(self, request: Request) -> Outcome:
         return status(request, REFUSED, self._options)

@@ -32,6 +32,9 @@ TCP_BUFFER_BYTES = 32 * MIB
 WORKER_QUEUE_BYTES = 64 * MIB
 # The largest configuration file read (`--config`): a ConfigMap holds at most 1 MiB.
 CONFIG_FILE_BYTES = 1 * MIB
+# The largest hosts file read (`hosts`): k3s's NodeHosts has a line per node, 5,000 nodes about
+# 300 KB; a file past it is not read (the last one read stays).
+HOSTS_FILE_BYTES = 16 * MIB
 
 # A stored item larger than this part of its budget is not kept at all (it is still answered):
 # one reply could otherwise take a whole budget.

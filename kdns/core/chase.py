@@ -13,6 +13,7 @@ from kdns.core import wire
 from kdns.core.answer import Answer
 from kdns.core.message import RD, TCP_LIMIT
 from kdns.core.names import from_wire
+from kdns.core.remade import packed_within
 from kdns.core.stage import ReplyOptions
 
 
@@ -63,17 +64,4 @@ def compose_reply(
     reply.add_ar(*(rr for rr in target_message.ar if rr.rtype != QTYPE.OPT))
     if query.edns is not None:
         reply.add_ar(EDNS0(udp_len=options.max_udp, flags="do" if query.edns.dnssec_ok else ""))
-    data = bytes(reply.pack())  # bytes, as every reply: the server tells replies from decisions by type
-    limit = TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp)
-    if len(data) <= limit:
-        return data
-    # Too large for this client: TC, with the whole records that fit, answer section first (as
-    # `wire.reply` cuts prepared answers, and CoreDNS does).
-    header.tc = 1
-    opt = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
-    extra = [rr for rr in reply.ar if rr.rtype != QTYPE.OPT]
-    while len(data) > limit and (extra or reply.auth or reply.rr):
-        (extra or reply.auth or reply.rr).pop()
-        reply.ar = extra + opt
-        data = bytes(reply.pack())
-    return data
+    return packed_within(reply, TCP_LIMIT if tcp else wire.udp_limit(query.edns, options.max_udp))

@@ -4,8 +4,11 @@ the question for the upstreams (CoreDNS's `forward`). The asking itself is the t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kdns.core.cache import CacheKey, ForwardCache
 from kdns.core.message import SERVFAIL
+from kdns.core.names import at_label_boundary
 from kdns.core.stage import Ask, FromCache, Next, Outcome, ReplyOptions, Request, Then, answered, status
 from kdns.core.upstream import ForwardedAnswer
 
@@ -43,16 +46,27 @@ class CacheStage:
 
 class ForwardStage:
     """Asks upstream, through the transport's group `upstreams`: the reply is its answer, or
-    SERVFAIL when every upstream failed."""
+    SERVFAIL when every upstream failed. A name under one of `excepted` (wire form) is never
+    asked: SERVFAIL (CoreDNS's `except`, whose forward hands it on to no plugin after it)."""
 
-    def __init__(self, upstreams: int, options: ReplyOptions) -> None:
+    def __init__(self, upstreams: int, options: ReplyOptions, excepted: Sequence[bytes] = ()) -> None:
         self.upstreams = upstreams
         self._options = options
+        self._excepted = tuple(excepted)
 
     def serve(self, request: Request, next: Next) -> Outcome:
+        if self._excepted and _under_any(request.query.key, self._excepted):
+            return status(request, SERVFAIL, self._options)
         return Ask(request.query, request.tcp, self.upstreams, lambda forwarded: self._reply(request, forwarded))
 
     def _reply(self, request: Request, forwarded: ForwardedAnswer | None) -> Outcome:
         if forwarded is None:
             return status(request, SERVFAIL, self._options)
         return answered(request, forwarded.answer(), self._options, None)
+
+
+def _under_any(key: bytes, zones: Sequence[bytes]) -> bool:
+    return any(
+        zone == b"\x00" or key == zone or (key.endswith(zone) and at_label_boundary(key, len(key) - len(zone)))
+        for zone in zones
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Sequence
 
 from kdns.core.message import MAX_LABEL, MAX_NAME_WIRE
 from kdns.core.model import Endpoint, IPAddress
@@ -149,3 +150,37 @@ def parse_pod_label(label: str) -> IPAddress | None:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+def name_text(key: bytes) -> str | None:
+    """A lowercased wire name as absolute text, as a Corefile's rules and patterns read names
+    (CoreDNS's `state.Name()`); None for a name with a label holding a dot, a space or a byte
+    outside printable ASCII, which no rule written in a Corefile names."""
+    labels = []
+    at = 0
+    while key[at]:
+        label = key[at + 1 : at + 1 + key[at]]
+        if not all(0x21 <= byte < 0x7F and byte != 0x2E for byte in label):
+            return None
+        labels.append(label.decode("ascii"))
+        at += 1 + key[at]
+    return ".".join(labels) + "."
+
+
+def zone_of(name: str, zones: Sequence[str]) -> str | None:
+    """The most specific of `zones` (absolute, lowercased text; `.` the root) holding the
+    absolute name `name`: plugin.Zones.Matches; None if none does."""
+    best: str | None = None
+    for zone in zones:
+        if (zone == "." or name == zone or name.endswith("." + zone)) and (best is None or len(zone) > len(best)):
+            best = zone
+    return best
+
+
+def wire_labels(name: bytes) -> list[bytes]:
+    """The labels of a wire name, as they are (case kept)."""
+    labels, at = [], 0
+    while name[at]:
+        labels.append(name[at + 1 : at + 1 + name[at]])
+        at += 1 + name[at]
+    return labels

@@ -20,6 +20,7 @@ NS = 2
 CNAME = 5
 SOA = 6
 PTR = 12
+HINFO = 13
 MX = 15
 TXT = 16
 AAAA = 28

@@ -90,10 +90,13 @@ def open_sources(
     fallback_ns_addresses: tuple[IPAddress, ...],
     journal: Callable[[Change], None] | None = None,
     workers_serving: Callable[[], bool] | None = None,
+    state: State | None = None,
 ) -> Sources:
-    """The state and store of `config`: loaded from its snapshot, or empty and followed."""
-    # Queries are timed only when someone can read the figures: the metrics endpoint is on.
-    state = State(time_requests=config.ops.metrics is not None, workers_serving=workers_serving)
+    """The state and store of `config`: loaded from its snapshot, or empty and followed; in
+    `state` if given (a reload's `State.staging`), else a new one."""
+    if state is None:
+        # Queries are timed only when someone can read the figures: the metrics endpoint is on.
+        state = State(time_requests=config.ops.metrics is not None, workers_serving=workers_serving)
     if config.node_cache:
         return Sources(state, None, None)
     if config.snapshot is not None:
@@ -117,7 +120,7 @@ def open_sources(
 def report_stores(state: State, store: ClusterStore) -> None:
     """Report the store's bounded parts (the pod index) with the state's other stores."""
     pods = store.pods
-    state.add_stores(lambda: {"pod_index": pods.figures()})
+    state.add_stores("pod_index", lambda: {"pod_index": pods.figures()})
 
 
 def report_omission(omission: Omission) -> None:

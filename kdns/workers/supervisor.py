@@ -132,7 +132,7 @@ class WorkerPool:
         self._closed = False
         self.sources = open_sources(config, ns_addresses(addresses), journal=self.record, workers_serving=self.serving)
         self.sources.state.workers = config.workers
-        self.sources.state.add_stores(self._queue_sizes)
+        self.sources.state.add_stores("worker_queues", self._queue_sizes)
         if self.sources.store is None:
             raise KdnsError("--workers: only `kdns serve` runs workers (a node cache is one process)")
         self.store = self.sources.store

@@ -1,0 +1,392 @@
+"""The one process of `kdns serve` (without `--workers`), and a new configuration applied while
+it serves: CoreDNS's `reload`, SIGHUP, or the YAML file's change (`app.Reloader` reads it).
+
+A new configuration is built beside the one serving and swapped in at once (`Current.replace`):
+no listener stops, and a query already waiting on upstream answers finishes on the pipeline that
+took it. What changed decides what is built again; the rest is kept:
+
+- the cluster source (`SOURCE_SETTINGS`, or the listen addresses `ns.dns` falls back to): a new
+  store, listed (or loaded) while the old one serves, swapped in once every new watch has listed
+  (within `SYNC_WITHIN`, else the reload is refused); the old watches stop after the swap;
+- the upstreams and the forward cache (`forward`): a new forwarder and cache (CoreDNS's reload
+  also starts its cache empty); the old forwarder stops once nothing it forwards is in flight,
+  or after `RETIRE_WITHIN`;
+- anything else that answers: a new pipeline (its reply cache starts empty), always, so that
+  every answer after the swap is made by the new configuration;
+- the listen addresses: new ones are bound before the swap (a port another process holds
+  refuses the reload), the ones no longer listed are closed after it; likewise the /health,
+  /ready and /metrics listeners;
+- TCP limits: every connection accepted after the swap, and the caps at once.
+
+`workers`, `node_cache` and `config_file` wait for a restart (`RESTART_SETTINGS`). A new
+configuration that cannot be built raises `KdnsError` from `apply`, everything made for it is
+closed, and the running configuration stays, whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import trio
+
+from kdns.address import SocketAddress
+from kdns.answering import LoopExit, check_upstreams, forwarding, ns_addresses, pipeline_for
+from kdns.config import LIVE_SETTINGS, ServeConfig
+from kdns.core.cache import ForwardCache
+from kdns.errors import KdnsError
+from kdns.forward import Forwarder
+from kdns.metrics import StateCollector, metrics_route, wall_clock
+from kdns.ops import Route, health, readiness, serve_http
+from kdns.pipeline import Pipeline
+from kdns.serve import BoundListener, Current, bind, bind_tcp, serve_listener, tcp_buffers
+from kdns.sources import Sources, open_sources, report_stores
+
+log = logging.getLogger(__name__)
+
+# What the cluster source is made from: a change re-lists (or reloads the snapshot).
+SOURCE_SETTINGS = frozenset(
+    {"snapshot", "kubeconfig", "context", "watch", "cluster_domain", "pod_mode", "ttl", "pod_index_bytes"}
+)
+# What only a restart changes: the processes, the mode, and the file the configuration is read from.
+RESTART_SETTINGS = frozenset({"workers", "node_cache", "config_file"})
+# Seconds a new cluster source may take to list everything before its reload is refused (a first
+# sync's own bound, `sources.kube.HOLD_LIMIT`, is as long).
+SYNC_WITHIN = 30.0
+# Seconds an old forwarder is kept for the queries it still forwards: the longest a forwarded
+# query lives (each upstream tried for its timeout, a few tries).
+RETIRE_WITHIN = 30.0
+# Seconds between looks at whether a new source has listed, or an old forwarder is idle.
+LOOK_EVERY = 0.05
+OPS_PATHS = ("/health", "/ready", "/metrics")
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """The forwarder and its cache (None, None: nothing is forwarded), running in `scope`."""
+
+    forwarder: Forwarder | None
+    cache: ForwardCache | None
+    scope: trio.CancelScope
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """A bound listener and the scope serving it (None until it is served)."""
+
+    listener: BoundListener
+    scope: trio.CancelScope
+
+
+@dataclass(frozen=True, slots=True)
+class HttpListening:
+    sock: socket.socket
+    address: SocketAddress  # with the port actually bound
+    scope: trio.CancelScope
+
+
+def changed_settings(old: ServeConfig, new: ServeConfig) -> list[str]:
+    """The names of the settings that differ, in the order `ServeConfig` declares them."""
+    return [field.name for field in fields(new) if getattr(new, field.name) != getattr(old, field.name)]
+
+
+class Live:
+    """Serves `config` from `sources` on `listeners` (bound by the caller, one per address of
+    `config.listen`, in order) until cancelled or a forwarding loop is found; `apply` replaces
+    the configuration while it serves."""
+
+    def __init__(self, config: ServeConfig, sources: Sources, listeners: list[BoundListener]) -> None:
+        self.config = config
+        self.sources = sources
+        self.state = sources.state
+        self.loop_exit = LoopExit()
+        self._bound = dict(zip(config.listen, listeners, strict=True))  # until `run` serves them
+        self._listening: dict[SocketAddress, Listening] = {}  # by the configured address
+        self._http: dict[str, HttpListening] = {}  # by path
+        self._nursery: trio.Nursery | None = None
+        self._current: Current | None = None
+        self._forwarding: Forwarding | None = None
+        self._pipeline_scope: trio.CancelScope | None = None
+        self._follower_scope: trio.CancelScope | None = None
+        self._buffers = tcp_buffers(config.tcp, self.state)
+        collector = StateCollector(lambda: self.state, f"dns://{listeners[0].address}", self._zone_names, wall_clock)
+        self._routes: dict[str, Route] = {
+            "/health": health,
+            "/ready": readiness(self.state.ready),
+            "/metrics": metrics_route(collector),
+        }
+
+    # -- what is serving -----------------------------------------------------------------------
+
+    @property
+    def addresses(self) -> tuple[SocketAddress, ...]:
+        """Each listen address, with the port actually bound, in the configuration's order."""
+        return tuple(self._listening[address].listener.address for address in self.config.listen)
+
+    def http_address(self, path: str) -> SocketAddress | None:
+        """Where `path` (/health, /ready, /metrics) is served, with the port bound; None: off."""
+        serving = self._http.get(path)
+        return serving.address if serving is not None else None
+
+    def _zone_names(self) -> int:
+        store = self.sources.store
+        return store.zone.name_count() if store is not None else 0  # a node cache holds no zone
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        """Serve until cancelled, or until a forwarding loop is found: then the status is 2."""
+        config = self.config
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.loop_exit.scope = nursery.cancel_scope
+                self._forwarding = await self._start_forwarding(config)
+                self.state.report_cache(self._forwarding.cache)
+                pipeline, self._pipeline_scope = await self._start_pipeline(config, self._forwarding, self.sources)
+                self._current = Current(pipeline, config.tcp)
+                for address, listener in self._bound.items():
+                    self._listening[address] = await self._serve(listener)
+                self._bound = {}
+                for path, ops_address in _ops_addresses(config).items():
+                    if ops_address is not None:
+                        self._http[path] = await self._serve_http(path, bind_tcp(ops_address), config)
+                if self.sources.follower is not None:
+                    self._follower_scope = await self._scoped(self.sources.follower.run)
+                task_status.started()
+        finally:
+            self._close_all()
+        return self.loop_exit.status
+
+    async def _scoped(self, function: Callable[..., Awaitable[Any]], *args: Any) -> trio.CancelScope:
+        """Start `function(*args, task_status=...)` in a scope of its own, under `run`'s nursery;
+        the scope, once it has started. An error before it started is raised here."""
+        assert self._nursery is not None
+
+        async def scoped(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(function, *args)
+                    task_status.started(scope)
+
+        scope: trio.CancelScope = await self._nursery.start(scoped)
+        return scope
+
+    async def _start_forwarding(self, config: ServeConfig) -> Forwarding:
+        """A forwarder and cache for `config`, running (its cache reported once it serves)."""
+        forwarder, cache = forwarding(config, self.state)
+        if forwarder is None:
+            return Forwarding(None, cache, trio.CancelScope())
+        return Forwarding(forwarder, cache, await self._scoped(forwarder.run))
+
+    async def _start_pipeline(
+        self, config: ServeConfig, forwarding: Forwarding, sources: Sources
+    ) -> tuple[Pipeline, trio.CancelScope]:
+        store = sources.store
+        zone, namespace_of = (store.zone, store.pods.namespace_of) if store is not None else (None, None)
+        pipeline = pipeline_for(
+            config,
+            self.state,
+            forwarding.forwarder,
+            forwarding.cache,
+            zone,
+            self.state.synced,
+            namespace_of,
+            self.loop_exit,
+        )
+        return pipeline, await self._scoped(pipeline.run)
+
+    async def _serve(self, listener: BoundListener) -> Listening:
+        assert self._current is not None
+        scope = await self._scoped(serve_listener, listener, self._current, self.state, self._buffers)
+        log.info("listening on %s (udp, tcp)", listener.address)
+        return Listening(listener, scope)
+
+    async def _serve_http(self, path: str, sock: socket.socket, config: ServeConfig) -> HttpListening:
+        routes = {path: self._routes[path]}
+        scope = await self._scoped(serve_http, sock, routes, config.ops.limits, self.state.http_room_made)
+        host, port = sock.getsockname()[:2]
+        address = SocketAddress(host, port)
+        log.info("%s on http://%s%s", path[1:], address, path)
+        return HttpListening(sock, address, scope)
+
+    def _close_all(self) -> None:
+        for listener in self._bound.values():
+            _close_listener(listener)
+        for listening in self._listening.values():
+            _close_listener(listening.listener)
+        for serving in self._http.values():
+            serving.sock.close()
+
+    # -- a new configuration -------------------------------------------------------------------
+
+    async def apply(self, new: ServeConfig) -> list[str]:
+        """Serve `new` from now on; the settings that changed (those of `RESTART_SETTINGS` are
+        left for a restart: the caller says so). Raises `KdnsError` when `new` cannot be served;
+        then nothing has changed."""
+        old = self.config
+        changed = changed_settings(old, new)
+        answering = [name for name in changed if name not in LIVE_SETTINGS and name not in RESTART_SETTINGS]
+        if not answering:
+            return changed
+        new = _keeping(new, old)  # restart-only settings keep their running values
+        made: list[Callable[[], None]] = []  # how to undo what was made for `new`, if it is refused
+        try:
+            listeners = self._bind_new(new, made)
+            addresses = [
+                (listeners[address] if address in listeners else self._listening[address].listener).address
+                for address in new.listen
+            ]
+            check_upstreams(new, addresses)
+            http = self._bind_new_http(new, made)
+            sources, follower_scope = await self._new_sources(new, addresses, made)
+            forwarding = self._forwarding
+            assert forwarding is not None
+            if new.forward != old.forward:
+                forwarding = await self._start_forwarding(new)
+                made.append(forwarding.scope.cancel)
+            pipeline, pipeline_scope = await self._start_pipeline(new, forwarding, sources)
+            made.append(pipeline_scope.cancel)
+        except BaseException:
+            for undo in reversed(made):
+                undo()
+            raise
+        self._swap(new, sources, follower_scope, forwarding, pipeline, pipeline_scope)
+        await self._after_swap(old, new, listeners, http)
+        return changed
+
+    def _swap(
+        self,
+        new: ServeConfig,
+        sources: Sources,
+        follower_scope: trio.CancelScope | None,
+        forwarding: Forwarding,
+        pipeline: Pipeline,
+        pipeline_scope: trio.CancelScope,
+    ) -> None:
+        """The one step (no checkpoint) after which every query is answered by `new`."""
+        assert self._current is not None and self._pipeline_scope is not None and self._forwarding is not None
+        self._current.replace(pipeline, new.tcp)
+        self._pipeline_scope.cancel()  # the old pipeline's probes and prefetch
+        self._pipeline_scope = pipeline_scope
+        self._buffers.resize(new.tcp.buffer_bytes)
+        if sources is not self.sources:
+            if sources.store is not None:
+                report_stores(self.state, sources.store)
+            self.state.adopt_watches(sources.state)
+            if self._follower_scope is not None:
+                self._follower_scope.cancel()  # the old watches
+            self._follower_scope = follower_scope
+            self.sources = Sources(self.state, sources.store, sources.follower)
+        if forwarding is not self._forwarding:
+            assert self._nursery is not None
+            self._nursery.start_soon(_retire, self._forwarding)
+            self._forwarding = forwarding
+            self.state.report_cache(forwarding.cache)
+        self.config = new
+
+    async def _after_swap(
+        self,
+        old: ServeConfig,
+        new: ServeConfig,
+        listeners: dict[SocketAddress, BoundListener],
+        http: dict[str, socket.socket],
+    ) -> None:
+        for address, listener in listeners.items():
+            self._listening[address] = await self._serve(listener)
+        for address in [address for address in self._listening if address not in new.listen]:
+            listening = self._listening.pop(address)
+            listening.scope.cancel()
+            _close_listener(listening.listener)
+            log.info("no longer listening on %s", listening.listener.address)
+        for path, ops_address in _ops_addresses(new).items():
+            if path in http:
+                serving = self._http.pop(path, None)
+                if serving is not None:
+                    serving.scope.cancel()
+                    serving.sock.close()
+                self._http[path] = await self._serve_http(path, http[path], new)
+            elif ops_address is None and path in self._http:
+                serving = self._http.pop(path)
+                serving.scope.cancel()
+                serving.sock.close()
+                log.info("%s is off", path[1:])
+            elif path in self._http and new.ops.limits != old.ops.limits:
+                serving = self._http.pop(path)
+                serving.scope.cancel()  # served again, with the new limits, on the same socket
+                self._http[path] = await self._serve_http(path, serving.sock, new)
+
+    def _bind_new(self, new: ServeConfig, made: list[Callable[[], None]]) -> dict[SocketAddress, BoundListener]:
+        """Bind each listen address of `new` not yet listened on (a `KdnsError` if one cannot be)."""
+        bound: dict[SocketAddress, BoundListener] = {}
+        for address in new.listen:
+            if address in self._listening or address in bound:
+                continue
+            listener = bind(address)
+            made.append(lambda listener=listener: _close_listener(listener))  # type: ignore[misc]
+            bound[address] = listener
+        return bound
+
+    def _bind_new_http(self, new: ServeConfig, made: list[Callable[[], None]]) -> dict[str, socket.socket]:
+        """Bind each operations address of `new` that differs from the running one's."""
+        bound: dict[str, socket.socket] = {}
+        running = _ops_addresses(self.config)
+        for path, address in _ops_addresses(new).items():
+            if address is None or address == running[path]:
+                continue
+            sock = bind_tcp(address)
+            made.append(sock.close)
+            bound[path] = sock
+        return bound
+
+    async def _new_sources(
+        self, new: ServeConfig, addresses: list[SocketAddress], made: list[Callable[[], None]]
+    ) -> tuple[Sources, trio.CancelScope | None]:
+        """The running sources if `new` watches the same, else new ones, listed (or loaded);
+        with the scope its watches run in."""
+        old = self.config
+        fallback = ns_addresses(addresses)
+        same = all(getattr(new, name) == getattr(old, name) for name in SOURCE_SETTINGS)
+        if same and fallback == ns_addresses(self.addresses):
+            return self.sources, self._follower_scope
+        staged = self.state.staging()
+        sources = await trio.to_thread.run_sync(lambda: open_sources(new, fallback, state=staged))
+        if sources.follower is None:
+            return sources, None
+        scope = await self._scoped(sources.follower.run)
+        made.append(scope.cancel)
+        log.info("reload: listing the cluster for the new configuration")
+        with trio.move_on_after(SYNC_WITHIN):
+            while not staged.synced():
+                await trio.sleep(LOOK_EVERY)
+        if not staged.synced():
+            raise KdnsError(f"the new configuration's watches did not all list within {SYNC_WITHIN:g} s")
+        return sources, scope
+
+
+def _keeping(new: ServeConfig, old: ServeConfig) -> ServeConfig:
+    """`new` with the running values of what only a restart changes."""
+    return replace(new, **{name: getattr(old, name) for name in RESTART_SETTINGS})
+
+
+def _ops_addresses(config: ServeConfig) -> dict[str, SocketAddress | None]:
+    ops = config.ops
+    return {"/health": ops.health, "/ready": ops.ready, "/metrics": ops.metrics}
+
+
+def _close_listener(listener: BoundListener) -> None:
+    listener.udp.close()
+    listener.tcp.close()
+
+
+async def _retire(forwarding: Forwarding) -> None:
+    """Stop an old forwarder once nothing it forwards is in flight, or after `RETIRE_WITHIN`."""
+    forwarder = forwarding.forwarder
+    if forwarder is not None:
+        with trio.move_on_after(RETIRE_WITHIN):
+            while forwarder.in_flight:
+                await trio.sleep(LOOK_EVERY)
+    forwarding.scope.cancel()
