@@ -160,10 +160,11 @@ def dnsperf(port: int, queries: Path, seconds: int, pid: int) -> tuple[float, fl
 
 def side_by_side(
     labels: tuple[str, str], ports: dict[str, int], pids: dict[str, int], queries: Path, seconds: int, rounds: int
-) -> None:
+) -> tuple[float, float]:
     """Two servers, each pinned to the same CPU and dnsperf to the others, asked the same
     `queries` for `seconds` in turn, which goes first alternating each round (so that drift and
-    warm-up fall on both alike); prints each one's medians and the ratios first / second."""
+    warm-up fall on both alike); prints each one's medians and the ratios first / second, and
+    returns those (rate, CPU per query)."""
     cpus_here = sorted(os.sched_getaffinity(0))
     if len(cpus_here) >= 2:
         for pid in pids.values():
@@ -185,6 +186,7 @@ def side_by_side(
     rate = statistics.median(rates[first]) / statistics.median(rates[second])
     cpu = statistics.median(cpus[first]) / statistics.median(cpus[second])
     print(f"{first} / {second}: {rate:.3f} x rate  {cpu:.3f} x CPU per query")
+    return rate, cpu
 
 
 def main() -> int:

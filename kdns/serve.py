@@ -142,11 +142,15 @@ async def serve_udp(sock: socket.socket, current: Current, state: State | None =
     view = memoryview(buffer)
     recvfrom_into = sock.recvfrom_into
     sendto = sock.sendto
+    pipeline = current.pipeline
+    answer = pipeline.answer
     state = state if state is not None else State()
     async with trio.open_nursery() as nursery:
         while True:
             await trio.lowlevel.wait_readable(sock)
-            answer = current.pipeline.answer  # once a burst: a reload's pipeline from the next one
+            if current.pipeline is not pipeline:  # a reload: its pipeline from this burst on
+                pipeline = current.pipeline
+                answer = pipeline.answer
             for _ in range(UDP_BURST):
                 try:
                     size, peer = recvfrom_into(buffer)
