@@ -5,6 +5,7 @@ them (a forwarding loop). `kdns serve` runs it in its one process, or in each wo
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import socket
@@ -34,8 +35,8 @@ from kdns.core.zone import Zone
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder
 from kdns.hosts_file import HostsFile
-from kdns.logs import QueryLog
-from kdns.pipeline import Pipeline
+from kdns.logs import CONSOLIDATING, QueryLog
+from kdns.pipeline import Background, Pipeline
 from kdns.serve import BoundListener, Current, serve
 from kdns.state import State
 
@@ -100,8 +101,12 @@ def pipeline_for(
     options = ReplyOptions(max_udp=config.max_udp, recursion_available=forwarder is not None)
     probes = LoopProbes(loop_exit)
     hosts = HostsFile(config.hosts) if config.hosts is not None else None
+    background: list[Background] = []
     if hosts is not None:
         state.add_stores("hosts", lambda: {"hosts": hosts.figures()})
+        background.append(hosts.run)
+    if config.consolidate:
+        background.append(functools.partial(CONSOLIDATING.consolidated, config.consolidate))
     autopath = None
     if config.autopath and namespace_of is not None:
         search = tuple(to_wire(domain) for domain in config.search)
@@ -123,6 +128,7 @@ def pipeline_for(
         rewrite=config.rewrite,
         templates=config.templates,
         forward_except=config.forward.excepted,
+        fallthrough=config.cluster_fallthrough,
     )
     return Pipeline(
         blocks,
@@ -131,10 +137,10 @@ def pipeline_for(
         zone=zone,
         cache=cache,
         transport=forwarder,
-        query_log=QueryLog() if config.log_queries else None,
+        query_log=QueryLog(config.log_rules) if config.log_queries else None,
         reply_cache_bytes=config.reply_cache_bytes,
         probes=probes,
-        background=(hosts.run,) if hosts is not None else (),
+        background=background,
     )
 
 
@@ -156,6 +162,7 @@ def server_blocks(
     rewrite: Sequence[Rule] = (),
     templates: Sequence[Template] = (),
     forward_except: Sequence[str] = (),
+    fallthrough: bool = False,
 ) -> ServerBlocks:
     """The server blocks kdns serves, as kubeadm's Corefile has them, with kube-dns's stub
     domains as blocks of their own:
@@ -215,7 +222,7 @@ def server_blocks(
                 stages.append(TemplateStage(templates, options, resolve))
             if hosts is not None:
                 stages.append(HostsStage(hosts, options))
-            stages.append(ClusterZone(zone, options, synced, resolve if cache is not None else None))
+            stages.append(ClusterZone(zone, options, synced, resolve if cache is not None else None, fallthrough))
             stages += forwarding_stages(default)
             main["cluster"] = ServerBlock((domain, *REVERSE_ZONES), stages, options, default)
             blocks.append(main["cluster"])

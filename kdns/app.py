@@ -17,7 +17,7 @@ from kdns.address import SocketAddress
 from kdns.answering import check_upstreams, ns_addresses
 from kdns.config import LIVE_SETTINGS, ServeConfig, quoted
 from kdns.errors import KdnsError
-from kdns.live import RESTART_SETTINGS, Live, changed_settings
+from kdns.live import Live, changed_settings
 from kdns.metrics import StateCollector, metrics_route, wall_clock
 from kdns.ops import health, readiness, serve_http
 from kdns.serve import BoundListener, bind, bind_tcp
@@ -29,7 +29,8 @@ from kdns.workers import WorkerPool
 log = logging.getLogger(__name__)
 
 
-Apply = Callable[[ServeConfig], Awaitable[list[str]]]  # `Live.apply`
+# `Live.apply`, `WorkerPool.apply`: serve a new configuration; the settings left for a restart.
+Apply = Callable[[ServeConfig], Awaitable[list[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,18 +74,28 @@ async def run(
             listener.tcp.close()
         raise
     live = Live(config, sources, listeners)
-    status = 0
+    ended = _Ended()
     async with trio.open_nursery() as nursery:
-
-        async def serving(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            nonlocal status
-            status = await live.run(task_status=task_status)
-            nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
-
-        await nursery.start(serving)
+        await nursery.start(ended.serving, live.run, nursery.cancel_scope)
         health_at, ready_at, metrics_at = (live.http_address(path) for path in ("/health", "/ready", "/metrics"))
         task_status.started(Running(live.addresses, health_at, ready_at, metrics_at, sources.state, live.apply))
-    return status
+    return ended.status
+
+
+class _Ended:
+    """The exit status of what serves (2 after a forwarding loop), and the scope it ends."""
+
+    def __init__(self) -> None:
+        self.status = 0
+
+    async def serving(
+        self,
+        run: Callable[..., Awaitable[int]],
+        scope: trio.CancelScope,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.status = await run(task_status=task_status)
+        scope.cancel()  # it ended by itself (a forwarding loop): so does everything beside it
 
 
 async def _run_pool(config: ServeConfig, pool: WorkerPool, task_status: trio.TaskStatus[Running]) -> int:
@@ -99,19 +110,13 @@ async def _run_pool(config: ServeConfig, pool: WorkerPool, task_status: trio.Tas
         )
         if address is not None
     ]
-    status = 0
+    ended = _Ended()
     try:
         sources = pool.sources
         state, store = sources.state, sources.store
         addresses = pool.addresses
         async with trio.open_nursery() as nursery:
-
-            async def serving(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                nonlocal status
-                status = await pool.run(task_status=task_status)
-                nursery.cancel_scope.cancel()  # it ended by itself (a forwarding loop)
-
-            await nursery.start(serving)
+            await nursery.start(ended.serving, pool.run, nursery.cancel_scope)
             bound: dict[str, SocketAddress] = {}
             names = store.zone.name_count if store is not None else _no_names
             collector = StateCollector(pool.view, f"dns://{addresses[0]}", names, wall_clock)
@@ -124,11 +129,11 @@ async def _run_pool(config: ServeConfig, pool: WorkerPool, task_status: trio.Tas
             if sources.follower is not None:
                 await nursery.start(sources.follower.run)
             http_bound = (bound.get("/health"), bound.get("/ready"), bound.get("/metrics"))
-            task_status.started(Running(addresses, *http_bound, state))
+            task_status.started(Running(addresses, *http_bound, state, pool.apply))
     finally:
         for sock, _ in http:
             sock.close()
-    return status
+    return ended.status
 
 
 def _no_names() -> int:
@@ -199,10 +204,9 @@ async def _until_signalled(
 
 class Reloader:
     """Reads the configuration again (SIGHUP, or its file changed): a bad one is refused with an
-    error and counted, and the old one keeps serving; a good one is applied while serving, all
-    of it (`apply`, `Live.apply`) but what only a restart changes (`live.RESTART_SETTINGS`,
-    logged as waiting for one). Without `apply` (`--workers`) only `config.LIVE_SETTINGS` apply
-    before a restart.
+    error and counted, and the old one keeps serving; a good one is applied while serving by
+    `apply` (`Live.apply`; with `--workers`, `WorkerPool.apply`), which says what waits for a
+    restart (logged as such). Without `apply` only `config.LIVE_SETTINGS` apply before a restart.
 
     The file is read, parsed and validated on a worker thread (a 1 MiB file takes a while to
     parse, and DNS is answered meanwhile), one reload at a time. Whatever goes wrong in it, a
@@ -244,12 +248,10 @@ class Reloader:
         if not changed:
             log.info("reload: the configuration is unchanged")
             return
-        later = [name for name in changed if name in RESTART_SETTINGS]
-        if self.apply is None:
-            later = [name for name in changed if name not in LIVE_SETTINGS]
-        else:
+        later = [name for name in changed if name not in LIVE_SETTINGS]
+        if self.apply is not None:
             try:
-                await self.apply(new)
+                later = await self.apply(new)
             except KdnsError as error:
                 self._refused(str(error))
                 return

@@ -9,17 +9,21 @@ import it, never the other way round.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import re2
+
 from kdns.address import SocketAddress, can_listen_on_ipv6
 from kdns.core import budgets
+from kdns.core.logformat import LogRule
 from kdns.core.names import InvalidName, to_wire
 from kdns.core.rewrite_rules import Rule as RewriteRule
-from kdns.core.store import PodMode
+from kdns.core.store import AS_THE_SPEC, PodMode, PublishOptions
 from kdns.core.template_rules import Template
 from kdns.errors import KdnsError
 
@@ -136,6 +140,7 @@ def ops_address(flag: str, text: str, ipv6: Callable[[], bool] = can_listen_on_i
 class WatchOptions:
     namespaces: tuple[str, ...] = ()  # only these namespaces; empty: all of them
     label_selector: str = ""  # Services only, as CoreDNS's `labels`
+    watch_endpoints: bool = True  # off: no EndpointSlices, so no endpoint records (CoreDNS's `noendpoints`)
     watch_pods: bool = False  # only `--pods verified` needs Pods
     watch_timeout: int = 300  # a watch asks the server to end it after [t, 2t) s (client-go: 5-10 min)
     request_timeout: float = 30.0  # connect and read timeout of a list; a watch adds watch_timeout
@@ -159,6 +164,26 @@ class ForwardConfig:
     denial_cache_bytes: int = budgets.DENIAL_CACHE_BYTES  # with `denial_cache_size`: negative answers' bytes
     # Names under these the default upstreams are never asked (CoreDNS's forward `except`): SERVFAIL.
     excepted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Consolidate:
+    """`errors { consolidate DURATION REGEXP [LEVEL] }`: warnings and errors REGEXP finds (RE2,
+    Go's syntax), counted and written once a period (`logs.Consolidating`)."""
+
+    period: float
+    period_text: str  # as the Corefile wrote it, for the line (CoreDNS prints Go's duration)
+    pattern: str
+    level: int = logging.ERROR
+
+    @property
+    def compiled(self) -> re2._Regexp[str]:
+        return _compiled_pattern(self.pattern)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_pattern(text: str) -> re2._Regexp[str]:
+    return re2.compile(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +217,8 @@ class ServeConfig:
     forward: ForwardConfig
     lameduck: float = DEFAULT_LAMEDUCK  # seconds of answering after SIGTERM, not ready
     log_queries: bool = False  # one log line per answered query (CoreDNS's `log`)
+    log_rules: tuple[LogRule, ...] = ()  # a Corefile's `log`: CoreDNS's scopes, classes and format
+    consolidate: tuple[Consolidate, ...] = ()  # a Corefile's `errors { consolidate ... }`
     log_level: str = DEFAULT_LOG_LEVEL
     log_format: str = DEFAULT_LOG_FORMAT
     config_file: str | None = None  # where settings were read from, watched for changes
@@ -209,6 +236,9 @@ class ServeConfig:
     hosts: HostsConfig | None = None  # answer from a hosts file first (CoreDNS's `hosts`)
     hosts_max_bytes: int = budgets.HOSTS_FILE_BYTES  # the largest hosts file read
     answer_any: bool = False  # ANY gets one HINFO record, RFC 8482 (CoreDNS's `any`)
+    publish: PublishOptions = AS_THE_SPEC  # endpoint_pod_names, ignore empty_service
+    api_endpoint: str | None = None  # the API server's URL over the kubeconfig's (CoreDNS's `endpoint`)
+    cluster_fallthrough: bool = False  # a cluster name that does not exist goes on upstream (`fallthrough`)
     rewrite: tuple[RewriteRule, ...] = ()  # questions asked under another name (CoreDNS's `rewrite`)
     templates: tuple[Template, ...] = ()  # answers made from patterns (CoreDNS's `template`)
 

@@ -17,20 +17,24 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import re2
+
 from kdns import config
 from kdns.address import SocketAddress, can_listen_on_ipv6
 from kdns.config import ForwardConfig, ForwardOptions, OpsListeners, Policy, ServeConfig
+from kdns.core import logformat
 from kdns.core import template_rules as template
 from kdns.core.names import REVERSE_ZONES, to_wire
 from kdns.core.rewrite_rules import RewriteError, rule_of
 from kdns.core.rewrite_rules import Rule as RewriteRule
-from kdns.core.store import PodMode
+from kdns.core.store import PodMode, PublishOptions
 from kdns.corefile import CorefileError, Directive, ServerBlock
 from kdns.errors import KdnsError
 
@@ -58,6 +62,10 @@ class CorefileDefaults:
 
 
 DEFAULTS = CorefileDefaults()
+# `errors { consolidate ... LEVEL }`: plugin/errors's levels, as Python's.
+CONSOLIDATE_LEVELS = {"warning": logging.WARNING, "error": logging.ERROR, "info": logging.INFO, "debug": logging.DEBUG}
+RE2_QUIET = re2.Options()
+RE2_QUIET.log_errors = False
 
 # Every plugin kdns serves, with the options (in its block) it takes.
 PLUGINS: dict[str, tuple[str, ...]] = {
@@ -66,7 +74,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "bind": (),
     "bufsize": (),
     "cache": ("success", "denial", "prefetch", "serve_stale", "disable"),
-    "errors": ("consolidate",),
+    "errors": ("consolidate", "stacktrace"),
     "forward": (
         "max_concurrent",
         "policy",
@@ -80,9 +88,20 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "health": ("lameduck",),
     # Any other line in its block is an entry, `ADDRESS NAME...` (before any `fallthrough`).
     "hosts": ("ttl", "no_reverse", "reload", "fallthrough", "fallthrough_unsupported"),
-    "kubernetes": ("pods", "ttl", "namespaces", "labels", "kubeconfig", "fallthrough"),
+    "kubernetes": (
+        "pods",
+        "ttl",
+        "namespaces",
+        "labels",
+        "kubeconfig",
+        "fallthrough",
+        "endpoint",
+        "noendpoints",
+        "endpoint_pod_names",
+        "ignore",
+    ),
     "loadbalance": (),
-    "log": (),
+    "log": ("class",),
     "loop": (),
     "prometheus": (),
     "ready": (),
@@ -94,7 +113,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
 # What a block of its own zone (a stub domain) may hold: its upstreams, and what kdns does for
 # every block anyway.
 STUB_PLUGINS = ("bind", "bufsize", "cache", "errors", "forward", "log", "loop")
-REPEATABLE = {"bind", "rewrite", "template"}  # every other plugin is used once in a block, as CoreDNS requires
+REPEATABLE = {"bind", "log", "rewrite", "template"}  # every other plugin is used once in a block, as CoreDNS requires
 
 
 @dataclass
@@ -197,6 +216,9 @@ class _Reader:
         self.max_udp = base.max_udp
         self.kubeconfig: str | None = None
         self.context: str | None = None
+        self.api_endpoint: str | None = None
+        self.cluster_fallthrough = False
+        self.publish = PublishOptions()
         # The API timings are the flags'; what is watched is the Corefile's to say.
         self.watch = dataclasses.replace(base.watch, namespaces=(), label_selector="", watch_pods=False)
         self.hosts: list[str] = []
@@ -220,6 +242,8 @@ class _Reader:
         self.hosts_config: config.HostsConfig | None = None
         self.answer_any = False
         self.rewrite: list[RewriteRule] = []
+        self.log_rules: tuple[logformat.LogRule, ...] = ()
+        self.consolidate: tuple[config.Consolidate, ...] = ()
         self.templates: list[template.Template] = []
 
     def directive(self, directive: Directive, zones: list[str]) -> None:
@@ -256,9 +280,25 @@ class _Reader:
     # -- plugins -----------------------------------------------------------------------------
 
     def _errors(self, directive: Directive, zones: list[str]) -> None:
+        """`errors { consolidate DURATION REGEXP [LEVEL]; stacktrace }` (plugin/errors/setup.go):
+        kdns logs an error as it happens, and a query's failure with its traceback (stacktrace)."""
         _arguments(directive, 0, 0)
-        if directive.block:
-            self.notes.append(f"{directive.where}: errors consolidate: kdns logs each error once, as it happens")
+        for option in directive.block:
+            if option.name == "stacktrace":
+                _arguments(option, 0, 0)
+                continue
+            _arguments(option, 2, 3)
+            period = _go_duration(option, option.args[0])
+            if period <= 0:
+                raise option.error("consolidate: the period must be more than 0")
+            level = option.args[2] if len(option.args) == 3 else "error"
+            if level not in CONSOLIDATE_LEVELS:
+                raise option.error(f"unknown log level argument in consolidate: {level}")
+            try:
+                re2.compile(option.args[1], RE2_QUIET)
+            except re2.error:
+                raise option.error(f"invalid regex pattern: {option.args[1]}") from None
+            self.consolidate += (config.Consolidate(period, option.args[0], option.args[1], CONSOLIDATE_LEVELS[level]),)
 
     def _hosts(self, directive: Directive, zones: list[str]) -> None:
         """`hosts [FILE [ZONES...]] { ttl, no_reverse, reload, fallthrough [ZONES...],
@@ -403,10 +443,30 @@ class _Reader:
                 _arguments(option, 1, 2)
                 self.kubeconfig = option.args[0]
                 self.context = option.args[1] if len(option.args) == 2 else None
-            elif name == "fallthrough" and (not option.args or not set(option.args) <= set(REVERSE_ZONES)):
-                # kdns's cluster zone hands on the reverse names it holds nothing of (kubeadm's
-                # `fallthrough in-addr.arpa ip6.arpa`); it never hands on a cluster name.
-                raise option.error("kdns falls through for the reverse zones only (in-addr.arpa ip6.arpa)")
+            elif name == "endpoint":
+                _arguments(option, 1, 1)
+                if not option.args[0].startswith(("http://", "https://")):
+                    raise option.error(f"{option.args[0]!r}: expected the API server's URL, http:// or https://")
+                self.api_endpoint = option.args[0]
+            elif name == "noendpoints":
+                _arguments(option, 0, 0)
+                self.watch = dataclasses.replace(self.watch, watch_endpoints=False)
+            elif name == "endpoint_pod_names":
+                _arguments(option, 0, 0)
+                self.publish = dataclasses.replace(self.publish, endpoint_pod_names=True)
+            elif name == "ignore":
+                if option.args != ("empty_service",):
+                    raise option.error("kdns ignores empty_service (ignore empty_service)")
+                self.publish = dataclasses.replace(self.publish, ignore_empty_service=True)
+            elif name == "fallthrough":
+                # kdns's cluster zone always hands on the reverse names it holds nothing of
+                # (kubeadm's `fallthrough in-addr.arpa ip6.arpa`); `fallthrough` covering the
+                # cluster domain (no zones: all of them) hands on its NXDOMAINs too.
+                covered = [zone.rstrip(".").lower() or "." for zone in option.args] or ["."]
+                for zone in covered:
+                    if zone not in REVERSE_ZONES and not _holds(zone, self.cluster_domain):
+                        raise option.error(f"{zone}: kdns falls through for its cluster domain and the reverse zones")
+                self.cluster_fallthrough = any(_holds(zone, self.cluster_domain) for zone in covered)
 
     def _forward(self, directive: Directive, zones: list[str]) -> None:
         self.upstreams, self.upstreams_from, tcp = self._forward_targets(directive, zones)
@@ -552,8 +612,17 @@ class _Reader:
         self.loadbalance = True
 
     def _log(self, directive: Directive, zones: list[str]) -> None:
-        if directive.args not in ((), (".",)):
-            raise directive.error("kdns logs every query of every name (log, or log .), in its own format")
+        """`log [NAMES...] [FORMAT] { class CLASSES... }` (plugin/log/setup.go): CoreDNS's query
+        log, its scopes (the block's zones without NAMES), classes and format."""
+        classes: list[str] = []
+        for option in directive.block:
+            _arguments(option, 1, None)
+            classes += option.args
+        args = list(directive.args) or ([] if "." in zones else list(zones))
+        try:
+            self.log_rules += logformat.rules(args, classes)
+        except logformat.LogFormatError as error:
+            raise directive.error(str(error)) from None
         self.log_queries = True
 
     def _bind(self, directive: Directive, zones: list[str]) -> None:
@@ -608,6 +677,9 @@ class _Reader:
             base,
             kubeconfig=self.kubeconfig or base.kubeconfig,
             context=self.context or base.context,
+            api_endpoint=self.api_endpoint,
+            cluster_fallthrough=self.cluster_fallthrough,
+            publish=self.publish,
             watch=dataclasses.replace(self.watch, watch_pods=watch_pods),
             listen=listen,
             cluster_domain=self.cluster_domain,
@@ -618,6 +690,8 @@ class _Reader:
             forward=forward,
             lameduck=self.lameduck,
             log_queries=self.log_queries,
+            log_rules=self.log_rules,
+            consolidate=self.consolidate,
             config_file=corefile if self.reload is not None else None,
             config_poll=interval,
             config_poll_jitter=jitter,
@@ -658,6 +732,11 @@ class _Cache:
     min_ttl: int = 0
     prefetch: bool = False
     serve_stale: float = 0.0
+
+
+def _holds(zone: str, name: str) -> bool:
+    """Whether `zone` (`.` the root) is `name` or one of its parents (text, no trailing dot)."""
+    return zone == "." or name == zone or name.endswith("." + zone)
 
 
 def _absolute(text: str) -> str:

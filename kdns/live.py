@@ -49,7 +49,18 @@ log = logging.getLogger(__name__)
 
 # What the cluster source is made from: a change re-lists (or reloads the snapshot).
 SOURCE_SETTINGS = frozenset(
-    {"snapshot", "kubeconfig", "context", "watch", "cluster_domain", "pod_mode", "ttl", "pod_index_bytes"}
+    {
+        "snapshot",
+        "kubeconfig",
+        "context",
+        "watch",
+        "cluster_domain",
+        "pod_mode",
+        "ttl",
+        "pod_index_bytes",
+        "publish",
+        "api_endpoint",
+    }
 )
 # What only a restart changes: the processes, the mode, and the file the configuration is read from.
 RESTART_SETTINGS = frozenset({"workers", "node_cache", "config_file"})
@@ -98,10 +109,19 @@ class Live:
     `config.listen`, in order) until cancelled or a forwarding loop is found; `apply` replaces
     the configuration while it serves."""
 
-    def __init__(self, config: ServeConfig, sources: Sources, listeners: list[BoundListener]) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        sources: Sources,
+        listeners: list[BoundListener],
+        synced: Callable[[], bool] | None = None,
+    ) -> None:
+        """`synced`: whether the cluster has been listed (the state's own readiness by default;
+        a worker's, from the supervisor's feed)."""
         self.config = config
         self.sources = sources
         self.state = sources.state
+        self._synced = synced if synced is not None else self.state.synced
         self.loop_exit = LoopExit()
         self._bound = dict(zip(config.listen, listeners, strict=True))  # until `run` serves them
         self._listening: dict[SocketAddress, Listening] = {}  # by the configured address
@@ -193,7 +213,7 @@ class Live:
             forwarding.forwarder,
             forwarding.cache,
             zone,
-            self.state.synced,
+            self._synced,
             namespace_of,
             self.loop_exit,
         )
@@ -224,14 +244,15 @@ class Live:
     # -- a new configuration -------------------------------------------------------------------
 
     async def apply(self, new: ServeConfig) -> list[str]:
-        """Serve `new` from now on; the settings that changed (those of `RESTART_SETTINGS` are
-        left for a restart: the caller says so). Raises `KdnsError` when `new` cannot be served;
+        """Serve `new` from now on; the settings that changed and wait for a restart
+        (`RESTART_SETTINGS`: the caller says so). Raises `KdnsError` when `new` cannot be served;
         then nothing has changed."""
         old = self.config
         changed = changed_settings(old, new)
+        later = [name for name in changed if name in RESTART_SETTINGS]
         answering = [name for name in changed if name not in LIVE_SETTINGS and name not in RESTART_SETTINGS]
         if not answering:
-            return changed
+            return later
         new = _keeping(new, old)  # restart-only settings keep their running values
         made: list[Callable[[], None]] = []  # how to undo what was made for `new`, if it is refused
         try:
@@ -256,7 +277,7 @@ class Live:
             raise
         self._swap(new, sources, follower_scope, forwarding, pipeline, pipeline_scope)
         await self._after_swap(old, new, listeners, http)
-        return changed
+        return later
 
     def _swap(
         self,

@@ -59,9 +59,11 @@ def make_tls_files(directory: Path) -> tuple[Path, Path]:
 class FakeApiServer:
     """The server and its state; every method is safe to call from the test's thread."""
 
-    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
-        """`tls`: (certificate, key) to serve HTTPS; plain HTTP without."""
+    def __init__(self, tls: tuple[Path, Path] | None = None, anonymous: bool = False) -> None:
+        """`tls`: (certificate, key) to serve HTTPS; plain HTTP without. `anonymous`: requests
+        without the token are answered too (as `kubectl proxy` answers them)."""
         self.tls = tls
+        self.anonymous = anonymous
         self.unauthorized = 0  # requests answered 401
         self.forbidden: set[str] = set()  # kinds answered 403, as for an account without RBAC for them
         self._lock = threading.Condition()
@@ -356,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
         api.requests.append(self.path)
         scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or token != TOKEN:
+        if (scheme.lower() != "bearer" or token != TOKEN) and not (api.anonymous and not scheme):
             with api._lock:
                 api.unauthorized += 1
             self._json(401, _status(401, "Unauthorized", "Unauthorized"))

@@ -17,7 +17,7 @@ from kdns.core.cache import ForwardCache
 from kdns.core.convert import convert
 from kdns.core.loop import LoopProbes
 from kdns.core.stage import ReplyOptions
-from kdns.core.store import ClusterStore, PodMode
+from kdns.core.store import AS_THE_SPEC, ClusterStore, PodMode, PublishOptions
 from kdns.core.zone import Zone
 from kdns.pipeline import Pending, Pipeline, Transport
 from kdns.state import State
@@ -86,9 +86,13 @@ def pod(ns: str, name: str, *ips: str) -> Obj:
 
 
 def store_of(
-    *objects: Obj, domain: str = "cluster.local", ttl: int = 30, pods: PodMode = PodMode.INSECURE
+    *objects: Obj,
+    domain: str = "cluster.local",
+    ttl: int = 30,
+    pods: PodMode = PodMode.INSECURE,
+    publish: PublishOptions = AS_THE_SPEC,
 ) -> ClusterStore:
-    store = ClusterStore(domain, ttl, pods)
+    store = ClusterStore(domain, ttl, pods, publish=publish)
     for obj in objects:
         converted = convert(obj["kind"], obj)
         if converted is not None:

@@ -9,6 +9,7 @@ import pytest
 
 from tests.apiserver import FakeApiServer
 from tests.builders import namespace, service
+from tests.fakeupstream import FakeUpstream
 from tests.process import EXAMPLE, KdnsServer
 
 
@@ -34,3 +35,12 @@ def api() -> Iterator[FakeApiServer]:
     server.apply(service("prod", "web", ["10.96.0.5"]))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
+    """Two fake upstreams answering any A question with 192.0.2.1 and 192.0.2.2."""
+    first, second = FakeUpstream("192.0.2.1"), FakeUpstream("192.0.2.2")
+    yield first, second
+    first.close()
+    second.close()

@@ -18,6 +18,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cluster.yaml"
 # kubeadm's Corefile, as `kubeadm init` writes it into the coredns ConfigMap (Kubernetes 1.31).
 KUBEADM_COREFILE = EXAMPLE.parent / "coredns" / "Corefile"
 K3S_COREFILE = EXAMPLE.parent / "coredns" / "k3s" / "Corefile"  # as k3s writes it
+AKS_COREFILE = EXAMPLE.parent / "coredns" / "aks" / "Corefile"  # as AKS writes it, custom imports and all
 _LISTENING = re.compile(r"listening on \[?([0-9a-f:.]+?)\]?:(\d+) \(udp, tcp\)")
 
 

@@ -10,13 +10,14 @@ temporary directory and removed after), runc, cgroupfs, and explicit ulimits.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ import yaml
 
 from tests.builders import namespace, service
 from tests.kubeapi import assets, free_port, real_apiserver
-from tests.netns import Namespace, pod_namespace
+from tests.netns import pod_namespace
 from tests.process import KUBEADM_COREFILE
 from tests.relay import Relay
 
@@ -131,21 +132,9 @@ def test_the_image_builds_from_a_debian_base_and_serves_read_only_as_its_own_use
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     try:
-        answer = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and answer != "10.96.12.34":  # until it listens
-            answer = subprocess.run(
-                ["dig", "@127.0.0.1", "-p", str(port), "+time=1", "+tries=1", "+short", "web.prod.svc.cluster.local"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            ).stdout.strip()
-            if answer != "10.96.12.34":
-                time.sleep(0.2)
-        if answer != "10.96.12.34":
-            logs = subprocess.run([*podman, "logs", name], capture_output=True, text=True, timeout=60)
-            raise AssertionError(f"{answer!r}\n{logs.stdout}{logs.stderr}")
+        dig = ["dig", "@127.0.0.1", "-p", str(port), "+time=1", "+tries=1", "+short", "web.prod.svc.cluster.local"]
+        ask = functools.partial(subprocess.run, dig, capture_output=True, text=True, timeout=10, check=False)
+        _wait_for_answer(podman, name, ask, "10.96.12.34")
         user = subprocess.run([*podman, "exec", name, "id", "-u"], capture_output=True, text=True, timeout=60)
         assert user.stdout.strip() == "65532"
         written = subprocess.run([*podman, "exec", name, "touch", "/x"], capture_output=True, text=True, timeout=60)
@@ -216,7 +205,8 @@ def test_kubeadms_coredns_deployment_with_only_the_image_changed_runs_kdns(
             assert run.returncode == 0, run.stderr
             try:
                 for server in ("127.0.0.1", "::1"):  # `.:53`: both families
-                    _wait_for_answer(podman, name, pod, server, "web.prod.svc.cluster.local", "10.96.0.5")
+                    question = ("dig", f"@{server}", "+time=1", "+tries=1", "+short", "web.prod.svc.cluster.local")
+                    _wait_for_answer(podman, name, functools.partial(pod.run, *question), "10.96.0.5")
                 for port, path in ((8080, "/health"), (8181, "/ready"), (9153, "/metrics")):
                     fetch = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}{path}').status)"
                     assert pod.run(sys.executable, "-c", fetch).stdout.strip() == "200", path
@@ -230,14 +220,17 @@ def test_kubeadms_coredns_deployment_with_only_the_image_changed_runs_kdns(
             to_api.close()
 
 
-def _wait_for_answer(podman: list[str], name: str, pod: Namespace, server: str, qname: str, address: str) -> None:
-    """Ask `server` port 53 in the pod until it answers `address` (30 s), else fail with the log."""
+def _wait_for_answer(
+    podman: list[str], name: str, dig: Callable[[], subprocess.CompletedProcess[str]], address: str
+) -> None:
+    """Run `dig` (a `+short` question) until it answers `address` (30 s: until the container
+    listens), else fail with the container's log."""
     answer = ""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        answer = pod.run("dig", f"@{server}", "+time=1", "+tries=1", "+short", qname).stdout.strip()
+        answer = dig().stdout.strip()
         if answer == address:
             return
         time.sleep(0.3)
     logs = subprocess.run([*podman, "logs", name], capture_output=True, text=True, timeout=60)
-    raise AssertionError(f"{server}: {answer!r}\n{logs.stdout}{logs.stderr}")
+    raise AssertionError(f"{answer!r}\n{logs.stdout}{logs.stderr}")

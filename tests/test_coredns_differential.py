@@ -8,6 +8,7 @@ README). CoreDNS is ../shared/coredns (tests/process.py `coredns_binary`).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import subprocess
 import time
@@ -25,7 +26,7 @@ from tests.builders import endpoint, endpoint_slice, headless, namespace, servic
 from tests.fakeupstream import FakeUpstream
 from tests.helpers import http_get, wait
 from tests.kubeapi import RealApiServer, assets, free_port, real_apiserver
-from tests.process import K3S_COREFILE, KUBEADM_COREFILE, KdnsServer, coredns_binary
+from tests.process import AKS_COREFILE, K3S_COREFILE, KUBEADM_COREFILE, KdnsServer, coredns_binary
 
 TCP = "TCP"
 # Where kdns answers otherwise on purpose, each with its reason (and in the README, "Replacing
@@ -84,6 +85,25 @@ def _objects() -> list[dict[str, object]]:
         headless("prod", "cache"),
         endpoint_slice("prod", "cache-a", "cache", [endpoint(f"10.244.1.{i}") for i in range(1, 5)]),
         headless("prod", "lonely"),
+        # For `endpoint_pod_names` and `ignore empty_service`: endpoints named after their Pods
+        # (one with a hostname, one without a Pod), a ClusterIP Service with ready endpoints and
+        # one without any ready.
+        headless("prod", "named", ports=db_ports),
+        endpoint_slice(
+            "prod",
+            "named-a",
+            "named",
+            [
+                endpoint("10.244.3.1", pod="named-abc"),
+                endpoint("10.244.3.2", hostname="h0", pod="named-h"),
+                endpoint("10.244.3.3"),
+            ],
+            ports=db_ports,
+        ),
+        service("prod", "busy", ["10.96.0.8"], ports=db_ports),
+        endpoint_slice("prod", "busy-a", "busy", [endpoint("10.244.4.1", pod="busy-1")], ports=db_ports),
+        service("prod", "idle", ["10.96.0.7"], ports=db_ports),
+        endpoint_slice("prod", "idle-a", "idle", [endpoint("10.244.5.1", ready=False, pod="idle-1")], ports=db_ports),
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -144,7 +164,7 @@ def _on_loopback(text: str, kubeconfig: Path, upstream: FakeUpstream) -> str:
     the log for kdns, asked of the kernel for CoreDNS), `{READY}` for /ready, the kubeconfig of the
     test API server, the fake upstream."""
     text = text.replace(".:53 {", ".:{PORT} {\n    bind 127.0.0.1")
-    text = text.replace("health {\n       lameduck 5s", "health 127.0.0.1:0 {\n       lameduck 1s")
+    text = re.sub(r"health \{\n( +)lameduck 5s", r"health 127.0.0.1:0 {\n\1lameduck 1s", text)
     text = text.replace("    health\n", "    health 127.0.0.1:0\n")
     text = text.replace("    ready\n", "    ready 127.0.0.1:{READY}\n")
     text = text.replace("prometheus :9153", "prometheus 127.0.0.1:0")
@@ -185,7 +205,7 @@ def _differences(
     kdns = KdnsServer(corefile=for_kdns.corefile, listen=("",))
     try:
         wait(lambda: _ready(coredns_ready), 30, "CoreDNS ready (synced with the API server)")
-        wait(lambda: _answer(kdns.port, "nope.prod.svc.cluster.local", "A")[0] == "NXDOMAIN", 30, "kdns synced")
+        wait(lambda: _synced(kdns.port), 30, "kdns synced")
         differences = []
         for name, rdtype in questions:
             ours, theirs = _answer(kdns.port, name, rdtype), _answer(coredns_port, name, rdtype)
@@ -306,6 +326,45 @@ def _rewrite_questions() -> list[tuple[str, str]]:
     return questions
 
 
+def test_an_aks_corefile_with_coredns_custom_overrides_gives_the_same_answers(
+    api: RealApiServer, tmp_path: Path
+) -> None:
+    """AKS's Corefile (examples/coredns/aks/Corefile: its own templates, `import custom/*.override`
+    inside the main block, `import custom/*.server` beside it) with a `coredns-custom` ConfigMap
+    as AKS's documentation shows one: a hosts override, a rewrite override, a stub domain."""
+    upstream, corporate = FakeUpstream(), FakeUpstream("198.51.100.7")
+    try:
+        text = _on_loopback(AKS_COREFILE.read_text(), api.kubeconfig(tmp_path / "kubeconfig"), upstream)
+        files = {
+            "custom/hosts.override": "hosts {\n    10.0.0.1 example1.org\n    fallthrough\n}\n",
+            "custom/rewrite.override": "rewrite name substring legacy.example web.prod.svc.cluster.local\n",
+            "custom/corp.server": (
+                "corp.example:{PORT} {\n    bind 127.0.0.1\n    errors\n    cache 30\n"
+                f"    forward . {corporate.spec}\n}}\n"
+            ),
+        }
+        questions = [
+            (name, rdtype)
+            for name in (
+                "example1.org",
+                "www.example1.org",
+                "legacy.example",
+                "a.b.c.d.internal.cloudapp.net",
+                "x.internal.cloudapp.net",
+                "vm.reddog.microsoft.com",
+                "www.corp.example",
+                "web.prod.svc.cluster.local",
+                "www.example.com",
+            )
+            for rdtype in ("A", "AAAA", "TXT")
+        ]
+        differences = _differences(tmp_path, text, files, questions + _questions(), KEPT_DIFFERENCES)
+        assert differences == [], "\n".join(differences)
+    finally:
+        upstream.close()
+        corporate.close()
+
+
 def test_rewrite_rules_give_the_same_answers(api: RealApiServer, tmp_path: Path) -> None:
     """Users' `rewrite` rules (in-cluster names for outside ones, renamed services) in
     kubeadm's Corefile: exact, suffix with `answer auto`, regex with an `answer name` rule, in a
@@ -397,11 +456,147 @@ def test_template_answers_are_the_same(api: RealApiServer, tmp_path: Path) -> No
         upstream.close()
 
 
+def _kubernetes_questions() -> list[tuple[str, str]]:
+    names = [
+        "named.prod.svc",
+        "named-abc.named.prod.svc",
+        "h0.named.prod.svc",
+        "10-244-3-1.named.prod.svc",
+        "10-244-3-3.named.prod.svc",
+        "busy.prod.svc",
+        "busy-1.busy.prod.svc",
+        "10-244-4-1.busy.prod.svc",
+        "idle.prod.svc",
+        "api.prod.svc",
+        "db.prod.svc",
+        "db-0.db.prod.svc",
+        "cache.prod.svc",
+        "nope.prod.svc",
+        "nope.svc",
+    ]
+    questions = [(f"{name}.cluster.local", rdtype) for name in names for rdtype in ("A", "SRV")]
+    questions += [(f"_pg._tcp.{name}.prod.svc.cluster.local", "SRV") for name in ("named", "busy", "idle", "db")]
+    for address in ("10.244.3.1", "10.244.3.2", "10.244.4.1", "10.96.0.7", "10.96.0.8", "10.244.0.1"):
+        questions.append((ipaddress.ip_address(address).reverse_pointer, "PTR"))
+    return questions
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("endpoint_pod_names", "ignore empty_service"),
+        ("noendpoints",),
+        ("fallthrough",),  # in place of kubeadm's `fallthrough in-addr.arpa ip6.arpa`: every zone
+    ],
+)
+def test_kubernetes_options_give_the_same_answers(api: RealApiServer, tmp_path: Path, options: tuple[str, ...]) -> None:
+    """The `kubernetes` plugin's `endpoint_pod_names`, `ignore empty_service`, `noendpoints`, and
+    `fallthrough` for every zone (a cluster name that does not exist is forwarded)."""
+    upstream = FakeUpstream()
+    try:
+        text = _on_loopback(KUBEADM_COREFILE.read_text(), api.kubeconfig(tmp_path / "kubeconfig"), upstream)
+        if "fallthrough" in options:
+            text = text.replace("       fallthrough in-addr.arpa ip6.arpa\n", "")
+        lines = "".join(f"       {option}\n" for option in options)
+        text = text.replace("       pods insecure\n", "       pods insecure\n" + lines)
+        differences = _differences(tmp_path, text, {}, _kubernetes_questions(), KEPT_DIFFERENCES | OPTION_DIFFERENCES)
+        assert differences == [], "\n".join(differences)
+    finally:
+        upstream.close()
+
+
+# The kept difference above, at the endpoints' names (`endpoint_pod_names`'s and the dashed ones).
+OPTION_DIFFERENCES: dict[tuple[str, str], str] = {
+    (f"{name}.cluster.local", "SRV"): _NO_SRV_THERE
+    for name in (
+        "named-abc.named.prod.svc",
+        "h0.named.prod.svc",
+        "10-244-3-1.named.prod.svc",
+        "10-244-3-3.named.prod.svc",
+        "busy-1.busy.prod.svc",
+        "10-244-4-1.busy.prod.svc",
+    )
+}
+
+
+def test_the_query_log_is_corednss_line_for_line(api: RealApiServer, tmp_path: Path) -> None:
+    """The `log` plugin's lines as CoreDNS writes them (the common format; a scope with the
+    `denial` class; a format of one's own), for the same queries with the same IDs; the client's
+    port and the duration aside."""
+    upstream = FakeUpstream()
+    try:
+        text = _on_loopback(KUBEADM_COREFILE.read_text(), api.kubeconfig(tmp_path / "kubeconfig"), upstream)
+        logs = (
+            "    log prod.svc.cluster.local {\n        class denial\n    }\n"
+            '    log example.com "{name} {type} {>rflags} {rcode} {/meta} {unknown}"\n'
+            "    log\n"
+        )
+        text = text.replace("    errors\n", "    errors\n" + logs)
+        coredns_port, coredns_ready = free_port(), free_port()
+        for_coredns = Side(tmp_path / "for-coredns", text, {}, coredns_port, coredns_ready)
+        for_kdns = Side(tmp_path / "for-kdns", text, {}, 0, 0)
+        coredns_log = tmp_path / "coredns.log"
+        with open(coredns_log, "w") as out:
+            coredns = subprocess.Popen(
+                [str(coredns_binary(tmp_path)), "-conf", str(for_coredns.corefile)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={"GOMAXPROCS": "1", "PATH": "/usr/bin:/bin"},
+            )
+        kdns = KdnsServer(corefile=for_kdns.corefile, listen=("",))
+        try:
+            wait(lambda: _ready(coredns_ready), 30, "CoreDNS ready")
+            wait(lambda: _answer(kdns.port, "nope.prod.svc.cluster.local", "A")[0] == "NXDOMAIN", 30, "kdns synced")
+            asked = [
+                ("web.prod.svc.cluster.local", "A", 4242),  # success: not in the denial scope's log
+                ("nope.prod.svc.cluster.local", "AAAA", 4243),  # denial
+                ("www.example.com", "A", 4244),  # the format of its own
+                ("kubernetes.default.svc.cluster.local", "SRV", 4245),  # the last rule, common format
+            ]
+            for port in (coredns_port, kdns.port):
+                for name, rdtype, query_id in asked:
+                    query = dns.message.make_query(name, rdtype, use_edns=0, payload=1232)
+                    query.id = query_id
+                    dns.query.udp(query, "127.0.0.1", port=port, timeout=5)
+            theirs = _query_lines(coredns_log.read_text(), "[INFO] ")
+            wait(lambda: len(_query_lines(kdns.log_text(), "kdns.queries: ")) >= 3, 10, "kdns's lines")
+            ours = _query_lines(kdns.log_text(), "kdns.queries: ")
+            assert ours == theirs and len(ours) == 3, f"kdns {ours}\ncoredns {theirs}"
+        finally:
+            kdns.stop()
+            coredns.terminate()
+            coredns.wait(10)
+    finally:
+        upstream.close()
+
+
+def _query_lines(text: str, marker: str) -> list[str]:
+    """The query-log lines of the test's queries (IDs 4242-4245, or the format of its own) after
+    `marker`, with what differs on purpose masked: the client's port and the duration; the reply's
+    size (CoreDNS compresses a reply only when it must, kdns always: the same records in fewer
+    bytes); its `ra` flag (kdns says it recurses for the names it forwards, RFC 1035 4.1.1;
+    CoreDNS never sets RA itself and relays the upstream's)."""
+    lines = [line.split(marker, 1)[1] for line in text.splitlines() if marker in line]
+    ours = [line for line in lines if re.search(r" - 424\d ", line) or line.startswith("www.example.com. ")]
+    masked = [re.sub(r"^(\S+):\d+ ", r"\1:PORT ", line) for line in ours]
+    masked = [re.sub(r" \d+ [0-9.]+s$", " RSIZE DURATIONs", line) for line in masked]
+    return [line.replace(",ra ", " ") for line in masked]
+
+
 def _rdata(item: dns.rdata.Rdata) -> str:
     """A record's data, lowercased; an SOA's serial aside (each server stamps its own time)."""
     if item.rdtype == dns.rdatatype.SOA:
         item = item.replace(serial=0)
     return str(item.to_text()).lower()
+
+
+def _synced(port: int) -> bool:
+    """Whether kdns has listed the cluster: a missing name is NXDOMAIN (before, SERVFAIL), or,
+    with `fallthrough`, a Service's name answers (before, SERVFAIL too)."""
+    return (
+        _answer(port, "nope.prod.svc.cluster.local", "A")[0] == "NXDOMAIN"
+        or _answer(port, "web.prod.svc.cluster.local", "A")[1] != []
+    )
 
 
 def _ready(port: int) -> bool:

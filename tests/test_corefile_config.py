@@ -5,6 +5,7 @@ refusal naming its file and line (issue 19)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from kdns.address import SocketAddress
 from kdns.cli import coredns_arguments
-from kdns.config import HostsConfig, Policy, ServeConfig
+from kdns.config import Consolidate, HostsConfig, Policy, ServeConfig
 from kdns.core.store import PodMode
 from kdns.corefile import CorefileError, parse
 from kdns.corefile_config import DEFAULTS, Corefile, serve_config
@@ -95,6 +96,10 @@ cluster.local:1053 in-addr.arpa:1053 {
         labels app=web
         kubeconfig /etc/kubeconfig other
         fallthrough in-addr.arpa
+        endpoint https://10.0.0.1:6443
+        noendpoints
+        endpoint_pod_names
+        ignore empty_service
     }
     autopath @kubernetes
     forward . 10.0.0.2 dns://10.0.0.3:5353 {
@@ -125,6 +130,8 @@ cluster.local:1053 in-addr.arpa:1053 {
     assert read.pod_mode is PodMode.VERIFIED and read.ttl == 0 and read.watch.watch_pods
     assert read.watch.namespaces == ("prod", "staging") and read.watch.label_selector == "app=web"
     assert (read.kubeconfig, read.context) == ("/etc/kubeconfig", "other")
+    assert read.api_endpoint == "https://10.0.0.1:6443" and not read.watch.watch_endpoints
+    assert read.publish.endpoint_pod_names and read.publish.ignore_empty_service
     forward = read.forward
     assert forward.upstreams == (SocketAddress("10.0.0.2", 53), SocketAddress("10.0.0.3", 5353))
     assert forward.tcp_upstreams == forward.upstreams
@@ -137,10 +144,11 @@ cluster.local:1053 in-addr.arpa:1053 {
     assert forward.options.health_check_name == "example.org"
     assert (read.config_poll, read.config_poll_jitter) == (10.0, 5.0)
     assert [note.split(": ", 1)[0] for note in config.notes] == [
-        "/etc/coredns/Corefile:5",
-        "/etc/coredns/Corefile:28",
-        "/etc/coredns/Corefile:33",
+        "/etc/coredns/Corefile:32",
+        "/etc/coredns/Corefile:37",
     ]
+    assert read.consolidate == (Consolidate(300.0, "5m", ".* i/o timeout$", logging.ERROR),)
+    assert [rule.scope for rule in read.log_rules] == ["cluster.local.", "in-addr.arpa."]  # the block's zones
 
 
 def test_hosts_as_k3s_and_rke2_write_it_and_with_every_option() -> None:
@@ -197,7 +205,9 @@ def test_a_reverse_zone_key_may_be_a_network() -> None:
     ("text", "where", "says"),
     [
         (".:53 {\n  errors\n  whoami\n}\n", ":3", "whoami: not a plugin kdns serves (it serves any, autopath, bind"),
-        (".:53 {\n  kubernetes cluster.local {\n    endpoint https://x\n  }\n}\n", ":3", "endpoint: not an option of"),
+        (".:53 {\n  kubernetes cluster.local {\n    tls a b c\n  }\n}\n", ":3", "tls: not an option of"),
+        (".:53 {\n  kubernetes cluster.local {\n    endpoint ftp://x\n  }\n}\n", ":3", "http:// or https://"),
+        (".:53 {\n  kubernetes cluster.local {\n    ignore everything\n  }\n}\n", ":3", "ignore empty_service"),
         (".:53 {\n  cache\n  cache 30\n}\n", ":3", "cache: is used twice"),
         (".:53 {\n  kubernetes cluster.local\n}\n.:54 {\n  forward . 1.1.1.1\n}\n", ":1", "ports [53, 54]"),
         (".:53 {\n kubernetes cluster.local\n}\nb:53 {\n kubernetes cluster.remote\n}\n", ":4", "a second server"),
@@ -206,7 +216,7 @@ def test_a_reverse_zone_key_may_be_a_network() -> None:
         (".:53 {\n  forward . tls://1.1.1.1\n}\n", ":2", "plain DNS"),
         (".:53 {\n  kubernetes cluster.local {\n    ttl 4000\n  }\n}\n", ":3", "between 0 and 3600"),
         (".:53 {\n  kubernetes cluster.local {\n    pods maybe\n  }\n}\n", ":3", "not one of"),
-        (".:53 {\n  kubernetes cluster.local {\n    fallthrough\n  }\n}\n", ":3", "reverse zones only"),
+        (".:53 {\n  kubernetes cluster.local {\n    fallthrough example.org\n  }\n}\n", ":3", "cluster domain and the"),
         (".:53 {\n  health {\n    lameduck soon\n  }\n}\n", ":3", "expected a duration"),
         (".:53 {\n  reload 1s\n}\n", ":2", "2s or more"),
         (".:53 {\n  reload 10s 500ms\n}\n", ":2", "0 or 1s or more"),
@@ -216,6 +226,9 @@ def test_a_reverse_zone_key_may_be_a_network() -> None:
         (".:53 {\n  hosts {\n    fallthrough\n    10.0.0.1 late\n  }\n}\n", ":4", "entries come before fallthrough"),
         (".:53 {\n  hosts {\n    ttl 0\n  }\n}\n", ":3", "ttl provided is invalid"),
         (".:53 {\n  rewrite name fuzzy a b\n}\n", ":2", "supports only exact, prefix"),
+        (".:53 {\n  errors {\n    consolidate 5m x loudly\n  }\n}\n", ":3", "unknown log level argument"),
+        (".:53 {\n  errors {\n    consolidate 5m (x\n  }\n}\n", ":3", "invalid regex pattern: (x"),
+        (".:53 {\n  log {\n    class chatty\n  }\n}\n", ":2", "invalid Class: chatty"),
         (".:53 {\n  forward . 1.1.1.1 {\n    health_check 1s sometimes\n  }\n}\n", ":3", "expected no_rec or domain"),
         (
             ".:53 {\n  forward . 1.1.1.1\n}\nx.example {\n  forward . 1.1.1.2 {\n    except y.x.example\n  }\n}\n",

@@ -5,13 +5,16 @@ answering (issue 19)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import dns.message
 import dns.query
 
-from tests.helpers import QueryLoop, http_get, http_port, metric, wait
+from tests.apiserver import FakeApiServer
+from tests.builders import namespace, service
+from tests.helpers import QueryLoop, ask_server, http_get, http_port, metric, wait
 from tests.process import EXAMPLE, KUBEADM_COREFILE, KdnsServer
 
 
@@ -88,9 +91,31 @@ def test_a_corefile_edit_in_an_imported_file_is_reloaded_and_a_bad_one_refused_w
         (custom / "log.override").write_text("log\n")
         wait(lambda: "reload applied: log_queries" in server.log_text(), 15, "the imported file's edit applied")
         # Applied while serving (issue 19, point 4): the loop's queries are logged from now on.
-        wait(lambda: "udp kubernetes.default.svc.cluster.local. A NOERROR" in server.log_text(), 10, "a query logged")
+        # CoreDNS's common log format: `ADDR:PORT - ID "A IN NAME udp SIZE DO BUFSIZE" RCODE ...`
+        wait(lambda: '"A IN kubernetes.default.svc.cluster.local. udp' in server.log_text(), 10, "a query logged")
         loop.wait_for(20)
         assert loop.wrong == [] and server.alive()
     finally:
         loop.stop()
         server.stop()
+
+
+def test_the_kubernetes_endpoint_is_asked_without_a_kubeconfig(tmp_path: Path) -> None:
+    """CoreDNS's `endpoint URL` with no kubeconfig: that URL, no credentials, not the in-cluster
+    configuration (getClientConfig), as behind `kubectl proxy`."""
+    api = FakeApiServer(anonymous=True)
+    api.apply(namespace("prod"))
+    api.apply(service("prod", "web", ["10.96.0.5"]))
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(
+        f".:0 {{\n    bind 127.0.0.1\n    kubernetes cluster.local {{\n        endpoint http://127.0.0.1:{api.port}\n"
+        "    }\n}\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("KUBE", "HOME"))}
+    server = KdnsServer(corefile=corefile, listen=("",), env={**environment, "HOME": str(tmp_path)})
+    try:
+        wait(lambda: ask_server(server, "web.prod.svc.cluster.local") == ("NOERROR", ["10.96.0.5"]), 15, "listed")
+        assert any("/api/v1/services" in request for request in api.requests) and api.unauthorized == 0
+    finally:
+        server.stop()
+        api.stop()

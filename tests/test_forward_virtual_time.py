@@ -5,8 +5,6 @@ answer arrive before virtual time jumps."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import dns.message
 import dns.rcode
 import pytest
@@ -29,14 +27,6 @@ from tests.helpers import ask_in_process, serve_config
 @pytest.fixture
 def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0.05)  # real seconds of quiet before a jump
-
-
-@pytest.fixture
-def upstreams() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
-    first, second = FakeUpstream("192.0.2.1"), FakeUpstream("192.0.2.2")
-    yield first, second
-    first.close()
-    second.close()
 
 
 async def _ask(pipeline: Pipeline, name: str) -> dns.message.Message:

@@ -27,7 +27,8 @@ from kdns.state import CacheTotals, State, UpstreamCounters, WorkerFigures
 from kdns.workers.feed import FrameReader, Synced, frame
 from tests.apiserver import FakeApiServer
 from tests.builders import service
-from tests.helpers import FAST, children, http_get, http_port, metric, synced, wait, worker_pids
+from tests.fakeupstream import FakeUpstream
+from tests.helpers import FAST, QueryLoop, children, http_get, http_port, metric, synced, wait, worker_pids
 from tests.process import KdnsServer, run_kdns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,3 +330,43 @@ def test_a_restarted_worker_runs_the_supervisors_kdns_whatever_directory_it_was_
         assert "the kdns of the working directory" not in server.log_text()
     finally:
         assert server.stop(signal.SIGINT) == 0
+
+
+def test_a_reload_reaches_every_worker_with_no_failed_query_and_a_restarted_one_starts_with_it(
+    tmp_path: Path,
+) -> None:
+    """Issue 19, point 4 with `--workers`: the workers serve the new upstreams (each builds the new
+    configuration beside its running one and swaps it in, in its place in the feed), a worker
+    started again starts with it, and what the supervisor holds (here the TTL: the store the
+    workers replay) waits for a restart, said in the log."""
+    first, second = FakeUpstream("192.0.2.1"), FakeUpstream("192.0.2.2")
+    config = tmp_path / "kdns.yaml"
+    config.write_text(f"upstream: ['{first.spec}']\nttl: 30\n")
+    server = KdnsServer(
+        "--snapshot", str(SNAPSHOT), "--workers", "2", "--config", str(config), *OPS, listen=("127.0.0.1:0",)
+    )
+    loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.12.34"]})
+    try:
+        worker_pids(server, 2)
+        assert {_ask_from_new_port(server, "www.example.com")[1][0] for _ in range(20)} == {"192.0.2.1"}
+        config.write_text(f"upstream: ['{second.spec}']\nttl: 60\n")
+        server.process.send_signal(signal.SIGHUP)
+        wait(lambda: "reload applied: forward" in server.log_text(), 10, "the reload")
+        assert "ttl changed; applied at the next restart" in server.log_text()
+        wait(
+            lambda: {_ask_from_new_port(server, "www.example.com")[1][0] for _ in range(20)} == {"192.0.2.2"},
+            10,
+            "every worker on the new upstream",
+        )
+        loop.wait_for(20)
+        loop.stop()
+        assert loop.wrong == []  # no query failed through the reload (a killed worker loses what it queued)
+        os.kill(worker_pids(server, 2)[1], signal.SIGKILL)
+        wait(lambda: "started again" in server.log_text(), 10, "the restart")
+        wait(lambda: http_get(http_port(server, "/ready"), "/ready")[0] == 200, 15, "ready again")
+        assert {_ask_from_new_port(server, "www.example.com")[1][0] for _ in range(20)} == {"192.0.2.2"}
+    finally:
+        loop.stop()
+        server.stop()
+        first.close()
+        second.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kdns.core import chase, rdata
-from kdns.core.message import RCODE_MASK, SERVFAIL
+from kdns.core.message import NXDOMAIN, RCODE_MASK, SERVFAIL
 from kdns.core.stage import (
     KEEP_FROM_ZONE,
     Next,
@@ -40,12 +40,20 @@ class ClusterZone:
     asked, and an ExternalName to an outside name gets its CNAME alone)."""
 
     def __init__(
-        self, zone: Zone, options: ReplyOptions, synced: Callable[[], bool], resolve: Next | None = None
+        self,
+        zone: Zone,
+        options: ReplyOptions,
+        synced: Callable[[], bool],
+        resolve: Next | None = None,
+        fallthrough: bool = False,
     ) -> None:
+        """`fallthrough`: a cluster name that does not exist goes on to the next stage instead
+        of NXDOMAIN (CoreDNS's `fallthrough` covering the cluster domain)."""
         self.zone = zone
         self._options = options
         self._synced = synced
         self._resolve = resolve
+        self._fallthrough = fallthrough
         self._prepared = zone.prepared  # read directly: one dictionary lookup a question
 
     def serve(self, request: Request, next: Next) -> Outcome:
@@ -65,6 +73,8 @@ class ClusterZone:
             return next(request)  # not the zone's: a reverse name it holds nothing for
         if not answer.answer_count and not self._synced():
             return status(request, SERVFAIL, self._options)
+        if self._fallthrough and answer.rcode == NXDOMAIN:
+            return next(request)  # plugin/kubernetes: `fallthrough` passes an NXDOMAIN on down the chain
         # Kept only if it is an answer the zone holds, not one made for this question (pods).
         keep = KEEP_FROM_ZONE if zone.answer(key, qtype) is answer else None
         return answered(request, answer, self._options, keep)

@@ -100,15 +100,19 @@ def service_name(namespace: str, service: str, domain: str) -> str:
     return f"{service}.{namespace}.svc.{domain}"
 
 
-def endpoint_label(endpoint: Endpoint, address: IPAddress) -> str:
+def endpoint_label(endpoint: Endpoint, address: IPAddress, pod_names: bool = False) -> str:
     """The label an endpoint's address is published under below its service.
 
     The spec (2.4.1) names endpoints that have a hostname; for the others CoreDNS uses the address
-    with its separators replaced by dashes (`10-244-1-5`, `fd00--1`), which we follow. CoreDNS's
-    `endpoint_pod_names` option (pod name instead) is off by default and not offered.
+    with its separators replaced by dashes (`10-244-1-5`, `fd00--1`), which we follow. With
+    `pod_names` (CoreDNS's `endpoint_pod_names`), the name of the Pod the endpoint targets comes
+    before the address, when it is one label of at most 63 characters.
     """
     if endpoint.hostname:
         return endpoint.hostname
+    pod = endpoint.target_pod
+    if pod_names and pod and len(pod) <= MAX_LABEL and "." not in pod:
+        return pod
     return str(address).replace(".", "-").replace(":", "-")
 
 

@@ -51,7 +51,7 @@ class Omission(NamedTuple):
 ReadyAddress = tuple[str, IPAddress, EndpointSlice, int]  # (label, address, its slice, endpoint index)
 
 
-def _ready_addresses(service: Service, slices: Iterable[EndpointSlice]) -> list[ReadyAddress]:
+def _ready_addresses(service: Service, slices: Iterable[EndpointSlice], pod_names: bool = False) -> list[ReadyAddress]:
     """(label, address, slice, endpoint index) of each address DNS publishes, each once even if
     two slices briefly hold it (SPEC-NOTES 4).
 
@@ -66,7 +66,7 @@ def _ready_addresses(service: Service, slices: Iterable[EndpointSlice]) -> list[
             if not (endpoint.ready or publish_all):
                 continue
             for address in endpoint.addresses:
-                label = endpoint_label(endpoint, address)
+                label = endpoint_label(endpoint, address, pod_names)
                 if (label, address) not in seen:
                     seen.add((label, address))
                     out.append((label, address, slice_, index))
@@ -146,12 +146,13 @@ class EndpointNames(OnDemandRecords):
     Service and slices that the store holds anyway, and kept until the Service changes.
     """
 
-    __slots__ = ("_service", "_sets", "_slices", "parent")
+    __slots__ = ("_pod_names", "_service", "_sets", "_slices", "parent")
 
-    def __init__(self, base: bytes, service: Service, slices: Sequence[EndpointSlice]) -> None:
+    def __init__(self, base: bytes, service: Service, slices: Sequence[EndpointSlice], pod_names: bool = False) -> None:
         self.parent = base
         self._service = service
         self._slices = slices
+        self._pod_names = pod_names
         self._sets: RecordTuples | None = None
 
     def records_at(self, key: bytes) -> tuple[Record, ...]:
@@ -163,7 +164,8 @@ class EndpointNames(OnDemandRecords):
     def _built(self) -> RecordTuples:
         if self._sets is None:
             out = _Builder()
-            ready = _fitting(self.parent, _ready_addresses(self._service, self._slices), [])  # reported when published
+            addresses = _ready_addresses(self._service, self._slices, self._pod_names)
+            ready = _fitting(self.parent, addresses, [])  # reported when published
             _endpoint_records(self.parent, ready, out)
             self._sets = out.result()
         return self._sets
@@ -187,6 +189,9 @@ def service_records(
     domain: str,
     omitted: list[Omission],
     parts: PartCache | None = None,
+    *,
+    pod_names: bool = False,
+    ignore_empty: bool = False,
 ) -> RecordSets:
     """Every record a Service publishes, from the Service and its EndpointSlices (spec 2.3, 2.4).
 
@@ -204,6 +209,11 @@ def service_records(
 
     With `parts` (kept by the caller for this Service object, emptied when it changes), a
     headless Service's slices are built only when they change (`HeadlessPart`).
+
+    `pod_names`: endpoints without a hostname are named after their Pod (CoreDNS's
+    `endpoint_pod_names`). `ignore_empty`: a ClusterIP Service with no ready endpoint publishes
+    only its PTR records, so its name is NXDOMAIN and a client's search path goes on (CoreDNS's
+    `ignore empty_service`, which skips such a Service when it looks names up, not addresses).
     """
     try:
         base = to_wire(service_name(service.namespace, service.name, domain))
@@ -216,11 +226,15 @@ def service_records(
 
     out = _Builder()
     if service.type is ServiceType.CLUSTER_IP:  # spec 2.3
+        if ignore_empty and service.cluster_ips and not _published_addresses(service, slices):
+            for ip in service.cluster_ips:
+                out.add(reverse_wire(ip), rdata.Record(rdata.PTR, base))
+            return out.result()
         for ip in service.cluster_ips:
             out.add(base, rdata.address(ip))
             out.add(reverse_wire(ip), rdata.Record(rdata.PTR, base))
         if not service.cluster_ips:  # endpoint names alone make the service's name exist
-            _endpoint_records(base, _fitting(base, _ready_addresses(service, slices), omitted), out)
+            _endpoint_records(base, _fitting(base, _ready_addresses(service, slices, pod_names), omitted), out)
             return out.result()
         for index, port in enumerate(service.ports):
             if port.name:
@@ -233,8 +247,8 @@ def service_records(
         addresses = _published_addresses(service, slices)
         if addresses:
             if len(base) > _ROOM_FOR_ANY_LABEL:
-                _fitting(base, _ready_addresses(service, slices), omitted)  # to report them now, not when asked
-            names = EndpointNames(base, service, slices)
+                _fitting(base, _ready_addresses(service, slices, pod_names), omitted)  # reported now, not when asked
+            names = EndpointNames(base, service, slices, pod_names)
             for address in addresses:
                 reverse = reverse_wire(address)
                 held = sets.get(reverse)
@@ -248,12 +262,12 @@ def service_records(
 
     # headless, spec 2.4: the EndpointSlice's ports, one SRV per ready endpoint
     if parts is None:
-        return _headless_records(service, slices, base, omitted)
+        return _headless_records(service, slices, base, omitted, pod_names)
     used: list[HeadlessPart] = []
     for slice_ in slices:
         kept = parts.get(slice_.name)
         if kept is None or kept.slice_ is not slice_:  # new or changed: only this slice is built again
-            kept = parts[slice_.name] = HeadlessPart.of(service, slice_, base)
+            kept = parts[slice_.name] = HeadlessPart.of(service, slice_, base, pod_names)
         used.append(kept)
     if len(parts) > len(used):
         current = {slice_.name for slice_ in slices}
@@ -261,18 +275,18 @@ def service_records(
             del parts[gone]
     merged = _merged_parts(base, used)
     if merged is None:  # two slices share an endpoint name: merged record by record
-        return _headless_records(service, slices, base, omitted)
+        return _headless_records(service, slices, base, omitted, pod_names)
     for each in used:
         omitted.extend(each.omitted)
     return merged
 
 
 def _headless_records(
-    service: Service, slices: Sequence[EndpointSlice], base: bytes, omitted: list[Omission]
+    service: Service, slices: Sequence[EndpointSlice], base: bytes, omitted: list[Omission], pod_names: bool = False
 ) -> RecordTuples:
     """A headless Service's records built from all of its slices at once."""
     out = _Builder()
-    ready = _fitting(base, _ready_addresses(service, slices), omitted)
+    ready = _fitting(base, _ready_addresses(service, slices, pod_names), omitted)
     owners = _endpoint_records(base, ready, out)
     srv_owners = {
         id(slice_): [
@@ -319,10 +333,10 @@ class HeadlessPart:
         self._srv_records: dict[tuple[bytes, int], tuple[Record, ...]] = {}
 
     @classmethod
-    def of(cls, service: Service, slice_: EndpointSlice, base: bytes) -> HeadlessPart:
+    def of(cls, service: Service, slice_: EndpointSlice, base: bytes, pod_names: bool = False) -> HeadlessPart:
         omitted: list[Omission] = []
         out = _Builder()
-        ready = _fitting(base, _ready_addresses(service, [slice_]), omitted)
+        ready = _fitting(base, _ready_addresses(service, [slice_], pod_names), omitted)
         targets = _endpoint_records(base, ready, out)
         srv: dict[bytes, dict[tuple[int, bytes], None]] = {}
         owners = [

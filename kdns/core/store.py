@@ -12,6 +12,7 @@ import gc
 import itertools
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from kdns.core import records
@@ -91,6 +92,17 @@ def _no_report(omission: Omission) -> None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class PublishOptions:
+    """How Services are published, beyond the spec: CoreDNS's `kubernetes` options."""
+
+    endpoint_pod_names: bool = False  # endpoints without a hostname named after their Pod
+    ignore_empty_service: bool = False  # a ClusterIP Service without ready endpoints: NXDOMAIN
+
+
+AS_THE_SPEC = PublishOptions()  # the default: hostnames or dashed addresses, every Service published
+
+
 class ClusterStore:
     """Namespaces, Services, EndpointSlices and Pods, applied to a `Zone` one change at a time."""
 
@@ -104,6 +116,7 @@ class ClusterStore:
         report: Callable[[Omission], None] = _no_report,
         journal: Callable[[Change], None] | None = None,
         pod_budget: int = POD_INDEX_BYTES,
+        publish: PublishOptions = AS_THE_SPEC,
     ) -> None:
         """`report` is told once of each part of an object left out of DNS (`Omission`);
         `journal`, of every change before it is applied (`--workers`: the supervisor's store
@@ -115,6 +128,7 @@ class ClusterStore:
         self.omissions: dict[Hashable, tuple[Omission, ...]] = {}
         self.omissions_reported = 0  # every omission reported so far: a counter for metrics
         self.pod_mode = pod_mode
+        self.publish = publish
         self.dns_service = dns_service
         self.fallback_ns_addresses = tuple(fallback_ns_addresses)
         policy = {
@@ -323,7 +337,17 @@ class ClusterStore:
         else:
             ordered = self.slices_of(key)
             parts = self._parts_of(service, len(ordered))
-            self.zone.replace(contributor, records.service_records(service, ordered, self.domain, omitted, parts))
+            publish = self.publish
+            published = records.service_records(
+                service,
+                ordered,
+                self.domain,
+                omitted,
+                parts,
+                pod_names=publish.endpoint_pod_names,
+                ignore_empty=publish.ignore_empty_service,
+            )
+            self.zone.replace(contributor, published)
         self._note_omissions(contributor, omitted)
         if key == self.dns_service:
             self._publish_apex()

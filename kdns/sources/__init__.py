@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from kdns.config import ServeConfig
 from kdns.core.budgets import POD_INDEX_BYTES
 from kdns.core.convert import key_of
-from kdns.core.model import ClusterObject, IPAddress
+from kdns.core.model import ClusterObject, EndpointSlice, IPAddress
 from kdns.core.records import Omission
-from kdns.core.store import Change, ClusterStore, PodMode
+from kdns.core.store import AS_THE_SPEC, Change, ClusterStore, PodMode, PublishOptions
 from kdns.sources import snapshot
 from kdns.state import State
 
@@ -34,6 +34,7 @@ def new_store(
     fallback_ns_addresses: tuple[IPAddress, ...] = (),
     journal: Callable[[Change], None] | None = None,
     reports: bool = True,
+    publish: PublishOptions = AS_THE_SPEC,
 ) -> ClusterStore:
     """The one way kdns makes a store, wherever it needs one: `reports` logs each part of an
     object DNS cannot carry, once (a worker that replays another store's journal reports
@@ -46,6 +47,7 @@ def new_store(
         report=report_omission if reports else _silent,
         journal=journal,
         pod_budget=pod_budget,
+        publish=publish,
     )
 
 
@@ -64,13 +66,17 @@ def store_for(
         fallback_ns_addresses=fallback_ns_addresses,
         journal=journal,
         reports=reports,
+        publish=config.publish,
     )
 
 
-def build_store(path: Path, store: ClusterStore) -> snapshot.Snapshot:
-    """Fill `store` from a snapshot file, its serial set to now; what the file held."""
+def build_store(path: Path, store: ClusterStore, endpoints: bool = True) -> snapshot.Snapshot:
+    """Fill `store` from a snapshot file, its serial set to now; what the file held. Without
+    `endpoints` (CoreDNS's `noendpoints`), its EndpointSlices are left out, as a live source
+    does not watch them."""
     loaded = snapshot.load(path)
-    store.load(loaded.objects, on_error=_object_failed)
+    objects = loaded.objects if endpoints else [obj for obj in loaded.objects if not isinstance(obj, EndpointSlice)]
+    store.load(objects, on_error=_object_failed)
     store.bump_serial(int(time.time()))
     return loaded
 
@@ -101,7 +107,7 @@ def open_sources(
         return Sources(state, None, None)
     if config.snapshot is not None:
         store = store_for(config, fallback_ns_addresses, journal)
-        loaded = build_store(config.snapshot, store)
+        loaded = build_store(config.snapshot, store, config.watch.watch_endpoints)
         snapshot.report(loaded)
         counts = ", ".join(f"{count} {what}" for what, count in store.counts().items())
         log.info("loaded %s: %s", loaded.path, counts)
@@ -111,7 +117,7 @@ def open_sources(
     # at start, which a snapshot (or a node cache) does without.
     from kdns.sources.kube import ClusterFollower, load_api_client
 
-    api_client = load_api_client(config.kubeconfig, config.context)
+    api_client = load_api_client(config.kubeconfig, config.context, config.api_endpoint)
     store = store_for(config, fallback_ns_addresses, journal)
     report_stores(state, store)
     return Sources(state, store, ClusterFollower(store, api_client, config.watch, state))

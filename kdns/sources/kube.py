@@ -127,9 +127,18 @@ class ListCall:
         return response.response
 
 
-def load_api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
+def load_api_client(kubeconfig: str | None, context: str | None, endpoint: str | None = None) -> client.ApiClient:
     """A client for the cluster: in-cluster configuration inside a pod, else a kubeconfig file
-    (`--kubeconfig`, then `KUBECONFIG`, then `~/.kube/config`). Errors name what was read."""
+    (`--kubeconfig`, then `KUBECONFIG`, then `~/.kube/config`). Errors name what was read.
+
+    With `endpoint` and no kubeconfig (CoreDNS's `endpoint URL`), that URL is asked, without
+    credentials and not from inside the cluster (`kubectl proxy`, say), as CoreDNS's
+    getClientConfig does; a kubeconfig wins over it there, and here."""
+    if endpoint is not None and kubeconfig is None:
+        bare = client.Configuration()
+        bare.retries = False
+        bare.host = endpoint
+        return client.ApiClient(bare)
     configuration = client.Configuration()
     # Retrying is the watchers' job (backoff with jitter, one log line per outage): urllib3's own
     # retries would only add delay and a warning per attempt.
@@ -645,7 +654,9 @@ class ClusterFollower:
             trio.from_thread.run_sync(_guarded, change, trio_token=self._token)
 
     def _scopes(self) -> Iterator[tuple[Resource, str]]:
-        kinds = [Kind.NAMESPACE, Kind.SERVICE, Kind.ENDPOINT_SLICE] + ([Kind.POD] if self.options.watch_pods else [])
+        kinds = [Kind.NAMESPACE, Kind.SERVICE]
+        kinds += [Kind.ENDPOINT_SLICE] if self.options.watch_endpoints else []  # CoreDNS's `noendpoints`
+        kinds += [Kind.POD] if self.options.watch_pods else []
         for kind in kinds:
             for namespace in scopes(RESOURCES[kind], self.options):
                 yield RESOURCES[kind], namespace

@@ -3,8 +3,8 @@ the messages they carry. Both ends are this program.
 
 Supervisor to worker: a spawned worker's `Start`, its `Objects` and `Loaded`, then the store's
 journal, one `Change` a frame (pickled once however many workers are fed), with `Synced` whenever
-the cluster's first sync changes. Worker to supervisor: its `WorkerFigures`, every
-REPORT_INTERVAL.
+the cluster's first sync changes, and a `Reconfigure` where a reload comes. Worker to supervisor:
+its `WorkerFigures`, every REPORT_INTERVAL.
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ class Objects(NamedTuple):
     """Some of the cluster's objects, for a spawned worker to load."""
 
     objects: list[ClusterObject]
+
+
+class Reconfigure(NamedTuple):
+    """A reload: the configuration to serve from here on (its cluster source, listen addresses
+    and operations endpoints unchanged: those wait for a restart with `--workers`)."""
+
+    config: ServeConfig
 
 
 class Synced(NamedTuple):

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import trio
@@ -55,6 +55,7 @@ from kdns.core.budgets import StoreSize
 from kdns.core.model import ClusterObject
 from kdns.core.store import Change
 from kdns.errors import KdnsError
+from kdns.live import RESTART_SETTINGS, SOURCE_SETTINGS, changed_settings
 from kdns.serve import BoundListener, bind
 from kdns.sources import open_sources
 from kdns.state import State, WorkerFigures
@@ -64,6 +65,7 @@ from kdns.workers.feed import (
     REPORT_INTERVAL,
     FrameReader,
     Objects,
+    Reconfigure,
     Start,
     Synced,
     frame,
@@ -71,6 +73,9 @@ from kdns.workers.feed import (
 from kdns.workers.worker import work
 
 log = logging.getLogger(__name__)
+
+# What a reload with `--workers` leaves for a restart: what the supervisor holds for the workers.
+POOL_RESTART_SETTINGS = RESTART_SETTINGS | SOURCE_SETTINGS | {"listen", "ops"}
 
 LOOP_STATUS = 2  # a worker's exit status when it found a forwarding loop (as kdns's own)
 SHORT_LIFE = 10.0  # seconds: a worker that ends sooner is restarted after a backoff ...
@@ -223,6 +228,28 @@ class WorkerPool:
             worker.wake.set()
             if worker.queued + worker.sending > budget:
                 self._replace(worker)
+
+    async def apply(self, new: ServeConfig) -> list[str]:
+        """A reload with `--workers`: every worker serves `new` from its place in the feed (each
+        builds it beside its running one and swaps it in: `Reconfigure`), and a worker started
+        later starts with it. What the supervisor itself holds waits for a restart: the cluster
+        source (`live.SOURCE_SETTINGS`, the store the workers replay), the listen addresses (each
+        worker's own sockets), the operations endpoints, and `live.RESTART_SETTINGS`; those are
+        returned."""
+        changed = changed_settings(self.config, new)
+        later = [name for name in changed if name in POOL_RESTART_SETTINGS]
+        check_upstreams(new, self.addresses)  # refused here, before any worker is told
+        kept = replace(new, **{name: getattr(self.config, name) for name in POOL_RESTART_SETTINGS})
+        if kept == self.config:
+            return later
+        self.config = kept
+        data = frame(Reconfigure(kept))
+        for worker in self._workers:
+            if worker.accepting:  # one ending gets `kept` when it is started again
+                worker.queue.append(data)
+                worker.queued += len(data)
+                worker.wake.set()
+        return later
 
     def _replace(self, worker: _Worker) -> None:
         log.error(

@@ -9,17 +9,18 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
+from dataclasses import replace
 
 import trio
 
 from kdns import logs
-from kdns.answering import Answerer
-from kdns.config import ServeConfig
+from kdns.config import OpsListeners, ServeConfig
 from kdns.core.store import Change, ClusterStore, bulk_change
+from kdns.live import Live
 from kdns.serve import BoundListener, bind
-from kdns.sources import report_stores, store_for
+from kdns.sources import Sources, report_stores, store_for
 from kdns.state import State, WorkerFigures
-from kdns.workers.feed import READ_SIZE, REPORT_INTERVAL, FrameReader, Objects, Start, Synced, frame
+from kdns.workers.feed import READ_SIZE, REPORT_INTERVAL, FrameReader, Objects, Reconfigure, Start, Synced, frame
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,30 @@ async def work(
     reader: FrameReader,
 ) -> int:
     """A worker: answer from `store`, replay the supervisor's feed on it, report figures; until
-    the feed closes (0) or a forwarding loop is found (LOOP_STATUS)."""
+    the feed closes (0) or a forwarding loop is found (LOOP_STATUS). A `Reconfigure` in the feed
+    is served at once, beside the running configuration and swapped in (`Live.apply`), in its
+    place among the changes."""
     state = State(time_requests=config.ops.metrics is not None)
     report_stores(state, store)
     feed = _Feed(synced)
-    answerer = Answerer(config, listeners, state)
+    live = Live(answering_part(config), Sources(state, store, None), listeners, feed.synced)
+    one_at_a_time = trio.Lock()
     status = 0
+
+    async def reconfigure(new: ServeConfig) -> None:
+        async with one_at_a_time:
+            if (new.log_level, new.log_format) != (config.log_level, config.log_format):
+                logs.configure(new.log_level, new.log_format)
+            try:
+                await live.apply(answering_part(new))
+            except Exception:  # the supervisor built it already; whatever fails here, keep serving
+                log.exception("worker: the new configuration could not be served; the running one stays")
+
     async with trio.open_nursery() as nursery:
 
         async def answering(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             nonlocal status
-            status = await answerer.run(store.zone, feed.synced, store.pods.namespace_of, task_status=task_status)
+            status = await live.run(task_status=task_status)
             nursery.cancel_scope.cancel()
 
         await nursery.start(answering)
@@ -64,9 +78,23 @@ async def work(
         nursery.start_soon(_report, state, reports)
         async with trio.lowlevel.FdStream(feed_fd) as stream:
             while data := await stream.receive_some(READ_SIZE):
-                feed.synced_now = apply(store, reader.feed(data), feed.synced_now)
+                changes: list[object] = []
+                for message in reader.feed(data):
+                    if isinstance(message, Reconfigure):
+                        feed.synced_now = apply(store, changes, feed.synced_now)
+                        changes = []
+                        await reconfigure(message.config)
+                    else:
+                        changes.append(message)
+                feed.synced_now = apply(store, changes, feed.synced_now)
         nursery.cancel_scope.cancel()  # the supervisor has ended
     return status
+
+
+def answering_part(config: ServeConfig) -> ServeConfig:
+    """What a worker serves of `config`: everything but the operations endpoints, which the
+    supervisor serves for the instance."""
+    return replace(config, ops=OpsListeners(limits=config.ops.limits))
 
 
 def apply(store: ClusterStore, messages: list[object], synced: bool) -> bool:

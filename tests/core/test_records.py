@@ -11,7 +11,7 @@ import dns.reversename
 from kdns.core.convert import convert
 from kdns.core.model import EndpointSlice, Service
 from kdns.core.records import Omission, PartCache, service_records
-from kdns.core.store import ClusterStore, PodMode
+from kdns.core.store import ClusterStore, PodMode, PublishOptions
 from tests.builders import (
     Obj,
     ask,
@@ -560,3 +560,49 @@ def test_a_headless_service_built_from_kept_slice_parts_equals_one_built_whole()
         assert dict(kept) == dict(whole), step  # every name, and every record in its order
         assert sorted(kept_omitted) == sorted(whole_omitted), step
         assert set(parts) == {slice_.name for slice_ in ordered}
+
+
+# -- CoreDNS's kubernetes options: endpoint_pod_names, ignore empty_service ------------------------
+
+
+def test_endpoint_pod_names_name_endpoints_after_their_pods_when_they_have_no_hostname() -> None:
+    slice_ = endpoint_slice(
+        "prod",
+        "db-a",
+        "db",
+        [
+            endpoint("10.244.0.1", pod="db-abc"),
+            endpoint("10.244.0.2", hostname="h0", pod="db-h"),
+            endpoint("10.244.0.3"),  # no Pod: the dashed address
+            endpoint("10.244.0.4", pod="has.dots"),  # not one label: the dashed address
+        ],
+    )
+    store = store_of(namespace("prod"), headless("prod", "db"), slice_, publish=PublishOptions(endpoint_pod_names=True))
+    for name, address in (
+        ("db-abc", "10.244.0.1"),
+        ("h0", "10.244.0.2"),
+        ("10-244-0-3", "10.244.0.3"),
+        ("10-244-0-4", "10.244.0.4"),
+    ):
+        assert records(ask(store, f"{name}.db.prod.svc.cluster.local")) == [
+            f"{name}.db.prod.svc.cluster.local. A {address}"
+        ]
+    assert rcode(ask(store, "10-244-0-1.db.prod.svc.cluster.local")) == "NXDOMAIN"
+    plain = store_of(namespace("prod"), headless("prod", "db"), slice_)
+    assert rcode(ask(plain, "db-abc.db.prod.svc.cluster.local")) == "NXDOMAIN"
+
+
+def test_ignore_empty_service_makes_a_service_without_ready_endpoints_nxdomain_but_keeps_its_ptr() -> None:
+    options = PublishOptions(ignore_empty_service=True)
+    idle = [
+        service("prod", "idle", ["10.96.0.7"]),
+        endpoint_slice("prod", "idle-a", "idle", [endpoint("10.244.5.1", ready=False)]),
+    ]
+    store = store_of(namespace("prod"), *idle, publish=options)
+    assert rcode(ask(store, "idle.prod.svc.cluster.local")) == "NXDOMAIN"
+    assert records(ask(store, "7.0.96.10.in-addr.arpa", "PTR")) == [
+        "7.0.96.10.in-addr.arpa. PTR idle.prod.svc.cluster.local."
+    ]
+    # An endpoint turning ready publishes the Service again.
+    store.upsert(convert("EndpointSlice", endpoint_slice("prod", "idle-a", "idle", [endpoint("10.244.5.1")])))  # type: ignore[arg-type]
+    assert records(ask(store, "idle.prod.svc.cluster.local")) == ["idle.prod.svc.cluster.local. A 10.96.0.7"]
