@@ -16,11 +16,12 @@ from kdns import logs
 from kdns.address import SocketAddress
 from kdns.answering import check_upstreams, ns_addresses
 from kdns.config import LIVE_SETTINGS, ServeConfig, quoted
+from kdns.endpoints import PATHS, Endpoints
 from kdns.errors import KdnsError
 from kdns.live import Live, changed_settings
 from kdns.metrics import StateCollector, metrics_route, wall_clock
-from kdns.ops import health, readiness, serve_http
-from kdns.serve import BoundListener, bind, bind_tcp
+from kdns.ops import health, readiness
+from kdns.serve import BoundListener, bind
 from kdns.settings import fingerprint
 from kdns.sources import open_sources
 from kdns.state import State
@@ -77,7 +78,7 @@ async def run(
     ended = _Ended()
     async with trio.open_nursery() as nursery:
         await nursery.start(ended.serving, live.run, nursery.cancel_scope)
-        health_at, ready_at, metrics_at = (live.http_address(path) for path in ("/health", "/ready", "/metrics"))
+        health_at, ready_at, metrics_at = (live.http_address(path) for path in PATHS)
         task_status.started(Running(live.addresses, health_at, ready_at, metrics_at, sources.state, live.apply))
     return ended.status
 
@@ -100,38 +101,44 @@ class _Ended:
 
 async def _run_pool(config: ServeConfig, pool: WorkerPool, task_status: trio.TaskStatus[Running]) -> int:
     """`run` with `--workers`: the pool's workers answer; this process follows the cluster for
-    them and serves the operations endpoints for the instance."""
-    http = [
-        (bind_tcp(address), path)
-        for address, path in (
-            (config.ops.health, "/health"),
-            (config.ops.ready, "/ready"),
-            (config.ops.metrics, "/metrics"),
-        )
-        if address is not None
-    ]
+    them and serves the operations endpoints for the instance, which a reload moves here while
+    the workers take the rest of it (`WorkerPool.apply`)."""
+    sources = pool.sources
+    state, store = sources.state, sources.store
+    addresses = pool.addresses
+    names = store.zone.name_count if store is not None else _no_names
+    collector = StateCollector(pool.view, f"dns://{addresses[0]}", names, wall_clock)
+    routes = {"/health": health, "/ready": readiness(state.ready), "/metrics": metrics_route(collector)}
+    endpoints = Endpoints(routes, state.http_room_made)
+    bound = endpoints.bind_changed(config.ops)  # before anything runs: a taken port is a setup error
     ended = _Ended()
     try:
-        sources = pool.sources
-        state, store = sources.state, sources.store
-        addresses = pool.addresses
         async with trio.open_nursery() as nursery:
             await nursery.start(ended.serving, pool.run, nursery.cancel_scope)
-            bound: dict[str, SocketAddress] = {}
-            names = store.zone.name_count if store is not None else _no_names
-            collector = StateCollector(pool.view, f"dns://{addresses[0]}", names, wall_clock)
-            routes = {"/health": health, "/ready": readiness(state.ready), "/metrics": metrics_route(collector)}
-            for sock, path in http:
-                await nursery.start(serve_http, sock, {path: routes[path]}, config.ops.limits, state.http_room_made)
-                host, port = sock.getsockname()[:2]
-                bound[path] = SocketAddress(host, port)
-                log.info("%s on http://%s%s", path[1:], bound[path], path)
+            await endpoints.serve_changed(nursery, config.ops, bound)
             if sources.follower is not None:
                 await nursery.start(sources.follower.run)
-            http_bound = (bound.get("/health"), bound.get("/ready"), bound.get("/metrics"))
-            task_status.started(Running(addresses, *http_bound, state, pool.apply))
+            ops = config.ops
+
+            async def apply(new: ServeConfig) -> list[str]:
+                nonlocal ops
+                moved = endpoints.bind_changed(new.ops) if new.ops != ops else {}
+                try:
+                    later = await pool.apply(new)
+                except BaseException:
+                    for sock in moved.values():
+                        sock.close()
+                    raise
+                if new.ops != ops:
+                    await endpoints.serve_changed(nursery, new.ops, moved)
+                    ops = new.ops
+                return later
+
+            health_at, ready_at, metrics_at = (endpoints.address(path) for path in PATHS)
+            task_status.started(Running(addresses, health_at, ready_at, metrics_at, state, apply))
     finally:
-        for sock, _ in http:
+        endpoints.close()
+        for sock in bound.values():
             sock.close()
     return ended.status
 

@@ -37,12 +37,13 @@ from kdns.address import SocketAddress
 from kdns.answering import LoopExit, check_upstreams, forwarding, ns_addresses, pipeline_for
 from kdns.config import LIVE_SETTINGS, ServeConfig
 from kdns.core.cache import ForwardCache
+from kdns.endpoints import Endpoints
 from kdns.errors import KdnsError
 from kdns.forward import Forwarder
 from kdns.metrics import StateCollector, metrics_route, wall_clock
-from kdns.ops import Route, health, readiness, serve_http
+from kdns.ops import health, readiness
 from kdns.pipeline import Pipeline
-from kdns.serve import BoundListener, Current, bind, bind_tcp, serve_listener, tcp_buffers
+from kdns.serve import BoundListener, Current, bind, serve_listener, tcp_buffers
 from kdns.sources import Sources, open_sources, report_stores
 
 log = logging.getLogger(__name__)
@@ -92,13 +93,6 @@ class Listening:
     scope: trio.CancelScope
 
 
-@dataclass(frozen=True, slots=True)
-class HttpListening:
-    sock: socket.socket
-    address: SocketAddress  # with the port actually bound
-    scope: trio.CancelScope
-
-
 def changed_settings(old: ServeConfig, new: ServeConfig) -> list[str]:
     """The names of the settings that differ, in the order `ServeConfig` declares them."""
     return [field.name for field in fields(new) if getattr(new, field.name) != getattr(old, field.name)]
@@ -125,7 +119,6 @@ class Live:
         self.loop_exit = LoopExit()
         self._bound = dict(zip(config.listen, listeners, strict=True))  # until `run` serves them
         self._listening: dict[SocketAddress, Listening] = {}  # by the configured address
-        self._http: dict[str, HttpListening] = {}  # by path
         self._nursery: trio.Nursery | None = None
         self._current: Current | None = None
         self._forwarding: Forwarding | None = None
@@ -133,11 +126,8 @@ class Live:
         self._follower_scope: trio.CancelScope | None = None
         self._buffers = tcp_buffers(config.tcp, self.state)
         collector = StateCollector(lambda: self.state, f"dns://{listeners[0].address}", self._zone_names, wall_clock)
-        self._routes: dict[str, Route] = {
-            "/health": health,
-            "/ready": readiness(self.state.ready),
-            "/metrics": metrics_route(collector),
-        }
+        routes = {"/health": health, "/ready": readiness(self.state.ready), "/metrics": metrics_route(collector)}
+        self._endpoints = Endpoints(routes, self.state.http_room_made)
 
     # -- what is serving -----------------------------------------------------------------------
 
@@ -148,8 +138,7 @@ class Live:
 
     def http_address(self, path: str) -> SocketAddress | None:
         """Where `path` (/health, /ready, /metrics) is served, with the port bound; None: off."""
-        serving = self._http.get(path)
-        return serving.address if serving is not None else None
+        return self._endpoints.address(path)
 
     def _zone_names(self) -> int:
         store = self.sources.store
@@ -171,9 +160,7 @@ class Live:
                 for address, listener in self._bound.items():
                     self._listening[address] = await self._serve(listener)
                 self._bound = {}
-                for path, ops_address in _ops_addresses(config).items():
-                    if ops_address is not None:
-                        self._http[path] = await self._serve_http(path, bind_tcp(ops_address), config)
+                await self._endpoints.serve_changed(nursery, config.ops, self._endpoints.bind_changed(config.ops))
                 if self.sources.follower is not None:
                     self._follower_scope = await self._scoped(self.sources.follower.run)
                 task_status.started()
@@ -225,21 +212,12 @@ class Live:
         log.info("listening on %s (udp, tcp)", listener.address)
         return Listening(listener, scope)
 
-    async def _serve_http(self, path: str, sock: socket.socket, config: ServeConfig) -> HttpListening:
-        routes = {path: self._routes[path]}
-        scope = await self._scoped(serve_http, sock, routes, config.ops.limits, self.state.http_room_made)
-        host, port = sock.getsockname()[:2]
-        address = SocketAddress(host, port)
-        log.info("%s on http://%s%s", path[1:], address, path)
-        return HttpListening(sock, address, scope)
-
     def _close_all(self) -> None:
         for listener in self._bound.values():
             _close_listener(listener)
         for listening in self._listening.values():
             _close_listener(listening.listener)
-        for serving in self._http.values():
-            serving.sock.close()
+        self._endpoints.close()
 
     # -- a new configuration -------------------------------------------------------------------
 
@@ -262,7 +240,8 @@ class Live:
                 for address in new.listen
             ]
             check_upstreams(new, addresses)
-            http = self._bind_new_http(new, made)
+            http = self._endpoints.bind_changed(new.ops)
+            made.extend(sock.close for sock in http.values())
             sources, follower_scope = await self._new_sources(new, addresses, made)
             forwarding = self._forwarding
             assert forwarding is not None
@@ -276,7 +255,7 @@ class Live:
                 undo()
             raise
         self._swap(new, sources, follower_scope, forwarding, pipeline, pipeline_scope)
-        await self._after_swap(old, new, listeners, http)
+        await self._after_swap(new, listeners, http)
         return later
 
     def _swap(
@@ -311,7 +290,6 @@ class Live:
 
     async def _after_swap(
         self,
-        old: ServeConfig,
         new: ServeConfig,
         listeners: dict[SocketAddress, BoundListener],
         http: dict[str, socket.socket],
@@ -323,22 +301,8 @@ class Live:
             listening.scope.cancel()
             _close_listener(listening.listener)
             log.info("no longer listening on %s", listening.listener.address)
-        for path, ops_address in _ops_addresses(new).items():
-            if path in http:
-                serving = self._http.pop(path, None)
-                if serving is not None:
-                    serving.scope.cancel()
-                    serving.sock.close()
-                self._http[path] = await self._serve_http(path, http[path], new)
-            elif ops_address is None and path in self._http:
-                serving = self._http.pop(path)
-                serving.scope.cancel()
-                serving.sock.close()
-                log.info("%s is off", path[1:])
-            elif path in self._http and new.ops.limits != old.ops.limits:
-                serving = self._http.pop(path)
-                serving.scope.cancel()  # served again, with the new limits, on the same socket
-                self._http[path] = await self._serve_http(path, serving.sock, new)
+        assert self._nursery is not None
+        await self._endpoints.serve_changed(self._nursery, new.ops, http)
 
     def _bind_new(self, new: ServeConfig, made: list[Callable[[], None]]) -> dict[SocketAddress, BoundListener]:
         """Bind each listen address of `new` not yet listened on (a `KdnsError` if one cannot be)."""
@@ -349,18 +313,6 @@ class Live:
             listener = bind(address)
             made.append(lambda listener=listener: _close_listener(listener))  # type: ignore[misc]
             bound[address] = listener
-        return bound
-
-    def _bind_new_http(self, new: ServeConfig, made: list[Callable[[], None]]) -> dict[str, socket.socket]:
-        """Bind each operations address of `new` that differs from the running one's."""
-        bound: dict[str, socket.socket] = {}
-        running = _ops_addresses(self.config)
-        for path, address in _ops_addresses(new).items():
-            if address is None or address == running[path]:
-                continue
-            sock = bind_tcp(address)
-            made.append(sock.close)
-            bound[path] = sock
         return bound
 
     async def _new_sources(
@@ -391,11 +343,6 @@ class Live:
 def _keeping(new: ServeConfig, old: ServeConfig) -> ServeConfig:
     """`new` with the running values of what only a restart changes."""
     return replace(new, **{name: getattr(old, name) for name in RESTART_SETTINGS})
-
-
-def _ops_addresses(config: ServeConfig) -> dict[str, SocketAddress | None]:
-    ops = config.ops
-    return {"/health": ops.health, "/ready": ops.ready, "/metrics": ops.metrics}
 
 
 def _close_listener(listener: BoundListener) -> None:

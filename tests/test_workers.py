@@ -29,6 +29,7 @@ from tests.apiserver import FakeApiServer
 from tests.builders import service
 from tests.fakeupstream import FakeUpstream
 from tests.helpers import FAST, QueryLoop, children, http_get, http_port, metric, synced, wait, worker_pids
+from tests.kubeapi import free_port
 from tests.process import KdnsServer, run_kdns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -335,29 +336,36 @@ def test_a_restarted_worker_runs_the_supervisors_kdns_whatever_directory_it_was_
 def test_a_reload_reaches_every_worker_with_no_failed_query_and_a_restarted_one_starts_with_it(
     tmp_path: Path,
 ) -> None:
-    """Issue 19, point 4 with `--workers`: the workers serve the new upstreams (each builds the new
-    configuration beside its running one and swaps it in, in its place in the feed), a worker
-    started again starts with it, and what the supervisor holds (here the TTL: the store the
-    workers replay) waits for a restart, said in the log."""
+    """Issue 19, point 4 with `--workers`: a Corefile edit reaches every worker (each builds the new
+    configuration beside its running one and swaps it in, in its place in the feed) with no
+    failed query, a worker started again starts with it, the supervisor moves its /metrics, and
+    what it holds for the workers (here the TTL: the store they replay) waits for a restart,
+    said in the log."""
     first, second = FakeUpstream("192.0.2.1"), FakeUpstream("192.0.2.2")
-    config = tmp_path / "kdns.yaml"
-    config.write_text(f"upstream: ['{first.spec}']\nttl: 30\n")
-    server = KdnsServer(
-        "--snapshot", str(SNAPSHOT), "--workers", "2", "--config", str(config), *OPS, listen=("127.0.0.1:0",)
+    before, after = free_port(), free_port()
+    corefile = tmp_path / "Corefile"
+    text = (
+        ".:0 {{\n    bind 127.0.0.1\n    kubernetes cluster.local {{\n        ttl {ttl}\n    }}\n"
+        "    ready 127.0.0.1:0\n    prometheus 127.0.0.1:{metrics}\n    forward . {upstream}\n    reload 2s\n}}\n"
     )
+    corefile.write_text(text.format(ttl=30, metrics=before, upstream=first.spec))
+    server = KdnsServer("--snapshot", str(SNAPSHOT), "--workers", "2", corefile=corefile, listen=("",))
     loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.12.34"]})
     try:
         worker_pids(server, 2)
+        wait(lambda: f"metrics on http://127.0.0.1:{before}/" in server.log_text(), 10, "/metrics served")
         assert {_ask_from_new_port(server, "www.example.com")[1][0] for _ in range(20)} == {"192.0.2.1"}
-        config.write_text(f"upstream: ['{second.spec}']\nttl: 60\n")
-        server.process.send_signal(signal.SIGHUP)
-        wait(lambda: "reload applied: forward" in server.log_text(), 10, "the reload")
+        corefile.write_text(text.format(ttl=60, metrics=after, upstream=second.spec))
+        wait(lambda: "reload applied: " in server.log_text(), 15, "the reload")
         assert "ttl changed; applied at the next restart" in server.log_text()
         wait(
             lambda: {_ask_from_new_port(server, "www.example.com")[1][0] for _ in range(20)} == {"192.0.2.2"},
             10,
             "every worker on the new upstream",
         )
+        assert metric(http_get(after, "/metrics")[1], "kdns_workers") == 2
+        with pytest.raises(OSError):
+            http_get(before, "/metrics")
         loop.wait_for(20)
         loop.stop()
         assert loop.wrong == []  # no query failed through the reload (a killed worker loses what it queued)

@@ -75,7 +75,7 @@ from kdns.workers.worker import work
 log = logging.getLogger(__name__)
 
 # What a reload with `--workers` leaves for a restart: what the supervisor holds for the workers.
-POOL_RESTART_SETTINGS = RESTART_SETTINGS | SOURCE_SETTINGS | {"listen", "ops"}
+POOL_RESTART_SETTINGS = RESTART_SETTINGS | SOURCE_SETTINGS | {"listen"}
 
 LOOP_STATUS = 2  # a worker's exit status when it found a forwarding loop (as kdns's own)
 SHORT_LIFE = 10.0  # seconds: a worker that ends sooner is restarted after a backoff ...
