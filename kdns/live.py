@@ -109,9 +109,12 @@ class Live:
         sources: Sources,
         listeners: list[BoundListener],
         synced: Callable[[], bool] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """`synced`: whether the cluster has been listed (the state's own readiness by default;
-        a worker's, from the supervisor's feed)."""
+        a worker's, from the supervisor's feed). `reuse_port`: new listen addresses are bound
+        with SO_REUSEPORT (a worker, beside the others on the same ports)."""
+        self._reuse_port = reuse_port
         self.config = config
         self.sources = sources
         self.state = sources.state
@@ -310,7 +313,7 @@ class Live:
         for address in new.listen:
             if address in self._listening or address in bound:
                 continue
-            listener = bind(address)
+            listener = bind(address, reuse_port=self._reuse_port)
             made.append(lambda listener=listener: _close_listener(listener))  # type: ignore[misc]
             bound[address] = listener
         return bound

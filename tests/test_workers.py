@@ -345,17 +345,17 @@ def test_a_reload_reaches_every_worker_with_no_failed_query_and_a_restarted_one_
     before, after = free_port(), free_port()
     corefile = tmp_path / "Corefile"
     text = (
-        ".:0 {{\n    bind 127.0.0.1\n    kubernetes cluster.local {{\n        ttl {ttl}\n    }}\n"
+        ".:{port} {{\n    bind 127.0.0.1\n    kubernetes cluster.local {{\n        ttl {ttl}\n    }}\n"
         "    ready 127.0.0.1:0\n    prometheus 127.0.0.1:{metrics}\n    forward . {upstream}\n    reload 2s\n}}\n"
     )
-    corefile.write_text(text.format(ttl=30, metrics=before, upstream=first.spec))
+    corefile.write_text(text.format(port=0, ttl=30, metrics=before, upstream=first.spec))
     server = KdnsServer("--snapshot", str(SNAPSHOT), "--workers", "2", corefile=corefile, listen=("",))
     loop = QueryLoop(server, {"web.prod.svc.cluster.local": ["10.96.12.34"]})
     try:
         worker_pids(server, 2)
         wait(lambda: f"metrics on http://127.0.0.1:{before}/" in server.log_text(), 10, "/metrics served")
         assert {_ask_from_new_port(server, "www.example.com")[1][0] for _ in range(20)} == {"192.0.2.1"}
-        corefile.write_text(text.format(ttl=60, metrics=after, upstream=second.spec))
+        corefile.write_text(text.format(port=0, ttl=60, metrics=after, upstream=second.spec))
         wait(lambda: "reload applied: " in server.log_text(), 15, "the reload")
         assert "ttl changed; applied at the next restart" in server.log_text()
         wait(
@@ -373,6 +373,17 @@ def test_a_reload_reaches_every_worker_with_no_failed_query_and_a_restarted_one_
         wait(lambda: "started again" in server.log_text(), 10, "the restart")
         wait(lambda: http_get(http_port(server, "/ready"), "/ready")[0] == 200, 15, "ready again")
         assert {_ask_from_new_port(server, "www.example.com")[1][0] for _ in range(20)} == {"192.0.2.2"}
+        # A new port: every worker binds it (SO_REUSEPORT, settled once by the supervisor) and
+        # lets the old one go.
+        moved = free_port()
+        corefile.write_text(text.format(port=moved, ttl=60, metrics=after, upstream=second.spec))
+        wait(lambda: server.log_text().count("reload applied: ") >= 2, 15, "the second reload")
+        query = dns.message.make_query("web.prod.svc.cluster.local", "A")
+        for _ in range(20):  # new source ports: both workers
+            assert dns.query.udp(query, "127.0.0.1", port=moved, timeout=3).answer[0][0].address == "10.96.12.34"
+        for pid in worker_pids(server, 2):
+            wait(lambda pid=pid: server.port not in _udp_ports(pid), 10, "the old port let go")  # type: ignore[misc]
+            assert moved in _udp_ports(pid)
     finally:
         loop.stop()
         server.stop()

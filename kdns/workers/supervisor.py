@@ -75,7 +75,7 @@ from kdns.workers.worker import work
 log = logging.getLogger(__name__)
 
 # What a reload with `--workers` leaves for a restart: what the supervisor holds for the workers.
-POOL_RESTART_SETTINGS = RESTART_SETTINGS | SOURCE_SETTINGS | {"listen"}
+POOL_RESTART_SETTINGS = RESTART_SETTINGS | SOURCE_SETTINGS
 
 LOOP_STATUS = 2  # a worker's exit status when it found a forwarding loop (as kdns's own)
 SHORT_LIFE = 10.0  # seconds: a worker that ends sooner is restarted after a backoff ...
@@ -238,11 +238,12 @@ class WorkerPool:
         returned."""
         changed = changed_settings(self.config, new)
         later = [name for name in changed if name in POOL_RESTART_SETTINGS]
-        check_upstreams(new, self.addresses)  # refused here, before any worker is told
-        kept = replace(new, **{name: getattr(self.config, name) for name in POOL_RESTART_SETTINGS})
+        listen, addresses = self._listen(new.listen)
+        check_upstreams(new, addresses)  # refused here, before any worker is told
+        kept = replace(new, listen=listen, **{name: getattr(self.config, name) for name in POOL_RESTART_SETTINGS})
         if kept == self.config:
             return later
-        self.config = kept
+        self.config, self.addresses = kept, addresses
         data = frame(Reconfigure(kept))
         for worker in self._workers:
             if worker.accepting:  # one ending gets `kept` when it is started again
@@ -250,6 +251,27 @@ class WorkerPool:
                 worker.queued += len(data)
                 worker.wake.set()
         return later
+
+    def _listen(self, wanted: tuple[SocketAddress, ...]) -> tuple[tuple[SocketAddress, ...], tuple[SocketAddress, ...]]:
+        """A reload's listen addresses as the workers are to bind them, and with the ports bound:
+        one served now keeps its socket; a new one must be free of other processes (as at
+        start), and a new port 0 is settled once, here, for every worker to bind the same port.
+        `KdnsError` refuses the reload."""
+        serving = dict(zip(self.config.listen, self.addresses, strict=True))
+        listen, bound = [], []
+        for address in wanted:
+            if address in serving:
+                listen.append(address)
+                bound.append(serving[address])
+                continue
+            _refuse_if_taken(address)
+            if address.port == 0:
+                probe = bind(address, reuse_port=True)  # a port free for UDP and TCP alike, then let go
+                _close([probe])
+                address = probe.address
+            listen.append(address)
+            bound.append(address)
+        return tuple(listen), tuple(bound)
 
     def _replace(self, worker: _Worker) -> None:
         log.error(

@@ -53,7 +53,7 @@ async def work(
     state = State(time_requests=config.ops.metrics is not None)
     report_stores(state, store)
     feed = _Feed(synced)
-    live = Live(answering_part(config), Sources(state, store, None), listeners, feed.synced)
+    live = Live(answering_part(config), Sources(state, store, None), listeners, feed.synced, reuse_port=True)
     one_at_a_time = trio.Lock()
     status = 0
 
