@@ -23,8 +23,10 @@ def test_a_short_soak_loses_no_query_and_grows_no_file_descriptors_or_memory() -
         capture_output=True,
         text=True,
         timeout=180,
-        check=True,
+        check=False,
     )
+    # What went wrong, whatever it was (a dnsperf error, a server that did not answer or stop).
+    assert result.returncode == 0, f"bench/soak.py exited {result.returncode}:\n{result.stdout}{result.stderr[-3000:]}"
     totals = json.loads(result.stdout.strip().splitlines()[-1])
     assert totals["sent"] >= 14_000 and totals["churn_changes"] > 100, result.stdout
     assert totals["lost"] == 0, result.stdout
