@@ -120,7 +120,8 @@ def main() -> int:
             "--resolv-conf", os.devnull, "--log-level", "warning",
             "--health-listen", "off", "--ready-listen", "off", "--metrics-listen", "off", "--lameduck", "0",
         ]  # fmt: skip
-        kdns = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
+        log = open(work / "kdns.log", "w")  # noqa: SIM115  # closed below, after kdns
+        kdns = subprocess.Popen(command, cwd=ROOT, stderr=log)
         churn = Churn(api, args.churn)
         try:
             wait_until_answering(port, names[-1])
@@ -141,10 +142,17 @@ def main() -> int:
                 rss = r.rss_kib / 1024
                 print(f"round {len(rounds):3}: {r.sent:8} sent {r.lost:5} lost  RSS {rss:7.1f} MiB  fds {r.fds}")
                 remaining -= length
+        except BaseException:
+            # Why, from kdns's side (a crash, an error it logged): its warnings and errors.
+            log.flush()
+            logged = (work / "kdns.log").read_text()[-3000:]
+            print(f"kdns (exit status {kdns.poll()}) logged:\n{logged}", file=sys.stderr)
+            raise
         finally:
             churn.stopping.set()
             kdns.terminate()
             kdns.wait(10)
+            log.close()
             api.stop()
     first, last = rounds[0], rounds[-1]
     totals = {
