@@ -28,13 +28,13 @@ TXT_1500 = " ".join(f'"{c * 250}"' for c in "abcdef")
 
 @pytest.fixture(scope="module")
 def unbound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """Debian's unbound on a loopback port, answering a few names of its own under `test.`."""
+    """Debian's unbound on a loopback port, answering a few names of its own under `test.`. It
+    binds UDP and TCP on its port: a port free for UDP may be held for TCP by a test beside it,
+    so a start that fails is tried again on another port (three times), and the last failure
+    says what unbound said."""
     if shutil.which("unbound") is None:
         pytest.fail("unbound is not installed: apt-get install unbound (the README setup does)")
     directory = tmp_path_factory.mktemp("unbound")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     records = [
         "test. 3600 IN SOA ns.test. host.test. 1 3600 900 86400 60",
         "www.test. 300 IN A 192.0.2.10",
@@ -45,24 +45,26 @@ def unbound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         f"txt400.test. 300 IN TXT {TXT_400}",
         f"txt1500.test. 300 IN TXT {TXT_1500}",
     ]
-    config = directory / "unbound.conf"
-    config.write_text(
-        "server:\n"
-        f"  interface: 127.0.0.1\n  port: {port}\n  num-threads: 1\n  do-daemonize: no\n"
-        '  username: ""\n  chroot: ""\n  pidfile: ""\n  use-syslog: no\n  verbosity: 0\n'
-        f'  directory: "{directory}"\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n'
-        '  local-zone: "test." static\n' + "".join(f"  local-data: '{record}'\n" for record in records)
-    )
-    process = subprocess.Popen(["unbound", "-d", "-c", str(config)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            dns.query.udp(dns.message.make_query("www.test.", "A"), "127.0.0.1", port=port, timeout=0.5)
+    said = ""
+    for _ in range(3):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = directory / "unbound.conf"
+        config.write_text(
+            "server:\n"
+            f"  interface: 127.0.0.1\n  port: {port}\n  num-threads: 1\n  do-daemonize: no\n"
+            '  username: ""\n  chroot: ""\n  pidfile: ""\n  use-syslog: no\n  verbosity: 0\n'
+            f'  directory: "{directory}"\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n'
+            '  local-zone: "test." static\n' + "".join(f"  local-data: '{record}'\n" for record in records)
+        )
+        process = subprocess.Popen(["unbound", "-d", "-c", str(config)], stderr=subprocess.PIPE, text=True)
+        if _answers(port, process):
             break
-        except (dns.exception.Timeout, OSError):
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise AssertionError("unbound did not start") from None
+        process.kill()
+        said = process.communicate(timeout=10)[1][-2000:]
+    else:
+        raise AssertionError(f"unbound did not start:\n{said}")
     yield port
     process.terminate()
     process.wait(10)
@@ -73,6 +75,18 @@ def upstream() -> Iterator[FakeUpstream]:
     fake = FakeUpstream()
     yield fake
     fake.close()
+
+
+def _answers(port: int, process: subprocess.Popen[str]) -> bool:
+    """Whether unbound answers on `port` within 10 s (False at once if it has ended)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            dns.query.udp(dns.message.make_query("www.test.", "A"), "127.0.0.1", port=port, timeout=0.5)
+            return True
+        except (dns.exception.Timeout, OSError):
+            continue
+    return False
 
 
 def _serve(*args: str) -> KdnsServer:
