@@ -103,11 +103,9 @@ async def _run_pool(config: ServeConfig, pool: WorkerPool, task_status: trio.Tas
     """`run` with `--workers`: the pool's workers answer; this process follows the cluster for
     them and serves the operations endpoints for the instance, which a reload moves here while
     the workers take the rest of it (`WorkerPool.apply`)."""
-    sources = pool.sources
-    state, store = sources.state, sources.store
+    state = pool.sources.state  # the instance's, whatever source a reload gives it
     addresses = pool.addresses
-    names = store.zone.name_count if store is not None else _no_names
-    collector = StateCollector(pool.view, f"dns://{addresses[0]}", names, wall_clock)
+    collector = StateCollector(pool.view, f"dns://{addresses[0]}", pool.zone_names, wall_clock)
     routes = {"/health": health, "/ready": readiness(state.ready), "/metrics": metrics_route(collector)}
     endpoints = Endpoints(routes, state.http_room_made)
     bound = endpoints.bind_changed(config.ops)  # before anything runs: a taken port is a setup error
@@ -116,8 +114,6 @@ async def _run_pool(config: ServeConfig, pool: WorkerPool, task_status: trio.Tas
         async with trio.open_nursery() as nursery:
             await nursery.start(ended.serving, pool.run, nursery.cancel_scope)
             await endpoints.serve_changed(nursery, config.ops, bound)
-            if sources.follower is not None:
-                await nursery.start(sources.follower.run)
             ops = config.ops
 
             async def apply(new: ServeConfig) -> list[str]:
@@ -141,10 +137,6 @@ async def _run_pool(config: ServeConfig, pool: WorkerPool, task_status: trio.Tas
         for sock in bound.values():
             sock.close()
     return ended.status
-
-
-def _no_names() -> int:
-    return 0  # a node cache holds no zone
 
 
 Fingerprint = Callable[[str, int], str | None]  # a configuration file's digest (at most so many bytes read)

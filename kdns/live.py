@@ -224,15 +224,17 @@ class Live:
 
     # -- a new configuration -------------------------------------------------------------------
 
-    async def apply(self, new: ServeConfig) -> list[str]:
+    async def apply(self, new: ServeConfig, sources: Sources | None = None) -> list[str]:
         """Serve `new` from now on; the settings that changed and wait for a restart
         (`RESTART_SETTINGS`: the caller says so). Raises `KdnsError` when `new` cannot be served;
-        then nothing has changed."""
+        then nothing has changed. `sources`: the cluster source to serve `new` from, made and
+        followed by the caller (a worker's, loaded from the supervisor's feed); by default the
+        running one, or one listed here when `new` watches something else."""
         old = self.config
         changed = changed_settings(old, new)
         later = [name for name in changed if name in RESTART_SETTINGS]
         answering = [name for name in changed if name not in LIVE_SETTINGS and name not in RESTART_SETTINGS]
-        if not answering:
+        if not answering and sources is None:
             return later
         new = _keeping(new, old)  # restart-only settings keep their running values
         made: list[Callable[[], None]] = []  # how to undo what was made for `new`, if it is refused
@@ -245,7 +247,9 @@ class Live:
             check_upstreams(new, addresses)
             http = self._endpoints.bind_changed(new.ops)
             made.extend(sock.close for sock in http.values())
-            sources, follower_scope = await self._new_sources(new, addresses, made)
+            follower_scope: trio.CancelScope | None = None  # a source followed elsewhere
+            if sources is None:
+                sources, follower_scope = await self._new_sources(new, addresses, made)
             forwarding = self._forwarding
             assert forwarding is not None
             if new.forward != old.forward:

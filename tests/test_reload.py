@@ -19,6 +19,7 @@ from kdns import app
 from kdns.address import SocketAddress
 from kdns.config import ForwardConfig, ForwardOptions, OpsListeners, ServeConfig, TcpLimits
 from kdns.errors import KdnsError
+from tests.apiserver import FakeApiServer
 from tests.builders import namespace, service
 from tests.fakeupstream import FakeUpstream
 from tests.helpers import (
@@ -123,6 +124,29 @@ async def test_a_configuration_that_cannot_bind_is_refused_whole_and_the_running
     assert (await ask_in_process(address, WEB)).answer[0].ttl == 30
     assert await _apply(running, serve_config(ttl=9)) == []
     assert (await ask_in_process(address, WEB)).answer[0].ttl == 9
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_new_cluster_source_that_does_not_list_in_time_is_refused_and_the_running_one_stays(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A reload onto an API server that answers every list with 500: its watches are given
+    `live.SYNC_WITHIN` (virtual time here) to list, then the reload is refused and the snapshot's
+    zone keeps answering, its readiness untouched (the new watches are not the state's)."""
+    running: app.Running = await nursery.start(app.run, serve_config())
+    address = running.addresses[0]
+    failing = FakeApiServer()
+    try:
+        failing.fail()
+        new = serve_config(snapshot=None, kubeconfig=str(failing.kubeconfig(tmp_path)), ttl=7)
+        with pytest.raises(KdnsError, match="did not all list within 30 s"):
+            await _apply(running, new)
+        assert failing.requests  # it was asked
+    finally:
+        failing.stop()
+    reply = await ask_in_process(address, WEB)
+    assert reply.answer[0].ttl == 30 and reply.answer[0][0].address == "10.96.12.34"
+    assert running.state.synced() and running.state.watches == {}
     nursery.cancel_scope.cancel()
 
 
@@ -249,22 +273,38 @@ def _namespaced_corefile(path: Path, kubeconfig: Path, namespaces: str) -> None:
     )
 
 
-def test_changed_kubernetes_options_re_list_while_the_old_watches_answer(api: RealApiServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_changed_kubernetes_options_re_list_while_the_old_watches_answer(
+    api: RealApiServer, tmp_path: Path, workers: str
+) -> None:
+    """A new `namespaces` list: the cluster is listed again beside the running watches and
+    swapped in with no failed query; the new watches then follow the cluster. With `--workers`
+    the supervisor lists it and sends it whole to every worker, each loading it beside the store
+    it serves (every worker is asked: each query comes from a new port)."""
     corefile = tmp_path / "Corefile"
     _namespaced_corefile(corefile, api.kubeconfig(tmp_path / "kubeconfig"), "blue")
-    server = KdnsServer(corefile=corefile, listen=("",))
+    server = KdnsServer("--workers", workers, corefile=corefile, listen=("",))
+
+    def everywhere(name: str, expected: tuple[str, list[str]]) -> bool:
+        return all(ask_server(server, name) == expected for _ in range(20))
+
     try:
-        wait(lambda: ask_server(server, "app.blue.svc.cluster.local")[0] == "NOERROR", 30, "kdns synced")
+        wait(lambda: everywhere("app.blue.svc.cluster.local", ("NOERROR", ["10.96.1.1"])), 30, "kdns synced")
         assert ask_server(server, "app.green.svc.cluster.local")[0] == "NXDOMAIN"  # not watched
         loop = QueryLoop(server, {"app.blue.svc.cluster.local": ["10.96.1.1"]})
         try:
             _namespaced_corefile(corefile, api.kubeconfig(tmp_path / "kubeconfig"), "blue green")
             wait(lambda: "reload applied: watch" in server.log_text(), 30, "the new watches listed and swapped")
-            assert ask_server(server, "app.green.svc.cluster.local") == ("NOERROR", ["10.96.2.2"])
+            wait(lambda: everywhere("app.green.svc.cluster.local", ("NOERROR", ["10.96.2.2"])), 10, "every worker")
+            later = f"later{workers}"
+            api.create(service("green", later, [f"10.96.2.{10 + int(workers)}"]))
+            expected = ("NOERROR", [f"10.96.2.{10 + int(workers)}"])
+            wait(lambda: everywhere(f"{later}.green.svc.cluster.local", expected), 15, "the new watches followed")
             loop.wait_for(20)
         finally:
             loop.stop()
         assert loop.wrong == [] and server.alive()
+        assert "applied at the next restart" not in server.log_text()
     finally:
         server.stop()
 

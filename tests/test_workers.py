@@ -25,10 +25,11 @@ from kdns.core.model import Kind
 from kdns.core.store import Delete, Serial
 from kdns.state import CacheTotals, State, UpstreamCounters, WorkerFigures
 from kdns.workers.feed import FrameReader, Synced, frame
+from kdns.workers.supervisor import _Held
 from tests.apiserver import FakeApiServer
 from tests.builders import service
 from tests.fakeupstream import FakeUpstream
-from tests.helpers import FAST, QueryLoop, children, http_get, http_port, metric, synced, wait, worker_pids
+from tests.helpers import FAST, QueryLoop, answer_ttl, children, http_get, http_port, metric, synced, wait, worker_pids
 from tests.kubeapi import free_port
 from tests.process import KdnsServer, run_kdns
 
@@ -338,9 +339,9 @@ def test_a_reload_reaches_every_worker_with_no_failed_query_and_a_restarted_one_
 ) -> None:
     """Issue 19, point 4 with `--workers`: a Corefile edit reaches every worker (each builds the new
     configuration beside its running one and swaps it in, in its place in the feed) with no
-    failed query, a worker started again starts with it, the supervisor moves its /metrics, and
-    what it holds for the workers (here the TTL: the store they replay) waits for a restart,
-    said in the log."""
+    failed query, a worker started again starts with it, and the supervisor moves its /metrics.
+    The new TTL is the cluster source's: the supervisor loads the snapshot again with it and
+    sends the new store whole to every worker."""
     first, second = FakeUpstream("192.0.2.1"), FakeUpstream("192.0.2.2")
     before, after = free_port(), free_port()
     corefile = tmp_path / "Corefile"
@@ -357,12 +358,15 @@ def test_a_reload_reaches_every_worker_with_no_failed_query_and_a_restarted_one_
         assert {_ask_from_new_port(server, "www.example.com")[1][0] for _ in range(20)} == {"192.0.2.1"}
         corefile.write_text(text.format(port=0, ttl=60, metrics=after, upstream=second.spec))
         wait(lambda: "reload applied: " in server.log_text(), 15, "the reload")
-        assert "ttl changed; applied at the next restart" in server.log_text()
+        assert "applied at the next restart" not in server.log_text()
+        assert "the new cluster source is sent to the workers" in server.log_text()
         wait(
             lambda: {_ask_from_new_port(server, "www.example.com")[1][0] for _ in range(20)} == {"192.0.2.2"},
             10,
             "every worker on the new upstream",
         )
+        web = "web.prod.svc.cluster.local"
+        wait(lambda: {answer_ttl(server, web) for _ in range(20)} == {60}, 10, "every worker's new TTL")
         assert metric(http_get(after, "/metrics")[1], "kdns_workers") == 2
         with pytest.raises(OSError):
             http_get(before, "/metrics")
@@ -389,3 +393,16 @@ def test_a_reload_reaches_every_worker_with_no_failed_query_and_a_restarted_one_
         server.stop()
         first.close()
         second.close()
+
+
+def test_a_new_sources_changes_held_while_it_is_encoded_are_let_go_past_the_queue_budget() -> None:
+    """While a reload's new store is encoded for the workers, its changes are held, within
+    --worker-queue-bytes: past it they are let go (and every worker is replaced, started afresh
+    with the whole store, as a worker whose queue passes the budget is)."""
+    held = _Held(100)
+    held.hold(b"x" * 60)
+    assert held.frames == [b"x" * 60] and not held.over
+    held.hold(b"y" * 60)
+    assert held.over and held.frames == []
+    held.hold(b"z")
+    assert held.frames == []

@@ -3,8 +3,9 @@ the messages they carry. Both ends are this program.
 
 Supervisor to worker: a spawned worker's `Start`, its `Objects` and `Loaded`, then the store's
 journal, one `Change` a frame (pickled once however many workers are fed), with `Synced` whenever
-the cluster's first sync changes, and a `Reconfigure` where a reload comes. Worker to supervisor:
-its `WorkerFigures`, every REPORT_INTERVAL.
+the cluster's first sync changes, and a `Reconfigure` where a reload comes; where a reload changes
+the cluster source, a `NewSource` and that source's `Objects`, and from there on its journal.
+Worker to supervisor: its `WorkerFigures`, every REPORT_INTERVAL.
 """
 
 from __future__ import annotations
@@ -42,10 +43,23 @@ class Objects(NamedTuple):
 
 
 class Reconfigure(NamedTuple):
-    """A reload: the configuration to serve from here on (its cluster source, listen addresses
-    and operations endpoints unchanged: those wait for a restart with `--workers`)."""
+    """A reload: the configuration to serve from here on, its cluster source unchanged (the
+    operations endpoints in it are the supervisor's to serve)."""
 
     config: ServeConfig
+
+
+class NewSource(NamedTuple):
+    """A reload that changed the cluster source (`live.SOURCE_SETTINGS`): the configuration to
+    serve from here on, and the new store's objects, which follow in `chunks` `Objects` frames;
+    every change after them is that store's. The worker loads them beside the store it serves
+    and swaps both at once."""
+
+    config: ServeConfig
+    fallback_ns_addresses: tuple[IPAddress, ...]
+    serial: int
+    synced: bool
+    chunks: int
 
 
 class Synced(NamedTuple):

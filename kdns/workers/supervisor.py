@@ -26,6 +26,9 @@ The shape is nginx's master and workers, with kdns's one set of watches:
   and sent the configuration and every object, encoded on a worker thread a chunk at a time (the
   event loop keeps answering probes and applying changes); it binds its sockets only once
   loaded, so no query reaches it before it can answer. A spawned worker shares no memory.
+- A reload reaches every worker in its feed, in its place among the changes (`apply`); one that
+  changes the cluster source is listed here beside the running one and sent whole to every
+  worker, which loads it beside the store it serves and swaps both (`NewSource`).
 - A worker ends when its feed closes: the supervisor's end (even a SIGKILL) ends every worker.
   A worker that finds a forwarding loop ends with status 2, and so does the instance.
 """
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
 import logging
 import os
@@ -44,7 +48,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -52,18 +56,19 @@ from kdns.address import SocketAddress
 from kdns.answering import check_upstreams, ns_addresses
 from kdns.config import ServeConfig
 from kdns.core.budgets import StoreSize
-from kdns.core.model import ClusterObject
+from kdns.core.model import ClusterObject, IPAddress
 from kdns.core.store import Change
 from kdns.errors import KdnsError
-from kdns.live import RESTART_SETTINGS, SOURCE_SETTINGS, changed_settings
+from kdns.live import LOOK_EVERY, RESTART_SETTINGS, SOURCE_SETTINGS, SYNC_WITHIN, changed_settings
 from kdns.serve import BoundListener, bind
-from kdns.sources import open_sources
+from kdns.sources import Sources, open_sources, report_stores
 from kdns.state import State, WorkerFigures
 from kdns.workers.feed import (
     OBJECTS_PER_FRAME,
     READ_SIZE,
     REPORT_INTERVAL,
     FrameReader,
+    NewSource,
     Objects,
     Reconfigure,
     Start,
@@ -72,10 +77,10 @@ from kdns.workers.feed import (
 )
 from kdns.workers.worker import work
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from kdns.sources.kube import ClusterFollower
 
-# What a reload with `--workers` leaves for a restart: what the supervisor holds for the workers.
-POOL_RESTART_SETTINGS = RESTART_SETTINGS | SOURCE_SETTINGS
+log = logging.getLogger(__name__)
 
 LOOP_STATUS = 2  # a worker's exit status when it found a forwarding loop (as kdns's own)
 SHORT_LIFE = 10.0  # seconds: a worker that ends sooner is restarted after a backoff ...
@@ -135,7 +140,14 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._retired = WorkerFigures.retired()  # what ended workers counted, kept for the metrics' sums
         self._closed = False
-        self.sources = open_sources(config, ns_addresses(addresses), journal=self.record, workers_serving=self.serving)
+        # The store whose journal feeds the workers: a reload that changes the cluster source
+        # makes another, whose changes are fed only once the workers have been sent it whole.
+        self._feeding: object = object()
+        self._held: _Held | None = None  # a new store's changes while its objects are encoded
+        self._nursery: trio.Nursery | None = None
+        self._follower_scope: trio.CancelScope | None = None
+        journal = functools.partial(self._record, self._feeding)
+        self.sources = open_sources(config, ns_addresses(addresses), journal=journal, workers_serving=self.serving)
         self.sources.state.workers = config.workers
         self.sources.state.add_stores("worker_queues", self._queue_sizes)
         if self.sources.store is None:
@@ -212,45 +224,107 @@ class WorkerPool:
 
     # -- the journal, and what the instance reports ---------------------------------------------
 
-    def record(self, change: Change) -> None:
+    def _record(self, store: object, change: Change) -> None:
         """The supervisor's store changed: queue the change for every worker, pickled once (on
         trio's thread; before the workers exist, nothing: they are forked with the store as it
-        is). A worker whose queue passes --worker-queue-bytes is replaced."""
-        if not self._workers:
+        is). A worker whose queue passes --worker-queue-bytes is replaced. `store`: which store's
+        journal it is (one being listed for a reload, or one the reload replaced, feeds no one)."""
+        if not self._workers or store is not self._feeding:
             return
         data = frame(change)
+        if self._held is not None:  # the workers are to be sent the new store first
+            self._held.hold(data)
+            return
+        self._queue(data, counted=True)
+
+    def _queue(self, data: bytes, counted: bool) -> None:
+        """Queue `data` for every worker being fed; `counted`: within --worker-queue-bytes (the
+        changes of the journal; a whole store sent is not, as a spawned worker's is not)."""
         budget = self.config.worker_queue_bytes
         for worker in self._workers:
             if not worker.accepting:
                 continue  # ended: the one that replaces it gets the whole cluster
             worker.queue.append(data)
-            worker.queued += len(data)
             worker.wake.set()
+            if not counted:
+                continue
+            worker.queued += len(data)
             if worker.queued + worker.sending > budget:
                 self._replace(worker)
 
     async def apply(self, new: ServeConfig) -> list[str]:
         """A reload with `--workers`: every worker serves `new` from its place in the feed (each
         builds it beside its running one and swaps it in: `Reconfigure`), and a worker started
-        later starts with it. What the supervisor itself holds waits for a restart: the cluster
-        source (`live.SOURCE_SETTINGS`, the store the workers replay), the listen addresses (each
-        worker's own sockets), the operations endpoints, and `live.RESTART_SETTINGS`; those are
-        returned."""
+        later starts with it. A changed cluster source (`live.SOURCE_SETTINGS`, or the listen
+        addresses `ns.dns` falls back to) is listed (or loaded) here beside the running one, as
+        `Live` does, and sent whole to every worker once listed (`NewSource`): each loads it
+        beside the store it serves and swaps both. `live.RESTART_SETTINGS` wait for a restart;
+        their names are returned. `KdnsError` refuses the reload before any worker is told."""
         changed = changed_settings(self.config, new)
-        later = [name for name in changed if name in POOL_RESTART_SETTINGS]
+        later = [name for name in changed if name in RESTART_SETTINGS]
         listen, addresses = self._listen(new.listen)
-        check_upstreams(new, addresses)  # refused here, before any worker is told
-        kept = replace(new, listen=listen, **{name: getattr(self.config, name) for name in POOL_RESTART_SETTINGS})
+        check_upstreams(new, addresses)
+        kept = replace(new, listen=listen, **{name: getattr(self.config, name) for name in RESTART_SETTINGS})
         if kept == self.config:
             return later
-        self.config, self.addresses = kept, addresses
-        data = frame(Reconfigure(kept))
-        for worker in self._workers:
-            if worker.accepting:  # one ending gets `kept` when it is started again
-                worker.queue.append(data)
-                worker.queued += len(data)
-                worker.wake.set()
+        fallback = ns_addresses(addresses)
+        same_source = all(getattr(kept, name) == getattr(self.config, name) for name in SOURCE_SETTINGS)
+        if same_source and fallback == self.store.fallback_ns_addresses:
+            self.config, self.addresses = kept, addresses
+            self._queue(frame(Reconfigure(kept)), counted=False)  # one ending gets `kept` when started again
+            return later
+        await self._new_source(kept, addresses, fallback)
         return later
+
+    async def _new_source(
+        self, new: ServeConfig, addresses: tuple[SocketAddress, ...], fallback: tuple[IPAddress, ...]
+    ) -> None:
+        """List (or load) the cluster source of `new` beside the running one and, once listed
+        (within `live.SYNC_WITHIN`, else `KdnsError`), feed it to the workers in place of the
+        running one, with `new`."""
+        assert self._nursery is not None
+        state = self.sources.state
+        staged = state.staging()
+        token = object()
+        journal = functools.partial(self._record, token)
+        sources = await trio.to_thread.run_sync(lambda: open_sources(new, fallback, journal=journal, state=staged))
+        store = sources.store
+        assert store is not None  # `--workers` is never a node cache
+        scope = None
+        if sources.follower is not None:
+            scope = await self._nursery.start(_followed, sources.follower)
+            log.info("reload: listing the cluster for the new configuration")
+            with trio.move_on_after(SYNC_WITHIN):
+                while not staged.synced():
+                    await trio.sleep(LOOK_EVERY)
+            if not staged.synced():
+                scope.cancel()
+                raise KdnsError(f"the new configuration's watches did not all list within {SYNC_WITHIN:g} s")
+        # The swap: from here every change fed is the new store's, held until the workers have
+        # been queued the whole of it.
+        if self._follower_scope is not None:
+            self._follower_scope.cancel()  # the old watches
+        self._follower_scope = scope
+        state.adopt_watches(staged)
+        report_stores(state, store)
+        self.sources, self.store = Sources(state, store, sources.follower), store
+        self.config, self.addresses = new, addresses
+        self._feeding, self._held = token, _Held(new.worker_queue_bytes)
+        objects = store.snapshot()
+        start = NewSource(new, fallback, store.zone.serial, state.synced(), 0)
+        try:
+            frames = await trio.to_thread.run_sync(_encode_start, start, objects)
+        finally:
+            held, self._held = self._held, None
+        if held.over:  # more changed while encoding than a worker may have queued: each is replaced
+            for worker in self._workers:
+                if worker.accepting:
+                    self._replace(worker)
+        for data in frames:
+            self._queue(data, counted=False)
+        for data in held.frames:
+            self._queue(data, counted=True)
+        log.info("reload: the new cluster source is sent to the workers")
 
     def _listen(self, wanted: tuple[SocketAddress, ...]) -> tuple[tuple[SocketAddress, ...], tuple[SocketAddress, ...]]:
         """A reload's listen addresses as the workers are to bind them, and with the ports bound:
@@ -298,6 +372,10 @@ class WorkerPool:
             total = total.plus(queue)
         return {"worker_queues": total} if queues else {}
 
+    def zone_names(self) -> int:
+        """Names in the zone the workers are fed."""
+        return self.store.zone.name_count()
+
     def serving(self) -> bool:
         """Every worker is running, has reported since it started (a spawned one reports once it
         has loaded the zone) and has not gone silent since."""
@@ -315,6 +393,10 @@ class WorkerPool:
         forwarding loop (the instance ends)."""
         status = 0
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            follower = self.sources.follower
+            if follower is not None:
+                self._follower_scope = await nursery.start(_followed, follower)
 
             async def keep(worker: _Worker) -> None:
                 nonlocal status
@@ -473,6 +555,37 @@ class WorkerPool:
                     pass
 
 
+class _Held:
+    """A new store's changes while its objects are encoded for the workers, within `budget`
+    bytes (--worker-queue-bytes): past it, they are let go and every worker is replaced (started
+    afresh with the whole store)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.frames: list[bytes] = []
+        self.size = 0
+        self.over = False
+
+    def hold(self, data: bytes) -> None:
+        if self.over:
+            return
+        self.size += len(data)
+        if self.size > self.budget:
+            self.over, self.frames = True, []
+            return
+        self.frames.append(data)
+
+
+async def _followed(
+    follower: ClusterFollower, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Follow the cluster in a scope of its own, which is what starting this gives."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(follower.run)
+            task_status.started(scope)
+
+
 def _spawn_process(feed_read: int, report_write: int) -> subprocess.Popen[bytes]:
     # -P: the working directory is not put first on sys.path, so the worker runs the kdns the
     # supervisor runs, not a `kdns` directory that happens to be where it was started.
@@ -483,10 +596,11 @@ def _spawn_process(feed_read: int, report_write: int) -> subprocess.Popen[bytes]
     )
 
 
-def _encode_start(start: Start, objects: Iterator[ClusterObject]) -> list[bytes]:
-    """The frames that start a spawned worker: `Start`, the objects OBJECTS_PER_FRAME at a time
-    (each chunk pickled apart, so that the GIL is let go between them and the event loop keeps
-    its turns), in the order a store loads fastest. On a worker thread."""
+def _encode_start(start: Start | NewSource, objects: Iterator[ClusterObject]) -> list[bytes]:
+    """The frames that start a spawned worker (`Start`) or a new source (`NewSource`): it, the
+    objects OBJECTS_PER_FRAME at a time (each chunk pickled apart, so that the GIL is let go
+    between them and the event loop keeps its turns), in the order a store loads fastest. On a
+    worker thread."""
     frames: list[bytes] = []
     chunk: list[ClusterObject] = []
     for obj in objects:

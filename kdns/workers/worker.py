@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -20,7 +20,17 @@ from kdns.live import Live
 from kdns.serve import BoundListener, bind
 from kdns.sources import Sources, report_stores, store_for
 from kdns.state import State, WorkerFigures
-from kdns.workers.feed import READ_SIZE, REPORT_INTERVAL, FrameReader, Objects, Reconfigure, Start, Synced, frame
+from kdns.workers.feed import (
+    READ_SIZE,
+    REPORT_INTERVAL,
+    FrameReader,
+    NewSource,
+    Objects,
+    Reconfigure,
+    Start,
+    Synced,
+    frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +57,31 @@ async def work(
     reader: FrameReader,
 ) -> int:
     """A worker: answer from `store`, replay the supervisor's feed on it, report figures; until
-    the feed closes (0) or a forwarding loop is found (LOOP_STATUS). A `Reconfigure` in the feed
-    is served at once, beside the running configuration and swapped in (`Live.apply`), in its
-    place among the changes."""
+    the feed closes (0), a forwarding loop is found (LOOP_STATUS), or a new cluster source cannot
+    be served (1: the supervisor starts another, with the whole of it). A `Reconfigure` in the
+    feed is served at once, beside the running configuration and swapped in (`Live.apply`), in
+    its place among the changes; a `NewSource`'s objects are loaded into a new store on another
+    thread while the running one answers, and both are swapped in once it is whole."""
     state = State(time_requests=config.ops.metrics is not None)
     report_stores(state, store)
     feed = _Feed(synced)
     live = Live(answering_part(config), Sources(state, store, None), listeners, feed.synced, reuse_port=True)
     one_at_a_time = trio.Lock()
     status = 0
+    running = config
 
-    async def reconfigure(new: ServeConfig) -> None:
+    async def reconfigure(new: ServeConfig, sources: Sources | None = None) -> bool:
+        nonlocal running
         async with one_at_a_time:
-            if (new.log_level, new.log_format) != (config.log_level, config.log_format):
+            if (new.log_level, new.log_format) != (running.log_level, running.log_format):
                 logs.configure(new.log_level, new.log_format)
+            running = new
             try:
-                await live.apply(answering_part(new))
+                await live.apply(answering_part(new), sources)
             except Exception:  # the supervisor built it already; whatever fails here, keep serving
                 log.exception("worker: the new configuration could not be served; the running one stays")
+                return False
+            return True
 
     async with trio.open_nursery() as nursery:
 
@@ -76,19 +93,46 @@ async def work(
         await nursery.start(answering)
         reports = trio.lowlevel.FdStream(report_fd)
         nursery.start_soon(_report, state, reports)
+        loading: _Loading | None = None
         async with trio.lowlevel.FdStream(feed_fd) as stream:
             while data := await stream.receive_some(READ_SIZE):
                 changes: list[object] = []
                 for message in reader.feed(data):
-                    if isinstance(message, Reconfigure):
+                    if loading is not None:  # a `NewSource`'s objects come first, all of them
+                        assert isinstance(message, Objects)  # the supervisor sends nothing else there
+                        await trio.to_thread.run_sync(loading.store.load, message.objects)
+                        loading.chunks -= 1
+                    elif isinstance(message, Reconfigure):
                         feed.synced_now = apply(store, changes, feed.synced_now)
                         changes = []
                         await reconfigure(message.config)
+                    elif isinstance(message, NewSource):
+                        feed.synced_now = apply(store, changes, feed.synced_now)
+                        changes = []
+                        new_store = store_for(message.config, message.fallback_ns_addresses, reports=False)
+                        loading = _Loading(message, new_store, message.chunks)
                     else:
                         changes.append(message)
+                    if loading is not None and not loading.chunks:  # whole: served from here on
+                        source, loaded, loading = loading.source, loading.store, None
+                        loaded.zone.set_serial(source.serial)
+                        if not await reconfigure(source.config, Sources(state, loaded, None)):
+                            nursery.cancel_scope.cancel()  # it cannot follow the supervisor's store:
+                            return 1  # ended, and started afresh with the whole of it
+                        store, feed.synced_now = loaded, source.synced
                 feed.synced_now = apply(store, changes, feed.synced_now)
         nursery.cancel_scope.cancel()  # the supervisor has ended
     return status
+
+
+@dataclass(slots=True)
+class _Loading:
+    """A new cluster source being loaded from the feed: its store, and the `Objects` frames of it
+    still to come."""
+
+    source: NewSource
+    store: ClusterStore
+    chunks: int
 
 
 def answering_part(config: ServeConfig) -> ServeConfig:
