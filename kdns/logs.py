@@ -13,6 +13,7 @@ import struct
 import sys
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -28,6 +29,11 @@ from kdns.core.names import presentation
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUERY_LOGGER = "kdns.queries"
+# The address a query came in on, for a log format's `{local}` (CoreDNS's `state.LocalIP()`: the
+# UDP socket's bound address, a TCP connection's own). Set once by each UDP listener's task and
+# each TCP connection's, inherited by the tasks they start, read only when a line is written:
+# nothing on the hot path.
+LOCAL_ADDRESS: ContextVar[str] = ContextVar("kdns_local_address", default="")
 
 
 class JsonFormatter(logging.Formatter):
@@ -196,8 +202,9 @@ class QueryLog:
             "{class}": str(CLASS.get(qclass, f"CLASS{qclass}")),
             "{proto}": "tcp" if tcp else "udp",
             "{size}": str(len(packet)),
-            "{remote}": f"[{address}]" if ":" in address else address,
+            "{remote}": _rfc3986(address),
             "{port}": str(client[1]),
+            "{local}": _rfc3986(LOCAL_ADDRESS.get()),
             "{>id}": str(struct.unpack_from("!H", packet)[0]),
             "{>opcode}": str(packet[2] >> 3 & 0xF),
             "{>do}": "true" if edns is not None and edns.dnssec_ok else "false",
@@ -225,3 +232,11 @@ class QueryLog:
                 types = {rr.rtype for rr in parsed.auth}
                 delegation = QTYPE.NS in types and QTYPE.SOA not in types
         return logformat.reply_class(rcode, answers, delegation)
+
+
+def _rfc3986(address: str) -> str:
+    """An address as a URI writes it (an IPv6 one in brackets: CoreDNS's `appendAddrToRFC3986`);
+    `-` where it is not known."""
+    if not address:
+        return logformat.EMPTY
+    return f"[{address}]" if ":" in address else address

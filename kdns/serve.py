@@ -24,6 +24,7 @@ from kdns.connections import BufferBudget, ConnectionTable, Slot
 from kdns.core.message import frame, framed_length
 from kdns.core.stage import ClientAddress
 from kdns.errors import KdnsError
+from kdns.logs import LOCAL_ADDRESS
 from kdns.pipeline import Pending, Pipeline
 from kdns.state import State
 
@@ -145,6 +146,7 @@ async def serve_udp(sock: socket.socket, current: Current, state: State | None =
     pipeline = current.pipeline
     answer = pipeline.answer
     state = state if state is not None else State()
+    LOCAL_ADDRESS.set(str(sock.getsockname()[0]))  # this task's, and its replies' tasks'
     async with trio.open_nursery() as nursery:
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -203,6 +205,7 @@ async def serve_tcp(
     async def connection(stream: trio.SocketStream) -> None:
         try:
             client = stream.socket.getpeername()
+            LOCAL_ADDRESS.set(str(stream.socket.getsockname()[0]))  # this connection's task's
         except OSError:
             await trio.aclose_forcefully(stream)
             return  # gone before it was served

@@ -528,7 +528,7 @@ def test_the_query_log_is_corednss_line_for_line(api: RealApiServer, tmp_path: P
         text = _on_loopback(KUBEADM_COREFILE.read_text(), api.kubeconfig(tmp_path / "kubeconfig"), upstream)
         logs = (
             "    log prod.svc.cluster.local {\n        class denial\n    }\n"
-            '    log example.com "{name} {type} {>rflags} {rcode} {/meta} {unknown}"\n'
+            '    log example.com "{name} {type} {>rflags} {rcode} {/meta} {unknown} {proto} {local}"\n'
             "    log\n"
         )
         text = text.replace("    errors\n", "    errors\n" + logs)
@@ -552,16 +552,19 @@ def test_the_query_log_is_corednss_line_for_line(api: RealApiServer, tmp_path: P
                 ("nope.prod.svc.cluster.local", "AAAA", 4243),  # denial
                 ("www.example.com", "A", 4244),  # the format of its own
                 ("kubernetes.default.svc.cluster.local", "SRV", 4245),  # the last rule, common format
+                ("www.example.com", "AAAA", 4246),  # over TCP: {local} is the connection's address
             ]
             for port in (coredns_port, kdns.port):
                 for name, rdtype, query_id in asked:
                     query = dns.message.make_query(name, rdtype, use_edns=0, payload=1232)
                     query.id = query_id
-                    dns.query.udp(query, "127.0.0.1", port=port, timeout=5)
+                    send = dns.query.tcp if query_id == 4246 else dns.query.udp
+                    send(query, "127.0.0.1", port=port, timeout=5)
             theirs = _query_lines(coredns_log.read_text(), "[INFO] ")
-            wait(lambda: len(_query_lines(kdns.log_text(), "kdns.queries: ")) >= 3, 10, "kdns's lines")
+            wait(lambda: len(_query_lines(kdns.log_text(), "kdns.queries: ")) >= 4, 10, "kdns's lines")
             ours = _query_lines(kdns.log_text(), "kdns.queries: ")
-            assert ours == theirs and len(ours) == 3, f"kdns {ours}\ncoredns {theirs}"
+            assert ours == theirs and len(ours) == 4, f"kdns {ours}\ncoredns {theirs}"
+            assert ours[1].endswith(" udp 127.0.0.1") and ours[3].endswith(" tcp 127.0.0.1")
         finally:
             kdns.stop()
             coredns.terminate()
