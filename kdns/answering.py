@@ -129,6 +129,8 @@ def pipeline_for(
         templates=config.templates,
         forward_except=config.forward.excepted,
         fallthrough=config.cluster_fallthrough,
+        reverse_zones=config.reverse_zones,
+        reverse_fallthrough=config.reverse_fallthrough,
     )
     return Pipeline(
         blocks,
@@ -163,14 +165,17 @@ def server_blocks(
     templates: Sequence[Template] = (),
     forward_except: Sequence[str] = (),
     fallthrough: bool = False,
+    reverse_zones: Sequence[str] = REVERSE_ZONES,
+    reverse_fallthrough: tuple[str, ...] = REVERSE_ZONES,
 ) -> ServerBlocks:
     """The server blocks kdns serves, as kubeadm's Corefile has them, with kube-dns's stub
     domains as blocks of their own:
 
-    - the cluster domain and the reverse zones (with a zone): autopath (with `autopath`), the
-      cluster zone, then for reverse names it holds nothing of, the forward cache and the default
-      upstreams (CoreDNS's `fallthrough in-addr.arpa ip6.arpa`; cluster names never reach the
-      cache, as kubeadm's `disable success|denial cluster.local`);
+    - the cluster domain and `reverse_zones` (with a zone): autopath (with `autopath`), the
+      cluster zone, then for names of `reverse_fallthrough` it holds nothing of, the forward
+      cache and the default upstreams (CoreDNS's `fallthrough in-addr.arpa ip6.arpa`; cluster
+      names never reach the cache, as kubeadm's `disable success|denial cluster.local`); a
+      reverse zone not in `reverse_zones` is the root block's, as in CoreDNS;
     - each stub domain: the forward cache and its own upstreams (group 1, 2, ...);
     - the root: the forward cache and the default upstreams (group 0); with none, nothing:
       REFUSED.
@@ -222,9 +227,10 @@ def server_blocks(
                 stages.append(TemplateStage(templates, options, resolve))
             if hosts is not None:
                 stages.append(HostsStage(hosts, options))
-            stages.append(ClusterZone(zone, options, synced, resolve if cache is not None else None, fallthrough))
+            resolving = resolve if cache is not None else None
+            stages.append(ClusterZone(zone, options, synced, resolving, fallthrough, reverse_fallthrough))
             stages += forwarding_stages(default)
-            main["cluster"] = ServerBlock((domain, *REVERSE_ZONES), stages, options, default)
+            main["cluster"] = ServerBlock((domain, *reverse_zones), stages, options, default)
             blocks.append(main["cluster"])
         for group, stub in enumerate(stub_domains, 1):
             blocks.append(ServerBlock((stub,), first_stages(False) + forwarding_stages(group), options, group))

@@ -21,7 +21,7 @@ import re2
 from kdns.address import SocketAddress, can_listen_on_ipv6
 from kdns.core import budgets
 from kdns.core.logformat import LogRule
-from kdns.core.names import InvalidName, to_wire
+from kdns.core.names import REVERSE_ZONES, InvalidName, to_wire
 from kdns.core.rewrite_rules import Rule as RewriteRule
 from kdns.core.store import AS_THE_SPEC, PodMode, PublishOptions
 from kdns.core.template_rules import Template
@@ -239,6 +239,10 @@ class ServeConfig:
     publish: PublishOptions = AS_THE_SPEC  # endpoint_pod_names, ignore empty_service
     api_endpoint: str | None = None  # the API server's URL over the kubeconfig's (CoreDNS's `endpoint`)
     cluster_fallthrough: bool = False  # a cluster name that does not exist goes on upstream (`fallthrough`)
+    # The reverse zones the cluster zone serves (a Corefile's `kubernetes` zones), and those
+    # whose names it holds nothing of go on upstream (its `fallthrough`): kubeadm's, both.
+    reverse_zones: tuple[str, ...] = REVERSE_ZONES
+    reverse_fallthrough: tuple[str, ...] = REVERSE_ZONES
     rewrite: tuple[RewriteRule, ...] = ()  # questions asked under another name (CoreDNS's `rewrite`)
     templates: tuple[Template, ...] = ()  # answers made from patterns (CoreDNS's `template`)
 

@@ -218,6 +218,8 @@ class _Reader:
         self.context: str | None = None
         self.api_endpoint: str | None = None
         self.cluster_fallthrough = False
+        self.reverse_zones: tuple[str, ...] = ()
+        self.reverse_fallthrough: tuple[str, ...] = ()
         self.publish = PublishOptions()
         # The API timings are the flags'; what is watched is the Corefile's to say.
         self.watch = dataclasses.replace(base.watch, namespaces=(), label_selector="", watch_pods=False)
@@ -420,6 +422,9 @@ class _Reader:
         if len(domains) != 1 or domains[0] == ".":
             raise directive.error(f"kdns serves one cluster domain and the reverse zones, not {' '.join(served)}")
         self.cluster_domain = _checked(directive, config.cluster_domain, domains[0])
+        # Only the reverse zones it lists are the cluster zone's (CoreDNS: others are the next
+        # block's, forwarded); their names it holds nothing of are NXDOMAIN unless `fallthrough`.
+        self.reverse_zones = tuple(zone for zone in REVERSE_ZONES if zone in served)
         for option in directive.block:
             name = option.name
             if name == "pods":
@@ -459,14 +464,17 @@ class _Reader:
                     raise option.error("kdns ignores empty_service (ignore empty_service)")
                 self.publish = dataclasses.replace(self.publish, ignore_empty_service=True)
             elif name == "fallthrough":
-                # kdns's cluster zone always hands on the reverse names it holds nothing of
-                # (kubeadm's `fallthrough in-addr.arpa ip6.arpa`); `fallthrough` covering the
-                # cluster domain (no zones: all of them) hands on its NXDOMAINs too.
+                # The reverse zones it covers hand on the names held nothing of (kubeadm's
+                # `fallthrough in-addr.arpa ip6.arpa`); covering the cluster domain, its
+                # NXDOMAINs too. No zones: all of them (plugin/pkg/fall).
                 covered = [zone.rstrip(".").lower() or "." for zone in option.args] or ["."]
                 for zone in covered:
                     if zone not in REVERSE_ZONES and not _holds(zone, self.cluster_domain):
                         raise option.error(f"{zone}: kdns falls through for its cluster domain and the reverse zones")
                 self.cluster_fallthrough = any(_holds(zone, self.cluster_domain) for zone in covered)
+                self.reverse_fallthrough = tuple(
+                    zone for zone in REVERSE_ZONES if any(_holds(cover, zone) for cover in covered)
+                )
 
     def _forward(self, directive: Directive, zones: list[str]) -> None:
         self.upstreams, self.upstreams_from, tcp = self._forward_targets(directive, zones)
@@ -679,6 +687,8 @@ class _Reader:
             context=self.context or base.context,
             api_endpoint=self.api_endpoint,
             cluster_fallthrough=self.cluster_fallthrough,
+            reverse_zones=self.reverse_zones,
+            reverse_fallthrough=self.reverse_fallthrough,
             publish=self.publish,
             watch=dataclasses.replace(self.watch, watch_pods=watch_pods),
             listen=listen,

@@ -519,6 +519,42 @@ OPTION_DIFFERENCES: dict[tuple[str, str], str] = {
 }
 
 
+def _reverse_questions() -> list[tuple[str, str]]:
+    """PTRs of Services' and Pods' addresses and of addresses nothing holds, in both families, and
+    the SOAs of the reverse zones."""
+    addresses = ("10.96.0.5", "10.96.0.6", "10.244.1.2", "10.96.0.99", "192.0.2.9", "fd00::99", "2001:db8::1")
+    questions = [(ipaddress.ip_address(address).reverse_pointer, "PTR") for address in addresses]
+    return [*questions, ("in-addr.arpa", "SOA"), ("ip6.arpa", "SOA"), ("web.prod.svc.cluster.local", "A")]
+
+
+@pytest.mark.parametrize(
+    ("kubernetes", "fallthrough"),
+    [
+        ("kubernetes cluster.local in-addr.arpa ip6.arpa", ""),  # NXDOMAIN for what it holds nothing of
+        ("kubernetes cluster.local in-addr.arpa ip6.arpa", "fallthrough ip6.arpa"),  # one zone goes on
+        ("kubernetes cluster.local", ""),  # the reverse zones are not its own: forwarded
+    ],
+)
+def test_reverse_zones_answer_as_the_kubernetes_line_lists_them(
+    api: RealApiServer, tmp_path: Path, kubernetes: str, fallthrough: str
+) -> None:
+    """CoreDNS's kubernetes plugin serves the reverse zones its line lists, and hands on the
+    names it holds nothing of only in the zones its `fallthrough` covers (kubeadm's covers both):
+    a reverse name elsewhere is NXDOMAIN with the reverse zone's SOA, or, in a zone it does not
+    list, the next block's (forwarded)."""
+    upstream = FakeUpstream()
+    try:
+        text = _on_loopback(KUBEADM_COREFILE.read_text(), api.kubeconfig(tmp_path / "kubeconfig"), upstream)
+        text = text.replace("kubernetes cluster.local in-addr.arpa ip6.arpa {", kubernetes + " {")
+        covered = f"       {fallthrough}\n" if fallthrough else ""
+        text = text.replace("       fallthrough in-addr.arpa ip6.arpa\n", covered)
+        assert kubernetes + " {" in text
+        differences = _differences(tmp_path, text, {}, _reverse_questions(), {})
+        assert differences == [], "\n".join(differences)
+    finally:
+        upstream.close()
+
+
 def test_the_query_log_is_corednss_line_for_line(api: RealApiServer, tmp_path: Path) -> None:
     """The `log` plugin's lines as CoreDNS writes them (the common format; a scope with the
     `denial` class; a format of one's own), for the same queries with the same IDs; the client's

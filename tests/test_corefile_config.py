@@ -28,6 +28,25 @@ def _read(text: str, ipv6: bool = True, base: ServeConfig | None = None) -> Core
     )
 
 
+@pytest.mark.parametrize(
+    ("line", "covered", "zones", "through"),
+    [
+        ("kubernetes cluster.local in-addr.arpa ip6.arpa", "fallthrough in-addr.arpa ip6.arpa", 2, 2),
+        ("kubernetes cluster.local in-addr.arpa ip6.arpa", "", 2, 0),
+        ("kubernetes cluster.local in-addr.arpa ip6.arpa", "fallthrough ip6.arpa", 2, 1),
+        ("kubernetes cluster.local in-addr.arpa ip6.arpa", "fallthrough", 2, 2),
+        ("kubernetes cluster.local", "", 0, 0),
+    ],
+)
+def test_the_reverse_zones_are_those_the_kubernetes_line_lists_and_go_on_where_fallthrough_covers_them(
+    line: str, covered: str, zones: int, through: int
+) -> None:
+    config = _read(f".:53 {{\n  {line} {{\n    {covered}\n  }}\n}}\n").config
+    assert config.reverse_zones == ("in-addr.arpa", "ip6.arpa")[:zones]
+    assert len(config.reverse_fallthrough) == through
+    assert config.cluster_fallthrough == (covered == "fallthrough")
+
+
 def _refused(text: str) -> str:
     with pytest.raises(CorefileError) as raised:
         _read(text)

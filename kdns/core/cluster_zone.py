@@ -11,7 +11,8 @@ reverse zones from the zone index, as prepared when the cluster changed.
   has listed once, SERVFAIL, which resolvers retry, rather than an NXDOMAIN or NODATA they would
   cache (SPEC-NOTES 5.1).
 - A reverse name the zone holds nothing for goes on to the next stage (CoreDNS's `fallthrough
-  in-addr.arpa ip6.arpa`): the forward cache and the upstreams.
+  in-addr.arpa ip6.arpa`, kubeadm's): the forward cache and the upstreams; in a reverse zone
+  without that fallthrough, NXDOMAIN with the reverse zone's SOA (CoreDNS's `errNoItems`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 
 from kdns.core import chase, rdata
 from kdns.core.message import NXDOMAIN, RCODE_MASK, SERVFAIL
+from kdns.core.names import REVERSE_ZONES, at_label_boundary, to_wire
 from kdns.core.stage import (
     KEEP_FROM_ZONE,
     Next,
@@ -46,14 +48,18 @@ class ClusterZone:
         synced: Callable[[], bool],
         resolve: Next | None = None,
         fallthrough: bool = False,
+        reverse_fallthrough: tuple[str, ...] = REVERSE_ZONES,
     ) -> None:
         """`fallthrough`: a cluster name that does not exist goes on to the next stage instead
-        of NXDOMAIN (CoreDNS's `fallthrough` covering the cluster domain)."""
+        of NXDOMAIN (CoreDNS's `fallthrough` covering the cluster domain); `reverse_fallthrough`:
+        the reverse zones whose names the zone holds nothing of go on (by default both, as
+        kubeadm's `fallthrough in-addr.arpa ip6.arpa`), the others' are NXDOMAIN."""
         self.zone = zone
         self._options = options
         self._synced = synced
         self._resolve = resolve
         self._fallthrough = fallthrough
+        self._reverse_fallthrough = tuple(to_wire(apex) for apex in reverse_fallthrough)
         self._prepared = zone.prepared  # read directly: one dictionary lookup a question
 
     def serve(self, request: Request, next: Next) -> Outcome:
@@ -69,8 +75,13 @@ class ClusterZone:
             if chased is not None:
                 return chased
         answer = zone.answer(key, qtype)
-        if answer is None:
-            return next(request)  # not the zone's: a reverse name it holds nothing for
+        if answer is None:  # a reverse name it holds nothing for
+            missing = None if self._hands_on(key) else zone.missing_reverse(key)
+            if missing is None:
+                return next(request)
+            if not self._synced():
+                return status(request, SERVFAIL, self._options)
+            return answered(request, missing, self._options, KEEP_FROM_ZONE)
         if not answer.answer_count and not self._synced():
             return status(request, SERVFAIL, self._options)
         if self._fallthrough and answer.rcode == NXDOMAIN:
@@ -78,6 +89,12 @@ class ClusterZone:
         # Kept only if it is an answer the zone holds, not one made for this question (pods).
         keep = KEEP_FROM_ZONE if zone.answer(key, qtype) is answer else None
         return answered(request, answer, self._options, keep)
+
+    def _hands_on(self, key: bytes) -> bool:
+        """Whether `key` is in a reverse zone whose missing names go on: O(reverse zones)."""
+        return any(
+            key.endswith(apex) and at_label_boundary(key, len(key) - len(apex)) for apex in self._reverse_fallthrough
+        )
 
     def _chase(self, request: Request, target: bytes) -> Outcome | None:
         """An ExternalName's CNAME and its target's records; None for the CNAME alone."""

@@ -149,6 +149,7 @@ class Zone:
         self._negatives: dict[tuple[int, bytes, int], Answer] = {}
         self._soa_times = b""  # the SOA's five 32-bit fields, from the serial on
         self._soa_answer: Answer | None = None
+        self._reverse_soas: dict[bytes, Answer] = {}  # by apex: at most one each of REVERSE_ZONES
         self._addresses_memo: dict[bytes, list[bytes]] | None = None  # set only inside `replace`
         # The encoded records of each answer set of over LARGE_SET records, by (name, type): an
         # event on a Service of thousands of endpoints changes a few of them, and encoding the
@@ -176,8 +177,8 @@ class Zone:
         apex = self._apex_of(key)
         if apex is None:
             return None
-        if qtype == rdata.SOA and key == self._domain_key:
-            return self._soa_answer
+        if qtype == rdata.SOA and key == apex:
+            return self._soa_answer if apex == self._domain_key else self._reverse_soa(apex)
         node = self._nodes.get(key)
         if node is not None:
             if qtype == rdata.ANY or node.on_demand():
@@ -192,8 +193,26 @@ class Zone:
             pod = self._pod_answer(key, qtype)
             return pod if pod is not None else self._negative(NXDOMAIN, key, apex)
         # A reverse name we hold nothing for: CoreDNS's kubeadm Corefile falls through to the
-        # forwarder (`fallthrough in-addr.arpa ip6.arpa`), so it is not ours to answer.
+        # forwarder (`fallthrough in-addr.arpa ip6.arpa`); without that, `missing_reverse`.
         return None
+
+    def missing_reverse(self, key: bytes) -> Answer | None:
+        """NXDOMAIN for a name of a reverse zone the zone holds nothing of, with that zone's SOA
+        (CoreDNS's kubernetes plugin without `fallthrough` for the zone: `errNoItems`); None for
+        a name outside the reverse zones."""
+        apex = self._apex_of(key)
+        if apex is None or apex == self._domain_key:
+            return None
+        return self._negative(NXDOMAIN, key, apex)
+
+    def _reverse_soa(self, apex: bytes) -> Answer:
+        """The SOA of a reverse zone, asked at its apex (CoreDNS's `plugin.SOA` for that zone):
+        made on first use, dropped when the serial moves."""
+        found = self._reverse_soas.get(apex)
+        if found is None:
+            record = self.soa(from_wire(apex))
+            found = self._reverse_soas[apex] = Answer(NOERROR, 1, 0, 0, encode_rr(QUESTION_POINTER, record, self.ttl))
+        return found
 
     def name_count(self) -> int:
         """Names held in the index (names given on demand below a parent not counted)."""
@@ -257,7 +276,8 @@ class Zone:
         found = self._negatives.get(memo)
         if found is None:
             pointer = struct.pack("!H", 0xC000 | offset)
-            names = b"".join(_compressed(to_wire(name), apex, pointer) for name in (self._soa_mname, self._soa_rname))
+            apex_text = self.domain if apex == self._domain_key else from_wire(apex)
+            names = b"".join(_compressed(to_wire(name), apex, pointer) for name in _soa_names(apex_text))
             rdata_bytes = names + self._soa_times
             record = pointer + struct.pack("!HHIH", rdata.SOA, rdata.CLASS_IN, self.ttl, len(rdata_bytes))
             found = self._negatives[memo] = Answer(rcode, 0, 1, 0, record + rdata_bytes)
@@ -336,19 +356,11 @@ class Zone:
                 self._children_parent[contributor] = records.parent
                 return
 
-    @property
-    def _soa_mname(self) -> str:
-        return f"ns.dns.{self.domain}"  # CoreDNS's
-
-    @property
-    def _soa_rname(self) -> str:
-        return f"hostmaster.{self.domain}"  # CoreDNS's
-
-    def soa(self) -> Record:
-        """CoreDNS's SOA: `ns.dns.<zone>. hostmaster.<zone>.`, negative TTL equal to the TTL."""
-        return rdata.SOAFields(
-            mname=self._soa_mname, rname=self._soa_rname, serial=self.serial, minimum=self.ttl
-        ).record()
+    def soa(self, apex: str | None = None) -> Record:
+        """CoreDNS's SOA of the cluster domain (or of the reverse zone `apex`): `ns.dns.<zone>.
+        hostmaster.<zone>.`, negative TTL equal to the TTL."""
+        mname, rname = _soa_names(self.domain if apex is None else apex)
+        return rdata.SOAFields(mname=mname, rname=rname, serial=self.serial, minimum=self.ttl).record()
 
     def set_serial(self, serial: int) -> None:
         """Set the SOA serial and rebuild the answers that carry the SOA."""
@@ -358,6 +370,7 @@ class Zone:
         # Negative answers carry the SOA with its TTL equal to its minimum, the zone's TTL (RFC
         # 2308 3: the negative TTL is the lesser of the two): made again on first use.
         self._negatives.clear()
+        self._reverse_soas.clear()
         self._soa_times = soa.rdata[-20:]
         answer = encode_rr(QUESTION_POINTER, soa, self.ttl)
         self._soa_answer = Answer(NOERROR, 1, 0, 0, answer)
@@ -556,3 +569,9 @@ def _has_targets(records: Contribution) -> bool:
 
 
 _RTYPE = attrgetter("rtype")
+
+
+def _soa_names(apex: str) -> tuple[str, str]:
+    """The SOA's MNAME and RNAME of a zone: CoreDNS's `ns.dns.<zone>` and `hostmaster.<zone>`
+    (plugin/backend_lookup.go `SOA`)."""
+    return f"ns.dns.{apex}", f"hostmaster.{apex}"

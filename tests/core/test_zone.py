@@ -40,6 +40,21 @@ def test_names_outside_the_zones_and_unheld_reverse_names_are_not_ours() -> None
     assert zone.in_zones(to_wire("x.cluster.local")) and not zone.in_zones(to_wire("x.example"))
 
 
+def test_an_unheld_reverse_name_without_fallthrough_is_nxdomain_with_that_zones_soa_as_coredns() -> None:
+    """CoreDNS's kubernetes plugin, a reverse zone without `fallthrough`: `errNoItems`, NXDOMAIN
+    with the reverse zone's SOA (`ns.dns.in-addr.arpa. hostmaster.in-addr.arpa.`, names
+    compressed against the question); asked at the reverse apex, that SOA."""
+    zone = _zone()
+    missing = zone.missing_reverse(to_wire("9.9.9.9.in-addr.arpa"))
+    assert missing is not None and missing.rcode == NXDOMAIN and missing.authority_count == 1
+    assert b"\x02ns\x03dns\xc0" in missing.records and b"\x0ahostmaster\xc0" in missing.records
+    assert zone.missing_reverse(to_wire("nope.prod.svc.cluster.local")) is None  # the domain's own
+    assert zone.missing_reverse(to_wire("www.example.com")) is None
+    soa = zone.answer(to_wire("ip6.arpa"), rdata.SOA)
+    assert soa is not None and soa.answer_count == 1
+    assert b"\x02ns\x03dns\x03ip6\x04arpa\x00" in soa.records and b"cluster" not in soa.records
+
+
 def test_withdrawing_a_contribution_removes_its_names() -> None:
     zone = _zone()
     zone.replace(("svc", "web"), {})
