@@ -9,12 +9,12 @@ import functools
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
 from kdns.address import SocketAddress
-from kdns.config import ServeConfig
+from kdns.config import BlockPlugins, HostsConfig, ServeConfig
 from kdns.core.any import AnyStage
 from kdns.core.autopath import Autopath, AutopathStage
 from kdns.core.blocks import ServerBlock, ServerBlocks
@@ -24,6 +24,7 @@ from kdns.core.forwarding import CacheStage, ForwardStage
 from kdns.core.hosts import HostsSource, HostsStage
 from kdns.core.loadbalance import LoadBalance
 from kdns.core.loop import LoopProbes, LoopStage
+from kdns.core.message import SERVFAIL
 from kdns.core.model import IPAddress
 from kdns.core.names import REVERSE_ZONES, to_wire
 from kdns.core.rewrite import RewriteStage
@@ -105,6 +106,16 @@ def pipeline_for(
     if hosts is not None:
         state.add_stores("hosts", lambda: {"hosts": hosts.figures()})
         background.append(hosts.run)
+    stub_hosts: dict[str, HostsSource] = {}
+    followed: dict[HostsConfig, HostsFile] = {}  # one a stub block's `hosts`, whatever its zones
+    for stub, plugins in config.stub_plugins:  # each file within its own budget
+        if plugins.hosts is None:
+            continue
+        if plugins.hosts not in followed:
+            file = followed[plugins.hosts] = HostsFile(plugins.hosts)
+            state.add_stores(f"hosts {stub}", lambda file=file: {"hosts": file.figures()})  # type: ignore[misc]
+            background.append(file.run)
+        stub_hosts[stub] = followed[plugins.hosts].source
     if config.consolidate:
         background.append(functools.partial(CONSOLIDATING.consolidated, config.consolidate))
     autopath = None
@@ -122,6 +133,9 @@ def pipeline_for(
         count_autopath=state.queries.count_autopath,
         default_upstreams=bool(config.forward.upstreams),
         stub_domains=[domain for domain, _ in config.forward.stubs],
+        unforwarded=[domain for domain, upstreams in config.forward.stubs if not upstreams],
+        stub_plugins=dict(config.stub_plugins),
+        stub_hosts=stub_hosts,
         loadbalance=config.loadbalance,
         hosts=hosts.source if hosts is not None else None,
         answer_any=config.answer_any,
@@ -158,6 +172,9 @@ def server_blocks(
     count_autopath: Callable[[], None] = lambda: None,
     default_upstreams: bool = True,
     stub_domains: Sequence[str] = (),
+    unforwarded: Sequence[str] = (),
+    stub_plugins: Mapping[str, BlockPlugins] | None = None,
+    stub_hosts: Mapping[str, HostsSource] | None = None,
     loadbalance: bool = False,
     hosts: HostsSource | None = None,
     answer_any: bool = False,
@@ -176,7 +193,10 @@ def server_blocks(
       cache and the default upstreams (CoreDNS's `fallthrough in-addr.arpa ip6.arpa`; cluster
       names never reach the cache, as kubeadm's `disable success|denial cluster.local`); a
       reverse zone not in `reverse_zones` is the root block's, as in CoreDNS;
-    - each stub domain: the forward cache and its own upstreams (group 1, 2, ...);
+    - each stub domain: the forward cache and its own upstreams (group 1, 2, ...); a Corefile's
+      stub block (in `stub_plugins`) first answers with its own plugins (in CoreDNS's order: any,
+      loadbalance, rewrite, template, hosts from `stub_hosts`; a rewritten question goes on
+      down the same block), and one in `unforwarded` ends in SERVFAIL where CoreDNS's chain ends;
     - the root: the forward cache and the default upstreams (group 0); with none, nothing:
       REFUSED.
 
@@ -217,6 +237,21 @@ def server_blocks(
         stages += [LoadBalance()] if loadbalance else []
         return stages + ([rewrite_stage] if rewrite_stage is not None and in_main else [])
 
+    stubs: dict[str, ServerBlock] = {}  # the stub blocks, once built, for their rewritten questions
+
+    def stub_stages(zone: str, resolve: Next) -> list[Stage]:
+        plugins = (stub_plugins or {}).get(zone)
+        if plugins is None:  # a stub domain given by flags: the main block's any and loadbalance
+            return first_stages(False)
+        stages: list[Stage] = [AnyStage(options)] if plugins.answer_any else []
+        stages += [LoadBalance()] if plugins.loadbalance else []
+        if plugins.rewrite:
+            goes_on: Next = lambda request: stubs[zone].after(RewriteStage)(request)  # noqa: E731  # the same block
+            stages.append(RewriteStage(plugins.rewrite, options, goes_on))
+        stages += [TemplateStage(plugins.templates, options, resolve)] if plugins.templates else []
+        hosts_of_stub = (stub_hosts or {}).get(zone)
+        return stages + ([HostsStage(hosts_of_stub, options)] if hosts_of_stub is not None else [])
+
     def build(resolve: Next) -> list[ServerBlock]:
         blocks = []
         if zone is not None:
@@ -233,7 +268,13 @@ def server_blocks(
             main["cluster"] = ServerBlock((domain, *reverse_zones), stages, options, default)
             blocks.append(main["cluster"])
         for group, stub in enumerate(stub_domains, 1):
-            blocks.append(ServerBlock((stub,), first_stages(False) + forwarding_stages(group), options, group))
+            own = stub_stages(stub, resolve)
+            if stub in unforwarded:
+                block = ServerBlock((stub,), own, options, None, end=SERVFAIL)
+            else:
+                block = ServerBlock((stub,), own + forwarding_stages(group), options, group)
+            stubs[stub] = block
+            blocks.append(block)
         root = first_stages() + ([TemplateStage(templates, options, resolve)] if templates else [])
         root += [HostsStage(hosts, options)] if hosts is not None else []
         main["root"] = ServerBlock((".",), root + forwarding_stages(default), options, default)

@@ -202,6 +202,20 @@ class HostsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockPlugins:
+    """What a Corefile's server block of its own zones (a stub domain) answers with before it
+    forwards, in CoreDNS's plugin order: any, loadbalance, rewrite, template, hosts. A stub
+    domain given by flags has none of its own: it takes the main block's `any` and
+    `loadbalance`."""
+
+    answer_any: bool = False
+    loadbalance: bool = False
+    rewrite: tuple[RewriteRule, ...] = ()
+    templates: tuple[Template, ...] = ()
+    hosts: HostsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     snapshot: Path | None  # None: follow a live cluster
     kubeconfig: str | None
@@ -245,6 +259,10 @@ class ServeConfig:
     reverse_fallthrough: tuple[str, ...] = REVERSE_ZONES
     rewrite: tuple[RewriteRule, ...] = ()  # questions asked under another name (CoreDNS's `rewrite`)
     templates: tuple[Template, ...] = ()  # answers made from patterns (CoreDNS's `template`)
+    # A Corefile's stub-domain blocks' own plugins, by zone (`forward.stubs` has their upstreams,
+    # none for a block that does not forward: what it does not answer is SERVFAIL, as CoreDNS's
+    # end of a plugin chain).
+    stub_plugins: tuple[tuple[str, BlockPlugins], ...] = ()
 
 
 # Settings a reload applies at once; every other change waits for a restart (logged as such).

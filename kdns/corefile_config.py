@@ -110,9 +110,10 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "rewrite": (),
     "template": ("match", "answer", "additional", "authority", "rcode", "ederror", "fallthrough", "upstream"),
 }
-# What a block of its own zone (a stub domain) may hold: its upstreams, and what kdns does for
-# every block anyway.
-STUB_PLUGINS = ("bind", "bufsize", "cache", "errors", "forward", "log", "loop")
+# What a block of its own zone (a stub domain) may hold: its upstreams, what kdns does for every
+# block anyway, and the plugins that answer in it (`BLOCK_PLUGINS`).
+BLOCK_PLUGINS = ("any", "loadbalance", "rewrite", "template", "hosts")
+STUB_PLUGINS = ("bind", "bufsize", "cache", "errors", "forward", "log", "loop", *BLOCK_PLUGINS)
 REPEATABLE = {"bind", "log", "rewrite", "template"}  # every other plugin is used once in a block, as CoreDNS requires
 
 
@@ -240,6 +241,7 @@ class _Reader:
         self.tcp_upstreams: tuple[SocketAddress, ...] = ()
         self.excepted: tuple[str, ...] = ()
         self.stubs: list[tuple[str, tuple[SocketAddress, ...]]] = []
+        self.stub_plugins: list[tuple[str, config.BlockPlugins]] = []
         self.cache: _Cache | None = None
         self.hosts_config: config.HostsConfig | None = None
         self.answer_any = False
@@ -264,17 +266,31 @@ class _Reader:
                 raise directive.error(
                     f"in a block without kubernetes, kdns serves {', '.join(STUB_PLUGINS)} (a stub domain)"
                 )
-        forwards = [d for d in block.directives if d.name == "forward"]
-        if not forwards:
-            raise CorefileError(f"{block.where}: a block without kubernetes forwards its zones (forward . ADDR...)")
         if "." in zones:
             raise CorefileError(f"{block.where}: a second block for the root zone (.)")
-        for option in forwards[0].block:
-            if option.name == "except":
-                raise option.error("kdns takes except in the main block's forward only")
-        upstreams, _, _ = self._forward_targets(forwards[0], zones)
+        upstreams: tuple[SocketAddress, ...] = ()  # none: what its plugins leave is SERVFAIL, as CoreDNS's
+        for forward in (d for d in block.directives if d.name == "forward"):
+            for option in forward.block:
+                if option.name == "except":
+                    raise option.error("kdns takes except in the main block's forward only")
+            upstreams, _, _ = self._forward_targets(forward, zones)
+        # Its own plugins, read as the main block's are (each within the block's zones).
+        own = _Reader(self.base, self.port, self.ipv6)
+        own.cluster_domain = self.cluster_domain
+        for directive in block.directives:
+            if directive.name in BLOCK_PLUGINS:
+                own.directive(directive, zones)
+        self.notes += own.notes
+        plugins = config.BlockPlugins(
+            answer_any=own.answer_any,
+            loadbalance=own.loadbalance,
+            rewrite=tuple(own.rewrite),
+            templates=tuple(own.templates),
+            hosts=own.hosts_config,
+        )
         for zone in zones:
             self.stubs.append((zone, upstreams))
+            self.stub_plugins.append((zone, plugins))
         for directive in block.directives:
             if directive.name == "log":
                 self._log(directive, zones)
@@ -713,6 +729,7 @@ class _Reader:
             answer_any=self.answer_any,
             rewrite=tuple(self.rewrite),
             templates=tuple(self.templates),
+            stub_plugins=tuple(self.stub_plugins),
         )
 
     def _ops_address(self, directive: Directive, default: str) -> SocketAddress:

@@ -289,6 +289,74 @@ def test_a_k3s_corefile_with_nodehosts_and_custom_imports_gives_the_same_answers
         corporate.close()
 
 
+_ANY_ONE_RRSET = "kdns answers ANY at a cluster name with one RRset (RFC 8482 4.1); CoreDNS's kubernetes, NODATA"
+STUB_BLOCKS = """\
+lan:{PORT} {
+    bind 127.0.0.1
+    errors
+    hosts {
+        10.0.0.7 printer.lan
+        fd00::7 printer.lan
+        fallthrough
+    }
+    template IN A lan {
+        match "^wild-(?P<n>[0-9]+)\\.lan\\.$"
+        answer "{{ .Name }} 60 IN A 10.0.1.{{ .Group.n }}"
+        fallthrough
+    }
+    loadbalance
+    forward . UPSTREAM
+}
+corp.example:{PORT} {
+    bind 127.0.0.1
+    any
+    rewrite name exact old.corp.example new.corp.example
+    template IN TXT corp.example {
+        answer "{{ .Name }} 60 IN TXT \\"from the template\\""
+    }
+    forward . CORPORATE
+}
+apps.test:{PORT} {
+    bind 127.0.0.1
+    template IN A apps.test {
+        answer "{{ .Name }} 60 IN A 10.0.0.10"
+    }
+    hosts {
+        10.0.0.11 fixed.apps.test
+    }
+}
+"""
+
+
+def test_stub_blocks_with_their_own_plugins_give_the_same_answers(api: RealApiServer, tmp_path: Path) -> None:
+    """Server blocks of their own zones (as `import custom/*.server` brings them) with hosts,
+    template, rewrite, any and loadbalance of their own, one that forwards nothing (what its
+    plugins leave is SERVFAIL, CoreDNS's end of a chain): each block answers with its own."""
+    upstream, corporate = FakeUpstream(), FakeUpstream("198.51.100.7")
+    try:
+        text = _on_loopback(KUBEADM_COREFILE.read_text(), api.kubeconfig(tmp_path / "kubeconfig"), upstream)
+        text += STUB_BLOCKS.replace("UPSTREAM", upstream.spec).replace("CORPORATE", corporate.spec)
+        names = (
+            "printer.lan",
+            "wild-42.lan",
+            "other.lan",
+            "old.corp.example",
+            "www.corp.example",
+            "anything.apps.test",
+            "fixed.apps.test",
+            "web.prod.svc.cluster.local",
+            "printer.example.com",
+        )
+        questions = [(name, rdtype) for name in names for rdtype in ("A", "AAAA", "TXT", "ANY")]
+        questions += [("7.0.0.10.in-addr.arpa", "PTR")]
+        kept = KEPT_DIFFERENCES | {("web.prod.svc.cluster.local", "ANY"): _ANY_ONE_RRSET}
+        differences = _differences(tmp_path, text, {}, questions, kept)
+        assert differences == [], "\n".join(differences)
+    finally:
+        upstream.close()
+        corporate.close()
+
+
 REWRITES = """\
     rewrite name exact api.example.org web.prod.svc.cluster.local
     rewrite name suffix .apps.example.org .prod.svc.cluster.local answer auto

@@ -210,6 +210,35 @@ corp.example:53 consul.local:53 {
     assert config.forward.stubs == (("corp.example", upstreams), ("consul.local", upstreams))
 
 
+def test_a_block_of_its_own_zone_answers_with_its_own_plugins_and_may_forward_nothing() -> None:
+    config = _read(
+        """\
+.:53 {
+    kubernetes cluster.local in-addr.arpa ip6.arpa
+    forward . 10.0.0.2
+}
+lan:53 {
+    any
+    loadbalance
+    rewrite name exact old.lan new.lan
+    template IN A lan {
+        answer "{{ .Name }} 60 IN A 10.0.0.9"
+    }
+    hosts {
+        10.0.0.7 printer.lan
+    }
+}
+""",
+    ).config
+    assert config.forward.stubs == (("lan", ()),)  # no forward: SERVFAIL for what its plugins leave
+    ((zone, plugins),) = config.stub_plugins
+    assert zone == "lan" and plugins.answer_any and plugins.loadbalance
+    assert len(plugins.rewrite) == 1 and len(plugins.templates) == 1
+    hosts = plugins.hosts
+    assert hosts is not None and hosts.zones == ("lan",) and hosts.inline == ("10.0.0.7 printer.lan",)
+    assert not config.answer_any and not config.loadbalance and config.hosts is None  # the main block's own
+
+
 def test_a_corefile_without_kubernetes_is_a_forwarding_cache() -> None:
     config = _read(".:53 {\n  forward . 10.0.0.2\n  cache 30\n}\n").config
     assert config.node_cache and config.forward.upstreams == (SocketAddress("10.0.0.2", 53),)

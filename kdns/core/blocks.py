@@ -17,15 +17,22 @@ from kdns.core.stage import Next, Outcome, ReplyOptions, Request, Stage, status
 
 class ServerBlock:
     """Zones (text, `.` for the root) and the stages that serve them, in order. `serve` walks
-    the chain; a request that the last stage hands on is REFUSED (nothing serves it).
+    the chain; a request that the last stage hands on gets `end` (REFUSED: nothing serves it;
+    a Corefile's block that does not forward, SERVFAIL, CoreDNS's `plugin.NextOrFailure`).
     `upstreams`: the transport's group its forwarding stage asks (None: it forwards nothing), for
     the forward cache's refreshes."""
 
     def __init__(
-        self, zones: Sequence[str], stages: Sequence[Stage], options: ReplyOptions, upstreams: int | None = None
+        self,
+        zones: Sequence[str],
+        stages: Sequence[Stage],
+        options: ReplyOptions,
+        upstreams: int | None = None,
+        end: int = REFUSED,
     ) -> None:
         self.zones = tuple(zones)
         self.upstreams = upstreams
+        self._end_rcode = end
         self.keys = tuple(to_wire(zone) for zone in zones)
         self.stages = tuple(stages)
         self._options = options
@@ -53,7 +60,7 @@ class ServerBlock:
         )
 
     def _end(self, request: Request) -> Outcome:
-        return status(request, REFUSED, self._options)
+        return status(request, self._end_rcode, self._options)
 
     def __repr__(self) -> str:
         return f"ServerBlock({' '.join(self.zones)}: {', '.join(type(stage).__name__ for stage in self.stages)})"
