@@ -5,9 +5,16 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from kdns.errors import KdnsError
+
+# The address a query came in on, for a log format's `{local}` (CoreDNS's `state.LocalIP()`: the
+# UDP socket's bound address, a TCP connection's own). Set once by each UDP listener's task and
+# each TCP connection's, inherited by the tasks they start, read only when a query log line is
+# written: nothing on the hot path.
+LOCAL_ADDRESS: ContextVar[str] = ContextVar("kdns_local_address", default="")
 
 
 @dataclass(frozen=True, slots=True)

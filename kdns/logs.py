@@ -13,7 +13,6 @@ import struct
 import sys
 import time
 from collections.abc import Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import trio
 from dnslib import CLASS, QTYPE, RCODE, DNSError, DNSRecord
 
+from kdns.address import LOCAL_ADDRESS
 from kdns.config import Consolidate
 from kdns.core import logformat, wire
 from kdns.core.logformat import LogRule
@@ -29,11 +29,6 @@ from kdns.core.names import presentation
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUERY_LOGGER = "kdns.queries"
-# The address a query came in on, for a log format's `{local}` (CoreDNS's `state.LocalIP()`: the
-# UDP socket's bound address, a TCP connection's own). Set once by each UDP listener's task and
-# each TCP connection's, inherited by the tasks they start, read only when a line is written:
-# nothing on the hot path.
-LOCAL_ADDRESS: ContextVar[str] = ContextVar("kdns_local_address", default="")
 
 
 class JsonFormatter(logging.Formatter):

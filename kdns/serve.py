@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 import trio
 
-from kdns.address import SocketAddress
+from kdns.address import LOCAL_ADDRESS, SocketAddress
 from kdns.config import TcpLimits
 from kdns.connections import BufferBudget, ConnectionTable, Slot
 from kdns.core.message import frame, framed_length
 from kdns.core.stage import ClientAddress
 from kdns.errors import KdnsError
-from kdns.logs import LOCAL_ADDRESS
 from kdns.pipeline import Pending, Pipeline
 from kdns.state import State
 
