@@ -85,7 +85,7 @@ def main() -> int:
         store, spent = sync(lists)
         total = time.perf_counter() - started
         shares = " ".join(f"{spent[phase]:7.2f} ({spent[phase] / total:4.0%})" for phase in PHASES)
-        print(f"{services:>9} {len(store.zone.prepared):>8} {total:>8.2f} {shares}")
+        print(f"{services:>9} {store.zone.name_count():>8} {total:>8.2f} {shares}")
         del store
     if args.profile:
         profile = cProfile.Profile()

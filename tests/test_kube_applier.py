@@ -27,7 +27,7 @@ def _address(store: ClusterStore, name: str) -> list[str]:
 def test_relist_adds_updates_and_deletes_by_difference() -> None:
     store, applier = _applier()
     applier.reconcile("Service", None, [service("a", "keep", ["10.96.0.1"]), service("a", "gone", ["10.96.0.2"])])
-    keep_answer = store.zone.prepared[(b"\x04keep\x01a\x03svc\x07cluster\x05local\x00", 1)]
+    keep_answer = store.zone.answer(b"\x04keep\x01a\x03svc\x07cluster\x05local\x00", 1)  # asked: made and kept
     applier.reconcile("Service", None, [service("a", "keep", ["10.96.0.1"]), service("a", "new", ["10.96.0.3"])])
     assert rcode(ask(store, "gone.a.svc.cluster.local")) == "NXDOMAIN"
     assert _address(store, "new.a.svc.cluster.local") == ["10.96.0.3"]

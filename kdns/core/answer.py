@@ -35,8 +35,8 @@ class Answer:
         flags: int = QR | AA,  # authoritative, as for every name of our zones
     ) -> None:
         self.flags = flags | rcode
-        self.counts = _counts(answer_count, authority_count, additional_count)
-        self.counts_with_opt = _counts(answer_count, authority_count, additional_count + 1)
+        # One lookup for both: answers are made on a query's first use (`zone.Zone.answer`).
+        self.counts, self.counts_with_opt = _count_pair(answer_count, authority_count, additional_count)
         self.records = records
         self.ends = ends
 
@@ -55,6 +55,12 @@ class Answer:
     @property
     def additional_count(self) -> int:
         return self.counts[6] << 8 | self.counts[7]
+
+
+@functools.cache
+def _count_pair(answers: int, authority: int, additional: int) -> tuple[bytes, bytes]:
+    """The section counts without an OPT record and with one (`_counts`), shared."""
+    return _counts(answers, authority, additional), _counts(answers, authority, additional + 1)
 
 
 @functools.cache

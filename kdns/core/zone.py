@@ -1,10 +1,14 @@
-"""The zone index: (name, type) -> a prepared answer, rebuilt per change for the names it touches.
+"""The zone index: every owner name with its records, and (name, type) -> an answer, made on first use.
 
 Every object of the cluster contributes a set of owner names with their records (see
 `kdns.core.records`). `Zone.replace(contributor, record_sets)` swaps one contributor's records
-and rebuilds the prepared answers of the names that changed, so that a query is a dictionary
-lookup. A contributor may instead give some names' records on demand (`OnDemandRecords`): those
-names exist in the index, but their answers are made when asked.
+and re-indexes the names that changed (which exist, with which types), dropping their answers.
+An answer is encoded when a question first asks for it and kept in `prepared` until its name
+changes, so that every later query is a dictionary lookup: a sync indexes names and encodes
+nothing (at 10,000 Services encoding every answer was a third of the publishing, and the answers
+most of a zone's memory that no one ever asks for). A contributor may instead give some names'
+records on demand (`OnDemandRecords`): those names exist in the index, and their answers are made
+each time they are asked.
 
 The zone is a plain synchronous object: in the trio program a change is applied between two
 awaits, so readers see the zone before or after a change, never in between.
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from itertools import accumulate, groupby
+from itertools import accumulate
 from operator import attrgetter
 
 from kdns.core import rdata
@@ -131,8 +135,10 @@ class Zone:
         self.apexes = tuple(to_wire(apex) for apex in (self.domain, *REVERSE_ZONES))
         self._domain_key = self.apexes[0]
         self._pod_suffix = to_wire(f"pod.{self.domain}")
-        # (lowercased wire name, type) -> answer, for every name and type that has records. The
-        # cluster zone stage reads it directly; everything else about a name goes through `answer`.
+        # (lowercased wire name, type) -> answer, for each name and type with records that has
+        # been asked (`answer` makes it on first use; a change to the name drops it): at most one
+        # per (name, type) the index holds. The cluster zone stage reads it directly; everything
+        # else about a name goes through `answer`.
         self.prepared: dict[tuple[bytes, int], Answer] = {}
         self._cname: dict[bytes, Answer] = {}
         self._nodes: dict[bytes, _Node] = {}
@@ -174,12 +180,14 @@ class Zone:
         cname = self._cname.get(key)
         if cname is not None:
             return cname  # RFC 1034 3.6.2: a CNAME answers every type
+        node = self._nodes.get(key)
+        if node is not None and qtype in node.types:  # first asked since the name last changed
+            return self._made(key, node, qtype)
         apex = self._apex_of(key)
         if apex is None:
             return None
         if qtype == rdata.SOA and key == apex:
             return self._soa_answer if apex == self._domain_key else self._reverse_soa(apex)
-        node = self._nodes.get(key)
         if node is not None:
             if qtype == rdata.ANY or node.on_demand():
                 return self._answer_from(key, _merged(key, node), qtype, apex)
@@ -195,6 +203,19 @@ class Zone:
         # A reverse name we hold nothing for: CoreDNS's kubeadm Corefile falls through to the
         # forwarder (`fallthrough in-addr.arpa ip6.arpa`); without that, `missing_reverse`.
         return None
+
+    def _made(self, key: bytes, node: _Node, qtype: int) -> Answer:
+        """The answer of type `qtype` at a name that holds records of it, made now and kept in
+        `prepared` until the name changes (the first question for it since)."""
+        records = node.records
+        if node.others is not None or isinstance(records, OnDemandRecords):
+            of_type: Sequence[Record] = [record for record in _merged(key, node) if record.rtype == qtype]
+        elif node.types == (qtype,):
+            of_type = records  # the usual name: one contributor, one type
+        else:  # one contributor, several types (a Service's name: A, and SRV for every port)
+            of_type = [record for record in records if record.rtype == qtype]
+        answer = self.prepared[(key, qtype)] = self._prepare(key, of_type)
+        return answer
 
     def missing_reverse(self, key: bytes) -> Answer | None:
         """NXDOMAIN for a name of a reverse zone the zone holds nothing of, with that zone's SOA
@@ -306,12 +327,10 @@ class Zone:
                 self._link(key)
                 any_change = True
                 if isinstance(records, OnDemandRecords):
-                    continue  # nothing to prepare
+                    continue  # answered when asked
                 if len(records) == 1 and records[0].rtype not in _NEEDS_REBUILD:
-                    # The common new name (an endpoint's address, a PTR): prepared right here.
+                    # The common new name (an endpoint's address, a PTR): indexed right here.
                     rtype = records[0].rtype
-                    single = encode_rr(QUESTION_POINTER, records[0], self.ttl)
-                    self.prepared[(key, rtype)] = Answer(NOERROR, 1, 0, 0, single)
                     node.types = _TYPE_TUPLES.setdefault((rtype,), (rtype,))
                 else:
                     changed[key] = None
@@ -417,8 +436,9 @@ class Zone:
                 return
 
     def _drop_answers(self, key: bytes, node: _Node) -> None:
+        prepared = self.prepared
         for rtype in node.types:
-            del self.prepared[(key, rtype)]
+            prepared.pop((key, rtype), None)  # made only if it was asked
         node.types = ()
         self._cname.pop(key, None)
 
@@ -446,19 +466,10 @@ class Zone:
         if isinstance(node.records, OnDemandRecords) and node.others is None:
             return  # answered when asked
         records = _merged(key, node)
-        first_type = records[0].rtype if records else 0
-        if records[-1:] and records[-1].rtype == first_type and all(record.rtype == first_type for record in records):
-            by_type = {first_type: records}  # the usual name: one type
-        else:
-            by_type = {}
-            for rtype, run in groupby(records, _RTYPE):  # in runs: a headless Service's A, then SRV
-                by_type.setdefault(rtype, []).extend(run)
-        if rdata.CNAME in by_type:
-            self._cname[key] = self._prepare(key, by_type[rdata.CNAME])
+        types = tuple(dict.fromkeys(map(_RTYPE, records)))  # each answer made when first asked
+        if rdata.CNAME in types:  # an ExternalName: few, and read for every type
+            self._cname[key] = self._prepare(key, [record for record in records if record.rtype == rdata.CNAME])
             return
-        for rtype, group in by_type.items():
-            self.prepared[(key, rtype)] = self._prepare(key, group)
-        types = tuple(by_type)
         node.types = _TYPE_TUPLES.setdefault(types, types)  # shared: few distinct combinations
 
     def _prepare(self, key: bytes, records: Sequence[Record]) -> Answer:

@@ -23,8 +23,10 @@ def _zone() -> Zone:
 
 def test_a_contributed_name_is_prepared_and_its_parents_exist() -> None:
     zone = _zone()
-    answer = zone.prepared[(WEB, rdata.A)]
-    assert answer.rcode == NOERROR and answer.answer_count == 1
+    assert (WEB, rdata.A) not in zone.prepared  # made when first asked ...
+    answer = zone.answer(WEB, rdata.A)
+    assert answer is not None and answer.rcode == NOERROR and answer.answer_count == 1
+    assert zone.prepared[(WEB, rdata.A)] is answer  # ... and kept
     nodata = zone.answer(WEB, rdata.AAAA)
     assert nodata is not None and nodata.rcode == NOERROR and nodata.answer_count == 0
     parent = zone.answer(NS_NAME, rdata.A)
@@ -53,6 +55,36 @@ def test_an_unheld_reverse_name_without_fallthrough_is_nxdomain_with_that_zones_
     soa = zone.answer(to_wire("ip6.arpa"), rdata.SOA)
     assert soa is not None and soa.answer_count == 1
     assert b"\x02ns\x03dns\x03ip6\x04arpa\x00" in soa.records and b"cluster" not in soa.records
+
+
+def test_an_answer_made_on_first_use_is_dropped_when_its_name_changes_and_made_again() -> None:
+    zone = _zone()
+    before = zone.answer(WEB, rdata.A)
+    assert before is not None and zone.answer(WEB, rdata.A) is before  # kept once made
+    zone.replace(("svc", "web"), {WEB: (rdata.address(ipaddress.ip_address("10.96.0.6")),)})
+    assert (WEB, rdata.A) not in zone.prepared  # dropped by the change, not made again until asked
+    after = zone.answer(WEB, rdata.A)
+    assert after is not None and after is not before and b"\x0a\x60\x00\x06" in after.records
+    zone.replace(("ns", "other"), {to_wire("other.svc.cluster.local"): ()})
+    assert zone.prepared[(WEB, rdata.A)] is after  # another name's change leaves it alone
+
+
+def test_an_srv_answer_made_on_first_use_carries_its_targets_addresses_as_they_are_then() -> None:
+    zone = Zone("cluster.local", 30, None)
+    target = to_wire("db-0.db.prod.svc.cluster.local")
+    srv = to_wire("_pg._tcp.db.prod.svc.cluster.local")
+    contribution = {
+        srv: (rdata.srv(0, 100, 5432, target),),
+        target: (rdata.address(ipaddress.ip_address("10.244.0.1")),),
+    }
+    zone.replace(("svc", "db"), contribution)
+    first = zone.answer(srv, rdata.SRV)
+    assert first is not None and first.additional_count == 1 and b"\x0a\xf4\x00\x01" in first.records
+    contribution[target] = (rdata.address(ipaddress.ip_address("10.244.0.2")),)
+    zone.replace(("svc", "db"), contribution)  # only the target changed: the SRV answer is dropped
+    second = zone.answer(srv, rdata.SRV)
+    assert second is not None and b"\x0a\xf4\x00\x02" in second.records
+    assert b"\x0a\xf4\x00\x01" not in second.records
 
 
 def test_withdrawing_a_contribution_removes_its_names() -> None:
