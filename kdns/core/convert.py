@@ -263,7 +263,11 @@ def convert_endpoint_slice(obj: Any) -> EndpointSlice | None:
         addresses_raw = item.get("addresses")
         if not isinstance(addresses_raw, list) or not addresses_raw:
             raise r.fail(f"endpoints[{i}].addresses", "expected a non-empty list of addresses")
-        addresses = tuple([parse(text) or _address(r, i, j, text, version) for j, text in enumerate(addresses_raw)])
+        if len(addresses_raw) == 1:  # nearly every endpoint (the API allows one address only, so far)
+            text = addresses_raw[0]
+            addresses: tuple[IPAddress, ...] = (parse(text) or _address(r, i, 0, text, version),)
+        else:
+            addresses = tuple([parse(text) or _address(r, i, j, text, version) for j, text in enumerate(addresses_raw)])
         conditions = item.get("conditions") or {}
         if not isinstance(conditions, dict):
             raise r.fail(f"endpoints[{i}].conditions", f"expected a mapping, got {_type(conditions)}")

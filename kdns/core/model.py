@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass
+from typing import NamedTuple
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -71,8 +72,11 @@ class Service:
         return (self.namespace, self.name)
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(NamedTuple):
+    """One endpoint of a slice. A named tuple rather than a frozen dataclass, as `rdata.Record`:
+    a large cluster converts hundreds of thousands of them per list, and a frozen dataclass's
+    constructor costs three times a tuple's (1.6 against 0.5 µs), for 8 bytes more a tuple."""
+
     addresses: tuple[IPAddress, ...]
     ready: bool  # conditions.ready, with a missing value counted as ready (API convention)
     serving: bool  # conditions.serving, missing counted as equal to ready
