@@ -20,15 +20,17 @@ lost queries over `--steady` seconds at 80% of kdns's measured rate.
 Then kdns's memory (PSS summed over its processes) with 1, 2 and 4 workers at `--memory`
 Services; the zone's build time, time per event and RSS at `--zone` sizes, 150,000 Pods in
 `--pods verified` mode and one event on a 3,000-endpoint headless Service (bench/zone_build.py,
-each in fresh processes); and with `--sync N`: the real `kdns serve` and CoreDNS, one after the
-other, started against a real kube-apiserver holding N Services (about 10 endpoints each): time
-until the names created last answer, CPU seconds, RSS.
+each in fresh processes); and with `--sync N[,N...]`: for each size, the real `kdns serve` and
+CoreDNS, one after the other, started against a real kube-apiserver holding N Services (about
+10 endpoints each): time until the names created last answer, CPU seconds, RSS, then a full
+relist forced by a compaction (the API server restarted past it): its CPU, and the peak RSS
+through it against the steady RSS before; and the ratios of kdns to CoreDNS.
 
 Installs nothing: `apt-get install -y dnsperf unbound zstd` and `tests/envtest.sh` (the test
 command does both); CoreDNS is unpacked from ../shared/coredns into .bench/ on first use.
 
     .venv/bin/python bench/compare.py [--seconds 5] [--rounds 3] [--services 1000] [--steady 60]
-        [--memory 10000] [--zone 1000,10000,50000] [--pods 150000] [--headless 3000] [--sync 10000]
+        [--memory 10000] [--zone 1000,10000,50000] [--pods 150000] [--headless 3000] [--sync 1000,10000]
 """
 
 from __future__ import annotations
@@ -247,7 +249,8 @@ def sync_cluster(services: int) -> tuple[list[dict[str, Any]], list[str]]:
 def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
     """The real `kdns serve` and CoreDNS, one after the other, started against a real
     kube-apiserver holding `services` Services: seconds from start to both names created last
-    answering, the process's CPU seconds then, and its RSS."""
+    answering, the process's CPU seconds then, and its RSS; then a full relist after compaction
+    (`_relist`): the steady RSS before it, the peak through it, and its CPU."""
     from concurrent.futures import ThreadPoolExecutor
 
     os.environ.setdefault("KUBEBUILDER_ASSETS", str(ROOT / ".envtest"))
@@ -298,15 +301,55 @@ def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
             for name in last_names:
                 wait_until_answering(port, name)
             synced = time.monotonic() - started
-            rss = 0.0
-            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1]) / 1024
-            results.append((label, {"synced_s": synced, "cpu_s": cpu_seconds(process.pid), "rss_mb": rss}))
+            row = {"synced_s": synced, "cpu_s": cpu_seconds(process.pid), "rss_mb": _status_mb(process.pid, "VmRSS")}
+            row.update(_relist(api, core, process.pid))
+            results.append((label, row))
         finally:
             process.terminate()
             process.wait(10)
     return results
+
+
+def _status_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM: the peak RSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+RELIST_SETTLED = 1.5  # seconds without CPU once the relist's work began: it is applied
+RELIST_WORK = 0.02  # seconds of CPU that say the relist's work began
+
+
+def _relist(api: Any, core: Any, pid: int) -> Row:
+    """Force a full relist, as a compaction does it in a large cluster: one write after what the
+    server has seen (a ConfigMap, which nobody watches), the API server stopped, etcd compacted
+    at that write's revision, the API server started again: every watch resumes from a
+    resourceVersion now too old (410 Gone) and lists again. The steady RSS (2 s after the sync),
+    the peak RSS from then (VmHWM, reset through /proc/PID/clear_refs), and the CPU the relist
+    took (from the restart until the process has been idle for RELIST_SETTLED seconds after it
+    began working: at least RELIST_WORK seconds of CPU, less than any list of thousands of
+    objects costs)."""
+    time.sleep(2)
+    steady = _status_mb(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM from here on
+    name = f"relist-{time.monotonic_ns()}"
+    core.create_namespaced_config_map("default", {"metadata": {"name": name}, "data": {"at": name}})
+    api.stop()
+    api.compact()
+    before = cpu_seconds(pid)
+    api.start()
+    deadline, last, quiet_since = time.monotonic() + 120, before, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = cpu_seconds(pid)
+        if now - last > 0.005:
+            quiet_since = time.monotonic()
+        last = now
+        if last - before >= RELIST_WORK and time.monotonic() - quiet_since >= RELIST_SETTLED:
+            break
+    return {"steady_mb": steady, "relist_peak_mb": _status_mb(pid, "VmHWM"), "relist_cpu_s": last - before}
 
 
 def memory_of(pids: list[int]) -> tuple[float, float]:
@@ -416,7 +459,9 @@ def main() -> int:
         "--memory", type=int, default=10_000, help="PSS of kdns with 1, 2, 4 workers at this many Services (0: not)"
     )
     parser.add_argument(
-        "--sync", type=int, default=0, help="also time kdns and CoreDNS syncing this many Services (0: not)"
+        "--sync",
+        default="",
+        help="also time kdns and CoreDNS syncing each of these numbers of Services, and relisting ('': not)",
     )
     args = parser.parse_args()
 
@@ -563,14 +608,23 @@ def _compare(args: argparse.Namespace) -> int:
             f"one event on a {r['endpoints']:.0f}-endpoint headless Service: {r['event_avg_ms']:.2f} ms average, "
             f"{r['event_worst_ms']:.2f} ms worst"
         )
-    if args.sync:
+    for services in [int(size) for size in args.sync.split(",") if size]:
         with tempfile.TemporaryDirectory(prefix="kdns-sync-") as tmp:
-            print(f"\nsyncing {args.sync} Services from a real kube-apiserver, one server after the other:")
-            for label, row in measure_sync(Path(tmp), args.sync):
+            print(f"\nsyncing {services} Services from a real kube-apiserver, one server after the other:")
+            rows = measure_sync(Path(tmp), services)
+            for label, row in rows:
                 print(
                     f"{label:8} both last-created names answer after {row['synced_s']:.1f} s, "
-                    f"{row['cpu_s']:.1f} s of CPU, {row['rss_mb']:.0f} MB RSS"
+                    f"{row['cpu_s']:.1f} s of CPU, {row['rss_mb']:.0f} MB RSS; a full relist after compaction: "
+                    f"{row['relist_cpu_s']:.1f} s of CPU, peak {row['relist_peak_mb']:.0f} MB against "
+                    f"{row['steady_mb']:.0f} MB steady ({row['relist_peak_mb'] / row['steady_mb']:.2f}x)"
                 )
+            (_, ours), (_, theirs) = rows
+            print(
+                f"kdns / CoreDNS: sync CPU {ours['cpu_s'] / theirs['cpu_s']:.2f}x, steady RSS "
+                f"{ours['steady_mb'] / theirs['steady_mb']:.2f}x, relist CPU "
+                f"{ours['relist_cpu_s'] / theirs['relist_cpu_s']:.2f}x"
+            )
     return 0
 
 
