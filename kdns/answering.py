@@ -320,6 +320,7 @@ def forwarding(config: ServeConfig, state: State) -> tuple[Forwarder | None, For
         denial_size=forward.denial_cache_size,
         max_bytes=forward.cache_bytes,
         denial_max_bytes=forward.denial_cache_bytes,
+        keep_ttl=forward.keep_ttl,
     )
     forwarder = Forwarder(forward_groups(config), forward.options, state, forward.tcp_upstreams)
     return forwarder, cache

@@ -164,6 +164,7 @@ class ForwardConfig:
     denial_cache_bytes: int = budgets.DENIAL_CACHE_BYTES  # with `denial_cache_size`: negative answers' bytes
     # Names under these the default upstreams are never asked (CoreDNS's forward `except`): SERVFAIL.
     excepted: tuple[str, ...] = ()
+    keep_ttl: bool = False  # cached answers served with the TTLs they were stored with (CoreDNS's `keepttl`)
 
 
 @dataclass(frozen=True, slots=True)

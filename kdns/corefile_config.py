@@ -73,7 +73,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "autopath": (),
     "bind": (),
     "bufsize": (),
-    "cache": ("success", "denial", "prefetch", "serve_stale", "disable"),
+    "cache": ("success", "denial", "prefetch", "serve_stale", "disable", "keepttl"),
     "errors": ("consolidate", "stacktrace"),
     "forward": (
         "max_concurrent",
@@ -602,6 +602,9 @@ class _Reader:
                         f"{option.where}: cache prefetch {' '.join(option.args)}: kdns refreshes an answer "
                         "asked for twice, in the last tenth of its TTL"
                     )
+            elif name == "keepttl":
+                _arguments(option, 0, 0)
+                cache.keep_ttl = True
             elif name == "serve_stale":
                 _arguments(option, 0, 2)
                 stale = option.args[0] if option.args else f"{DEFAULTS.serve_stale:g}s"
@@ -689,6 +692,7 @@ class _Reader:
             cache_size=cache.success_size,
             serve_stale=cache.serve_stale,
             prefetch=cache.prefetch,
+            keep_ttl=cache.keep_ttl,
             denial_cache_size=cache.denial_size,
             tcp_upstreams=self.tcp_upstreams,
             excepted=self.excepted,
@@ -759,6 +763,7 @@ class _Cache:
     min_ttl: int = 0
     prefetch: bool = False
     serve_stale: float = 0.0
+    keep_ttl: bool = False
 
 
 def _holds(zone: str, name: str) -> bool:

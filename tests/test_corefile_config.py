@@ -239,6 +239,13 @@ lan:53 {
     assert not config.answer_any and not config.loadbalance and config.hosts is None  # the main block's own
 
 
+def test_cache_keepttl_is_read_and_takes_no_argument() -> None:
+    text = ".:53 {{\n  kubernetes cluster.local\n  forward . 10.0.0.2\n  cache 30 {{\n    {option}\n  }}\n}}\n"
+    assert _read(text.format(option="keepttl")).config.forward.keep_ttl
+    assert not _read(text.format(option="prefetch 10")).config.forward.keep_ttl
+    assert "/etc/coredns/Corefile:5" in _refused(text.format(option="keepttl now"))
+
+
 def test_a_corefile_without_kubernetes_is_a_forwarding_cache() -> None:
     config = _read(".:53 {\n  forward . 10.0.0.2\n  cache 30\n}\n").config
     assert config.node_cache and config.forward.upstreams == (SocketAddress("10.0.0.2", 53),)

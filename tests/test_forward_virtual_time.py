@@ -179,6 +179,24 @@ async def test_cached_answers_count_their_ttl_down_on_the_programs_clock(
     nursery.cancel_scope.cancel()
 
 
+async def test_keepttl_serves_the_stored_ttl_until_the_answer_expires_as_coredns(
+    nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    """CoreDNS's cache `keepttl` (plugin/cache/handler.go serves as if `now` were when it was
+    stored): the TTL as it came, not counted down, until the answer expires and is asked again."""
+    upstream, _ = upstreams
+    options = ForwardOptions(timeout=0.3, max_ttl=30)
+    running: app.Running = await nursery.start(app.run, _forwarding_config(upstream, keep_ttl=True, options=options))
+    assert (await _ask_app(running, "kept.example")).answer[0].ttl == 30
+    for wait in (2.1, 10.0, 15.0):  # 27.1 s in all: still cached, still 30
+        await trio.sleep(wait)
+        assert (await _ask_app(running, "KEPT.example")).answer[0].ttl == 30
+    assert upstream.queries == 1
+    await trio.sleep(3.0)  # past its 30 s
+    assert (await _ask_app(running, "kept.example")).answer[0].ttl == 30 and upstream.queries == 2
+    nursery.cancel_scope.cancel()
+
+
 async def test_cache_size_evicts_and_max_ttl_clamps_on_virtual_time(
     nursery: trio.Nursery, clock: trio.testing.MockClock, upstreams: tuple[FakeUpstream, FakeUpstream]
 ) -> None:

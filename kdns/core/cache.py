@@ -119,12 +119,15 @@ class ForwardCache:
         denial_size: int | None = None,
         max_bytes: int = FORWARD_CACHE_BYTES,
         denial_max_bytes: int = DENIAL_CACHE_BYTES,
+        keep_ttl: bool = False,
     ) -> None:
         """`denial_size`: negative answers (NXDOMAIN, NODATA) held apart, in an LRU of their own
         (CoreDNS's cache `success` and `denial` capacities) within `denial_max_bytes`; None: one
         LRU for both, within `max_bytes`. An answer over 1/LARGEST_ITEM_SHARE of its LRU's
-        bytes is relayed but never cached."""
+        bytes is relayed but never cached. `keep_ttl`: served with the TTLs it was stored with
+        until it expires (CoreDNS's `keepttl`, plugin/cache/handler.go: `now = i.stored`)."""
         self.clock = clock
+        self.keep_ttl = keep_ttl
         # Plain counters, read by the state seam (`kdns.state`) for metrics.
         self.hits = 0
         self.denial_hits = 0  # of `hits`, those of negative answers
@@ -160,7 +163,7 @@ class ForwardCache:
                 self._lru_of(entry.answer).pop(key, None)
             return None
         self._hit(entry, now)
-        elapsed = int(now - entry.stored)
+        elapsed = 0 if self.keep_ttl else int(now - entry.stored)
         if elapsed != entry.served_at:  # TTLs change once a second: patch them once a second
             entry.served = entry.answer.answer(elapsed)
             entry.served_at = elapsed
@@ -183,10 +186,13 @@ class ForwardCache:
 
     def served(self, key: CacheKey) -> tuple[Entry, float] | None:
         """The entry `get` just served for `key`, and until when (this cache's clock) `get` would
-        serve that very answer again: the next second of its TTLs, or its expiry."""
+        serve that very answer again: the next second of its TTLs, or its expiry (with
+        `keep_ttl`, its TTLs never move: its expiry)."""
         entry = self._entries.get(key) or self._denials.get(key)
         if entry is None or entry.served is None:
             return None
+        if self.keep_ttl:
+            return entry, entry.expires
         return entry, min(entry.expires, entry.stored + entry.served_at + 1)
 
     def kept_hit(self, entry: Entry, now: float) -> bool:

@@ -148,3 +148,20 @@ def test_the_cache_stays_within_its_bytes_whatever_the_entry_count() -> None:
     huge, answer = _many("huge.example.com", 600)
     cache.put(ForwardCache.key(huge), answer)
     assert cache.get(ForwardCache.key(huge)) is None and cache.too_large == 1
+
+
+def test_keep_ttl_serves_one_answer_with_the_stored_ttls_until_it_expires() -> None:
+    """CoreDNS's `keepttl`: the answer as stored, the same object (the pipeline keeps its reply
+    until `served` says: the entry's expiry, not the next second)."""
+    now = 0.0
+    cache = ForwardCache(10, lambda: now, keep_ttl=True)
+    query, answer = _forwarded("a.example.com")
+    key = ForwardCache.key(query)
+    cache.put(key, answer)
+    first = cache.get(key)
+    now = 250.0
+    assert cache.get(key) is first
+    served = cache.served(key)
+    assert served is not None and served[1] == 300.0
+    now = 300.0
+    assert cache.get(key) is None
