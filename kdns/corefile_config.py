@@ -276,7 +276,6 @@ class _Reader:
             upstreams, _, _ = self._forward_targets(forward, zones)
         # Its own plugins, read as the main block's are (each within the block's zones).
         own = _Reader(self.base, self.port, self.ipv6)
-        own.cluster_domain = self.cluster_domain
         for directive in block.directives:
             if directive.name in BLOCK_PLUGINS:
                 own.directive(directive, zones)

@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable, Sequence
 
 from kdns.core.message import REFUSED
-from kdns.core.names import at_label_boundary, to_wire
+from kdns.core.names import to_wire, under_any
 from kdns.core.stage import Next, Outcome, ReplyOptions, Request, Stage, status
 
 
@@ -54,10 +54,7 @@ class ServerBlock:
 
     def holds(self, key: bytes) -> bool:
         """Whether the wire name `key` is in one of this block's zones: O(zones)."""
-        return any(
-            zone == b"\x00" or key == zone or (key.endswith(zone) and at_label_boundary(key, len(key) - len(zone)))
-            for zone in self.keys
-        )
+        return under_any(key, self.keys)
 
     def _end(self, request: Request) -> Outcome:
         return status(request, self._end_rcode, self._options)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from kdns.core import chase, rdata
 from kdns.core.message import NXDOMAIN, RCODE_MASK, SERVFAIL
-from kdns.core.names import REVERSE_ZONES, at_label_boundary, to_wire
+from kdns.core.names import REVERSE_ZONES, to_wire, under_any
 from kdns.core.stage import (
     KEEP_FROM_ZONE,
     Next,
@@ -76,7 +76,8 @@ class ClusterZone:
                 return chased
         answer = zone.answer(key, qtype)
         if answer is None:  # a reverse name it holds nothing for
-            missing = None if self._hands_on(key) else zone.missing_reverse(key)
+            passes_on = under_any(key, self._reverse_fallthrough)  # its zone's `fallthrough`
+            missing = None if passes_on else zone.missing_reverse(key)
             if missing is None:
                 return next(request)
             if not self._synced():
@@ -89,12 +90,6 @@ class ClusterZone:
         # Kept only if it is an answer the zone holds, not one made for this question (pods).
         keep = KEEP_FROM_ZONE if zone.answer(key, qtype) is answer else None
         return answered(request, answer, self._options, keep)
-
-    def _hands_on(self, key: bytes) -> bool:
-        """Whether `key` is in a reverse zone whose missing names go on: O(reverse zones)."""
-        return any(
-            key.endswith(apex) and at_label_boundary(key, len(key) - len(apex)) for apex in self._reverse_fallthrough
-        )
 
     def _chase(self, request: Request, target: bytes) -> Outcome | None:
         """An ExternalName's CNAME and its target's records; None for the CNAME alone."""

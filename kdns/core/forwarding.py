@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from kdns.core.cache import CacheKey, ForwardCache
 from kdns.core.message import SERVFAIL
-from kdns.core.names import at_label_boundary
+from kdns.core.names import under_any
 from kdns.core.stage import Ask, FromCache, Next, Outcome, ReplyOptions, Request, Then, answered, status
 from kdns.core.upstream import ForwardedAnswer
 
@@ -55,7 +55,7 @@ class ForwardStage:
         self._excepted = tuple(excepted)
 
     def serve(self, request: Request, next: Next) -> Outcome:
-        if self._excepted and _under_any(request.query.key, self._excepted):
+        if self._excepted and under_any(request.query.key, self._excepted):
             return status(request, SERVFAIL, self._options)
         return Ask(request.query, request.tcp, self.upstreams, lambda forwarded: self._reply(request, forwarded))
 
@@ -63,10 +63,3 @@ class ForwardStage:
         if forwarded is None:
             return status(request, SERVFAIL, self._options)
         return answered(request, forwarded.answer(), self._options, None)
-
-
-def _under_any(key: bytes, zones: Sequence[bytes]) -> bool:
-    return any(
-        zone == b"\x00" or key == zone or (key.endswith(zone) and at_label_boundary(key, len(key) - len(zone)))
-        for zone in zones
-    )

@@ -95,6 +95,15 @@ def at_label_boundary(key: bytes, offset: int) -> bool:
     return i == offset
 
 
+def under_any(key: bytes, zones: Sequence[bytes]) -> bool:
+    """Whether the wire name `key` is one of `zones` (wire form, the root `b"\\x00"` holding
+    every name) or below one, on a label boundary: O(zones x labels)."""
+    return any(
+        zone == b"\x00" or key == zone or (key.endswith(zone) and at_label_boundary(key, len(key) - len(zone)))
+        for zone in zones
+    )
+
+
 def service_name(namespace: str, service: str, domain: str) -> str:
     """Spec 2.3.1 / 2.4.1: `<service>.<ns>.svc.<zone>`."""
     return f"{service}.{namespace}.svc.{domain}"
