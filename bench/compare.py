@@ -18,25 +18,31 @@ dnsperf runs eight client sockets (`-c 8`) so that SO_REUSEPORT can spread them 
 threads and kdns's workers. Then p50 and p99 latency at a fixed 20,000 queries per second, and
 lost queries over `--steady` seconds at 80% of kdns's measured rate.
 Then kdns's memory (PSS summed over its processes) with 1, 2 and 4 workers at `--memory`
-Services; the zone's build time, time per event and RSS at `--zone` sizes, 150,000 Pods in
-`--pods verified` mode and one event on a 3,000-endpoint headless Service (bench/zone_build.py,
-each in fresh processes); and with `--sync N[,N...]`: for each size, the real `kdns serve` and
-CoreDNS, one after the other, started against a real kube-apiserver holding N Services (about
-10 endpoints each): time until the names created last answer, CPU seconds, RSS, then a full
-relist forced by a compaction (the API server restarted past it): its CPU, and the peak RSS
-through it against the steady RSS before; and the ratios of kdns to CoreDNS.
+Services, at start and after every (name, type) its zone holds was asked in every worker, beside
+CoreDNS's RSS for the same objects and questions; the zone's build time, time per event and RSS
+at `--zone` sizes, 150,000 Pods in `--pods verified` mode and one event on a 3,000-endpoint
+headless Service (bench/zone_build.py, each in fresh processes); and with `--sync N[,N...]`: for
+each size, the real `kdns serve` and CoreDNS, one after the other, started against a real
+kube-apiserver (one per size) holding N Services (about 10 endpoints each; written into its etcd,
+see bench/etcd_load.py): time until the names created last answer, CPU seconds, RSS, then a
+full relist forced by a compaction (the API server restarted past it): its CPU, and the peak RSS
+through it against the steady RSS before; the ratios of kdns to CoreDNS; and, for two sizes or
+more, the curve of each cost per 1,000 Services against size for both. `--rounds 0` leaves out
+the throughput runs (for the memory or sync figures alone).
 
 Installs nothing: `apt-get install -y dnsperf unbound zstd` and `tests/envtest.sh` (the test
 command does both); CoreDNS is unpacked from ../shared/coredns into .bench/ on first use.
 
     .venv/bin/python bench/compare.py [--seconds 5] [--rounds 3] [--services 1000] [--steady 60]
-        [--memory 10000] [--zone 1000,10000,50000] [--pods 150000] [--headless 3000] [--sync 1000,10000]
+        [--memory 10000] [--zone 1000,10000,50000] [--pods 150000] [--headless 3000]
+        [--sync 1000,10000,50000]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import statistics
@@ -53,6 +59,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import etcd_load  # noqa: E402
 import zone_build  # noqa: E402
 from udp_throughput import (  # noqa: E402
     cpu_seconds,
@@ -251,7 +258,6 @@ def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
     kube-apiserver holding `services` Services: seconds from start to both names created last
     answering, the process's CPU seconds then, and its RSS; then a full relist after compaction
     (`_relist`): the steady RSS before it, the peak through it, and its CPU."""
-    from concurrent.futures import ThreadPoolExecutor
 
     os.environ.setdefault("KUBEBUILDER_ASSETS", str(ROOT / ".envtest"))
     from tests.kubeapi import RealApiServer
@@ -262,23 +268,19 @@ def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
     admin = api.api_client()
     from kubernetes import client
 
-    core, discovery = client.CoreV1Api(admin), client.DiscoveryV1Api(admin)
-
-    def create(obj: dict[str, Any]) -> None:
-        namespace = obj["metadata"].get("namespace")
-        if obj["kind"] == "Namespace":
-            core.create_namespace(obj)
-        elif obj["kind"] == "Service":
-            core.create_namespaced_service(namespace, obj)
-        else:
-            discovery.create_namespaced_endpoint_slice(namespace, obj)
-
+    core = client.CoreV1Api(admin)
     started = time.monotonic()
-    for obj in objects[:100]:
-        create(obj)
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(create, objects[100:]))
-    print(f"(sync: {len(objects)} objects created in {time.monotonic() - started:.0f} s)")
+    namespaces = [obj for obj in objects if obj["kind"] == "Namespace"]
+    for obj in namespaces:
+        core.create_namespace(obj)
+    # The rest straight into etcd: created through the API, Services slow to about 20 a second
+    # past 35,000 (the ClusterIP allocator; see bench/etcd_load.py).
+    written = etcd_load.load_through_etcd(api.etcd_port, [obj for obj in objects if obj["kind"] != "Namespace"])
+    _wait_served(core, services)
+    print(
+        f"(sync: {len(namespaces)} Namespaces created, {written} objects written into etcd, served after "
+        f"{time.monotonic() - started:.0f} s)"
+    )
     kubeconfig = api.kubeconfig(work / "sync-kubeconfig")
     results = []
     for label in ("kdns", "CoreDNS"):
@@ -299,7 +301,7 @@ def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         try:
             for name in last_names:
-                wait_until_answering(port, name)
+                wait_until_answering(port, name, timeout=300)
             synced = time.monotonic() - started
             row = {"synced_s": synced, "cpu_s": cpu_seconds(process.pid), "rss_mb": _status_mb(process.pid, "VmRSS")}
             row.update(_relist(api, core, process.pid))
@@ -308,6 +310,19 @@ def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
             process.terminate()
             process.wait(10)
     return results
+
+
+def _wait_served(core: Any, services: int) -> None:
+    """Wait until the API server lists all `services` Services (its watch cache has caught up
+    with what was written into etcd)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        listed = core.list_service_for_all_namespaces(limit=1, _preload_content=False)
+        metadata = json.loads(listed.data)["metadata"]
+        if int(metadata.get("remainingItemCount") or 0) + 1 >= services:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the API server never listed {services} Services")
 
 
 def _status_mb(pid: int, field: str) -> float:
@@ -365,16 +380,51 @@ def memory_of(pids: list[int]) -> tuple[float, float]:
     return pss, rss
 
 
-def measure_workers_memory(services: int, seconds: float) -> list[tuple[int, float, float, float]]:
+MEMORY_PASSES = 16  # passes over every name, each from new client sockets (see below)
+
+
+def every_question(snapshot: Path) -> list[str]:
+    """A dnsperf line for every (name, type) the zone of `snapshot` holds, from `kdns dump`
+    (endpoint names and PTR records given on demand included)."""
+    dumped = subprocess.run(
+        [sys.executable, "-m", "kdns", "dump", "--snapshot", str(snapshot)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    questions: dict[str, None] = {}
+    for line in dumped.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and not line.startswith(";") and fields[2] == "IN":
+            questions[f"{fields[0]} {fields[3]}"] = None
+    return list(questions)
+
+
+def ask_every_name(port: int, questions: Path, pids: list[int]) -> None:
+    """Ask every line of `questions` MEMORY_PASSES times, each pass from 8 new client sockets:
+    SO_REUSEPORT hands each socket to one worker by its address and port, so a name reaches a
+    given one of 4 workers in a pass with odds 1 in 4, and misses it in all 16 passes with odds
+    of 1 in 100 (0.75 ** 16)."""
+    for _ in range(MEMORY_PASSES):
+        dnsperf(port, questions, 60, pids, "-n", "1", "-q", "200", "-c", "8")
+
+
+def measure_workers_memory(services: int) -> tuple[list[tuple[int, float, float, float]], int, Row]:
     """kdns on a snapshot of `services` Services with 1, 2 and 4 workers: total PSS and RSS once
-    every worker answers, and PSS again after `seconds` of queries (copy-on-write at work)."""
+    every worker answers, and PSS again after every name the zone holds was asked (copy-on-write
+    at its worst: every answer made, every index entry read, in every worker); then CoreDNS's
+    RSS for the same objects, at start and after the same questions. Returns the rows, the
+    number of questions, and CoreDNS's figures."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="kdns-memory-") as tmp:
-        objects, _, query_lines = cluster(services)
-        snapshot = Path(tmp) / "cluster.yaml"
+        work = Path(tmp)
+        objects, _, _ = cluster(services)
+        snapshot = work / "cluster.yaml"
         snapshot.write_text(yaml.safe_dump({"kind": "List", "items": objects}))
-        queries = Path(tmp) / "queries.txt"
-        queries.write_text("\n".join(query_lines) + "\n")
+        questions = every_question(snapshot)
+        file = work / "every-name.txt"
+        file.write_text("\n".join(questions) + "\n")
         for workers in (1, 2, 4):
             port = free_port()
             with running(kdns_command(snapshot, port, "--resolv-conf", os.devnull, "--workers", str(workers))) as (
@@ -386,10 +436,25 @@ def measure_workers_memory(services: int, seconds: float) -> list[tuple[int, flo
                     time.sleep(0.05)
                 time.sleep(1)  # every worker past its start
                 pss, rss = memory_of(children(process.pid))
-                dnsperf(port, queries, seconds, children(process.pid), "-q", "200", "-c", "8")
+                ask_every_name(port, file, children(process.pid))
                 after, _ = memory_of(children(process.pid))
                 rows.append((workers, pss, rss, after))
-    return rows
+        theirs: Row = {}
+        try:
+            port = free_port()
+            with coredns(work, objects, port, 2) as process:
+                wait_until_answering(port, "svc-0.bench.svc.cluster.local", timeout=120)
+                time.sleep(1)
+                theirs["start_mb"] = memory_of([process.pid])[1]
+                ask_every_name(port, file, [process.pid])
+                theirs["after_mb"] = memory_of([process.pid])[1]
+        except (FileNotFoundError, RuntimeError, OSError) as error:
+            print(f"(CoreDNS's memory: skipped: {error})")
+        finally:
+            for api in _API:
+                api.stop_all()
+            _API.clear()
+    return rows, len(questions), theirs
 
 
 def measure_autopath(lookups: int) -> list[tuple[str, float, float]]:
@@ -447,7 +512,7 @@ def _requests(metrics_port: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the throughput runs (0: not)")
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--steady", type=float, default=60, help="seconds at 80%% of kdns's rate, for lost queries")
     parser.add_argument("--rate", type=int, default=20_000, help="queries per second for the latency figures")
@@ -473,6 +538,96 @@ def main() -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    if args.rounds:
+        _throughput(args)
+    if args.memory:
+        rows_memory, asked, theirs = measure_workers_memory(args.memory)
+        print(
+            f"\nmemory serving {args.memory} Services (PSS: shared pages split between processes), at start "
+            f"and after each of the zone's {asked} (name, type) pairs was asked {MEMORY_PASSES} times:"
+        )
+        for workers, pss, rss, after in rows_memory:
+            print(
+                f"kdns --workers {workers}: PSS {pss:.0f} MB in all ({rss:.0f} MB RSS summed), "
+                f"{after:.0f} MB after every name ({after / rows_memory[0][3]:.2f}x one worker's)"
+            )
+        if theirs:
+            print(
+                f"CoreDNS (one process, GOMAXPROCS 2): RSS {theirs['start_mb']:.0f} MB, "
+                f"{theirs['after_mb']:.0f} MB after every name; kdns with one worker / CoreDNS: "
+                f"{rows_memory[0][3] / theirs['after_mb']:.2f}x"
+            )
+    if args.autopath:
+        try:
+            rows_autopath = measure_autopath(args.autopath)
+        except Exception as error:  # pytest.skip's exception too: no root, no `ip`
+            print(f"\n(autopath: skipped: {error})")
+        else:
+            print(f"\nglibc in a pod's network namespace (search path of 3, ndots:5), {args.autopath} lookups each:")
+            for label, queries, millis in rows_autopath:
+                print(f"{label:45} {queries:5.2f} queries reaching kdns per lookup, {millis:6.2f} ms per lookup")
+    if args.zone:
+        print(f"\n{'Services':>9} {'endpoints':>10} {'build s':>8} {'event avg ms':>13} {'RSS MB':>7} {'zone MB':>8}")
+        for size in (int(text) for text in args.zone.split(",")):
+            r = zone_build.best_of(["--one", str(size), "--events", "2000"], 1)
+            print(
+                f"{r['services']:>9.0f} {r['endpoints']:>10.0f} {r['build_s']:>8.2f} {r['event_avg_ms']:>13.3f} "
+                f"{r['rss_mb']:>7.0f} {r['rss_mb'] - r['baseline_mb']:>8.0f}"
+            )
+    if args.pods:
+        r = zone_build.best_of(["--pods-one", str(args.pods)], 1)
+        print(
+            f"{r['pods']:.0f} Pods, --pods verified: loaded in {r['load_s']:.2f} s, the index {r['index_mb']:.1f} MB, "
+            f"{r['event_avg_ms']:.3f} ms per Pod event"
+        )
+    if args.headless:
+        r = zone_build.measure_headless_event(args.headless, 200)
+        print(
+            f"one event on a {r['endpoints']:.0f}-endpoint headless Service: {r['event_avg_ms']:.2f} ms average, "
+            f"{r['event_worst_ms']:.2f} ms worst"
+        )
+    curve: list[tuple[int, Row, Row]] = []
+    for services in [int(size) for size in args.sync.split(",") if size]:
+        with tempfile.TemporaryDirectory(prefix="kdns-sync-") as tmp:
+            print(f"\nsyncing {services} Services from a real kube-apiserver, one server after the other:")
+            rows = measure_sync(Path(tmp), services)
+            for api in _API:  # one API server per size: the next starts from nothing
+                api.stop_all()
+            _API.clear()
+            for label, row in rows:
+                print(
+                    f"{label:8} both last-created names answer after {row['synced_s']:.1f} s, "
+                    f"{row['cpu_s']:.1f} s of CPU, {row['rss_mb']:.0f} MB RSS; a full relist after compaction: "
+                    f"{row['relist_cpu_s']:.1f} s of CPU, peak {row['relist_peak_mb']:.0f} MB against "
+                    f"{row['steady_mb']:.0f} MB steady ({row['relist_peak_mb'] / row['steady_mb']:.2f}x)"
+                )
+            (_, ours), (_, theirs) = rows
+            print(
+                f"kdns / CoreDNS: sync CPU {ours['cpu_s'] / theirs['cpu_s']:.2f}x, steady RSS "
+                f"{ours['steady_mb'] / theirs['steady_mb']:.2f}x, relist CPU "
+                f"{ours['relist_cpu_s'] / theirs['relist_cpu_s']:.2f}x"
+            )
+            curve.append((services, ours, theirs))
+    if len(curve) > 1:
+        print_curve(curve)
+    return 0
+
+
+def print_curve(curve: list[tuple[int, Row, Row]]) -> None:
+    """Cost against size for both servers: each figure per 1,000 Services, so that a line that
+    stays flat is a cost that grows linearly, and the ratio of kdns to CoreDNS at each size."""
+    print("\ncost against size, per 1,000 Services (kdns | CoreDNS | kdns / CoreDNS):")
+    print(f"{'Services':>9} {'sync CPU s':>26} {'steady RSS MB':>28} {'relist peak MB':>28}")
+    for services, ours, theirs in curve:
+        per = services / 1000
+        cells = []
+        for field in ("cpu_s", "steady_mb", "relist_peak_mb"):
+            cells.append(f"{ours[field] / per:7.3f} | {theirs[field] / per:7.3f} | {ours[field] / theirs[field]:5.2f}x")
+        print(f"{services:>9} {cells[0]:>26} {cells[1]:>28} {cells[2]:>28}")
+
+
+def _throughput(args: argparse.Namespace) -> None:
+    """Every server's rate, CPU per query and losses on the same query file; latency at a rate."""
     with tempfile.TemporaryDirectory(prefix="kdns-compare-") as tmp:
         work = Path(tmp)
         objects, records, query_lines = cluster(args.services)
@@ -572,60 +727,6 @@ def _compare(args: argparse.Namespace) -> int:
         f"Unbound p50 {p50_u:.3f} ms, p99 {p99_u:.3f} ms ({lost_u:.0f} lost)"
     )
     print(f"kdns at {steady_rate} q/s (80% of its rate) for {args.steady:g} s: {steady['lost']:.0f} lost")
-    if args.memory:
-        print(f"\nmemory of kdns serving {args.memory} Services (PSS: shared pages split between processes):")
-        for workers, pss, rss, after in measure_workers_memory(args.memory, args.seconds):
-            print(
-                f"--workers {workers}: PSS {pss:.0f} MB in all ({rss:.0f} MB RSS summed), "
-                f"{after:.0f} MB PSS after {args.seconds:g} s of queries"
-            )
-    if args.autopath:
-        try:
-            rows_autopath = measure_autopath(args.autopath)
-        except Exception as error:  # pytest.skip's exception too: no root, no `ip`
-            print(f"\n(autopath: skipped: {error})")
-        else:
-            print(f"\nglibc in a pod's network namespace (search path of 3, ndots:5), {args.autopath} lookups each:")
-            for label, queries, millis in rows_autopath:
-                print(f"{label:45} {queries:5.2f} queries reaching kdns per lookup, {millis:6.2f} ms per lookup")
-    if args.zone:
-        print(f"\n{'Services':>9} {'endpoints':>10} {'build s':>8} {'event avg ms':>13} {'RSS MB':>7} {'zone MB':>8}")
-        for size in (int(text) for text in args.zone.split(",")):
-            r = zone_build.best_of(["--one", str(size), "--events", "2000"], 1)
-            print(
-                f"{r['services']:>9.0f} {r['endpoints']:>10.0f} {r['build_s']:>8.2f} {r['event_avg_ms']:>13.3f} "
-                f"{r['rss_mb']:>7.0f} {r['rss_mb'] - r['baseline_mb']:>8.0f}"
-            )
-    if args.pods:
-        r = zone_build.best_of(["--pods-one", str(args.pods)], 1)
-        print(
-            f"{r['pods']:.0f} Pods, --pods verified: loaded in {r['load_s']:.2f} s, the index {r['index_mb']:.1f} MB, "
-            f"{r['event_avg_ms']:.3f} ms per Pod event"
-        )
-    if args.headless:
-        r = zone_build.measure_headless_event(args.headless, 200)
-        print(
-            f"one event on a {r['endpoints']:.0f}-endpoint headless Service: {r['event_avg_ms']:.2f} ms average, "
-            f"{r['event_worst_ms']:.2f} ms worst"
-        )
-    for services in [int(size) for size in args.sync.split(",") if size]:
-        with tempfile.TemporaryDirectory(prefix="kdns-sync-") as tmp:
-            print(f"\nsyncing {services} Services from a real kube-apiserver, one server after the other:")
-            rows = measure_sync(Path(tmp), services)
-            for label, row in rows:
-                print(
-                    f"{label:8} both last-created names answer after {row['synced_s']:.1f} s, "
-                    f"{row['cpu_s']:.1f} s of CPU, {row['rss_mb']:.0f} MB RSS; a full relist after compaction: "
-                    f"{row['relist_cpu_s']:.1f} s of CPU, peak {row['relist_peak_mb']:.0f} MB against "
-                    f"{row['steady_mb']:.0f} MB steady ({row['relist_peak_mb'] / row['steady_mb']:.2f}x)"
-                )
-            (_, ours), (_, theirs) = rows
-            print(
-                f"kdns / CoreDNS: sync CPU {ours['cpu_s'] / theirs['cpu_s']:.2f}x, steady RSS "
-                f"{ours['steady_mb'] / theirs['steady_mb']:.2f}x, relist CPU "
-                f"{ours['relist_cpu_s'] / theirs['relist_cpu_s']:.2f}x"
-            )
-    return 0
 
 
 if __name__ == "__main__":

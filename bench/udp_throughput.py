@@ -125,9 +125,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def wait_until_answering(port: int, name: str, host: str = "127.0.0.1") -> None:
+def wait_until_answering(port: int, name: str, host: str = "127.0.0.1", timeout: float = 30) -> None:
     """Wait until a DNS server on `host`:`port` answers `name` with an address."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=port, timeout=0.5)
