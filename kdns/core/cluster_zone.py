@@ -88,7 +88,7 @@ class ClusterZone:
         if self._fallthrough and answer.rcode == NXDOMAIN:
             return next(request)  # plugin/kubernetes: `fallthrough` passes an NXDOMAIN on down the chain
         # Kept only if it is an answer the zone holds, not one made for this question (pods).
-        keep = KEEP_FROM_ZONE if zone.answer(key, qtype) is answer else None
+        keep = KEEP_FROM_ZONE if zone.keeps(key, qtype, answer) else None
         return answered(request, answer, self._options, keep)
 
     def _chase(self, request: Request, target: bytes) -> Outcome | None:

@@ -27,6 +27,7 @@ from operator import attrgetter
 
 from kdns.core import rdata
 from kdns.core.answer import Answer
+from kdns.core.answer_table import AnswerTable, SharedAnswer
 from kdns.core.message import HEADER_LENGTH, NOERROR, NXDOMAIN
 from kdns.core.model import IPAddress
 from kdns.core.names import REVERSE_ZONES, at_label_boundary, from_wire, parse_pod_label, to_wire
@@ -166,6 +167,11 @@ class Zone:
         self.generation = 0
         self.serial = 0
         self.set_serial(1)
+        # Every answer of the index as it was when `share` was called (before worker processes
+        # are forked), and the names changed since, whose answers it no longer holds: at most
+        # half as many as the table's entries, past which the table is dropped.
+        self._shared: AnswerTable | None = None
+        self._unshared: set[bytes] = set()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -177,6 +183,11 @@ class Zone:
         return self._answer_slow(key, qtype)
 
     def _answer_slow(self, key: bytes, qtype: int) -> Answer | None:
+        shared = self._shared
+        if shared is not None and key not in self._unshared:  # read before the index: see `share`
+            found = shared.get(key, qtype)
+            if found is not None:
+                return found
         cname = self._cname.get(key)
         if cname is not None:
             return cname  # RFC 1034 3.6.2: a CNAME answers every type
@@ -207,6 +218,10 @@ class Zone:
     def _made(self, key: bytes, node: _Node, qtype: int) -> Answer:
         """The answer of type `qtype` at a name that holds records of it, made now and kept in
         `prepared` until the name changes (the first question for it since)."""
+        answer = self.prepared[(key, qtype)] = self._make(key, node, qtype)
+        return answer
+
+    def _make(self, key: bytes, node: _Node, qtype: int) -> Answer:
         records = node.records
         if node.others is not None or isinstance(records, OnDemandRecords):
             of_type: Sequence[Record] = [record for record in _merged(key, node) if record.rtype == qtype]
@@ -214,8 +229,32 @@ class Zone:
             of_type = records  # the usual name: one contributor, one type
         else:  # one contributor, several types (a Service's name: A, and SRV for every port)
             of_type = [record for record in records if record.rtype == qtype]
-        answer = self.prepared[(key, qtype)] = self._prepare(key, of_type)
-        return answer
+        return self._prepare(key, of_type)
+
+    def keeps(self, key: bytes, qtype: int, answer: Answer) -> bool:
+        """Whether `answer`, given by `answer(key, qtype)`, is one the zone holds until the name
+        changes (so a reply made from it may be kept), rather than one made for this question
+        alone (a pod's, or records given on demand)."""
+        return answer.__class__ is SharedAnswer or self.answer(key, qtype) is answer
+
+    def share(self) -> int:
+        """Make every answer the index holds now and put them in one `AnswerTable`, read before
+        the index from then on, until each name changes; returns the table's bytes.
+
+        Called before worker processes are forked: a worker reading the index writes reference
+        counts all over the pages it shares with the others, and copies them, where reading the
+        table writes none. Names given on demand and ExternalNames' CNAMEs stay out of it (they
+        are made when asked)."""
+        nodes = self._nodes.items()
+        entries = ((key, qtype, self._make(key, node, qtype)) for key, node in nodes for qtype in node.types)
+        self._shared = AnswerTable(entries)
+        self._unshared = set()
+        self.prepared.clear()  # in place: the cluster zone stage reads this very dictionary
+        return self._shared.nbytes
+
+    def shared_entries(self) -> int:
+        """Answers the shared table holds (0 without one)."""
+        return len(self._shared) if self._shared is not None else 0
 
     def missing_reverse(self, key: bytes) -> Answer | None:
         """NXDOMAIN for a name of a reverse zone the zone holds nothing of, with that zone's SOA
@@ -436,6 +475,10 @@ class Zone:
                 return
 
     def _drop_answers(self, key: bytes, node: _Node) -> None:
+        if self._shared is not None:
+            self._unshared.add(key)  # the table's answers for it are stale from now
+            if len(self._unshared) > len(self._shared) // 2:  # mostly stale: not worth its lookups
+                self._shared, self._unshared = None, set()
         prepared = self.prepared
         for rtype in node.types:
             prepared.pop((key, rtype), None)  # made only if it was asked

@@ -8,9 +8,11 @@ The shape is nginx's master and workers, with kdns's one set of watches:
   every resource once (`ClusterFollower.prime`, on its own thread: nothing else runs yet). It
   binds one UDP and one TCP socket per worker on each listen address with SO_REUSEPORT, after
   making sure no other process holds the port (a second kdns would silently join the group and
-  take a share of the queries), freezes the heap (`gc.freeze`: the collector never writes to those
-  pages again) and forks the workers. Each starts with the zone already built, its pages shared
-  copy-on-write, and answers on its own sockets; the kernel spreads clients over them.
+  take a share of the queries), makes every answer of the zone into one shared table
+  (`Zone.share`: read without writing reference counts, so reading it copies no page), freezes
+  the heap (`gc.freeze`: the collector never writes to those pages again) and forks the
+  workers. Each starts with the zone already built, its pages shared copy-on-write, and answers
+  on its own sockets; the kernel spreads clients over them.
 - A forked worker's store becomes a replica (`ClusterStore.as_replica`): it journals nothing and
   reports no omission (the supervisor does both, once for the instance).
 - Then the supervisor runs trio: it watches the API (one set of watches, whatever N is) and
@@ -185,6 +187,14 @@ class WorkerPool:
 
     def _fork(self, sets: list[list[BoundListener]]) -> None:
         synced = self.sources.state.synced()
+        began = time.monotonic()
+        table_bytes = self.store.zone.share()  # the answers the workers read without copying pages
+        log.info(
+            "made the zone's %d answers for the workers to share (%.1f MB) in %.1f s",
+            self.store.zone.shared_entries(),
+            table_bytes / 1e6,
+            time.monotonic() - began,
+        )
         gc.collect()
         gc.freeze()  # the built zone is never scanned by the collector again: its pages stay shared
         for number, listeners in enumerate(sets):

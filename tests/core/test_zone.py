@@ -6,9 +6,15 @@ from __future__ import annotations
 import ipaddress
 
 from kdns.core import rdata
+from kdns.core.answer import Answer
+from kdns.core.answer_table import SharedAnswer
+from kdns.core.convert import convert
 from kdns.core.message import NOERROR, NXDOMAIN
+from kdns.core.model import Kind
 from kdns.core.names import to_wire
+from kdns.core.store import ClusterStore
 from kdns.core.zone import Zone
+from tests.builders import Obj, endpoint, endpoint_slice, headless, namespace, service, store_of
 
 WEB = to_wire("web.prod.svc.cluster.local")
 NS_NAME = to_wire("prod.svc.cluster.local")
@@ -120,3 +126,81 @@ def test_negative_answers_are_shared_by_names_of_the_same_length() -> None:
     same_length = zone.answer(to_wire("bbbb.prod.svc.cluster.local"), rdata.A)
     longer = zone.answer(to_wire("ccccc.prod.svc.cluster.local"), rdata.A)
     assert first is same_length and first is not longer  # the SOA points into the question
+
+
+def _upsert(store: ClusterStore, obj: Obj) -> None:
+    converted = convert(obj["kind"], obj)
+    assert converted is not None
+    store.upsert(converted)
+
+
+def _cluster() -> list[Obj]:
+    return [
+        namespace("prod"),
+        service("prod", "web", ["10.96.0.5"], [{"name": "http", "port": 80, "protocol": "TCP"}]),
+        headless("prod", "db", [{"name": "pg", "port": 5432, "protocol": "TCP"}]),
+        endpoint_slice(
+            "prod",
+            "db-a",
+            "db",
+            [endpoint("10.244.0.1", hostname="db-0"), endpoint("10.244.0.2"), endpoint("10.244.0.3", ready=False)],
+            ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}],
+        ),
+        endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.1"), endpoint("10.244.1.2")]),
+        service("prod", "ext", type_="ExternalName", external_name="example.com"),
+    ]
+
+
+def _every_question(zone: Zone) -> list[tuple[bytes, int]]:
+    questions = {(to_wire(owner), rtype) for owner, rtype, _ in zone.names()}
+    return sorted(questions | {(key, rdata.AAAA) for key, _ in questions} | {(WEB, rdata.ANY)})
+
+
+def _wire(answer: Answer | None) -> tuple[object, ...] | None:
+    return None if answer is None else (answer.flags, answer.counts, answer.records, answer.ends)
+
+
+def test_a_shared_zone_answers_every_question_as_the_unshared_one_does() -> None:
+    shared, plain = store_of(*_cluster()).zone, store_of(*_cluster()).zone
+    assert shared.share() > 0 and shared.shared_entries() > 0
+    assert not shared.prepared  # made into the table, not kept twice
+    for key, qtype in _every_question(plain):
+        answer = shared.answer(key, qtype)
+        assert _wire(answer) == _wire(plain.answer(key, qtype)), (key, qtype)
+    found = shared.answer(WEB, rdata.A)
+    assert isinstance(found, SharedAnswer) and (WEB, rdata.A) not in shared.prepared
+    assert shared.keeps(WEB, rdata.A, found)  # a reply made from it may be kept
+
+
+def test_a_name_changed_after_sharing_is_answered_from_the_index_and_the_others_from_the_table() -> None:
+    store = store_of(*_cluster())
+    zone = store.zone
+    zone.share()
+    srv = to_wire("_http._tcp.web.prod.svc.cluster.local")
+    _upsert(store, service("prod", "web", ["10.96.0.9"], [{"name": "http", "port": 80, "protocol": "TCP"}]))
+    answer = zone.answer(WEB, rdata.A)
+    assert answer is not None and not isinstance(answer, SharedAnswer) and b"\x0a\x60\x00\x09" in answer.records
+    assert zone.keeps(WEB, rdata.A, answer)
+    db = zone.answer(to_wire("db.prod.svc.cluster.local"), rdata.A)
+    assert isinstance(db, SharedAnswer)  # untouched by the change
+    fresh = store_of(*_cluster()[:1], service("prod", "web", ["10.96.0.9"], [{"name": "http", "port": 80}]))
+    assert _wire(zone.answer(srv, rdata.SRV)) == _wire(fresh.zone.answer(srv, rdata.SRV))
+    store.delete(Kind.SERVICE, ("prod", "db"))
+    gone = zone.answer(to_wire("db.prod.svc.cluster.local"), rdata.A)
+    assert gone is not None and gone.rcode == NXDOMAIN
+
+
+def test_the_table_is_dropped_once_more_than_half_its_entries_names_changed() -> None:
+    """The names changed since sharing are a set bounded by half the table's entries: past it
+    the table is dropped (and the set with it), and every name is answered from the index."""
+    services = [service("prod", f"svc-{i}", [f"10.96.0.{i + 1}"]) for i in range(40)]
+    store = store_of(namespace("prod"), *services)
+    zone = store.zone
+    zone.share()
+    entries = zone.shared_entries()  # each Service: A and SRV at its name, SRV at _http._tcp, PTR
+    assert entries >= 40 * 4
+    for i in range(40):  # each change: the Service's name and its SRV name (its PTR unchanged)
+        _upsert(store, service("prod", f"svc-{i}", [f"10.96.0.{i + 1}"], [{"name": "http", "port": 81}]))
+        assert zone.shared_entries() == (entries if 2 * (i + 1) <= entries // 2 else 0), i
+    after = zone.answer(to_wire("svc-0.prod.svc.cluster.local"), rdata.SRV)
+    assert after is not None and not isinstance(after, SharedAnswer) and b"\x00\x51" in after.records  # port 81
