@@ -559,28 +559,68 @@ def _check_status(response: Any) -> None:
 
 def list_pages(function: ListCall, options: WatchOptions) -> Iterator[tuple[list[Any], str | None]]:
     """The pages of a list call as they arrive, following `continue`: (items, None), and for the
-    last page (items, the list's resourceVersion)."""
-    token: str | None = None
+    last page (items, the list's resourceVersion).
+
+    The next page is asked for as soon as a page has arrived, on a thread of its own, while the
+    caller converts and applies this one: the API server's time to serve each page (about 40 ms
+    for 500 EndpointSlices of a 10,000-Service cluster) then passes beside kdns's work instead of
+    between its pages. One page ahead at most: a list never holds more than two pages."""
+    ahead = _Ahead(partial(_fetch_page, function, options, None))
     while True:
-        response = function(limit=options.page_size, _continue=token or None, _request_timeout=options.request_timeout)
+        items, token, version = ahead.result()
+        if not token:
+            yield items, version
+            return
+        ahead = _Ahead(partial(_fetch_page, function, options, token))
+        yield items, None
+
+
+def _fetch_page(function: ListCall, options: WatchOptions, token: str | None) -> tuple[list[Any], str, str | None]:
+    """One page of a list: (its items, the `continue` token ('' on the last page), and on the
+    last page the list's resourceVersion)."""
+    response = function(limit=options.page_size, _continue=token or None, _request_timeout=options.request_timeout)
+    try:
+        _check_status(response)
+        body = json.loads(response.data)
+    finally:
+        response.release_conn()
+    # Only a real list may reconcile the store: anything else would read as "no objects".
+    if not isinstance(body, Mapping) or not isinstance(body.get("items"), list):
+        raise ValueError("list response is not a list object")
+    metadata = body.get("metadata") or {}
+    following = metadata.get("continue") or ""
+    if following:
+        return body["items"], following, None
+    version = metadata.get("resourceVersion")
+    if not isinstance(version, str) or not version:
+        raise ValueError("list response has no metadata.resourceVersion")
+    return body["items"], "", version
+
+
+class _Ahead:
+    """A call run on a thread of its own while the caller works; `result` waits for it and
+    returns what it returned or raises what it raised. The thread is a daemon: a list still
+    asking when kdns ends does not hold the process (its request has its own timeout)."""
+
+    def __init__(self, call: Callable[[], tuple[list[Any], str, str | None]]) -> None:
+        self._call = call
+        self._outcome: tuple[list[Any], str, str | None] | BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kdns-list-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
         try:
-            _check_status(response)
-            body = json.loads(response.data)
-        finally:
-            response.release_conn()
-        # Only a real list may reconcile the store: anything else would read as "no objects".
-        if not isinstance(body, Mapping) or not isinstance(body.get("items"), list):
-            raise ValueError("list response is not a list object")
-        metadata = body.get("metadata") or {}
-        token = metadata.get("continue")
-        if token:
-            yield body["items"], None
-            continue
-        version = metadata.get("resourceVersion")
-        if not isinstance(version, str) or not version:
-            raise ValueError("list response has no metadata.resourceVersion")
-        yield body["items"], version
-        return
+            self._outcome = self._call()
+        except BaseException as error:  # handed to whoever waits for the result
+            self._outcome = error
+
+    def result(self) -> tuple[list[Any], str, str | None]:
+        self._thread.join()
+        outcome = self._outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
 
 
 def list_all(function: ListCall, options: WatchOptions) -> list[Any]:
