@@ -10,6 +10,9 @@ most of a zone's memory that no one ever asks for). A contributor may instead gi
 records on demand (`OnDemandRecords`): those names exist in the index, and their answers are made
 each time they are asked.
 
+Before worker processes are forked, `share` puts every answer into one `AnswerTable`, which a
+worker reads before the index (until a name changes) without copying the pages it shares.
+
 The zone is a plain synchronous object: in the trio program a change is applied between two
 awaits, so readers see the zone before or after a change, never in between.
 
