@@ -27,7 +27,9 @@ kube-apiserver (one per size) holding N Services (about 10 endpoints each; writt
 see bench/etcd_load.py): time until the names created last answer, CPU seconds, RSS, then a
 full relist forced by a compaction (the API server restarted past it): its CPU, and the peak RSS
 through it against the steady RSS before; the ratios of kdns to CoreDNS; and, for two sizes or
-more, the curve of each cost per 1,000 Services against size for both. `--rounds 0` leaves out
+more, the curve of each cost per 1,000 Services against size for both. `--sync-pods N` adds N
+running Pods to each of those clusters and has both servers verify pod records against them
+(kdns `--pods verified`, CoreDNS `pods verified`). `--rounds 0` leaves out
 the throughput runs (for the memory or sync figures alone).
 
 Installs nothing: `apt-get install -y dnsperf unbound zstd` and `tests/envtest.sh` (the test
@@ -35,7 +37,7 @@ command does both); CoreDNS is unpacked from ../shared/coredns into .bench/ on f
 
     .venv/bin/python bench/compare.py [--seconds 5] [--rounds 3] [--services 1000] [--steady 60]
         [--memory 10000] [--zone 1000,10000,50000] [--pods 150000] [--headless 3000]
-        [--sync 1000,10000,50000]
+        [--sync 1000,10000,50000] [--sync-pods 150000]
 """
 
 from __future__ import annotations
@@ -231,10 +233,11 @@ def _coredns_binary() -> Path:
     return unpack_coredns(ROOT / ".bench")
 
 
-def sync_cluster(services: int) -> tuple[list[dict[str, Any]], list[str]]:
+def sync_cluster(services: int, pods: int = 0) -> tuple[list[dict[str, Any]], list[str]]:
     """`services` Services in 100 namespaces with about 10 endpoints each (a fifth headless), as
-    `bench/zone_build.py` makes them, with cluster IPs inside the test API server's range; and
-    the two names created last (the last ClusterIP Service, the last headless one)."""
+    `bench/zone_build.py` makes them, with cluster IPs inside the test API server's range, and
+    `pods` running Pods spread over the same namespaces; and the two names created last (the
+    last ClusterIP Service, the last headless one)."""
     import random
 
     from zone_build import synthetic
@@ -250,19 +253,29 @@ def sync_cluster(services: int) -> tuple[list[dict[str, Any]], list[str]]:
         slice_["apiVersion"] = "discovery.k8s.io/v1"
     namespaces = [{"kind": "Namespace", "metadata": {"name": f"ns-{n}"}} for n in range(100)]
     ordered = [obj for pair in zip(service_objects, slices, strict=True) for obj in pair]
-    return namespaces + ordered, [last[False], last[True]]
+    running_pods = [
+        {
+            "kind": "Pod",
+            "metadata": {"name": f"pod-{i}", "namespace": f"ns-{i % 100}"},
+            "status": {"podIP": f"10.{160 + i // 65536}.{i // 256 % 256}.{i % 256}"},
+        }
+        for i in range(pods)
+    ]
+    return namespaces + ordered + running_pods, [last[False], last[True]]
 
 
-def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
+def measure_sync(work: Path, services: int, pods: int = 0) -> list[tuple[str, Row]]:
     """The real `kdns serve` and CoreDNS, one after the other, started against a real
     kube-apiserver holding `services` Services: seconds from start to both names created last
     answering, the process's CPU seconds then, and its RSS; then a full relist after compaction
-    (`_relist`): the steady RSS before it, the peak through it, and its CPU."""
+    (`_relist`): the steady RSS before it, the peak through it, and its CPU. With `pods`, as many
+    running Pods too, and both servers verify pod records against them (kdns `--pods verified`,
+    CoreDNS `pods verified`): both then list and watch every Pod."""
 
     os.environ.setdefault("KUBEBUILDER_ASSETS", str(ROOT / ".envtest"))
     from tests.kubeapi import RealApiServer
 
-    objects, last_names = sync_cluster(services)
+    objects, last_names = sync_cluster(services, pods)
     api = RealApiServer(work / "sync-api")
     _API.append(api)
     admin = api.api_client()
@@ -276,7 +289,9 @@ def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
     # The rest straight into etcd: created through the API, Services slow to about 20 a second
     # past 35,000 (the ClusterIP allocator; see bench/etcd_load.py).
     written = etcd_load.load_through_etcd(api.etcd_port, [obj for obj in objects if obj["kind"] != "Namespace"])
-    _wait_served(core, services)
+    _wait_served(core.list_service_for_all_namespaces, services)
+    if pods:
+        _wait_served(core.list_pod_for_all_namespaces, pods)
     print(
         f"(sync: {len(namespaces)} Namespaces created, {written} objects written into etcd, served after "
         f"{time.monotonic() - started:.0f} s)"
@@ -287,13 +302,16 @@ def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
         port = free_port()
         if label == "kdns":
             command = kdns_command(Path(os.devnull), port, "--resolv-conf", os.devnull)
+            if pods:
+                command += ["--pods", "verified"]
             at = command.index("--snapshot")
             command[at : at + 2] = ["--kubeconfig", str(kubeconfig)]
         else:
             corefile = work / "Corefile-sync"
             corefile.write_text(
                 f".:{port} {{\n  bind 127.0.0.1\n  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n"
-                f"    kubeconfig {kubeconfig} real\n    pods insecure\n    fallthrough in-addr.arpa ip6.arpa\n"
+                f"    kubeconfig {kubeconfig} real\n    pods {'verified' if pods else 'insecure'}\n"
+                "    fallthrough in-addr.arpa ip6.arpa\n"
                 "    ttl 30\n  }\n  cache 30\n}\n"
             )
             command = [str(_coredns_binary()), "-conf", str(corefile)]
@@ -312,17 +330,17 @@ def measure_sync(work: Path, services: int) -> list[tuple[str, Row]]:
     return results
 
 
-def _wait_served(core: Any, services: int) -> None:
-    """Wait until the API server lists all `services` Services (its watch cache has caught up
-    with what was written into etcd)."""
+def _wait_served(list_call: Any, count: int) -> None:
+    """Wait until the API server lists `count` objects through `list_call` (its watch cache has
+    caught up with what was written into etcd)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        listed = core.list_service_for_all_namespaces(limit=1, _preload_content=False)
+        listed = list_call(limit=1, _preload_content=False)
         metadata = json.loads(listed.data)["metadata"]
-        if int(metadata.get("remainingItemCount") or 0) + 1 >= services:
+        if int(metadata.get("remainingItemCount") or 0) + 1 >= count:
             return
         time.sleep(0.5)
-    raise RuntimeError(f"the API server never listed {services} Services")
+    raise RuntimeError(f"the API server never listed {count} objects")
 
 
 def _status_mb(pid: int, field: str) -> float:
@@ -528,6 +546,9 @@ def main() -> int:
         default="",
         help="also time kdns and CoreDNS syncing each of these numbers of Services, and relisting ('': not)",
     )
+    parser.add_argument(
+        "--sync-pods", type=int, default=0, help="running Pods beside the Services of --sync, pods verified (0: not)"
+    )
     args = parser.parse_args()
 
     try:
@@ -589,8 +610,9 @@ def _compare(args: argparse.Namespace) -> int:
     curve: list[tuple[int, Row, Row]] = []
     for services in [int(size) for size in args.sync.split(",") if size]:
         with tempfile.TemporaryDirectory(prefix="kdns-sync-") as tmp:
-            print(f"\nsyncing {services} Services from a real kube-apiserver, one server after the other:")
-            rows = measure_sync(Path(tmp), services)
+            with_pods = f" and {args.sync_pods} Pods (pods verified)" if args.sync_pods else ""
+            print(f"\nsyncing {services} Services{with_pods} from a real kube-apiserver, one server after the other:")
+            rows = measure_sync(Path(tmp), services, args.sync_pods)
             for api in _API:  # one API server per size: the next starts from nothing
                 api.stop_all()
             _API.clear()

@@ -140,8 +140,25 @@ def stored_ip_address(service: dict[str, Any], now: str) -> dict[str, Any]:
     }
 
 
+def stored_pod(obj: dict[str, Any], now: str) -> dict[str, Any]:
+    """A running Pod as the API server stores it once the kubelet has reported its address (one
+    container; the defaults the API server fills in on read are left to it)."""
+    metadata = _metadata(obj, now)
+    metadata["managedFields"] = _managed(
+        "v1", {"f:spec": {"f:containers": {'k:{"name":"app"}': {".": {}, "f:image": {}, "f:name": {}}}}}, now
+    )
+    ip = obj["status"]["podIP"]
+    return {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": metadata,
+        "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}], "nodeName": "node-0"},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now},
+    }
+
+
 def stored(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """(etcd key, stored object) for every Service (and its IPAddress) and EndpointSlice."""
+    """(etcd key, stored object) for every Service (and its IPAddress), EndpointSlice and Pod."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out = []
     for obj in objects:
@@ -155,6 +172,8 @@ def stored(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
                 )
         elif obj["kind"] == "EndpointSlice":
             out.append((f"{ETCD_PREFIX}/endpointslices/{meta['namespace']}/{meta['name']}", stored_slice(obj, now)))
+        elif obj["kind"] == "Pod":
+            out.append((f"{ETCD_PREFIX}/pods/{meta['namespace']}/{meta['name']}", stored_pod(obj, now)))
         else:
             raise ValueError(f"not loaded through etcd: {obj['kind']}")
     return out
@@ -182,7 +201,7 @@ def _put_all(etcd_port: int, items: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 def load_through_etcd(etcd_port: int, objects: list[dict[str, Any]]) -> int:
-    """Write every Service and EndpointSlice of `objects` into etcd; the number of keys written."""
+    """Write every Service, EndpointSlice and Pod of `objects` into etcd; the keys written."""
     items = stored(objects)
     batches = [items[i : i + ETCD_TXN_OPS] for i in range(0, len(items), ETCD_TXN_OPS)]
     with ThreadPoolExecutor(4) as pool:
