@@ -27,9 +27,9 @@ kube-apiserver (one per size) holding N Services (about 10 endpoints each; writt
 see bench/etcd_load.py): time until the names created last answer, CPU seconds, RSS, then a
 full relist forced by a compaction (the API server restarted past it): its CPU, and the peak RSS
 through it against the steady RSS before; the ratios of kdns to CoreDNS; and, for two sizes or
-more, the curve of each cost per 1,000 Services against size for both. `--sync-pods N` adds N
-running Pods to each of those clusters and has both servers verify pod records against them
-(kdns `--pods verified`, CoreDNS `pods verified`). `--rounds 0` leaves out
+more, the curve of each cost per 1,000 Services against size for both. `--sync-pods N` then
+measures each size again with N running Pods beside the Services, both servers verifying pod
+records against them (kdns `--pods verified`, CoreDNS `pods verified`). `--rounds 0` leaves out
 the throughput runs (for the memory or sync figures alone).
 
 Installs nothing: `apt-get install -y dnsperf unbound zstd` and `tests/envtest.sh` (the test
@@ -547,7 +547,10 @@ def main() -> int:
         help="also time kdns and CoreDNS syncing each of these numbers of Services, and relisting ('': not)",
     )
     parser.add_argument(
-        "--sync-pods", type=int, default=0, help="running Pods beside the Services of --sync, pods verified (0: not)"
+        "--sync-pods",
+        type=int,
+        default=0,
+        help="then --sync's sizes again with this many running Pods, pods verified (0: not)",
     )
     args = parser.parse_args()
 
@@ -607,38 +610,44 @@ def _compare(args: argparse.Namespace) -> int:
             f"one event on a {r['endpoints']:.0f}-endpoint headless Service: {r['event_avg_ms']:.2f} ms average, "
             f"{r['event_worst_ms']:.2f} ms worst"
         )
-    curve: list[tuple[int, Row, Row]] = []
-    for services in [int(size) for size in args.sync.split(",") if size]:
-        with tempfile.TemporaryDirectory(prefix="kdns-sync-") as tmp:
-            with_pods = f" and {args.sync_pods} Pods (pods verified)" if args.sync_pods else ""
-            print(f"\nsyncing {services} Services{with_pods} from a real kube-apiserver, one server after the other:")
-            rows = measure_sync(Path(tmp), services, args.sync_pods)
-            for api in _API:  # one API server per size: the next starts from nothing
-                api.stop_all()
-            _API.clear()
-            for label, row in rows:
-                print(
-                    f"{label:8} both last-created names answer after {row['synced_s']:.1f} s, "
-                    f"{row['cpu_s']:.1f} s of CPU, {row['rss_mb']:.0f} MB RSS; a full relist after compaction: "
-                    f"{row['relist_cpu_s']:.1f} s of CPU, peak {row['relist_peak_mb']:.0f} MB against "
-                    f"{row['steady_mb']:.0f} MB steady ({row['relist_peak_mb'] / row['steady_mb']:.2f}x)"
-                )
-            (_, ours), (_, theirs) = rows
-            print(
-                f"kdns / CoreDNS: sync CPU {ours['cpu_s'] / theirs['cpu_s']:.2f}x, steady RSS "
-                f"{ours['steady_mb'] / theirs['steady_mb']:.2f}x, relist CPU "
-                f"{ours['relist_cpu_s'] / theirs['relist_cpu_s']:.2f}x"
-            )
-            curve.append((services, ours, theirs))
-    if len(curve) > 1:
-        print_curve(curve)
+    sizes = [int(size) for size in args.sync.split(",") if size]
+    for pods in [0, args.sync_pods] if args.sync_pods else [0]:  # Services alone, then with Pods
+        curve = [_sync_row(services, pods) for services in sizes]
+        if len(curve) > 1:
+            print_curve(curve, pods)
     return 0
 
 
-def print_curve(curve: list[tuple[int, Row, Row]]) -> None:
+def _sync_row(services: int, pods: int) -> tuple[int, Row, Row]:
+    """`measure_sync` at one size, on an API server of its own, printed; (size, kdns, CoreDNS)."""
+    with tempfile.TemporaryDirectory(prefix="kdns-sync-") as tmp:
+        with_pods = f" and {pods} Pods (pods verified)" if pods else ""
+        print(f"\nsyncing {services} Services{with_pods} from a real kube-apiserver, one server after the other:")
+        rows = measure_sync(Path(tmp), services, pods)
+        for api in _API:  # one API server per size: the next starts from nothing
+            api.stop_all()
+        _API.clear()
+    for label, row in rows:
+        print(
+            f"{label:8} both last-created names answer after {row['synced_s']:.1f} s, "
+            f"{row['cpu_s']:.1f} s of CPU, {row['rss_mb']:.0f} MB RSS; a full relist after compaction: "
+            f"{row['relist_cpu_s']:.1f} s of CPU, peak {row['relist_peak_mb']:.0f} MB against "
+            f"{row['steady_mb']:.0f} MB steady ({row['relist_peak_mb'] / row['steady_mb']:.2f}x)"
+        )
+    (_, ours), (_, theirs) = rows
+    print(
+        f"kdns / CoreDNS: sync CPU {ours['cpu_s'] / theirs['cpu_s']:.2f}x, steady RSS "
+        f"{ours['steady_mb'] / theirs['steady_mb']:.2f}x, relist CPU "
+        f"{ours['relist_cpu_s'] / theirs['relist_cpu_s']:.2f}x"
+    )
+    return services, ours, theirs
+
+
+def print_curve(curve: list[tuple[int, Row, Row]], pods: int = 0) -> None:
     """Cost against size for both servers: each figure per 1,000 Services, so that a line that
     stays flat is a cost that grows linearly, and the ratio of kdns to CoreDNS at each size."""
-    print("\ncost against size, per 1,000 Services (kdns | CoreDNS | kdns / CoreDNS):")
+    with_pods = f", with {pods} Pods verified" if pods else ""
+    print(f"\ncost against size{with_pods}, per 1,000 Services (kdns | CoreDNS | kdns / CoreDNS):")
     print(f"{'Services':>9} {'sync CPU s':>26} {'steady RSS MB':>28} {'relist peak MB':>28}")
     for services, ours, theirs in curve:
         per = services / 1000
