@@ -184,6 +184,17 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def kubeadm_corefile(port: int, kubeconfig: Path, pods: str = "insecure", before: str = "", after: str = "") -> str:
+    """kubeadm's Corefile for CoreDNS on 127.0.0.1:`port`, following the API server of
+    `kubeconfig`, with `pods` as its pod mode and the plugins `before` and `after` its
+    `kubernetes` and `cache`."""
+    lines = [f".:{port} {{", "  bind 127.0.0.1", *([f"  {before}"] if before else [])]
+    lines += ["  kubernetes cluster.local in-addr.arpa ip6.arpa {", f"    kubeconfig {kubeconfig} real"]
+    lines += [f"    pods {pods}", "    fallthrough in-addr.arpa ip6.arpa", "    ttl 30", "  }", "  cache 30"]
+    lines += [*([f"  {after}"] if after else []), "}"]
+    return "\n".join(lines) + "\n"
+
+
 @contextlib.contextmanager
 def coredns(work: Path, objects: list[dict[str, Any]], port: int, procs: int) -> Iterator[subprocess.Popen[bytes]]:
     """CoreDNS with the kubeadm Corefile on `port`, following a real kube-apiserver that holds
@@ -192,12 +203,7 @@ def coredns(work: Path, objects: list[dict[str, Any]], port: int, procs: int) ->
     api = _api_server(work, objects)
     kubeconfig = api.kubeconfig(work / "coredns-kubeconfig")
     corefile = work / f"Corefile-{port}"
-    corefile.write_text(
-        f".:{port} {{\n  bind 127.0.0.1\n  errors\n"
-        f"  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n    kubeconfig {kubeconfig} real\n"
-        "    pods insecure\n    fallthrough in-addr.arpa ip6.arpa\n    ttl 30\n  }\n"
-        "  cache 30\n  loadbalance\n}\n"
-    )
+    corefile.write_text(kubeadm_corefile(port, kubeconfig, before="errors", after="loadbalance"))
     process = subprocess.Popen(
         [str(binary), "-conf", str(corefile)],
         stdout=subprocess.DEVNULL,
@@ -308,12 +314,7 @@ def measure_sync(work: Path, services: int, pods: int = 0) -> list[tuple[str, Ro
             command[at : at + 2] = ["--kubeconfig", str(kubeconfig)]
         else:
             corefile = work / "Corefile-sync"
-            corefile.write_text(
-                f".:{port} {{\n  bind 127.0.0.1\n  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n"
-                f"    kubeconfig {kubeconfig} real\n    pods {'verified' if pods else 'insecure'}\n"
-                "    fallthrough in-addr.arpa ip6.arpa\n"
-                "    ttl 30\n  }\n  cache 30\n}\n"
-            )
+            corefile.write_text(kubeadm_corefile(port, kubeconfig, pods="verified" if pods else "insecure"))
             command = [str(_coredns_binary()), "-conf", str(corefile)]
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)

@@ -85,6 +85,13 @@ def pod(ns: str, name: str, *ips: str) -> Obj:
     }
 
 
+def upsert(store: ClusterStore, obj: Obj) -> None:
+    """Convert `obj` (which must convert) and apply it to `store`."""
+    converted = convert(obj["kind"], obj)
+    assert converted is not None
+    store.upsert(converted)
+
+
 def store_of(
     *objects: Obj,
     domain: str = "cluster.local",

@@ -603,14 +603,13 @@ class _Ahead:
     asking when kdns ends does not hold the process (its request has its own timeout)."""
 
     def __init__(self, call: Callable[[], tuple[list[Any], str, str | None]]) -> None:
-        self._call = call
         self._outcome: tuple[list[Any], str, str | None] | BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="kdns-list-ahead", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(call,), name="kdns-list-ahead", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, call: Callable[[], tuple[list[Any], str, str | None]]) -> None:
         try:
-            self._outcome = self._call()
+            self._outcome = call()
         except BaseException as error:  # handed to whoever waits for the result
             self._outcome = error
 

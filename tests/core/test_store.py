@@ -6,7 +6,6 @@ from __future__ import annotations
 import pickle
 import random
 
-from kdns.core.convert import convert
 from kdns.core.store import Change, ClusterStore
 from kdns.core.zonefile import render
 from tests.builders import (
@@ -20,18 +19,13 @@ from tests.builders import (
     records,
     service,
     store_of,
+    upsert,
 )
-
-
-def _upsert(store: ClusterStore, obj: Obj) -> None:
-    converted = convert(obj["kind"], obj)
-    assert converted is not None
-    store.upsert(converted)
 
 
 def test_new_service_resolves_and_deleted_service_goes_nxdomain_with_its_ptr() -> None:
     store = store_of()
-    _upsert(store, service("prod", "web", ["10.96.0.5"]))
+    upsert(store, service("prod", "web", ["10.96.0.5"]))
     assert records(ask(store, "web.prod.svc.cluster.local")) == ["web.prod.svc.cluster.local. A 10.96.0.5"]
     store.delete("Service", ("prod", "web"))
     assert rcode(ask(store, "web.prod.svc.cluster.local")) == "NXDOMAIN"
@@ -47,7 +41,7 @@ def test_a_slice_change_rebuilds_only_that_services_answers() -> None:
     )
     zone = store.zone
     web_before = zone.answer(b"\x03web\x04prod\x03svc\x07cluster\x05local\x00", 1)
-    _upsert(store, endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5"), endpoint("10.244.1.6")]))
+    upsert(store, endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5"), endpoint("10.244.1.6")]))
     assert zone.answer(b"\x03web\x04prod\x03svc\x07cluster\x05local\x00", 1) is web_before
     assert len(records(ask(store, "db.prod.svc.cluster.local"))) == 2
 
@@ -57,7 +51,7 @@ def test_an_endpoint_turning_not_ready_leaves_the_answers() -> None:
         headless("prod", "db"),
         endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", hostname="db-0"), endpoint("10.244.1.6")]),
     )
-    _upsert(
+    upsert(
         store,
         endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5", False, hostname="db-0"), endpoint("10.244.1.6")]),
     )
@@ -69,7 +63,7 @@ def test_an_endpoint_turning_not_ready_leaves_the_answers() -> None:
 def test_service_created_after_its_slices_publishes_them() -> None:
     store = store_of(endpoint_slice("prod", "db-a", "db", [endpoint("10.244.1.5")]))
     assert rcode(ask(store, "db.prod.svc.cluster.local")) == "NXDOMAIN"
-    _upsert(store, headless("prod", "db"))
+    upsert(store, headless("prod", "db"))
     assert records(ask(store, "db.prod.svc.cluster.local")) == ["db.prod.svc.cluster.local. A 10.244.1.5"]
 
 
@@ -89,7 +83,7 @@ def test_slice_relabelled_to_another_service_moves_its_endpoints() -> None:
         headless("prod", "b"),
         endpoint_slice("prod", "s", "a", [endpoint("10.244.1.5")]),
     )
-    _upsert(store, endpoint_slice("prod", "s", "b", [endpoint("10.244.1.5")]))
+    upsert(store, endpoint_slice("prod", "s", "b", [endpoint("10.244.1.5")]))
     assert rcode(ask(store, "a.prod.svc.cluster.local")) == "NXDOMAIN"
     assert records(ask(store, "b.prod.svc.cluster.local")) == ["b.prod.svc.cluster.local. A 10.244.1.5"]
 
@@ -123,10 +117,10 @@ def test_address_behind_a_headless_and_a_cluster_ip_service_has_both_ptrs_as_the
         "5.1.244.10.in-addr.arpa. PTR db-0.db.prod.svc.cluster.local.",
     ]
     assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == both
-    _upsert(store, endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.5", ready=False)]))
+    upsert(store, endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.5", ready=False)]))
     assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == both[1:]
     assert rcode(ask(store, "10-244-1-5.web.prod.svc.cluster.local")) == "NXDOMAIN"
-    _upsert(store, endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.5")]))
+    upsert(store, endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.5")]))
     assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == both
     store.delete("Service", ("prod", "db"))
     assert records(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == both[:1]
@@ -138,7 +132,7 @@ def test_cluster_ip_service_endpoint_names_follow_their_slices() -> None:
         endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.5")]),
     )
     assert records(ask(store, "10-244-1-5.web.prod.svc.cluster.local")) != []
-    _upsert(store, endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.6")]))
+    upsert(store, endpoint_slice("prod", "web-a", "web", [endpoint("10.244.1.6")]))
     assert rcode(ask(store, "10-244-1-5.web.prod.svc.cluster.local")) == "NXDOMAIN"
     assert rcode(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == "REFUSED"  # not ours: forwarded when serving
     assert records(ask(store, "6.1.244.10.in-addr.arpa", "PTR")) == [
@@ -151,10 +145,10 @@ def test_cluster_ip_service_endpoint_names_follow_their_slices() -> None:
 
 def test_service_changing_type_replaces_its_records() -> None:
     store = store_of(service("prod", "web", ["10.96.0.5"]))
-    _upsert(store, service("prod", "web", type_="ExternalName", external_name="example.com"))
+    upsert(store, service("prod", "web", type_="ExternalName", external_name="example.com"))
     assert records(ask(store, "web.prod.svc.cluster.local")) == ["web.prod.svc.cluster.local. CNAME example.com."]
     assert rcode(ask(store, "_http._tcp.web.prod.svc.cluster.local", "SRV")) == "NXDOMAIN"
-    _upsert(store, service("prod", "web", ["10.96.0.6"]))
+    upsert(store, service("prod", "web", ["10.96.0.6"]))
     assert records(ask(store, "web.prod.svc.cluster.local")) == ["web.prod.svc.cluster.local. A 10.96.0.6"]
 
 
@@ -206,7 +200,7 @@ def test_incremental_changes_end_where_a_fresh_build_does() -> None:
     store.delete("Service", ("prod", "gone"))
     store.delete("EndpointSlice", ("prod", "db-old"))
     for obj in final:
-        _upsert(store, obj)
+        upsert(store, obj)
     fresh = store_of(*final)
     assert render(store.zone) == render(fresh.zone)
 
@@ -234,10 +228,10 @@ def test_empty_non_terminal_stays_while_any_name_below_it_remains() -> None:
 def test_srv_protocol_label_stays_while_one_named_port_remains() -> None:
     ports = [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "https", "port": 443, "protocol": "TCP"}]
     store = store_of(service("prod", "web", ["10.96.0.5"], ports))
-    _upsert(store, service("prod", "web", ["10.96.0.5"], ports[:1]))
+    upsert(store, service("prod", "web", ["10.96.0.5"], ports[:1]))
     assert rcode(ask(store, "_tcp.web.prod.svc.cluster.local", "SRV")) == "NOERROR"
     assert rcode(ask(store, "_https._tcp.web.prod.svc.cluster.local", "SRV")) == "NXDOMAIN"
-    _upsert(store, service("prod", "web", ["10.96.0.5"], []))
+    upsert(store, service("prod", "web", ["10.96.0.5"], []))
     assert rcode(ask(store, "_tcp.web.prod.svc.cluster.local", "SRV")) == "NXDOMAIN"
 
 
@@ -280,7 +274,7 @@ def test_random_change_sequences_end_where_a_fresh_build_does() -> None:
                 store.delete(kind, ("prod", key[1]))
                 del final[key]
             else:
-                _upsert(store, obj)
+                upsert(store, obj)
                 final[key] = obj
         fresh = store_of(*final.values())
         assert render(store.zone) == render(fresh.zone), seed
@@ -302,7 +296,7 @@ def test_a_store_replaying_anothers_journal_ends_with_the_same_zone_and_serial()
             if rng.random() < 0.25:
                 source.delete(kind, ("prod", obj["metadata"]["name"]))
             else:
-                _upsert(source, obj)
+                upsert(source, obj)
             source.bump_serial(1_000 + step // 3)
         for change in pickle.loads(pickle.dumps(journal)):  # as it crosses the pipe
             replica.replay(change)
@@ -318,7 +312,7 @@ def test_a_store_loaded_with_anothers_objects_ends_with_the_same_zone() -> None:
         headless("prod", "db"),
         endpoint_slice("prod", "db-a", "db", [endpoint("10.244.0.1", hostname="db-0")]),
     )
-    _upsert(
+    upsert(
         source,
         {"kind": "Pod", "metadata": {"namespace": "prod", "name": "p"}, "status": {"podIPs": [{"ip": "10.244.0.9"}]}},
     )
@@ -341,12 +335,12 @@ def test_a_held_store_publishes_each_service_once_at_release_as_a_store_never_he
     held = ClusterStore("cluster.local", 30, journal=journal.append)
     held.hold()
     for obj in objects:
-        _upsert(held, obj)
+        upsert(held, obj)
     assert rcode(ask(held, "web.prod.svc.cluster.local")) == "NXDOMAIN"  # held back
     held.release()
     assert records(ask(held, "db-0.db.prod.svc.cluster.local")) == ["db-0.db.prod.svc.cluster.local. A 10.244.0.1"]
     assert render(held.zone) == render(store_of(*objects).zone)
-    _upsert(held, service("prod", "late", ["10.96.0.9"]))  # after release: published at once
+    upsert(held, service("prod", "late", ["10.96.0.9"]))  # after release: published at once
     assert rcode(ask(held, "late.prod.svc.cluster.local")) == "NOERROR"
     # A worker forked while the supervisor held replays the release with the rest.
     replica = ClusterStore("cluster.local", 30)

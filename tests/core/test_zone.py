@@ -8,13 +8,11 @@ import ipaddress
 from kdns.core import rdata
 from kdns.core.answer import Answer
 from kdns.core.answer_table import SharedAnswer
-from kdns.core.convert import convert
 from kdns.core.message import NOERROR, NXDOMAIN
 from kdns.core.model import Kind
 from kdns.core.names import to_wire
-from kdns.core.store import ClusterStore
 from kdns.core.zone import Zone
-from tests.builders import Obj, endpoint, endpoint_slice, headless, namespace, service, store_of
+from tests.builders import Obj, endpoint, endpoint_slice, headless, namespace, service, store_of, upsert
 
 WEB = to_wire("web.prod.svc.cluster.local")
 NS_NAME = to_wire("prod.svc.cluster.local")
@@ -128,12 +126,6 @@ def test_negative_answers_are_shared_by_names_of_the_same_length() -> None:
     assert first is same_length and first is not longer  # the SOA points into the question
 
 
-def _upsert(store: ClusterStore, obj: Obj) -> None:
-    converted = convert(obj["kind"], obj)
-    assert converted is not None
-    store.upsert(converted)
-
-
 def _cluster() -> list[Obj]:
     return [
         namespace("prod"),
@@ -177,7 +169,7 @@ def test_a_name_changed_after_sharing_is_answered_from_the_index_and_the_others_
     zone = store.zone
     zone.share()
     srv = to_wire("_http._tcp.web.prod.svc.cluster.local")
-    _upsert(store, service("prod", "web", ["10.96.0.9"], [{"name": "http", "port": 80, "protocol": "TCP"}]))
+    upsert(store, service("prod", "web", ["10.96.0.9"], [{"name": "http", "port": 80, "protocol": "TCP"}]))
     answer = zone.answer(WEB, rdata.A)
     assert answer is not None and not isinstance(answer, SharedAnswer) and b"\x0a\x60\x00\x09" in answer.records
     assert zone.keeps(WEB, rdata.A, answer)
@@ -200,7 +192,7 @@ def test_the_table_is_dropped_once_more_than_half_its_entries_names_changed() ->
     entries = zone.shared_entries()  # each Service: A and SRV at its name, SRV at _http._tcp, PTR
     assert entries >= 40 * 4
     for i in range(40):  # each change: the Service's name and its SRV name (its PTR unchanged)
-        _upsert(store, service("prod", f"svc-{i}", [f"10.96.0.{i + 1}"], [{"name": "http", "port": 81}]))
+        upsert(store, service("prod", f"svc-{i}", [f"10.96.0.{i + 1}"], [{"name": "http", "port": 81}]))
         assert zone.shared_entries() == (entries if 2 * (i + 1) <= entries // 2 else 0), i
     after = zone.answer(to_wire("svc-0.prod.svc.cluster.local"), rdata.SRV)
     assert after is not None and not isinstance(after, SharedAnswer) and b"\x00\x51" in after.records  # port 81
