@@ -13,7 +13,7 @@ import functools
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import re2
@@ -269,6 +269,30 @@ class ServeConfig:
 # Settings a reload applies at once; every other change waits for a restart (logged as such).
 # What applies at once wherever kdns runs, `--workers` too (the rest is built again: `kdns.live`).
 LIVE_SETTINGS = ("log_level", "log_format", "config_poll", "config_poll_jitter", "config_max_bytes", "lameduck")
+
+
+def worker_share(config: ServeConfig) -> ServeConfig:
+    """`config` with the byte budgets of the stores each worker keeps for itself divided among
+    `config.workers`: the kept replies, the forward cache (negative answers too) and the TCP
+    buffers. A budget flag bounds the instance, however many processes answer, as Unbound's
+    `msg-cache-size` bounds the one cache its threads share: an operator sizes the Pod's memory
+    from the flags, and `--workers 4` would otherwise hold four times what they say. The sum over
+    the workers is what `kdns_store_budget_bytes` publishes. The TCP buffers keep at least
+    TCP_BUFFER_LOWEST each (a whole largest query and a batch of replies). Counts that bound work
+    rather than memory (`--max-tcp-connections`, `--max-concurrent`, `--cache-size`) stay per
+    worker: each worker has its own event loop and clients to be fair among."""
+    share = config.workers
+    if share <= 1:
+        return config
+    forward = config.forward
+    return replace(
+        config,
+        reply_cache_bytes=config.reply_cache_bytes // share,
+        tcp=replace(config.tcp, buffer_bytes=max(TCP_BUFFER_LOWEST, config.tcp.buffer_bytes // share)),
+        forward=replace(
+            forward, cache_bytes=forward.cache_bytes // share, denial_cache_bytes=forward.denial_cache_bytes // share
+        ),
+    )
 
 
 def cluster_domain(text: str) -> str:

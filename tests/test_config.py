@@ -192,9 +192,10 @@ def test_a_hostile_reload_is_refused_and_counted_while_dns_is_answered(tmp_path:
 # -- one source for defaults (issue 18, point 6) ------------------------------------------------
 
 
-def _defaults(command: str) -> ServeConfig:
-    """The configuration of `kdns <command>` given no flag (node-cache's one required flag aside)."""
-    argv = [command] if command == "serve" else [command, "--cluster-dns", "10.96.0.10"]
+def _defaults(command: str, flags: tuple[str, ...] | list[str] = ()) -> ServeConfig:
+    """The configuration of `kdns <command>` given `flags` and no other (node-cache's one
+    required flag aside)."""
+    argv = [command, *flags] if command == "serve" else [command, "--cluster-dns", "10.96.0.10", *flags]
     parser = cli._parser()
     args = parser.parse_args(argv)
     settings = cli._serve_settings(parser, argv, args, {}, command)
@@ -231,6 +232,24 @@ def test_every_flag_of_serve_defaults_to_the_config_records_own() -> None:
         ready=SocketAddress.parse(config.DEFAULT_READY_LISTEN, "--ready-listen"),
         metrics=SocketAddress.parse(config.DEFAULT_METRICS_LISTEN, "--metrics-listen"),
     )
+
+
+def test_workers_share_the_byte_budgets_of_the_stores_each_keeps_so_the_flags_bound_the_instance() -> None:
+    """Unbound's rule: one budget for the server, whatever the threads (`config.worker_share`)."""
+    settings = ["--reply-cache-bytes", "16Mi", "--cache-bytes", "32Mi", "--tcp-buffer-bytes", "1Mi"]
+    alone = _defaults("serve", settings)
+    assert config.worker_share(alone) is alone
+    four = config.worker_share(dataclasses.replace(alone, workers=4))
+    assert four.reply_cache_bytes * 4 == alone.reply_cache_bytes
+    assert four.forward.cache_bytes * 4 == alone.forward.cache_bytes
+    assert four.forward.denial_cache_bytes * 4 == alone.forward.denial_cache_bytes
+    assert four.tcp.buffer_bytes * 4 == alone.tcp.buffer_bytes
+    # What bounds work per event loop stays each worker's; the TCP buffers never go below the
+    # room for a whole largest query and a batch of replies.
+    assert (four.tcp.max_connections, four.forward.cache_size) == (alone.tcp.max_connections, alone.forward.cache_size)
+    many = config.worker_share(dataclasses.replace(alone, workers=64))
+    assert many.tcp.buffer_bytes == config.TCP_BUFFER_LOWEST
+    assert many.reply_cache_bytes == alone.reply_cache_bytes // 64
 
 
 def test_every_flag_of_node_cache_defaults_to_the_config_records_own() -> None:

@@ -35,6 +35,7 @@ from tests.process import KdnsServer, run_kdns
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = ROOT / "examples" / "cluster.yaml"
+MIB = 1024 * 1024
 OPS = ("--health-listen", "127.0.0.1:0", "--ready-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
 
 
@@ -87,6 +88,25 @@ def test_two_workers_each_hold_their_own_socket_on_the_one_port_and_share_the_qu
         assert server.stop(signal.SIGINT) == 0
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists(), "a worker outlived kdns"
+
+
+def test_the_byte_budget_flags_bound_the_instance_whatever_the_number_of_workers() -> None:
+    """Each of N workers keeps 1/N of each byte budget of its own stores (`config.worker_share`,
+    as Unbound's threads share one cache): the instance's `kdns_store_budget_bytes`, the sum of
+    its workers', is what the flags say, not N times it."""
+    flags = ["--reply-cache-bytes", "4Mi", "--cache-bytes", "8Mi", "--tcp-buffer-bytes", "2Mi"]
+    flags += ["--workers", "2", "--upstream", "127.0.0.1:9"]
+    server = KdnsServer("--snapshot", str(SNAPSHOT), *flags, *OPS, listen=("127.0.0.1:0",))
+    try:
+        worker_pids(server, 2)
+        budget = 'kdns_store_budget_bytes{{store="{}"}}'.format
+        wait(lambda: metric(_scrape(server), "kdns_workers") == 2, 5, "both workers reporting")
+        wait(lambda: metric(_scrape(server), budget("tcp_buffers")) == 2 * MIB, 5, "both workers' budgets summed")
+        scraped = _scrape(server)
+        assert metric(scraped, budget("reply_cache_udp")) + metric(scraped, budget("reply_cache_tcp")) == 4 * MIB
+        assert metric(scraped, budget("forward_cache")) == 8 * MIB
+    finally:
+        assert server.stop(signal.SIGINT) == 0
 
 
 def test_a_killed_worker_is_logged_and_started_again_and_metrics_never_go_backwards() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import trio
 
 from kdns import logs
-from kdns.config import OpsListeners, ServeConfig
+from kdns.config import OpsListeners, ServeConfig, worker_share
 from kdns.core.store import Change, ClusterStore, bulk_change
 from kdns.live import Live
 from kdns.serve import BoundListener, bind
@@ -137,8 +137,8 @@ class _Loading:
 
 def answering_part(config: ServeConfig) -> ServeConfig:
     """What a worker serves of `config`: everything but the operations endpoints, which the
-    supervisor serves for the instance."""
-    return replace(config, ops=OpsListeners(limits=config.ops.limits))
+    supervisor serves for the instance, with its share of the byte budgets (`worker_share`)."""
+    return replace(worker_share(config), ops=OpsListeners(limits=config.ops.limits))
 
 
 def apply(store: ClusterStore, messages: list[object], synced: bool) -> bool:
