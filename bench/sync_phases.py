@@ -4,9 +4,11 @@ to the model), applied to the store with publishing held (`ClusterStore.hold`, a
 does until every watcher has listed), and the release that publishes every Service at once (the
 records and the prepared answers). Synthetic clusters as `bench/zone_build.py` makes them (1 to 20
 endpoints a Service, a fifth headless). Seconds, and each phase's share of the whole; nothing is
-asserted. `--profile` adds cProfile's heaviest functions for the first size.
+asserted. `--profile` adds cProfile's heaviest functions for the first size; `--memory` what the
+synced store holds for the first size, by part (tracemalloc: each block counted under the
+innermost kdns module that allocated it).
 
-    .venv/bin/python bench/sync_phases.py [--sizes 1000,10000,50000] [--profile]
+    .venv/bin/python bench/sync_phases.py [--sizes 1000,10000,50000] [--profile] [--memory]
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import pstats
 import random
 import sys
 import time
+import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,10 +75,48 @@ def sync(lists: dict[str, list[bytes]]) -> tuple[ClusterStore, dict[str, float]]
     return store, spent
 
 
+# What each kdns module allocates belongs to: the objects converted from the API's (the model), the
+# records and names published from them, the zone's index of them, the store around both.
+PARTS = {
+    "convert.py": "objects (model)",
+    "model.py": "objects (model)",
+    "records.py": "records and names",
+    "rdata.py": "records and names",
+    "names.py": "records and names",
+    "zone.py": "zone index",
+    "store.py": "store",
+}
+KDNS = str(ROOT / "kdns")
+
+
+def memory(services: int) -> None:
+    """What the store synced from `services` Services holds, by part (see PARTS)."""
+    lists = pages(services)
+    gc.collect()
+    tracemalloc.start(16)
+    store, _ = sync(lists)
+    del lists
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    parts: Counter[str] = Counter()
+    for stat in snapshot.statistics("traceback"):
+        # Innermost first: the kdns frame that asked for the block (a named tuple's `__new__`
+        # or an `ipaddress` object counts under the kdns code that made it).
+        owner = next((frame.filename for frame in reversed(stat.traceback) if frame.filename.startswith(KDNS)), "")
+        parts[PARTS.get(Path(owner).name, "other") if owner else "outside kdns"] += stat.size
+    # (No RSS here: tracemalloc's own record of every block would be most of it.)
+    print(f"\nheld after syncing {services} Services ({store.zone.name_count()} names):")
+    for part, size in parts.most_common():
+        print(f"  {part:<20} {size / 1e6:7.1f} MB")
+    print(f"  {'all traced':<20} {sum(parts.values()) / 1e6:7.1f} MB")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,50000")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--memory", action="store_true")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     print(f"{'services':>9} {'names':>8} {'total s':>8} " + " ".join(f"{phase:>15}" for phase in PHASES))
@@ -92,6 +134,8 @@ def main() -> int:
         lists = pages(sizes[0])
         profile.runcall(sync, lists)
         pstats.Stats(profile).sort_stats("tottime").print_stats(15)
+    if args.memory:
+        memory(sizes[0])
     return 0
 
 
