@@ -144,6 +144,10 @@ class ClusterStore:
         self._pod_index_full = False  # reported once each time it fills
         self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
         self._parts: dict[tuple[str, str], tuple[Service, records.PartCache]] = {}
+        # What each slice of a headless Service published as its own contribution
+        # (`records.headless_by_slice`), by Service and slice name: the very mappings of its parts,
+        # so that a slice whose mapping is unchanged is not given to the zone again.
+        self._slice_sets: dict[tuple[str, str], dict[str, records.RecordTuples]] = {}
         # While held (`hold`): the Services whose records wait to be published by `release`.
         self._held: set[tuple[str, str]] | None = None
         # A namespace exists while its Namespace object or any Service or Pod in it does: a
@@ -334,23 +338,52 @@ class ClusterStore:
         if service is None:
             self._parts.pop(key, None)
             self.zone.replace(contributor, {})
+            self._publish_slices(key, {})
         else:
             ordered = self.slices_of(key)
             parts = self._parts_of(service, len(ordered))
             publish = self.publish
-            published = records.service_records(
-                service,
-                ordered,
-                self.domain,
-                omitted,
-                parts,
-                pod_names=publish.endpoint_pod_names,
-                ignore_empty=publish.ignore_empty_service,
-            )
-            self.zone.replace(contributor, published)
+            split = None
+            if parts is not None:
+                split = records.headless_by_slice(
+                    service, ordered, self.domain, omitted, parts, pod_names=publish.endpoint_pod_names
+                )
+            if split is not None:
+                moved = self._publish_slices(key, split.own)  # its SRV records' targets are the slices' names
+                self.zone.replace(contributor, split.service, targets_moved=moved)
+            else:
+                published = records.service_records(
+                    service,
+                    ordered,
+                    self.domain,
+                    omitted,
+                    parts,
+                    pod_names=publish.endpoint_pod_names,
+                    ignore_empty=publish.ignore_empty_service,
+                )
+                self.zone.replace(contributor, published)
+                self._publish_slices(key, {})
         self._note_omissions(contributor, omitted)
         if key == self.dns_service:
             self._publish_apex()
+
+    def _publish_slices(self, key: tuple[str, str], own: dict[str, records.RecordTuples]) -> bool:
+        """Make `own` the slices' own contributions for Service `key` (`records.SliceContributions`):
+        a slice whose mapping is the one it published before is skipped, one no longer there is
+        withdrawn. Whether any changed. O(the changed slices' names)."""
+        before = self._slice_sets.pop(key, {})
+        if own:
+            self._slice_sets[key] = own
+        changed = False
+        for name, sets in own.items():
+            if before.get(name) is not sets:
+                self.zone.replace(("slice", key, name), sets)
+                changed = True
+        for name in before:
+            if name not in own:
+                self.zone.replace(("slice", key, name), {})
+                changed = True
+        return changed
 
     def _parts_of(self, service: Service, slices: int) -> records.PartCache | None:
         """The parts kept for a headless Service of several slices (`records.HeadlessPart`): an

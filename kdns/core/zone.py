@@ -348,9 +348,14 @@ class Zone:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def replace(self, contributor: Hashable, record_sets: Mapping[bytes, Contribution]) -> None:
+    def replace(
+        self, contributor: Hashable, record_sets: Mapping[bytes, Contribution], *, targets_moved: bool = False
+    ) -> None:
         """Make `record_sets` (owner names in lowercased wire form) the whole contribution of
-        `contributor`; empty withdraws it."""
+        `contributor`; empty withdraws it. `targets_moved`: names its SRV and NS records point at
+        were changed by other contributors (a headless Service's endpoint names are its slices':
+        `records.headless_by_slice`), so its answers that carry their addresses are made again
+        even where its own records are unchanged."""
         self.generation += 1
         new = record_sets
         old_keys = self._contributors.pop(contributor, ())
@@ -395,7 +400,7 @@ class Zone:
         target_owners = dependants + [key for key in changed if key in new and _has_targets(new[key])]
         if target_owners:
             self._target_owners[contributor] = tuple(target_owners)
-        if not any_change:
+        if not (any_change or (targets_moved and dependants)):
             return
         self._addresses_memo = {}
         try:
@@ -622,10 +627,12 @@ def _target(record: Record) -> bytes:
 
 def _has_targets(records: Contribution) -> bool:
     """Whether a contribution at a name holds SRV or NS records."""
-    return not isinstance(records, OnDemandRecords) and any(record.rtype in (rdata.SRV, rdata.NS) for record in records)
+    # In C (a headless Service's name holds thousands of A records before its SRV records).
+    return not isinstance(records, OnDemandRecords) and not _TARGET_TYPES.isdisjoint(map(_RTYPE, records))
 
 
 _RTYPE = attrgetter("rtype")
+_TARGET_TYPES = frozenset((rdata.SRV, rdata.NS))  # types whose records point at a name
 
 
 def _soa_names(apex: str) -> tuple[str, str]:

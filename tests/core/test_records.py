@@ -10,7 +10,7 @@ import dns.reversename
 
 from kdns.core.convert import convert
 from kdns.core.model import EndpointSlice, Service
-from kdns.core.records import Omission, PartCache, service_records
+from kdns.core.records import Omission, PartCache, headless_by_slice, service_records
 from kdns.core.store import ClusterStore, PodMode, PublishOptions
 from tests.builders import (
     Obj,
@@ -524,7 +524,8 @@ def test_a_headless_service_built_from_kept_slice_parts_equals_one_built_whole()
     """Issue 11: an event on a large headless Service builds only the slice it changed
     (`HeadlessPart`); what it publishes is exactly what building every slice again gives, in the
     same order, across ready flips, slices coming and going, the SRV weight crossing 100
-    targets (where it becomes 0), an address in two slices, and a too-long port name."""
+    targets (where it becomes 0), an address in two slices, and a too-long port name; and
+    split a contribution a slice (`headless_by_slice`), the same records."""
     rng = random.Random(11)
     ports = [
         {"name": "http", "port": 80, "protocol": "TCP"},
@@ -538,14 +539,16 @@ def test_a_headless_service_built_from_kept_slice_parts_equals_one_built_whole()
             endpoint(f"10.200.{number}.{j}", ready=rng.random() < 0.8, hostname=f"big-{number}-{j}" if j % 3 else None)
             for j in range(rng.randrange(1, 45))
         ]
-        if rng.random() < 0.1:  # briefly in two slices, as during an EndpointSlice controller move
-            endpoints.append(endpoint("10.200.0.1", hostname="big-0-1"))
+        if rng.random() < 0.25:  # briefly in two slices, as during an EndpointSlice controller move
+            endpoints.append(endpoint("10.200.0.0"))  # slice 0's first endpoint (ready 4 times in 5)
         obj = convert("EndpointSlice", endpoint_slice("prod", f"big-{number}", "big", endpoints, ports=ports))
         assert isinstance(obj, EndpointSlice)
         return obj
 
     slices = {number: make_slice(number) for number in range(4)}
     parts: PartCache = {}
+    split_parts: PartCache = {}
+    overlaps = 0
     for step in range(80):
         number = rng.randrange(6)
         if number in slices and rng.random() < 0.2:
@@ -560,6 +563,20 @@ def test_a_headless_service_built_from_kept_slice_parts_equals_one_built_whole()
         assert dict(kept) == dict(whole), step  # every name, and every record in its order
         assert sorted(kept_omitted) == sorted(whole_omitted), step
         assert set(parts) == {slice_.name for slice_ in ordered}
+        # Split by slice (one contribution a slice, one for the Service): the same names and
+        # records, each name given once; or none, where two slices share a name.
+        split_omitted: list[Omission] = []
+        split = headless_by_slice(service_obj, ordered, "cluster.local", split_omitted, split_parts)
+        if split is None:
+            overlaps += 1
+            continue
+        together = dict(split.service)
+        for own in split.own.values():
+            assert not together.keys() & own.keys(), step
+            together.update(own)
+        assert together == dict(whole), step
+        assert sorted(split_omitted) == sorted(whole_omitted), step
+    assert 0 < overlaps < 80  # both ways were taken
 
 
 # -- CoreDNS's kubernetes options: endpoint_pod_names, ignore empty_service ------------------------

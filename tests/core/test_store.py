@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections.abc import Hashable, Mapping
 
 from kdns.core.store import Change, ClusterStore
+from kdns.core.zone import Contribution
 from kdns.core.zonefile import render
 from tests.builders import (
     Obj,
@@ -203,6 +205,87 @@ def test_incremental_changes_end_where_a_fresh_build_does() -> None:
         upsert(store, obj)
     fresh = store_of(*final)
     assert render(store.zone) == render(fresh.zone)
+
+
+def _big_headless(slices: int, per_slice: int, swap: int = -1) -> list[Obj]:
+    """A headless Service with hostnamed endpoints in `slices` slices and a named port; with
+    `swap`, that slice's first two endpoints have each other's address."""
+    objects = [headless("prod", "db", ports=[{"name": "http", "port": 80, "protocol": "TCP"}])]
+    for number in range(slices):
+        addresses = [f"10.244.{number}.{j + 1}" for j in range(per_slice)]
+        if number == swap:
+            addresses[0], addresses[1] = addresses[1], addresses[0]
+        endpoints = [endpoint(address, hostname=f"db-{number}-{j}") for j, address in enumerate(addresses)]
+        objects.append(endpoint_slice("prod", f"db-{number}", "db", endpoints, ports=objects[0]["spec"]["ports"]))
+    return objects
+
+
+def test_an_event_on_one_slice_of_a_large_headless_service_gives_the_zone_that_slices_names_alone() -> None:
+    """Issue 20: an event on a 3,000-endpoint headless Service re-indexed every name of it (4 to
+    5 ms); each slice's endpoint and PTR names are now a contribution of their own
+    (`records.headless_by_slice`): the zone is given the changed slice's names and the
+    Service's own few, and answers as a store built fresh."""
+    objects = _big_headless(10, 20)
+    store = store_of(*objects)
+    Sets = Mapping[bytes, Contribution]
+    given: list[int] = []  # how many names each call gives the zone
+    replace = store.zone.replace
+
+    def counted(contributor: Hashable, record_sets: Sets, *, targets_moved: bool = False) -> None:
+        given.append(len(record_sets))
+        replace(contributor, record_sets, targets_moved=targets_moved)
+
+    store.zone.replace = counted  # type: ignore[method-assign]
+    changed = endpoint_slice(
+        "prod", "db-3", "db", [endpoint(f"10.244.3.{j + 1}", ready=j != 5, hostname=f"db-3-{j}") for j in range(20)]
+    )
+    upsert(store, changed)
+    assert sum(given) <= 2 * 20 + 3, given  # the slice's 19 names and their PTRs; the Service's name and SRV names
+    objects[4] = changed
+    assert render(store.zone) == render(store_of(*objects).zone)
+    assert rcode(ask(store, "db-3-5.db.prod.svc.cluster.local")) == "NXDOMAIN"
+    assert len(records(ask(store, "_http._tcp.db.prod.svc.cluster.local", "SRV", tcp=True))) == 199
+
+
+def test_a_headless_services_srv_answer_follows_a_targets_address_when_its_own_records_stay() -> None:
+    """The SRV answer carries its targets' addresses (the additional section), and the targets are
+    the slices' names. Here an endpoint moves to the address its neighbour holds: the Service's
+    own records (its addresses, each once; its SRV targets, in order) are unchanged, and its SRV
+    answers are made again all the same (`Zone.replace(targets_moved=...)`)."""
+    ports = [{"name": "http", "port": 80, "protocol": "TCP"}]
+
+    def objects(moved_to: str) -> list[Obj]:
+        first = [endpoint("10.244.0.1", hostname="db-0"), endpoint(moved_to, hostname="db-1")]
+        first.append(endpoint("10.244.0.2", hostname="db-2"))
+        return [
+            headless("prod", "db", ports=ports),
+            endpoint_slice("prod", "db-a", "db", first, ports=ports),
+            endpoint_slice("prod", "db-b", "db", [endpoint("10.244.0.3", hostname="db-3")], ports=ports),
+        ]
+
+    store = store_of(*objects("10.244.0.1"))
+    question = "_http._tcp.db.prod.svc.cluster.local"
+    assert "db-1.db.prod.svc.cluster.local. A 10.244.0.1" in records(ask(store, question, "SRV"), "additional")
+    upsert(store, objects("10.244.0.2")[1])
+    after = records(ask(store, question, "SRV"), "additional")
+    assert "db-1.db.prod.svc.cluster.local. A 10.244.0.2" in after
+    assert after == records(ask(store_of(*objects("10.244.0.2")), question, "SRV"), "additional")
+
+
+def test_a_headless_service_keeps_its_names_as_its_slices_go_from_many_to_one_and_back() -> None:
+    """Several slices are published a slice at a time, one slice as the Service's own: the
+    names are the same either way, and none is left behind by the change between them."""
+    objects = _big_headless(3, 2)
+    store = store_of(*objects)
+    store.delete("EndpointSlice", ("prod", "db-1"))
+    store.delete("EndpointSlice", ("prod", "db-2"))
+    assert render(store.zone) == render(store_of(*objects[:2]).zone)
+    for obj in objects[2:]:
+        upsert(store, obj)
+    assert render(store.zone) == render(store_of(*objects).zone)
+    store.delete("Service", ("prod", "db"))
+    assert rcode(ask(store, "db-2-1.db.prod.svc.cluster.local")) == "NXDOMAIN"
+    assert rcode(ask(store, "2.2.244.10.in-addr.arpa", "PTR")) == "REFUSED"
 
 
 def test_serial_moves_forward_even_for_changes_within_one_second() -> None:
