@@ -143,8 +143,10 @@ def reverse_wire(address: IPAddress) -> bytes:
     """Spec 2.3.3 / 2.4.3: `d.c.b.a.in-addr.arpa` or the reverse-nibble `ip6.arpa` name, in wire
     form, from the address's bytes."""
     packed = address.packed
-    if address.version == 4:
-        return b"".join([_OCTET_LABELS[octet] for octet in reversed(packed)]) + _IN_ADDR_ARPA
+    if len(packed) == 4:  # unpacked and joined by `+`: 0.65 µs against 1.0 for a join (it runs per endpoint)
+        first, second, third, fourth = packed
+        labels = _OCTET_LABELS
+        return labels[fourth] + labels[third] + labels[second] + labels[first] + _IN_ADDR_ARPA
     nibbles = []
     for byte in reversed(packed):
         nibbles.append(_NIBBLE_LABELS[byte & 0xF])
