@@ -313,18 +313,11 @@ def headless_by_slice(
     except InvalidName:
         return None
     used = _kept_parts(service, slices, base, parts, pod_names)
-    own: dict[str, RecordTuples] = {}
-    names: RecordTuples = {}
-    count = 0
-    for part in used:
-        own[part.slice_.name] = part.own
-        names.update(part.own)
-        count += len(part.own)
-    if len(names) != count or base in names:
+    if _own_names(base, used) is None:
         return None
     for each in used:
         omitted.extend(each.omitted)
-    return SliceContributions(_service_sets(base, used), own)
+    return SliceContributions(_service_sets(base, used), {part.slice_.name: part.own for part in used})
 
 
 def _kept_parts(
@@ -431,15 +424,22 @@ PartCache = dict[str, HeadlessPart]  # a headless Service's parts, by slice name
 def _merged_parts(base: bytes, parts: Sequence[HeadlessPart]) -> RecordTuples | None:
     """The Service's records from its slices' parts: what `_headless_records` makes, in the same
     order, or None when two slices share a name (then only that merges them right)."""
-    sets: RecordTuples = {}
-    count = 0
-    for part in parts:
-        sets.update(part.own)
-        count += len(part.own)
-    if len(sets) != count or base in sets:
+    sets = _own_names(base, parts)
+    if sets is None:
         return None
     sets.update(_service_sets(base, parts))
     return sets
+
+
+def _own_names(base: bytes, parts: Sequence[HeadlessPart]) -> RecordTuples | None:
+    """Every slice's own names (endpoint and PTR names) together, or None when two slices
+    share a name, or one is the Service's own."""
+    names: RecordTuples = {}
+    count = 0
+    for part in parts:
+        names.update(part.own)
+        count += len(part.own)
+    return names if len(names) == count and base not in names else None
 
 
 def _service_sets(base: bytes, parts: Sequence[HeadlessPart]) -> RecordTuples:
